@@ -1,0 +1,78 @@
+//! The certificate a process currently presents, swapped atomically on rotation.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwapOption;
+use rustls::SignatureScheme;
+use rustls::client::ResolvesClientCert;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use crate::identity::Identity;
+
+/// A leaf certificate with its key, ready for rustls, and what we need to know about it.
+#[derive(Debug)]
+pub struct Credential {
+    /// The chain and signing key handed to rustls.
+    pub key: Arc<CertifiedKey>,
+    /// The identity the leaf carries.
+    pub identity: Identity,
+    /// The leaf's notAfter.
+    pub not_after: SystemTime,
+}
+
+/// The current credential. rustls reads it through its resolver hooks on every handshake, so a
+/// rotation applies to the next handshake and leaves live connections untouched. Reads are a
+/// lock-free atomic load.
+#[derive(Debug, Default)]
+pub struct CertStore {
+    current: ArcSwapOption<Credential>,
+}
+
+// === impl CertStore ===
+
+impl CertStore {
+    /// An empty store: handshakes that need a certificate fail until [`CertStore::set`].
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Makes `credential` the one presented from the next handshake on.
+    pub fn set(&self, credential: Credential) {
+        self.current.store(Some(Arc::new(credential)));
+    }
+
+    /// The current credential, if any.
+    pub fn current(&self) -> Option<Arc<Credential>> {
+        self.current.load_full()
+    }
+
+    /// True once a credential is held and has not expired at `now`.
+    pub fn is_valid_at(&self, now: SystemTime) -> bool {
+        self.current
+            .load()
+            .as_ref()
+            .is_some_and(|c| c.not_after > now)
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.load().as_ref().map(|c| c.key.clone())
+    }
+}
+
+impl ResolvesClientCert for CertStore {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.current.load().as_ref().map(|c| c.key.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        self.current.load().is_some()
+    }
+}

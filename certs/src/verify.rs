@@ -1,0 +1,352 @@
+//! Peer verification: a chain must end at the trust anchor AND carry the right SPIFFE identity.
+//!
+//! Chain building, validity periods, key usages and signatures are checked by rustls' own WebPKI
+//! verifiers; these wrappers add the identity check on top, so there is one chain-verification
+//! code path in the whole mesh.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+};
+use x509_parser::certificate::X509Certificate;
+
+use crate::identity::{Identity, TrustDomain};
+
+/// Why trust anchors could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustAnchorError {
+    /// The PEM held no certificate.
+    #[error("no CERTIFICATE block found")]
+    Empty,
+    /// A PEM block or certificate could not be parsed.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Why a peer was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The chain itself failed: unknown issuer, expired, not yet valid, bad signature…
+    #[error("certificate rejected: {0}")]
+    Chain(rustls::Error),
+    /// The leaf carries no (or more than one) SPIFFE identity.
+    #[error("certificate must carry exactly one spiffe:// URI SAN")]
+    NoIdentity,
+    /// The leaf's identity is not the one expected.
+    #[error("peer is {actual}, expected {expected}")]
+    WrongIdentity {
+        /// The identity the caller expected.
+        expected: Identity,
+        /// The identity the certificate carries.
+        actual: Identity,
+    },
+    /// The leaf's identity belongs to another trust domain.
+    #[error("peer {actual} is outside trust domain {trust_domain}")]
+    ForeignTrustDomain {
+        /// Our trust domain.
+        trust_domain: TrustDomain,
+        /// The identity the certificate carries.
+        actual: Identity,
+    },
+}
+
+/// The roots a proxy or the control plane trusts.
+#[derive(Debug, Clone)]
+pub struct TrustAnchors {
+    roots: Arc<RootCertStore>,
+}
+
+/// Client-side verifier: the server must chain to the anchors and be the identity encoded in the
+/// TLS server name (see [`Identity::dns_name`]). One `ClientConfig` then serves every peer.
+#[derive(Debug)]
+pub struct PeerServerVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+}
+
+/// Server-side verifier: the client must chain to the anchors and carry an identity of our trust
+/// domain, which the connection later reads for authorization.
+#[derive(Debug)]
+pub struct PeerClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    trust_domain: TrustDomain,
+    mandatory: bool,
+}
+
+// === impl TrustAnchors ===
+
+impl TrustAnchors {
+    /// Parses one or more PEM certificates.
+    pub fn from_pem(pem: &[u8]) -> Result<Self, TrustAnchorError> {
+        use rustls_pki_types::pem::PemObject;
+        let certs = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TrustAnchorError::Invalid(e.to_string()))?;
+        Self::from_der(certs)
+    }
+
+    /// Builds the anchors from DER certificates.
+    pub fn from_der(certs: Vec<CertificateDer<'static>>) -> Result<Self, TrustAnchorError> {
+        if certs.is_empty() {
+            return Err(TrustAnchorError::Empty);
+        }
+        let mut roots = RootCertStore::empty();
+        for cert in certs {
+            roots.add(cert).map_err(|e| {
+                TrustAnchorError::Invalid(format!("not a usable trust anchor: {e}"))
+            })?;
+        }
+        Ok(Self {
+            roots: Arc::new(roots),
+        })
+    }
+
+    pub(crate) fn roots(&self) -> Arc<RootCertStore> {
+        self.roots.clone()
+    }
+}
+
+/// Verifies `chain` (leaf first) at `now` against `anchors`, and returns the leaf's identity if it
+/// is `expected`. This is exactly the check a proxy applies to the peer it dials.
+pub fn verify_peer(
+    anchors: &TrustAnchors,
+    chain: &[CertificateDer<'_>],
+    expected: &Identity,
+    now: SystemTime,
+) -> Result<Identity, VerifyError> {
+    let (end_entity, intermediates) = chain.split_first().ok_or(VerifyError::NoIdentity)?;
+    let verifier = PeerServerVerifier::new(anchors);
+    verifier.verify(
+        end_entity,
+        intermediates,
+        expected,
+        UnixTime::since_unix_epoch(since_epoch(now)),
+    )?;
+    Ok(expected.clone())
+}
+
+/// Verifies a client `chain` at `now` the way an inbound listener does: any identity of
+/// `trust_domain` is accepted and returned.
+pub fn verify_client(
+    anchors: &TrustAnchors,
+    trust_domain: &TrustDomain,
+    chain: &[CertificateDer<'_>],
+    now: SystemTime,
+) -> Result<Identity, VerifyError> {
+    let (end_entity, intermediates) = chain.split_first().ok_or(VerifyError::NoIdentity)?;
+    let verifier = PeerClientVerifier::new(anchors, trust_domain.clone(), true);
+    verifier.verify(
+        end_entity,
+        intermediates,
+        UnixTime::since_unix_epoch(since_epoch(now)),
+    )
+}
+
+/// The SPIFFE identity of a verified leaf certificate.
+pub fn identity_of(cert: &CertificateDer<'_>) -> Result<Identity, VerifyError> {
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(cert).map_err(|_| VerifyError::NoIdentity)?;
+    let ids = spiffe_ids_of(&parsed);
+    match ids.as_slice() {
+        [id] => id.parse().map_err(|_| VerifyError::NoIdentity),
+        _ => Err(VerifyError::NoIdentity),
+    }
+}
+
+/// The `spiffe://` URI SANs of a certificate.
+pub(crate) fn spiffe_ids_of<'a>(cert: &'a X509Certificate<'_>) -> Vec<&'a str> {
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) if uri.starts_with("spiffe://") => {
+                Some(*uri)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn since_epoch(now: SystemTime) -> std::time::Duration {
+    now.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+fn to_rustls(err: VerifyError) -> rustls::Error {
+    match err {
+        VerifyError::Chain(err) => err,
+        other => rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+            Arc::new(other),
+        ))),
+    }
+}
+
+// === impl PeerServerVerifier ===
+
+impl PeerServerVerifier {
+    /// A verifier over `anchors`.
+    pub fn new(anchors: &TrustAnchors) -> Self {
+        let inner = WebPkiServerVerifier::builder_with_provider(anchors.roots(), crate::provider())
+            .build()
+            // The builder fails only for an empty root store, which `TrustAnchors` rules out.
+            .unwrap_or_else(|e| unreachable!("trust anchors are never empty: {e}"));
+        Self { inner }
+    }
+
+    fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        expected: &Identity,
+        now: UnixTime,
+    ) -> Result<(), VerifyError> {
+        let server_name =
+            ServerName::try_from(expected.dns_name()).map_err(|_| VerifyError::NoIdentity)?;
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &server_name, &[], now)
+            .map_err(VerifyError::Chain)?;
+        let actual = identity_of(end_entity)?;
+        if &actual != expected {
+            return Err(VerifyError::WrongIdentity {
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl ServerCertVerifier for PeerServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ServerName::DnsName(name) = server_name else {
+            return Err(rustls::Error::General(
+                "peer must be dialed by the DNS form of its identity".to_string(),
+            ));
+        };
+        let expected = Identity::from_dns_name(name.as_ref())
+            .map_err(|e| rustls::Error::General(format!("peer name is not an identity: {e}")))?;
+        self.verify(end_entity, intermediates, &expected, now)
+            .map_err(to_rustls)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+// === impl PeerClientVerifier ===
+
+impl PeerClientVerifier {
+    /// A verifier over `anchors` accepting any identity of `trust_domain`; when `mandatory` is
+    /// false a client without a certificate is let through (and has no identity).
+    pub fn new(anchors: &TrustAnchors, trust_domain: TrustDomain, mandatory: bool) -> Self {
+        let inner = WebPkiClientVerifier::builder_with_provider(anchors.roots(), crate::provider())
+            .allow_unauthenticated()
+            .build()
+            // The builder fails only for an empty root store, which `TrustAnchors` rules out.
+            .unwrap_or_else(|e| unreachable!("trust anchors are never empty: {e}"));
+        Self {
+            inner,
+            trust_domain,
+            mandatory,
+        }
+    }
+
+    fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<Identity, VerifyError> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)
+            .map_err(VerifyError::Chain)?;
+        let actual = identity_of(end_entity)?;
+        if actual.trust_domain() != &self.trust_domain {
+            return Err(VerifyError::ForeignTrustDomain {
+                trust_domain: self.trust_domain.clone(),
+                actual,
+            });
+        }
+        Ok(actual)
+    }
+}
+
+impl ClientCertVerifier for PeerClientVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // Peers know which anchor to chain to; do not advertise our roots to strangers.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.verify(end_entity, intermediates, now)
+            .map_err(to_rustls)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
