@@ -36,3 +36,5 @@ pub mod admin {
     )]
     tonic::include_proto!("weft.admin.v1");
 }
+
+pub mod client;

@@ -61,6 +61,7 @@ pub enum VerifyError {
 #[derive(Debug, Clone)]
 pub struct TrustAnchors {
     roots: Arc<RootCertStore>,
+    trust_domain: Option<TrustDomain>,
 }
 
 /// Client-side verifier: the server must chain to the anchors and be the identity encoded in the
@@ -96,6 +97,12 @@ impl TrustAnchors {
         if certs.is_empty() {
             return Err(TrustAnchorError::Empty);
         }
+        let trust_domain = certs
+            .iter()
+            .find_map(|cert| {
+                crate::authority::ca_trust_domain_and_expiry(cert, "trust anchor").ok()
+            })
+            .map(|(trust_domain, _)| trust_domain);
         let mut roots = RootCertStore::empty();
         for cert in certs {
             roots.add(cert).map_err(|e| {
@@ -104,7 +111,14 @@ impl TrustAnchors {
         }
         Ok(Self {
             roots: Arc::new(roots),
+            trust_domain,
         })
+    }
+
+    /// The trust domain the anchors name as a `spiffe://<trust-domain>` URI SAN, if they do
+    /// (Weft's own anchors always do).
+    pub fn trust_domain(&self) -> Option<&TrustDomain> {
+        self.trust_domain.as_ref()
     }
 
     pub(crate) fn roots(&self) -> Arc<RootCertStore> {
@@ -157,6 +171,13 @@ pub fn identity_of(cert: &CertificateDer<'_>) -> Result<Identity, VerifyError> {
         [id] => id.parse().map_err(|_| VerifyError::NoIdentity),
         _ => Err(VerifyError::NoIdentity),
     }
+}
+
+/// A certificate's notAfter, if it parses.
+pub fn not_after_of(cert: &CertificateDer<'_>) -> Option<SystemTime> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let secs = u64::try_from(parsed.validity().not_after.timestamp()).ok()?;
+    Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs))
 }
 
 /// The `spiffe://` URI SANs of a certificate.

@@ -1,1 +1,22 @@
+//! `weft-control`, the Weft control plane, and `weftctl`, its CLI.
+//!
+//! The control plane signs proxies' CSRs (identity), will stream endpoints and policy to them
+//! (discovery), and takes operator requests on an authenticated admin API. Its state lives in an
+//! embedded store under `--data-dir`. It shares nothing with the proxy but the `.proto` contract
+//! in `weft-api`.
 
+pub mod admin_api;
+pub mod admin_credential;
+pub mod cli;
+pub mod config;
+pub mod identity_api;
+pub mod join_tokens;
+pub mod metrics;
+pub mod pki;
+pub mod server;
+pub mod serving_cert;
+pub mod store;
+pub mod tls_incoming;
+
+/// The exit code for bad configuration or usage (BSD `EX_USAGE`).
+pub const EXIT_USAGE: i32 = 64;

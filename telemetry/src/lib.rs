@@ -1,1 +1,15 @@
+//! Observability and lifecycle plumbing shared by `weft-proxy` and `weft-control`.
+//!
+//! Both processes expose the same admin surface (`/live`, `/ready`, `/metrics`, and optionally
+//! `/shutdown`) from one small hyper server, keep their metrics in one explicit Prometheus
+//! registry passed down by parameter (never the global default), log through `tracing`, and
+//! stop through one drain signal that SIGTERM, SIGINT or `/shutdown` trips.
 
+mod admin;
+mod drain;
+mod logging;
+pub mod metrics;
+
+pub use admin::{AdminServer, Readiness};
+pub use drain::{Drain, wait_for_signal};
+pub use logging::init_logging;

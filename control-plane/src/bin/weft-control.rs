@@ -1,1 +1,61 @@
-fn main() {}
+//! `weft-control`: see `weft_control_plane::server`.
+
+use clap::Parser;
+use weft_control_plane::config::Config;
+use weft_control_plane::{EXIT_USAGE, server};
+use weft_telemetry::Drain;
+
+fn main() {
+    weft_certs::install_default_provider();
+    let config = match Config::try_parse() {
+        Ok(config) => config,
+        Err(error) if !error.use_stderr() => {
+            let _ = error.print();
+            return;
+        }
+        Err(error) => {
+            let message = error.to_string();
+            eprintln!(
+                "weft-control: {}",
+                message
+                    .lines()
+                    .next()
+                    .unwrap_or("invalid usage")
+                    .trim_start_matches("error: ")
+            );
+            std::process::exit(EXIT_USAGE);
+        }
+    };
+    weft_telemetry::init_logging("WEFT_CONTROL_LOG", "info");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("weft-control: cannot start the runtime: {error}");
+            std::process::exit(1);
+        }
+    };
+    let code = runtime.block_on(async move {
+        let drain = Drain::new();
+        if let Err(error) = server::start(&config, &drain).await {
+            eprintln!("weft-control: {error}");
+            return EXIT_USAGE;
+        }
+        if let Err(error) = weft_telemetry::wait_for_signal().await {
+            eprintln!("weft-control: cannot listen for signals: {error}");
+            return 1;
+        }
+        tracing::info!("draining");
+        drain.trigger();
+        if tokio::time::timeout(config.shutdown_grace, drain.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain deadline passed; exiting with calls in flight");
+        }
+        0
+    });
+    std::process::exit(code);
+}

@@ -1,0 +1,80 @@
+//! `weftctl`: the operator's command line.
+//!
+//! Output meant for scripts (a token, a table) goes to stdout; a failure is one line on stderr
+//! and a non-zero exit code.
+
+use std::path::PathBuf;
+
+mod admin_client;
+mod certs;
+mod token;
+
+pub use admin_client::AdminClient;
+
+/// Operate a Weft mesh.
+#[derive(Debug, clap::Parser)]
+#[command(name = "weftctl", version, about)]
+pub struct Cli {
+    /// The control plane's admin API, host:port.
+    #[arg(
+        long,
+        global = true,
+        env = "WEFT_ADMIN_ADDR",
+        default_value = "127.0.0.1:7201"
+    )]
+    pub server: String,
+
+    /// The control plane's data dir; the admin token and trust anchor are read from it unless
+    /// given explicitly.
+    #[arg(
+        long,
+        global = true,
+        env = "WEFT_DATA_DIR",
+        default_value = "weft-data"
+    )]
+    pub data_dir: PathBuf,
+
+    /// File holding the admin bearer token [default: <data-dir>/admin-token].
+    #[arg(long, global = true, env = "WEFT_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Trust anchor to verify the control plane against [default: <data-dir>/pki/trust-anchor.pem].
+    #[arg(long, global = true, env = "WEFT_TRUST_ANCHOR")]
+    pub trust_anchor: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// weftctl's subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Create and inspect the mesh's PKI.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
+    /// Issue, list and revoke join tokens.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+}
+
+/// Why a command failed, in one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CliError(pub String);
+
+impl From<tonic::Status> for CliError {
+    fn from(status: tonic::Status) -> Self {
+        Self(format!("{:?}: {}", status.code(), status.message()))
+    }
+}
+
+/// Runs one command, writing its output to `out`.
+pub async fn run(cli: Cli, out: &mut impl std::io::Write) -> Result<(), CliError> {
+    match cli.command {
+        Command::Certs(command) => certs::run(command, out),
+        Command::Token(ref command) => {
+            let client = AdminClient::connect(&cli).await?;
+            token::run(command, client, out).await
+        }
+    }
+}

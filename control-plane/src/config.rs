@@ -1,0 +1,81 @@
+//! `weft-control`'s flags, each with an environment fallback.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use weft_certs::TrustDomain;
+
+/// weft-control: signs proxy certificates and serves the admin API.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "weft-control", version, about)]
+pub struct Config {
+    /// Directory for the store, the admin credential and (by default) the PKI.
+    #[arg(long, env = "WEFT_CONTROL_DATA_DIR", default_value = "weft-data")]
+    pub data_dir: PathBuf,
+
+    /// Directory holding trust-anchor.pem, issuer.pem and issuer-key.pem (as written by
+    /// `weftctl certs init`). Defaults to <data-dir>/pki, where a new PKI is generated on first
+    /// start if none exists.
+    #[arg(long, env = "WEFT_CONTROL_PKI_DIR")]
+    pub pki_dir: Option<PathBuf>,
+
+    /// Trust domain; must match the issuer's. Used to generate a PKI on first start
+    /// (default cluster.local).
+    #[arg(long, env = "WEFT_CONTROL_TRUST_DOMAIN")]
+    pub trust_domain: Option<TrustDomain>,
+
+    /// Address of the proxy API (Identity, Discovery), served over TLS.
+    #[arg(
+        long,
+        env = "WEFT_CONTROL_PROXY_API_ADDR",
+        default_value = "0.0.0.0:7200"
+    )]
+    pub proxy_api_addr: SocketAddr,
+
+    /// Address of the admin API used by weftctl, served over TLS.
+    #[arg(long, env = "WEFT_CONTROL_ADMIN_ADDR", default_value = "0.0.0.0:7201")]
+    pub admin_addr: SocketAddr,
+
+    /// Address of /metrics, /live and /ready.
+    #[arg(
+        long,
+        env = "WEFT_CONTROL_METRICS_ADDR",
+        default_value = "0.0.0.0:7290"
+    )]
+    pub metrics_addr: SocketAddr,
+
+    /// Lifetime of the leaf certificates signed for proxies (e.g. 24h, 10s).
+    #[arg(long, env = "WEFT_CONTROL_LEAF_LIFETIME", default_value = "24h", value_parser = parse_lifetime)]
+    pub leaf_lifetime: Duration,
+
+    /// Lifetime of a join token when weftctl does not give one.
+    #[arg(long, env = "WEFT_CONTROL_JOIN_TOKEN_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub join_token_ttl: Duration,
+
+    /// File holding the admin bearer token. Defaults to <data-dir>/admin-token, created with a
+    /// random token on first start.
+    #[arg(long, env = "WEFT_CONTROL_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// How long in-flight calls may take to finish after SIGTERM.
+    #[arg(long, env = "WEFT_CONTROL_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+fn parse_lifetime(value: &str) -> Result<Duration, String> {
+    let lifetime = humantime::parse_duration(value).map_err(|e| e.to_string())?;
+    if lifetime < Duration::from_secs(5) {
+        return Err("must be at least 5s".to_string());
+    }
+    Ok(lifetime)
+}
+
+impl Config {
+    /// The PKI directory, explicit or default.
+    pub fn pki_dir(&self) -> PathBuf {
+        self.pki_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("pki"))
+    }
+}

@@ -1,0 +1,47 @@
+//! The control plane's metrics.
+
+use prometheus::{Histogram, IntCounterVec, IntGauge, Registry};
+use weft_telemetry::metrics;
+
+/// Counters and histograms the services update.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// Certify calls by outcome (`ok` or the gRPC code name).
+    pub certify_requests: IntCounterVec,
+    /// Time to verify a CSR and sign it.
+    pub certify_duration: Histogram,
+    /// Join tokens created.
+    pub join_tokens_created: IntCounterVec,
+    /// When the issuer expires.
+    pub issuer_expiry: IntGauge,
+}
+
+impl Metrics {
+    /// Registers the control plane's metrics in `registry`.
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        Ok(Self {
+            certify_requests: metrics::counter_vec(
+                registry,
+                "weft_control_certify_requests_total",
+                "Certify calls, by result.",
+                &["result"],
+            )?,
+            certify_duration: metrics::latency_histogram(
+                registry,
+                "weft_control_certify_duration_seconds",
+                "Time to authenticate, verify and sign one CSR.",
+            )?,
+            join_tokens_created: metrics::counter_vec(
+                registry,
+                "weft_control_join_tokens_created_total",
+                "Join tokens issued, by namespace.",
+                &["namespace"],
+            )?,
+            issuer_expiry: metrics::gauge(
+                registry,
+                "weft_control_issuer_expiry_timestamp_seconds",
+                "When the issuer certificate expires, in seconds since the Unix epoch.",
+            )?,
+        })
+    }
+}

@@ -1,0 +1,201 @@
+//! Wires weft-control together: store, PKI, credentials, the three listeners.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::net::TcpListener;
+use weft_api::admin::admin_server::AdminServer;
+use weft_api::identity::identity_server::IdentityServer;
+use weft_certs::{ALPN_H2, CertStore, ClientAuth, TrustDomain};
+use weft_telemetry::Drain;
+
+use crate::admin_api::{AdminApi, RequireAdmin};
+use crate::admin_credential::{ADMIN_TOKEN_FILE, AdminCredential};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::{pki, serving_cert, tls_incoming};
+
+/// Why weft-control could not start. Every variant is a configuration or environment problem
+/// the operator must fix, reported in one line.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory could not be created.
+    #[error("--data-dir {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The store could not be opened.
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    /// The PKI is missing or broken.
+    #[error("{0}")]
+    Pki(#[from] pki::PkiError),
+    /// The admin credential is unusable.
+    #[error("{0}")]
+    Credential(#[from] crate::admin_credential::CredentialError),
+    /// A listener could not bind.
+    #[error("{flag} {addr}: {source}")]
+    Bind {
+        /// The flag naming the address.
+        flag: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The bind error.
+        source: std::io::Error,
+    },
+    /// Anything else during setup.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// A started control plane: its listeners are bound, so the addresses are final.
+#[derive(Debug)]
+pub struct Running {
+    /// Where the proxy API listens.
+    pub proxy_api_addr: SocketAddr,
+    /// Where the admin API listens.
+    pub admin_addr: SocketAddr,
+    /// Where /metrics listens.
+    pub metrics_addr: SocketAddr,
+}
+
+/// Loads state, binds every listener, and spawns the servers on `drain`.
+pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let pki = load_pki(config)?;
+    let trust_domain = pki.issuer.trust_domain().clone();
+    let store = Store::open(&config.data_dir.join("store.redb"))?;
+    let credential = match &config.admin_token_file {
+        Some(path) => AdminCredential::load(path)?,
+        None => AdminCredential::load_or_create(&config.data_dir.join(ADMIN_TOKEN_FILE))?,
+    };
+
+    let registry = weft_telemetry::metrics::new_registry();
+    let metrics = Metrics::register(&registry).map_err(|e| StartError::Setup(e.to_string()))?;
+    metrics.issuer_expiry.set(unix(pki.issuer.not_after()));
+
+    let proxy_listener = bind("--proxy-api-addr", config.proxy_api_addr).await?;
+    let admin_listener = bind("--admin-addr", config.admin_addr).await?;
+    let metrics_listener = bind("--metrics-addr", config.metrics_addr).await?;
+    let running = Running {
+        proxy_api_addr: local_addr(&proxy_listener)?,
+        admin_addr: local_addr(&admin_listener)?,
+        metrics_addr: local_addr(&metrics_listener)?,
+    };
+
+    let issuer = Arc::new(pki.issuer);
+    let serving = CertStore::new();
+    let not_after = serving_cert::issue(&issuer, &serving).map_err(StartError::Setup)?;
+    drain.spawn(serving_cert::keep_fresh(
+        issuer.clone(),
+        serving.clone(),
+        not_after,
+        drain.clone(),
+    ));
+    let tls = weft_certs::server_config(
+        &pki.anchors,
+        &trust_domain,
+        serving,
+        ClientAuth::Optional,
+        &[ALPN_H2],
+    )
+    .map_err(|e| StartError::Setup(e.to_string()))?;
+    let acceptor = tls_incoming::acceptor(tls);
+
+    let identity = crate::identity_api::IdentityApi::new(
+        issuer,
+        store.clone(),
+        config.leaf_lifetime,
+        metrics.clone(),
+    );
+    let proxy_api = tonic::transport::Server::builder()
+        .add_service(IdentityServer::new(identity))
+        .serve_with_incoming_shutdown(
+            tls_incoming::incoming(proxy_listener, acceptor.clone(), drain.clone()),
+            drain_signal(drain.clone(), config.shutdown_grace),
+        );
+    spawn_server(drain, "proxy API", proxy_api);
+
+    let admin = AdminApi::new(store, trust_domain.clone(), config.join_token_ttl, metrics);
+    let admin_api = tonic::transport::Server::builder()
+        .add_service(AdminServer::with_interceptor(
+            admin,
+            RequireAdmin::new(credential),
+        ))
+        .serve_with_incoming_shutdown(
+            tls_incoming::incoming(admin_listener, acceptor, drain.clone()),
+            drain_signal(drain.clone(), config.shutdown_grace),
+        );
+    spawn_server(drain, "admin API", admin_api);
+
+    let admin_http = weft_telemetry::AdminServer::new(registry, Arc::new(|| true), drain.clone());
+    drain.spawn(admin_http.serve(metrics_listener));
+
+    tracing::info!(
+        trust_domain = %trust_domain,
+        proxy_api = %running.proxy_api_addr,
+        admin = %running.admin_addr,
+        metrics = %running.metrics_addr,
+        "weft-control started"
+    );
+    Ok(running)
+}
+
+fn load_pki(config: &Config) -> Result<pki::Pki, StartError> {
+    let dir = config.pki_dir();
+    if config.pki_dir.is_none() && pki::is_empty(&dir) {
+        let trust_domain = config
+            .trust_domain
+            .clone()
+            .unwrap_or_else(TrustDomain::cluster_local);
+        pki::write_new(&dir, &trust_domain, false)?;
+        tracing::warn!(
+            dir = %dir.display(),
+            "generated a new trust anchor and issuer; for production, create them with `weftctl certs init` and pass --pki-dir"
+        );
+    }
+    Ok(pki::load(&dir, config.trust_domain.as_ref())?)
+}
+
+async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { flag, addr, source })
+}
+
+fn local_addr(listener: &TcpListener) -> Result<SocketAddr, StartError> {
+    listener
+        .local_addr()
+        .map_err(|e| StartError::Setup(e.to_string()))
+}
+
+/// Completes once draining started and the grace period for in-flight calls has passed… or
+/// earlier, when tonic finishes them first.
+async fn drain_signal(drain: Drain, _grace: Duration) {
+    drain.signaled().await;
+}
+
+fn spawn_server<F>(drain: &Drain, name: &'static str, server: F)
+where
+    F: Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
+{
+    drain.spawn(async move {
+        if let Err(error) = server.await {
+            tracing::error!(%error, server = name, "server failed");
+        }
+    });
+}
+
+fn unix(time: SystemTime) -> i64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,152 @@
+//! TLS for the control plane's gRPC servers, done by us rather than tonic so that the SPIFFE
+//! verifiers apply and each request carries the caller's verified identity.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
+use weft_certs::Identity;
+use weft_telemetry::Drain;
+
+/// A client that has not finished its handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshaken connections waiting for tonic to pick them up.
+const BACKLOG: usize = 128;
+
+/// What the TLS handshake established about the caller; tonic puts it in each request's
+/// extensions.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// The caller's socket address.
+    pub remote: SocketAddr,
+    /// The caller's identity, when it presented a certificate of our trust domain.
+    pub identity: Option<Identity>,
+    /// That certificate's notAfter: a long-lived connection may outlive it.
+    pub not_after: Option<SystemTime>,
+}
+
+/// A server-side TLS connection that knows its peer.
+#[derive(Debug)]
+pub struct TlsConnection {
+    stream: TlsStream<TcpStream>,
+    peer: PeerInfo,
+}
+
+/// Accepts on `listener` and yields connections whose handshake succeeded. Handshakes run
+/// concurrently, so a slow client cannot hold up the others. Stops when `drain` triggers.
+pub fn incoming(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    drain: Drain,
+) -> ReceiverStream<Result<TlsConnection, io::Error>> {
+    let (tx, rx) = mpsc::channel(BACKLOG);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = drain.signaled() => return,
+            };
+            let (tcp, remote) = match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let peer = peer_info(&stream, remote);
+                        let _ = tx.send(Ok(TlsConnection { stream, peer })).await;
+                    }
+                    Ok(Err(error)) => tracing::debug!(%remote, %error, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// The acceptor for a server config.
+pub fn acceptor(config: rustls::ServerConfig) -> TlsAcceptor {
+    TlsAcceptor::from(Arc::new(config))
+}
+
+fn peer_info(stream: &TlsStream<TcpStream>, remote: SocketAddr) -> PeerInfo {
+    let leaf = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first());
+    PeerInfo {
+        remote,
+        // The verifier already checked the chain and trust domain; this only reads the result.
+        identity: leaf.and_then(|cert| weft_certs::identity_of(cert).ok()),
+        not_after: leaf.and_then(weft_certs::not_after_of),
+    }
+}
+
+// === impl TlsConnection ===
+
+impl Connected for TlsConnection {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> PeerInfo {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for TlsConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
