@@ -1,1 +1,88 @@
+//! `weft-proxy`, the Weft sidecar.
+//!
+//! It sits beside an application in its pod. Outbound, it takes the app's plain traffic, detects
+//! HTTP/1, HTTP/2 or opaque TCP, and carries it over mutual TLS to the peer's proxy, checking that
+//! the peer proves the expected SPIFFE identity. Inbound, it accepts only mTLS from proxies of its
+//! trust domain and hands the traffic to the app, telling it who called (`weft-client-id`). Its
+//! certificate comes from the control plane, which never sees its key. It depends on
+//! `weft-api`, `weft-certs` and `weft-telemetry`, never on the control plane.
 
+pub mod config;
+mod detect;
+mod http_util;
+mod identity;
+mod inbound;
+mod metrics;
+mod orig_dst;
+mod outbound;
+mod prefixed;
+mod serve;
+mod start;
+pub mod static_routes;
+mod transport_header;
+
+use weft_telemetry::Drain;
+
+pub use config::{Config, ConfigError};
+pub use start::{Listening, StartError, start};
+
+/// The exit code for bad configuration (BSD `EX_USAGE`).
+pub const EXIT_USAGE: i32 = 64;
+
+/// The `weft-proxy` binary: validate configuration, run until SIGTERM, drain, exit.
+pub fn main() -> ! {
+    weft_certs::install_default_provider();
+    let config = match Config::from_env(|name| std::env::var(name).ok()) {
+        Ok(config) => config,
+        Err(error) => exit_with(EXIT_USAGE, &error),
+    };
+    weft_telemetry::init_logging("WEFT_PROXY_LOG", "info");
+    let runtime = if config.workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.workers)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(error) => exit_with(1, &format!("cannot start the runtime: {error}")),
+    };
+    let grace = config.shutdown_grace;
+    let code = runtime.block_on(async move {
+        let drain = Drain::new();
+        if let Err(error) = start(config, &drain).await {
+            let code = if matches!(error, StartError::Bind { .. }) {
+                EXIT_USAGE
+            } else {
+                1
+            };
+            eprintln!("weft-proxy: {error}");
+            return code;
+        }
+        tokio::select! {
+            result = weft_telemetry::wait_for_signal() => {
+                if let Err(error) = result {
+                    eprintln!("weft-proxy: cannot listen for signals: {error}");
+                    return 1;
+                }
+            }
+            () = drain.signaled() => {}
+        }
+        tracing::info!(grace = ?grace, "draining");
+        drain.trigger();
+        if tokio::time::timeout(grace, drain.wait()).await.is_err() {
+            tracing::warn!("drain deadline passed; exiting with requests in flight");
+        }
+        0
+    });
+    std::process::exit(code)
+}
+
+fn exit_with(code: i32, error: &dyn std::fmt::Display) -> ! {
+    eprintln!("weft-proxy: {error}");
+    std::process::exit(code)
+}

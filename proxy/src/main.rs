@@ -1,1 +1,5 @@
-fn main() {}
+//! `weft-proxy`: see the library's `main`.
+
+fn main() {
+    weft_proxy::main()
+}

@@ -1,0 +1,325 @@
+//! Every `WEFT_PROXY_*` variable, parsed and validated before any port is bound.
+//!
+//! Parsing reads through a lookup function rather than the process environment, so tests pass
+//! their own variables and never mutate the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use weft_certs::{Identity, TrustAnchors};
+
+use crate::static_routes::StaticRoutes;
+
+/// host:port of the control plane's proxy API.
+pub const ENV_CONTROL_PLANE_ADDR: &str = "WEFT_PROXY_CONTROL_PLANE_ADDR";
+/// The identity the control plane must present (default: spiffe://<td>/ns/weft/sa/weft-control).
+pub const ENV_CONTROL_PLANE_IDENTITY: &str = "WEFT_PROXY_CONTROL_PLANE_IDENTITY";
+/// PEM file of the trust anchor(s).
+pub const ENV_TRUST_ANCHORS: &str = "WEFT_PROXY_TRUST_ANCHORS";
+/// This workload's SPIFFE identity.
+pub const ENV_IDENTITY: &str = "WEFT_PROXY_IDENTITY";
+/// File holding the token that proves the identity on first contact.
+pub const ENV_TOKEN_PATH: &str = "WEFT_PROXY_TOKEN_PATH";
+/// Where mTLS from other proxies is accepted.
+pub const ENV_INBOUND_ADDR: &str = "WEFT_PROXY_INBOUND_ADDR";
+/// Where the local app's outgoing traffic is accepted.
+pub const ENV_OUTBOUND_ADDR: &str = "WEFT_PROXY_OUTBOUND_ADDR";
+/// Where /metrics, /ready, /live (and /shutdown) are served.
+pub const ENV_ADMIN_ADDR: &str = "WEFT_PROXY_ADMIN_ADDR";
+/// The local app's port, that inbound traffic is forwarded to.
+pub const ENV_APP_PORT: &str = "WEFT_PROXY_APP_PORT";
+/// YAML file of static routes (authority → endpoint and identity).
+pub const ENV_STATIC_ROUTES: &str = "WEFT_PROXY_STATIC_ROUTES";
+/// Runtime worker threads.
+pub const ENV_WORKERS: &str = "WEFT_PROXY_WORKERS";
+/// How long in-flight requests may take to finish after SIGTERM.
+pub const ENV_SHUTDOWN_GRACE: &str = "WEFT_PROXY_SHUTDOWN_GRACE";
+/// Enables POST /shutdown on the admin port.
+pub const ENV_SHUTDOWN_ENDPOINT: &str = "WEFT_PROXY_SHUTDOWN_ENDPOINT";
+/// How long to wait for an app's first bytes before treating a connection as opaque TCP.
+pub const ENV_DETECT_TIMEOUT: &str = "WEFT_PROXY_DETECT_TIMEOUT";
+
+/// A bad variable: its name and what is wrong, printed as one line before exiting 64.
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {reason}")]
+pub struct ConfigError {
+    /// The variable.
+    pub var: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// The proxy's validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// host:port of the control plane.
+    pub control_plane_addr: String,
+    /// The identity the control plane must present.
+    pub control_plane_identity: Identity,
+    /// The roots every peer must chain to.
+    pub trust_anchors: TrustAnchors,
+    /// This workload's identity.
+    pub identity: Identity,
+    /// File holding the join token.
+    pub token_path: PathBuf,
+    /// Inbound listener address.
+    pub inbound_addr: SocketAddr,
+    /// Outbound listener address.
+    pub outbound_addr: SocketAddr,
+    /// Admin listener address.
+    pub admin_addr: SocketAddr,
+    /// The local app's port.
+    pub app_port: Option<u16>,
+    /// Destinations known without discovery.
+    pub static_routes: StaticRoutes,
+    /// Runtime worker threads.
+    pub workers: usize,
+    /// Drain deadline.
+    pub shutdown_grace: Duration,
+    /// Whether POST /shutdown is served.
+    pub shutdown_endpoint: bool,
+    /// Protocol detection deadline.
+    pub detect_timeout: Duration,
+}
+
+impl Config {
+    /// Reads and validates the configuration from `env`.
+    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let var = |name: &'static str| env(name).filter(|v| !v.trim().is_empty());
+        let required = |name: &'static str| {
+            var(name).ok_or_else(|| ConfigError {
+                var: name,
+                reason: "must be set".to_string(),
+            })
+        };
+
+        let identity: Identity = parse(ENV_IDENTITY, &required(ENV_IDENTITY)?)?;
+        let control_plane_identity = match var(ENV_CONTROL_PLANE_IDENTITY) {
+            Some(value) => parse(ENV_CONTROL_PLANE_IDENTITY, &value)?,
+            None => Identity::new(identity.trust_domain().clone(), "weft", "weft-control")
+                .map_err(|e| ConfigError {
+                    var: ENV_IDENTITY,
+                    reason: e.to_string(),
+                })?,
+        };
+        let anchors_path = required(ENV_TRUST_ANCHORS)?;
+        let anchors_pem = std::fs::read(&anchors_path).map_err(|e| ConfigError {
+            var: ENV_TRUST_ANCHORS,
+            reason: format!("cannot read {anchors_path}: {e}"),
+        })?;
+        let trust_anchors = TrustAnchors::from_pem(&anchors_pem).map_err(|e| ConfigError {
+            var: ENV_TRUST_ANCHORS,
+            reason: format!("{anchors_path}: {e}"),
+        })?;
+        let token_path = PathBuf::from(required(ENV_TOKEN_PATH)?);
+        std::fs::metadata(&token_path).map_err(|e| ConfigError {
+            var: ENV_TOKEN_PATH,
+            reason: format!("cannot read {}: {e}", token_path.display()),
+        })?;
+        let control_plane_addr = required(ENV_CONTROL_PLANE_ADDR)?;
+        if !control_plane_addr
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        {
+            return Err(ConfigError {
+                var: ENV_CONTROL_PLANE_ADDR,
+                reason: format!("{control_plane_addr:?} is not host:port"),
+            });
+        }
+        let static_routes = match var(ENV_STATIC_ROUTES) {
+            Some(path) => {
+                StaticRoutes::load(std::path::Path::new(&path)).map_err(|e| ConfigError {
+                    var: ENV_STATIC_ROUTES,
+                    reason: e.to_string(),
+                })?
+            }
+            None => StaticRoutes::default(),
+        };
+        let workers = var(ENV_WORKERS).map_or(Ok(1), |v| parse::<usize>(ENV_WORKERS, &v))?;
+        if workers == 0 {
+            return Err(ConfigError {
+                var: ENV_WORKERS,
+                reason: "must be at least 1".to_string(),
+            });
+        }
+        Ok(Self {
+            control_plane_addr,
+            control_plane_identity,
+            trust_anchors,
+            identity,
+            token_path,
+            inbound_addr: addr(&var, ENV_INBOUND_ADDR, "0.0.0.0:7143")?,
+            outbound_addr: addr(&var, ENV_OUTBOUND_ADDR, "127.0.0.1:7140")?,
+            admin_addr: addr(&var, ENV_ADMIN_ADDR, "0.0.0.0:7191")?,
+            app_port: var(ENV_APP_PORT)
+                .map(|v| parse(ENV_APP_PORT, &v))
+                .transpose()?,
+            static_routes,
+            workers,
+            shutdown_grace: duration(&var, ENV_SHUTDOWN_GRACE, "10s")?,
+            shutdown_endpoint: var(ENV_SHUTDOWN_ENDPOINT)
+                .map_or(Ok(false), |v| parse(ENV_SHUTDOWN_ENDPOINT, &v))?,
+            detect_timeout: duration(&var, ENV_DETECT_TIMEOUT, "1s")?,
+        })
+    }
+}
+
+fn parse<T>(var: &'static str, value: &str) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    value.trim().parse().map_err(|e: T::Err| ConfigError {
+        var,
+        reason: format!("{value:?}: {e}"),
+    })
+}
+
+fn addr(
+    var: &impl Fn(&'static str) -> Option<String>,
+    name: &'static str,
+    default: &str,
+) -> Result<SocketAddr, ConfigError> {
+    parse(name, &var(name).unwrap_or_else(|| default.to_string()))
+}
+
+fn duration(
+    var: &impl Fn(&'static str) -> Option<String>,
+    name: &'static str,
+    default: &str,
+) -> Result<Duration, ConfigError> {
+    let value = var(name).unwrap_or_else(|| default.to_string());
+    humantime::parse_duration(value.trim()).map_err(|e| ConfigError {
+        var: name,
+        reason: format!("{value:?}: {e}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    struct Env {
+        dir: tempfile::TempDir,
+        vars: HashMap<&'static str, String>,
+    }
+
+    impl Env {
+        fn valid() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let td = weft_certs::TrustDomain::cluster_local();
+            let anchor =
+                weft_certs::TrustAnchor::generate(&td, std::time::SystemTime::now()).unwrap();
+            std::fs::write(dir.path().join("anchor.pem"), anchor.certificate_pem()).unwrap();
+            std::fs::write(dir.path().join("token"), "weftjt_x").unwrap();
+            let mut vars = HashMap::new();
+            vars.insert(
+                ENV_IDENTITY,
+                "spiffe://cluster.local/ns/shop/sa/web".to_string(),
+            );
+            vars.insert(
+                ENV_TRUST_ANCHORS,
+                dir.path().join("anchor.pem").display().to_string(),
+            );
+            vars.insert(
+                ENV_TOKEN_PATH,
+                dir.path().join("token").display().to_string(),
+            );
+            vars.insert(ENV_CONTROL_PLANE_ADDR, "127.0.0.1:7200".to_string());
+            Self { dir, vars }
+        }
+
+        fn with(mut self, name: &'static str, value: &str) -> Self {
+            self.vars.insert(name, value.to_string());
+            self
+        }
+
+        fn without(mut self, name: &'static str) -> Self {
+            self.vars.remove(name);
+            self
+        }
+
+        fn parse(&self) -> Result<Config, ConfigError> {
+            Config::from_env(|name| self.vars.get(name).cloned())
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let config = Env::valid().parse().unwrap();
+        assert_eq!(config.inbound_addr.port(), 7143);
+        assert_eq!(config.outbound_addr.port(), 7140);
+        assert_eq!(config.admin_addr.port(), 7191);
+        assert_eq!(config.workers, 1);
+        assert_eq!(
+            config.control_plane_identity.to_string(),
+            "spiffe://cluster.local/ns/weft/sa/weft-control"
+        );
+        assert!(!config.shutdown_endpoint);
+    }
+
+    #[test]
+    fn each_bad_variable_is_named() {
+        let env = Env::valid();
+        let missing_anchor = env.dir.path().join("nope.pem").display().to_string();
+        let cases = [
+            (
+                Env::valid().without(ENV_IDENTITY),
+                ENV_IDENTITY,
+                "must be set",
+            ),
+            (
+                Env::valid().with(ENV_IDENTITY, "spiffe://cluster.local/web"),
+                ENV_IDENTITY,
+                "must have the form",
+            ),
+            (
+                Env::valid().with(ENV_TRUST_ANCHORS, &missing_anchor),
+                ENV_TRUST_ANCHORS,
+                "cannot read",
+            ),
+            (
+                Env::valid().with(ENV_INBOUND_ADDR, "7143"),
+                ENV_INBOUND_ADDR,
+                "invalid socket address",
+            ),
+            (
+                Env::valid().with(ENV_CONTROL_PLANE_ADDR, "control"),
+                ENV_CONTROL_PLANE_ADDR,
+                "not host:port",
+            ),
+            (
+                Env::valid().with(ENV_WORKERS, "0"),
+                ENV_WORKERS,
+                "at least 1",
+            ),
+            (
+                Env::valid().with(ENV_SHUTDOWN_GRACE, "soon"),
+                ENV_SHUTDOWN_GRACE,
+                "soon",
+            ),
+            (
+                Env::valid().with(ENV_APP_PORT, "70000"),
+                ENV_APP_PORT,
+                "70000",
+            ),
+        ];
+        for (env, var, reason) in cases {
+            let err = env.parse().unwrap_err();
+            assert_eq!(err.var, var);
+            assert!(err.to_string().contains(reason), "{err}");
+        }
+        drop(env);
+    }
+
+    #[test]
+    fn a_file_that_is_not_pem_is_refused() {
+        let env = Env::valid();
+        let token = env.vars[ENV_TOKEN_PATH].clone();
+        let err = env.with(ENV_TRUST_ANCHORS, &token).parse().unwrap_err();
+        assert_eq!(err.var, ENV_TRUST_ANCHORS);
+    }
+}

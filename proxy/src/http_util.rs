@@ -1,0 +1,107 @@
+//! HTTP pieces both directions share: the body type, Weft's headers, synthetic error responses.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+
+/// Any error a body can fail with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type flowing through the proxy: the peer's or app's streaming body, or ours.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Set by the inbound proxy to the verified identity of the calling proxy.
+pub const CLIENT_ID: HeaderName = HeaderName::from_static("weft-client-id");
+/// Marks an HTTP/1 request carried over HTTP/2 between proxies, so the far side restores it.
+pub const ORIG_PROTO: HeaderName = HeaderName::from_static("weft-orig-proto");
+/// Why the proxy (not the app) answered with an error.
+pub const PROXY_ERROR: HeaderName = HeaderName::from_static("weft-proxy-error");
+
+/// Boxes a hyper body.
+pub fn boxed(body: hyper::body::Incoming) -> Body {
+    body.map_err(BoxError::from).boxed_unsync()
+}
+
+/// An error response made by the proxy, saying why in a header and the body.
+pub fn error_response(status: StatusCode, reason: impl Into<String>) -> Response<Body> {
+    let reason = reason.into();
+    let mut response = Response::new(
+        http_body_util::Full::new(Bytes::from(format!("{reason}\n")))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    if let Ok(value) = HeaderValue::from_str(&reason) {
+        response.headers_mut().insert(PROXY_ERROR, value);
+    }
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Removes the connection-specific headers of HTTP/1 (RFC 9110 §7.6.1), which HTTP/2 forbids,
+/// including any that `Connection` itself lists.
+pub fn strip_connection_headers(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    // HTTP/2 allows only `te: trailers`.
+    if headers
+        .get(header::TE)
+        .is_some_and(|te| te.as_bytes() != b"trailers")
+    {
+        headers.remove(header::TE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_connection_headers_and_those_listed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert(header::TE, HeaderValue::from_static("gzip"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_connection_headers(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn keeps_te_trailers_for_grpc() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_connection_headers(&mut headers);
+        assert!(headers.contains_key(header::TE));
+    }
+}

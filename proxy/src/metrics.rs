@@ -1,0 +1,184 @@
+//! The proxy's metrics. Label sets are resolved once per connection or route, so recording a
+//! request is an atomic increment and a histogram observation.
+
+use std::time::Duration;
+
+use prometheus::{
+    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
+};
+use weft_telemetry::metrics;
+
+/// Which side of the proxy traffic came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From another proxy, to the local app.
+    Inbound,
+    /// From the local app, to another proxy.
+    Outbound,
+}
+
+impl Direction {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Inbound => "inbound",
+            Self::Outbound => "outbound",
+        }
+    }
+}
+
+/// Every metric family the proxy exports.
+#[derive(Debug, Clone)]
+pub struct ProxyMetrics {
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    tcp_open: IntGaugeVec,
+    tcp_opened: IntCounterVec,
+    tcp_bytes: IntCounterVec,
+    tls_failures: IntCounterVec,
+    /// When the current leaf expires, in Unix seconds.
+    pub cert_expiry: IntGauge,
+    /// Certificate requests by result.
+    pub cert_renewals: IntCounterVec,
+}
+
+/// The counters of one (direction, peer, destination) label set.
+#[derive(Debug, Clone)]
+pub struct RequestMetrics {
+    by_class: [IntCounter; 6],
+    latency: Histogram,
+}
+
+/// Counts an open connection until dropped.
+#[derive(Debug)]
+pub struct OpenConnection(IntGauge);
+
+// === impl ProxyMetrics ===
+
+impl ProxyMetrics {
+    /// Registers the proxy's metrics in `registry`.
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        Ok(Self {
+            requests: metrics::counter_vec(
+                registry,
+                "weft_http_requests_total",
+                "HTTP requests, by direction, peer identity, destination and response status class.",
+                &["direction", "peer_identity", "destination", "status_class"],
+            )?,
+            latency: metrics::latency_histogram_vec(
+                registry,
+                "weft_http_request_duration_seconds",
+                "Time from request to response headers.",
+                &["direction", "peer_identity", "destination"],
+            )?,
+            tcp_open: metrics::gauge_vec(
+                registry,
+                "weft_tcp_open_connections",
+                "Connections open now.",
+                &["direction"],
+            )?,
+            tcp_opened: metrics::counter_vec(
+                registry,
+                "weft_tcp_connections_total",
+                "Connections accepted, by protocol detected.",
+                &["direction", "protocol"],
+            )?,
+            tcp_bytes: metrics::counter_vec(
+                registry,
+                "weft_tcp_transferred_bytes_total",
+                "Bytes forwarded on opaque TCP connections, by direction of travel.",
+                &["direction", "flow"],
+            )?,
+            tls_failures: metrics::counter_vec(
+                registry,
+                "weft_tls_handshake_failures_total",
+                "TLS handshakes that failed (peer refused or unverifiable).",
+                &["direction"],
+            )?,
+            cert_expiry: metrics::gauge(
+                registry,
+                "weft_identity_cert_expiry_timestamp_seconds",
+                "When the proxy's current certificate expires, in seconds since the Unix epoch.",
+            )?,
+            cert_renewals: metrics::counter_vec(
+                registry,
+                "weft_identity_cert_requests_total",
+                "Certificate requests to the control plane, by result.",
+                &["result"],
+            )?,
+        })
+    }
+
+    /// The request metrics for one label set; call once per connection or route.
+    pub fn requests(&self, direction: Direction, peer: &str, destination: &str) -> RequestMetrics {
+        let counter = |class: &str| {
+            self.requests
+                .with_label_values(&[direction.as_str(), peer, destination, class])
+        };
+        RequestMetrics {
+            by_class: [
+                counter("1xx"),
+                counter("2xx"),
+                counter("3xx"),
+                counter("4xx"),
+                counter("5xx"),
+                counter("other"),
+            ],
+            latency: self
+                .latency
+                .with_label_values(&[direction.as_str(), peer, destination]),
+        }
+    }
+
+    /// Counts a new connection as open until the returned guard drops.
+    pub fn open_connection(&self, direction: Direction, protocol: &str) -> OpenConnection {
+        self.tcp_opened
+            .with_label_values(&[direction.as_str(), protocol])
+            .inc();
+        let gauge = self.tcp_open.with_label_values(&[direction.as_str()]);
+        gauge.inc();
+        OpenConnection(gauge)
+    }
+
+    /// Records bytes copied on an opaque connection.
+    pub fn tcp_bytes(&self, direction: Direction, to_peer: u64, from_peer: u64) {
+        let label = direction.as_str();
+        self.tcp_bytes
+            .with_label_values(&[label, "sent"])
+            .inc_by(to_peer);
+        self.tcp_bytes
+            .with_label_values(&[label, "received"])
+            .inc_by(from_peer);
+    }
+
+    /// Counts a failed TLS handshake.
+    pub fn tls_failure(&self, direction: Direction) {
+        self.tls_failures
+            .with_label_values(&[direction.as_str()])
+            .inc();
+    }
+}
+
+// === impl RequestMetrics ===
+
+impl RequestMetrics {
+    /// Records one response.
+    pub fn record(&self, status: http::StatusCode, elapsed: Duration) {
+        let class = match status.as_u16() / 100 {
+            1 => 0,
+            2 => 1,
+            3 => 2,
+            4 => 3,
+            5 => 4,
+            _ => 5,
+        };
+        self.by_class[class].inc();
+        self.latency.observe(elapsed.as_secs_f64());
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

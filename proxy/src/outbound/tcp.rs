@@ -1,0 +1,56 @@
+//! Outbound opaque TCP: bytes from the app go over an mTLS stream to the peer proxy, announced by
+//! the opaque transport header; unmeshed destinations are passed through as they are.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncRead, AsyncWrite, copy_bidirectional};
+use tokio::net::TcpStream;
+
+use super::peer::PeerPool;
+use crate::metrics::{Direction, ProxyMetrics};
+use crate::static_routes::Route;
+use crate::transport_header;
+
+/// Forwards `app` to the peer behind `route` over mTLS.
+pub async fn forward_to_peer<S>(mut app: S, route: &Route, pool: &PeerPool, metrics: &ProxyMetrics)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut peer = match pool.connect_stream(route.address, &route.identity).await {
+        Ok(peer) => peer,
+        Err(error) => {
+            tracing::info!(%error, route = %route.authority, "cannot open opaque stream to peer");
+            return;
+        }
+    };
+    if let Err(error) = transport_header::write_opaque(&mut peer).await {
+        tracing::info!(%error, route = %route.authority, "cannot write transport header");
+        return;
+    }
+    copy(&mut app, &mut peer, metrics).await;
+}
+
+/// Forwards `app` unchanged to `dst`, which is outside the mesh.
+pub async fn pass_through<S>(mut app: S, dst: SocketAddr, metrics: &ProxyMetrics)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match TcpStream::connect(dst).await {
+        Ok(mut upstream) => {
+            let _ = upstream.set_nodelay(true);
+            copy(&mut app, &mut upstream, metrics).await;
+        }
+        Err(error) => tracing::info!(%error, %dst, "cannot reach unmeshed destination"),
+    }
+}
+
+async fn copy<A, B>(app: &mut A, peer: &mut B, metrics: &ProxyMetrics)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    match copy_bidirectional(app, peer).await {
+        Ok((sent, received)) => metrics.tcp_bytes(Direction::Outbound, sent, received),
+        Err(error) => tracing::debug!(%error, "opaque stream ended with an error"),
+    }
+}

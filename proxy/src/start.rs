@@ -1,0 +1,132 @@
+//! Wires the proxy together: listeners first (so a port in use is a configuration error), then
+//! identity, the two proxies and the admin server, all on one drain.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::net::TcpListener;
+use weft_api::client::ControlPlaneTarget;
+use weft_certs::{ALPN_H2, ALPN_WEFT, CertStore, ClientAuth};
+use weft_telemetry::{AdminServer, Drain};
+
+use crate::config::{self, Config};
+use crate::identity::IdentityDaemon;
+use crate::inbound::Inbound;
+use crate::metrics::ProxyMetrics;
+use crate::outbound::Outbound;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener address is unusable (in use, not local…): a configuration error.
+    #[error("{var}: cannot listen on {addr}: {source}")]
+    Bind {
+        /// The variable naming the address.
+        var: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The bind error.
+        source: std::io::Error,
+    },
+    /// Anything else.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// The addresses the proxy actually listens on.
+#[derive(Debug, Clone, Copy)]
+pub struct Listening {
+    /// Inbound (mTLS from peers).
+    pub inbound: SocketAddr,
+    /// Outbound (the app's traffic).
+    pub outbound: SocketAddr,
+    /// Admin.
+    pub admin: SocketAddr,
+}
+
+/// Binds every listener and spawns the proxy's tasks on `drain`.
+pub async fn start(config: Config, drain: &Drain) -> Result<Listening, StartError> {
+    let inbound_listener = bind(config::ENV_INBOUND_ADDR, config.inbound_addr).await?;
+    let outbound_listener = bind(config::ENV_OUTBOUND_ADDR, config.outbound_addr).await?;
+    let admin_listener = bind(config::ENV_ADMIN_ADDR, config.admin_addr).await?;
+    let listening = Listening {
+        inbound: local_addr(&inbound_listener)?,
+        outbound: local_addr(&outbound_listener)?,
+        admin: local_addr(&admin_listener)?,
+    };
+
+    let registry = weft_telemetry::metrics::new_registry();
+    let metrics =
+        ProxyMetrics::register(&registry).map_err(|e| StartError::Setup(e.to_string()))?;
+    let certs = CertStore::new();
+    let setup = |e: rustls::Error| StartError::Setup(format!("TLS setup: {e}"));
+    let anchors = &config.trust_anchors;
+    let peer_client =
+        weft_certs::client_config(anchors, certs.clone(), &[ALPN_WEFT]).map_err(setup)?;
+    let peer_server = weft_certs::server_config(
+        anchors,
+        config.identity.trust_domain(),
+        certs.clone(),
+        ClientAuth::Required,
+        &[ALPN_WEFT],
+    )
+    .map_err(setup)?;
+    let control_tls =
+        weft_certs::client_config(anchors, certs.clone(), &[ALPN_H2]).map_err(setup)?;
+
+    let target = ControlPlaneTarget {
+        addr: config.control_plane_addr.clone(),
+        server_name: config.control_plane_identity.dns_name(),
+        tls: Arc::new(control_tls),
+    };
+    let identity = IdentityDaemon::new(
+        target,
+        config.identity.clone(),
+        config.token_path.clone(),
+        anchors.clone(),
+        certs.clone(),
+        metrics.clone(),
+    );
+    drain.spawn(identity.run(drain.clone()));
+
+    let inbound = Inbound::new(Arc::new(peer_server), config.app_port, metrics.clone());
+    drain.spawn(inbound.serve(inbound_listener, drain.clone()));
+    let outbound = Outbound::new(
+        config.static_routes.clone(),
+        Arc::new(peer_client),
+        metrics,
+        config.detect_timeout,
+    );
+    drain.spawn(outbound.serve(outbound_listener, drain.clone()));
+
+    let ready_certs = certs.clone();
+    let admin = AdminServer::new(
+        registry,
+        Arc::new(move || ready_certs.is_valid_at(SystemTime::now())),
+        drain.clone(),
+    )
+    .with_shutdown_endpoint(config.shutdown_endpoint);
+    drain.spawn(admin.serve(admin_listener));
+
+    tracing::info!(
+        identity = %config.identity,
+        inbound = %listening.inbound,
+        outbound = %listening.outbound,
+        admin = %listening.admin,
+        "weft-proxy started"
+    );
+    Ok(listening)
+}
+
+async fn bind(var: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { var, addr, source })
+}
+
+fn local_addr(listener: &TcpListener) -> Result<SocketAddr, StartError> {
+    listener
+        .local_addr()
+        .map_err(|e| StartError::Setup(e.to_string()))
+}
