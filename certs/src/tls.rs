@@ -37,6 +37,9 @@ pub fn client_config(
         .with_custom_certificate_verifier(Arc::new(PeerServerVerifier::new(anchors)))
         .with_client_cert_resolver(certs);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // A resumed session skips the client certificate, so the server would see the identity (or
+    // the absence of one) of an earlier connection, not the credential held now.
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
 }
 

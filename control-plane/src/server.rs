@@ -66,6 +66,15 @@ pub struct Running {
 
 /// Loads state, binds every listener, and spawns the servers on `drain`.
 pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError> {
+    // Bind first: a port in use must fail before any state is created.
+    let proxy_listener = bind("--proxy-api-addr", config.proxy_api_addr).await?;
+    let admin_listener = bind("--admin-addr", config.admin_addr).await?;
+    let metrics_listener = bind("--metrics-addr", config.metrics_addr).await?;
+    let running = Running {
+        proxy_api_addr: local_addr(&proxy_listener)?,
+        admin_addr: local_addr(&admin_listener)?,
+        metrics_addr: local_addr(&metrics_listener)?,
+    };
     std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
         path: config.data_dir.clone(),
         source,
@@ -81,15 +90,6 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
     let registry = weft_telemetry::metrics::new_registry();
     let metrics = Metrics::register(&registry).map_err(|e| StartError::Setup(e.to_string()))?;
     metrics.issuer_expiry.set(unix(pki.issuer.not_after()));
-
-    let proxy_listener = bind("--proxy-api-addr", config.proxy_api_addr).await?;
-    let admin_listener = bind("--admin-addr", config.admin_addr).await?;
-    let metrics_listener = bind("--metrics-addr", config.metrics_addr).await?;
-    let running = Running {
-        proxy_api_addr: local_addr(&proxy_listener)?,
-        admin_addr: local_addr(&admin_listener)?,
-        metrics_addr: local_addr(&metrics_listener)?,
-    };
 
     let issuer = Arc::new(pki.issuer);
     let serving = CertStore::new();

@@ -1,0 +1,112 @@
+//! Clients the tests use: plain HTTP/1 and HTTP/2 to a proxy's outbound port, gRPC with an
+//! authority override, and a tiny GET for admin endpoints.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use crate::echo::echo_client::EchoClient;
+
+/// A response with its body read.
+pub type Collected = Response<Bytes>;
+
+/// GET `path` from `addr` over HTTP/1; `None` if unreachable.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let uri = format!("http://{addr}{path}");
+    let response = tokio::time::timeout(Duration::from_secs(5), client.get(uri.parse().ok()?))
+        .await
+        .ok()?
+        .ok()?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.ok()?.to_bytes();
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Always dials the proxy, whatever the URI says, the way intercepted traffic reaches it.
+type FixedConnector =
+    tower::util::BoxCloneSyncService<http::Uri, TokioIo<TcpStream>, std::io::Error>;
+
+/// An HTTP client to a proxy's outbound listener, sending requests for any authority.
+#[derive(Debug, Clone)]
+pub struct MeshClient {
+    client: Client<FixedConnector, Full<Bytes>>,
+}
+
+impl MeshClient {
+    /// HTTP/1.1 with keep-alive.
+    pub fn http1(outbound: SocketAddr) -> Self {
+        Self {
+            client: Client::builder(TokioExecutor::new()).build(fixed(outbound)),
+        }
+    }
+
+    /// HTTP/2 with prior knowledge.
+    pub fn http2(outbound: SocketAddr) -> Self {
+        Self {
+            client: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build(fixed(outbound)),
+        }
+    }
+
+    /// Sends `method path` to `authority` through the proxy, with `body`.
+    pub async fn send(
+        &self,
+        method: &str,
+        authority: &str,
+        path: &str,
+        body: Bytes,
+    ) -> anyhow::Result<Collected> {
+        self.send_with(method, authority, path, body, &[]).await
+    }
+
+    /// Like [`MeshClient::send`] with extra headers.
+    pub async fn send_with(
+        &self,
+        method: &str,
+        authority: &str,
+        path: &str,
+        body: Bytes,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Collected> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("http://{authority}{path}"));
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request = builder.body(Full::new(body))?;
+        let response =
+            tokio::time::timeout(Duration::from_secs(20), self.client.request(request)).await??;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(Response::from_parts(parts, body))
+    }
+}
+
+fn fixed(outbound: SocketAddr) -> FixedConnector {
+    tower::util::BoxCloneSyncService::new(tower::service_fn(move |_: http::Uri| async move {
+        Ok::<_, std::io::Error>(TokioIo::new(TcpStream::connect(outbound).await?))
+    }))
+}
+
+/// A gRPC client that connects to `outbound` but addresses `authority`.
+pub async fn grpc_client(
+    outbound: SocketAddr,
+    authority: &str,
+) -> EchoClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{outbound}"))
+        .unwrap()
+        .origin(format!("http://{authority}").parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    EchoClient::new(channel)
+}

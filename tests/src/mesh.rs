@@ -1,0 +1,308 @@
+//! A control plane and proxies, as real processes on loopback.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::client::http_get;
+use crate::process::{Proc, bin, run};
+use crate::{eventually, free_port};
+
+/// How long a process may take to become ready.
+pub const STARTUP: Duration = Duration::from_secs(30);
+
+/// A running `weft-control` with its own data dir.
+#[derive(Debug)]
+pub struct ControlPlane {
+    pub dir: Arc<TempDir>,
+    pub proxy_api: SocketAddr,
+    pub admin: SocketAddr,
+    pub metrics: SocketAddr,
+    pub leaf_lifetime: String,
+    pub proc: Proc,
+}
+
+impl ControlPlane {
+    /// Starts a control plane signing leaves valid for `leaf_lifetime` (e.g. "24h", "10s").
+    pub async fn start(leaf_lifetime: &str) -> Self {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let proxy_api = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let proc = Self::spawn(&dir, proxy_api, admin, metrics, leaf_lifetime);
+        let cp = Self {
+            dir,
+            proxy_api,
+            admin,
+            metrics,
+            leaf_lifetime: leaf_lifetime.to_string(),
+            proc,
+        };
+        cp.wait_ready().await;
+        cp
+    }
+
+    fn spawn(
+        dir: &TempDir,
+        proxy_api: SocketAddr,
+        admin: SocketAddr,
+        metrics: SocketAddr,
+        lifetime: &str,
+    ) -> Proc {
+        let mut command = Command::new(bin("weft-control"));
+        command
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--proxy-api-addr")
+            .arg(proxy_api.to_string())
+            .arg("--admin-addr")
+            .arg(admin.to_string())
+            .arg("--metrics-addr")
+            .arg(metrics.to_string())
+            .arg("--leaf-lifetime")
+            .arg(lifetime)
+            .env("WEFT_CONTROL_LOG", "info");
+        Proc::spawn("weft-control", command, dir.path().join("weft-control.log"))
+    }
+
+    async fn wait_ready(&self) {
+        let metrics = self.metrics;
+        let admin = self.admin;
+        eventually("weft-control to be ready", STARTUP, || async move {
+            let ready = http_get(metrics, "/ready")
+                .await
+                .is_some_and(|(status, _)| status == 200);
+            let admin_up = tokio::net::TcpStream::connect(admin).await.is_ok();
+            (ready && admin_up).then_some(())
+        })
+        .await;
+    }
+
+    /// The data dir.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The trust anchor proxies are given.
+    pub fn trust_anchor(&self) -> PathBuf {
+        self.data_dir().join("pki").join("trust-anchor.pem")
+    }
+
+    /// Runs `weftctl` against this control plane.
+    pub fn weftctl(&self, args: &[&str]) -> (std::process::ExitStatus, String, String) {
+        let mut command = Command::new(bin("weftctl"));
+        command
+            .arg("--server")
+            .arg(self.admin.to_string())
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(args);
+        run(command)
+    }
+
+    /// Creates a join token for `identity` and writes it to a file; returns the file.
+    pub fn token_file(&self, identity: &str) -> PathBuf {
+        let (status, stdout, stderr) = self.weftctl(&["token", "create", "--identity", identity]);
+        assert!(status.success(), "weftctl token create failed: {stderr}");
+        let path = self.dir.path().join(format!("token-{}", free_port()));
+        std::fs::write(&path, stdout.trim()).unwrap();
+        path
+    }
+
+    /// SIGKILL.
+    pub fn kill9(&mut self) {
+        self.proc.kill9();
+    }
+
+    /// Starts the control plane again, on the same ports and data dir.
+    pub async fn restart(&mut self) {
+        self.proc.kill9();
+        self.proc = Self::spawn(
+            &self.dir,
+            self.proxy_api,
+            self.admin,
+            self.metrics,
+            &self.leaf_lifetime,
+        );
+        self.wait_ready().await;
+    }
+}
+
+/// One static route of a client proxy.
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    pub authority: String,
+    pub address: SocketAddr,
+    pub identity: String,
+    pub opaque: bool,
+}
+
+/// A running `weft-proxy`.
+#[derive(Debug)]
+pub struct Proxy {
+    pub identity: String,
+    /// The join token file the proxy was given.
+    pub token: PathBuf,
+    pub inbound: SocketAddr,
+    pub outbound: SocketAddr,
+    pub admin: SocketAddr,
+    pub proc: Proc,
+}
+
+/// How to start a proxy.
+#[derive(Debug, Clone, Default)]
+pub struct ProxySpec {
+    pub identity: String,
+    pub app_port: Option<u16>,
+    pub routes: Vec<RouteSpec>,
+    pub env: Vec<(String, String)>,
+}
+
+impl ProxySpec {
+    pub fn new(identity: &str) -> Self {
+        Self {
+            identity: identity.to_string(),
+            ..Self::default()
+        }
+    }
+
+    pub fn app_port(mut self, port: u16) -> Self {
+        self.app_port = Some(port);
+        self
+    }
+
+    pub fn route(mut self, authority: &str, to: &Proxy) -> Self {
+        self.routes.push(RouteSpec {
+            authority: authority.to_string(),
+            address: to.inbound,
+            identity: to.identity.clone(),
+            opaque: false,
+        });
+        self
+    }
+
+    /// Like [`ProxySpec::route`], forwarding bytes without protocol detection.
+    pub fn opaque_route(mut self, authority: &str, to: &Proxy) -> Self {
+        self = self.route(authority, to);
+        if let Some(route) = self.routes.last_mut() {
+            route.opaque = true;
+        }
+        self
+    }
+
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_string(), value.to_string()));
+        self
+    }
+}
+
+impl Proxy {
+    /// Starts a proxy and waits until it holds a certificate.
+    pub async fn start(cp: &ControlPlane, spec: ProxySpec) -> Self {
+        let proxy = Self::spawn(cp, &spec);
+        proxy.wait_ready().await;
+        proxy
+    }
+
+    /// Starts a proxy without waiting.
+    pub fn spawn(cp: &ControlPlane, spec: &ProxySpec) -> Self {
+        let dir = cp.dir.path();
+        let token = cp.token_file(&spec.identity);
+        let inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let outbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut command = Command::new(bin("weft-proxy"));
+        command
+            .env_clear()
+            .env("WEFT_PROXY_CONTROL_PLANE_ADDR", cp.proxy_api.to_string())
+            .env("WEFT_PROXY_TRUST_ANCHORS", cp.trust_anchor())
+            .env("WEFT_PROXY_IDENTITY", &spec.identity)
+            .env("WEFT_PROXY_TOKEN_PATH", &token)
+            .env("WEFT_PROXY_INBOUND_ADDR", inbound.to_string())
+            .env("WEFT_PROXY_OUTBOUND_ADDR", outbound.to_string())
+            .env("WEFT_PROXY_ADMIN_ADDR", admin.to_string())
+            .env("WEFT_PROXY_LOG", "info,weft_proxy=debug");
+        if let Some(port) = spec.app_port {
+            command.env("WEFT_PROXY_APP_PORT", port.to_string());
+        }
+        if !spec.routes.is_empty() {
+            let path = dir.join(format!("routes-{}.yaml", free_port()));
+            std::fs::write(&path, routes_yaml(&spec.routes)).unwrap();
+            command.env("WEFT_PROXY_STATIC_ROUTES", path);
+        }
+        for (name, value) in &spec.env {
+            command.env(name, value);
+        }
+        let name = format!("weft-proxy {}", spec.identity);
+        let log = dir.join(format!("proxy-{}.log", admin.port()));
+        Self {
+            identity: spec.identity.clone(),
+            token,
+            inbound,
+            outbound,
+            admin,
+            proc: Proc::spawn(&name, command, log),
+        }
+    }
+
+    /// Waits until /ready answers 200.
+    pub async fn wait_ready(&self) {
+        let admin = self.admin;
+        eventually(
+            &format!("proxy {} to be ready", self.identity),
+            STARTUP,
+            || async move {
+                http_get(admin, "/ready")
+                    .await
+                    .filter(|(status, _)| *status == 200)
+                    .map(|_| ())
+            },
+        )
+        .await;
+    }
+
+    /// The proxy's /metrics text.
+    pub async fn metrics(&self) -> String {
+        http_get(self.admin, "/metrics")
+            .await
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    }
+
+    /// The value of the first sample whose line starts with `prefix` (a name and labels).
+    pub async fn metric(&self, prefix: &str) -> Option<f64> {
+        metric_value(&self.metrics().await, prefix)
+    }
+}
+
+/// Sum of every sample of `text` whose line starts with `prefix`.
+pub fn metric_value(text: &str, prefix: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|line| line.starts_with(prefix)) {
+        let value: f64 = line.rsplit(' ').next()?.parse().ok()?;
+        *found.get_or_insert(0.0) += value;
+    }
+    found
+}
+
+fn routes_yaml(routes: &[RouteSpec]) -> String {
+    let mut yaml = String::from("routes:\n");
+    for route in routes {
+        yaml.push_str(&format!(
+            "  - authority: {}\n    address: {}\n    identity: {}\n    opaque: {}\n",
+            route.authority, route.address, route.identity, route.opaque
+        ));
+    }
+    yaml
+}
+
+/// Writes `text` to a fresh file under `dir`.
+pub fn write_temp(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}

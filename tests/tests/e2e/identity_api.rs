@@ -1,0 +1,221 @@
+//! Identity/Certify and the admin API over real gRPC, with their error statuses.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use weft_api::client::ControlPlaneTarget;
+use weft_api::identity::CertifyRequest;
+use weft_api::identity::identity_client::IdentityClient;
+use weft_certs::{ALPN_H2, CertStore, Credential, Identity, LeafKey, TrustAnchors};
+use weft_tests::eventually;
+use weft_tests::mesh::ControlPlane;
+
+const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
+const API: &str = "spiffe://cluster.local/ns/shop/sa/api";
+
+struct Caller {
+    anchors: TrustAnchors,
+    target: ControlPlaneTarget,
+    certs: Arc<CertStore>,
+}
+
+impl Caller {
+    fn new(cp: &ControlPlane) -> Self {
+        weft_tests::init();
+        let anchors = TrustAnchors::from_pem(&std::fs::read(cp.trust_anchor()).unwrap()).unwrap();
+        let certs = CertStore::new();
+        let tls = weft_certs::client_config(&anchors, certs.clone(), &[ALPN_H2]).unwrap();
+        let target = ControlPlaneTarget {
+            addr: cp.proxy_api.to_string(),
+            server_name: "weft-control.weft.serviceaccount.identity.cluster.local".to_string(),
+            tls: Arc::new(tls),
+        };
+        Self {
+            anchors,
+            target,
+            certs,
+        }
+    }
+
+    async fn certify(
+        &self,
+        identity: &str,
+        csr: Vec<u8>,
+        token: &str,
+    ) -> Result<Vec<Vec<u8>>, tonic::Status> {
+        let channel = self.target.channel().await.unwrap();
+        let request = CertifyRequest {
+            identity: identity.to_string(),
+            csr,
+            token: token.to_string(),
+        };
+        IdentityClient::new(channel)
+            .certify(request)
+            .await
+            .map(|r| r.into_inner().chain)
+    }
+}
+
+fn csr_for(identity: &str) -> (LeafKey, Vec<u8>) {
+    let key = LeafKey::generate().unwrap();
+    let csr = key.csr(&identity.parse().unwrap()).unwrap().to_vec();
+    (key, csr)
+}
+
+fn token(cp: &ControlPlane, identity: &str, ttl: Option<&str>) -> String {
+    let mut args = vec!["token", "create", "--identity", identity];
+    if let Some(ttl) = ttl {
+        args.extend(["--ttl", ttl]);
+    }
+    let (status, stdout, stderr) = cp.weftctl(&args);
+    assert!(status.success(), "{stderr}");
+    stdout.trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certify_signs_a_csr_proven_by_a_token_and_renews_by_certificate() {
+    let cp = ControlPlane::start("1h").await;
+    let caller = Caller::new(&cp);
+    let web_token = token(&cp, WEB, None);
+
+    let (key, csr) = csr_for(WEB);
+    let chain = caller.certify(WEB, csr, &web_token).await.unwrap();
+    let chain: Vec<_> = chain
+        .into_iter()
+        .map(rustls::pki_types::CertificateDer::from)
+        .collect();
+    let web: Identity = WEB.parse().unwrap();
+    weft_certs::verify_peer(&caller.anchors, &chain, &web, SystemTime::now()).unwrap();
+
+    // Without a token and without a certificate: refused.
+    let (_, csr) = csr_for(WEB);
+    let status = caller.certify(WEB, csr, "").await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+
+    // Presenting the current certificate is proof enough.
+    caller.certs.set(Credential {
+        key: key.certify(chain).unwrap(),
+        identity: web.clone(),
+        not_after: SystemTime::now() + Duration::from_secs(3600),
+    });
+    let (_, csr) = csr_for(WEB);
+    caller.certify(WEB, csr, "").await.unwrap();
+
+    // …but only for its own identity.
+    let (_, csr) = csr_for(API);
+    let status = caller.certify(API, csr, "").await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certify_errors_are_precise_grpc_statuses() {
+    let cp = ControlPlane::start("1h").await;
+    let caller = Caller::new(&cp);
+    let web_token = token(&cp, WEB, None);
+
+    let status = caller
+        .certify(WEB, b"not a csr".to_vec(), &web_token)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("malformed CSR"),
+        "{}",
+        status.message()
+    );
+
+    let status = caller
+        .certify("spiffe://nope", csr_for(WEB).1, &web_token)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().starts_with("identity:"),
+        "{}",
+        status.message()
+    );
+
+    let status = caller
+        .certify(WEB, csr_for(WEB).1, "weftjt_unknown")
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    assert_eq!(status.message(), "unknown join token");
+
+    // A token for web cannot get a certificate for api.
+    let status = caller
+        .certify(API, csr_for(API).1, &web_token)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert!(
+        status
+            .message()
+            .contains("proved spiffe://cluster.local/ns/shop/sa/web"),
+        "{}",
+        status.message()
+    );
+
+    let short = token(&cp, WEB, Some("1s"));
+    let status = eventually(
+        "the 1s token to expire",
+        Duration::from_secs(10),
+        || async { caller.certify(WEB, csr_for(WEB).1, &short).await.err() },
+    )
+    .await;
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    assert_eq!(status.message(), "join token expired");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_requires_the_admin_credential() {
+    let cp = ControlPlane::start("1h").await;
+    let wrong = cp.dir.path().join("wrong-token");
+    std::fs::write(&wrong, "not-the-admin-credential").unwrap();
+    let (status, _, stderr) = cp.weftctl(&[
+        "--admin-token-file",
+        wrong.to_str().unwrap(),
+        "token",
+        "create",
+        "--identity",
+        WEB,
+    ]);
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(
+        stderr.trim(),
+        "weftctl: Unauthenticated: admin token is not valid"
+    );
+
+    let (status, _, stderr) = cp.weftctl(&[
+        "token",
+        "create",
+        "--identity",
+        "spiffe://other.domain/ns/a/sa/b",
+    ]);
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.contains("outside this control plane's trust domain"),
+        "{stderr}"
+    );
+
+    // Listing shows ids, never secrets; revoking works by id.
+    let secret = token(&cp, WEB, None);
+    let (_, list, _) = cp.weftctl(&["token", "list"]);
+    assert!(list.contains(WEB) && !list.contains(&secret), "{list}");
+    let id = list
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let (status, _, stderr) = cp.weftctl(&["token", "revoke", &id]);
+    assert!(status.success(), "{stderr}");
+    let caller = Caller::new(&cp);
+    let status = caller
+        .certify(WEB, csr_for(WEB).1, &secret)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+}

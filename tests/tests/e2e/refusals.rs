@@ -1,0 +1,97 @@
+//! The inbound port accepts only mTLS from peers of the trust domain.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use weft_certs::{
+    ALPN_WEFT, CertStore, Credential, Identity, LeafKey, TrustAnchor, TrustAnchors, TrustDomain,
+};
+
+use crate::{CLIENT_ID, Mesh, SERVER_ID};
+
+/// What a refused client gets back: at most a TLS alert, then the connection closes.
+async fn assert_no_answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    first_bytes: &[u8],
+) {
+    let _ = stream.write_all(first_bytes).await;
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut received))
+        .await
+        .expect("the inbound port must close a refused connection, not hang");
+    let text = String::from_utf8_lossy(&received);
+    assert!(
+        !text.contains("HTTP/"),
+        "refused client got an HTTP answer: {text:?} ({read:?})"
+    );
+    // A plaintext client may get a TLS alert record (content type 21), nothing else.
+    assert!(
+        received.is_empty() || received[0] == 0x15,
+        "unexpected bytes: {received:?}"
+    );
+}
+
+/// Dials the server proxy's inbound port with TLS, presenting `certs` (possibly none).
+async fn tls_dial(
+    mesh: &Mesh,
+    certs: Arc<CertStore>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let anchors = TrustAnchors::from_pem(&std::fs::read(mesh.cp.trust_anchor()).unwrap()).unwrap();
+    let config = weft_certs::client_config(&anchors, certs, &[ALPN_WEFT]).unwrap();
+    let server: Identity = SERVER_ID.parse().unwrap();
+    let tcp = TcpStream::connect(mesh.server.inbound).await?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(server.dns_name()).unwrap(), tcp)
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_client_is_refused() {
+    let mesh = Mesh::start("24h").await;
+    let tcp = TcpStream::connect(mesh.server.inbound).await.unwrap();
+    assert_no_answer(tcp, b"GET / HTTP/1.1\r\nHost: api.shop\r\n\r\n").await;
+    assert_eq!(mesh.app.request_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_client_without_a_certificate_is_refused() {
+    let mesh = Mesh::start("24h").await;
+    // In TLS 1.3 the client may finish its side before the server rejects it; either way no
+    // request may reach the app.
+    if let Ok(stream) = tls_dial(&mesh, CertStore::new()).await {
+        assert_no_answer(stream, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+    }
+    assert_eq!(mesh.app.request_count(), 0);
+    let failures = mesh
+        .server
+        .metric("weft_tls_handshake_failures_total{direction=\"inbound\"}")
+        .await;
+    assert!(failures >= Some(1.0), "{failures:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_from_another_trust_anchor_is_refused() {
+    let mesh = Mesh::start("24h").await;
+    // Same trust domain and identity as the real client, but an anchor the mesh does not trust.
+    let now = SystemTime::now();
+    let rogue_anchor = TrustAnchor::generate(&TrustDomain::cluster_local(), now).unwrap();
+    let rogue_issuer = rogue_anchor.generate_issuer(now).unwrap();
+    let identity: Identity = CLIENT_ID.parse().unwrap();
+    let key = LeafKey::generate().unwrap();
+    let issued = rogue_issuer
+        .issue(key.public_key(), &identity, Duration::from_secs(3600), now)
+        .unwrap();
+    let certs = CertStore::new();
+    certs.set(Credential {
+        key: key.certify(issued.chain).unwrap(),
+        identity,
+        not_after: issued.not_after,
+    });
+    if let Ok(stream) = tls_dial(&mesh, certs).await {
+        assert_no_answer(stream, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+    }
+    assert_eq!(mesh.app.request_count(), 0);
+}

@@ -1,0 +1,166 @@
+//! HTTP/1.1, HTTP/2 and gRPC through client proxy → mTLS → server proxy → app.
+
+use bytes::Bytes;
+use weft_tests::client::{MeshClient, grpc_client};
+use weft_tests::echo::EchoRequest;
+
+use crate::{CLIENT_ID, GRPC_AUTHORITY, HTTP_AUTHORITY, Mesh};
+
+fn one_mib() -> Bytes {
+    (0..1024 * 1024)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_get_and_1mib_post_carry_the_caller_identity() {
+    let mesh = Mesh::start("24h").await;
+    let client = MeshClient::http1(mesh.client.outbound);
+
+    let get = client
+        .send("GET", HTTP_AUTHORITY, "/hello?x=1", Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 200);
+    assert_eq!(get.headers()["x-seen-client-id"], CLIENT_ID);
+    // The app is spoken to in the protocol its client used, with the authority it used.
+    assert_eq!(get.headers()["x-seen-version"], "HTTP/1.1");
+    assert_eq!(get.headers()["x-seen-host"], HTTP_AUTHORITY);
+    assert_eq!(get.headers()["x-seen-path"], "/hello");
+
+    let body = one_mib();
+    let post = client
+        .send("POST", HTTP_AUTHORITY, "/upload", body.clone())
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 200);
+    assert_eq!(post.headers()["x-seen-method"], "POST");
+    assert_eq!(post.body().len(), body.len());
+    assert!(post.body() == &body, "1 MiB body came back altered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_client_id_is_replaced_by_the_verified_one() {
+    let mesh = Mesh::start("24h").await;
+    let client = MeshClient::http1(mesh.client.outbound);
+    let forged = [(
+        "weft-client-id",
+        "spiffe://cluster.local/ns/kube-system/sa/admin",
+    )];
+    let response = client
+        .send_with("GET", HTTP_AUTHORITY, "/", Bytes::new(), &forged)
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-seen-client-id"], CLIENT_ID);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_passes_through_as_http2() {
+    let mesh = Mesh::start("24h").await;
+    let client = MeshClient::http2(mesh.client.outbound);
+    for _ in 0..3 {
+        let response = client
+            .send("POST", HTTP_AUTHORITY, "/h2", Bytes::from_static(b"ping"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        assert_eq!(response.headers()["x-seen-version"], "HTTP/2.0");
+        assert_eq!(response.headers()["x-seen-client-id"], CLIENT_ID);
+        assert_eq!(response.headers()["x-seen-host"], HTTP_AUTHORITY);
+        assert_eq!(response.body().as_ref(), b"ping");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_unary_streaming_and_trailers_pass_through() {
+    let mesh = Mesh::start("24h").await;
+    let mut client = grpc_client(mesh.client.outbound, GRPC_AUTHORITY).await;
+
+    let reply = client
+        .unary(EchoRequest {
+            message: "hi".to_string(),
+            count: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply.metadata().get("x-echo").unwrap(), "yes");
+    let reply = reply.into_inner();
+    assert_eq!(reply.message, "hi");
+    assert_eq!(reply.client_id, CLIENT_ID);
+
+    // An error travels in the trailers, with its metadata.
+    let status = client
+        .unary(EchoRequest {
+            message: "fail".to_string(),
+            count: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(status.message(), "asked to fail");
+    assert_eq!(status.metadata().get("x-detail").unwrap(), "trailer-detail");
+
+    let mut stream = client
+        .server_stream(EchoRequest {
+            message: "s".to_string(),
+            count: 100,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut indexes = Vec::new();
+    while let Some(reply) = stream.message().await.unwrap() {
+        assert_eq!(reply.client_id, CLIENT_ID);
+        indexes.push(reply.index);
+    }
+    assert_eq!(indexes, (0..100).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_authority_gets_a_502_naming_it_and_metrics_count_traffic() {
+    let mesh = Mesh::start("24h").await;
+    let client = MeshClient::http1(mesh.client.outbound);
+    let response = client
+        .send("GET", "nowhere.shop:8080", "/", Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    assert_eq!(
+        response.headers()["weft-proxy-error"],
+        "no route to nowhere.shop:8080"
+    );
+
+    for _ in 0..5 {
+        let ok = client
+            .send("GET", HTTP_AUTHORITY, "/", Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), 200);
+    }
+    let outbound = mesh.client.metrics().await;
+    let sent = weft_tests::mesh::metric_value(
+        &outbound,
+        &format!(
+            "weft_http_requests_total{{destination=\"{HTTP_AUTHORITY}\",direction=\"outbound\",peer_identity=\"{}\",status_class=\"2xx\"}}",
+            crate::SERVER_ID
+        ),
+    );
+    assert_eq!(sent, Some(5.0), "{outbound}");
+    let inbound = mesh.server.metrics().await;
+    let received = weft_tests::mesh::metric_value(
+        &inbound,
+        &format!(
+            "weft_http_requests_total{{destination=\"127.0.0.1:{}\",direction=\"inbound\",peer_identity=\"{CLIENT_ID}\",status_class=\"2xx\"}}",
+            mesh.app.port
+        ),
+    );
+    assert_eq!(received, Some(5.0), "{inbound}");
+    assert!(inbound.contains("weft_http_request_duration_seconds_bucket"));
+    assert!(
+        inbound.contains("weft_tcp_open_connections{direction=\"inbound\"} 1"),
+        "{inbound}"
+    );
+    assert!(inbound.contains("weft_identity_cert_expiry_timestamp_seconds"));
+}
