@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// The longest DNS label; namespaces and service accounts are Kubernetes DNS labels.
 const MAX_LABEL_LEN: usize = 63;
@@ -44,9 +45,13 @@ pub struct TrustDomain(String);
 ///
 /// The namespace and service account are DNS labels and the trust domain is a DNS-style name, so
 /// every identity also has a DNS form (see [`Identity::dns_name`]) that rustls can carry as a
-/// server name.
+/// server name. Identities are shared (cloning is a reference count), since every connection and
+/// error carries one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Identity {
+pub struct Identity(Arc<Parts>);
+
+#[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Parts {
     trust_domain: TrustDomain,
     namespace: String,
     service_account: String,
@@ -103,26 +108,26 @@ impl Identity {
     ) -> Result<Self, IdentityError> {
         validate_label("namespace", namespace)?;
         validate_label("service account", service_account)?;
-        Ok(Self {
+        Ok(Self(Arc::new(Parts {
             trust_domain,
             namespace: namespace.to_string(),
             service_account: service_account.to_string(),
-        })
+        })))
     }
 
     /// The trust domain this identity belongs to.
     pub fn trust_domain(&self) -> &TrustDomain {
-        &self.trust_domain
+        &self.0.trust_domain
     }
 
     /// The Kubernetes namespace.
     pub fn namespace(&self) -> &str {
-        &self.namespace
+        &self.0.namespace
     }
 
     /// The Kubernetes service account.
     pub fn service_account(&self) -> &str {
-        &self.service_account
+        &self.0.service_account
     }
 
     /// The DNS-style name `<sa>.<ns>.serviceaccount.identity.<trust-domain>`, carried in leaf
@@ -130,7 +135,7 @@ impl Identity {
     pub fn dns_name(&self) -> String {
         format!(
             "{}.{}.serviceaccount.identity.{}",
-            self.service_account, self.namespace, self.trust_domain
+            self.0.service_account, self.0.namespace, self.0.trust_domain
         )
     }
 
@@ -178,7 +183,7 @@ impl fmt::Display for Identity {
         write!(
             f,
             "spiffe://{}/ns/{}/sa/{}",
-            self.trust_domain, self.namespace, self.service_account
+            self.0.trust_domain, self.0.namespace, self.0.service_account
         )
     }
 }

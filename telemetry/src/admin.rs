@@ -70,6 +70,7 @@ impl AdminServer {
                 }
             };
             let server = self.clone();
+            let conn_drain = drain.clone();
             drain.spawn(async move {
                 let service = service_fn(move |req| {
                     let server = server.clone();
@@ -77,7 +78,16 @@ impl AdminServer {
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service);
-                if let Err(error) = conn.await {
+                tokio::pin!(conn);
+                // An idle keep-alive scraper must not hold up the drain.
+                let result = tokio::select! {
+                    result = conn.as_mut() => result,
+                    () = conn_drain.signaled() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(error) = result {
                     tracing::debug!(%error, "admin connection ended");
                 }
             });

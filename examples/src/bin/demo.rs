@@ -1,1 +1,112 @@
-fn main() {}
+//! `demo`: starts a whole Weft mesh on this machine and shows where to look.
+//!
+//! `cargo run --release -p weft-examples --bin demo` — Ctrl-C stops it.
+//! `--smoke` starts it on random ports, checks that traffic flows over mTLS, and exits.
+
+#![allow(clippy::print_stdout)] // A CLI that talks to its user.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use weft_examples::launcher::{self, BACKEND_ID, FRONTEND_ID, Ports};
+
+/// Run the Weft demo mesh.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Start on random ports, check traffic flows, then stop (what CI runs).
+    #[arg(long)]
+    smoke: bool,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let exe = std::env::current_exe()?;
+    let bin_dir = exe
+        .parent()
+        .context("demo binary has no directory")?
+        .to_path_buf();
+    println!("building weft-control, weft-proxy and weftctl (the first time takes a few minutes)…");
+    launcher::build_binaries(&bin_dir)?;
+
+    let work_dir = tempfile::Builder::new().prefix("weft-demo-").tempdir()?;
+    let ports = if args.smoke {
+        Ports::random()?
+    } else {
+        Ports::fixed()
+    };
+    let mesh = match launcher::start(&bin_dir, work_dir.path(), ports).await {
+        Ok(mesh) => mesh,
+        Err(error) => {
+            eprintln!(
+                "demo failed to start: {error:#}\nlogs are in {}",
+                work_dir.path().display()
+            );
+            // Keep the logs for the user to read.
+            let _ = work_dir.keep();
+            std::process::exit(1);
+        }
+    };
+    if args.smoke {
+        println!("smoke: frontend → weft-proxy → mTLS → weft-proxy → backend works");
+        return Ok(());
+    }
+    print_guide(&ports, &bin_dir, &mesh.work_dir);
+    let mut mesh = mesh;
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+            _ = hangup.recv() => break,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {
+                if let Some(name) = mesh.exited() {
+                    eprintln!("{name} exited; see its log in {}", mesh.work_dir.display());
+                    std::process::exit(1);
+                }
+            }
+        }
+    }
+    println!("\nstopping the mesh");
+    Ok(())
+}
+
+fn print_guide(ports: &Ports, bin_dir: &std::path::Path, work_dir: &std::path::Path) {
+    let data = work_dir.join("control");
+    println!(
+        r#"
+Weft demo mesh is up: weft-control, and two apps each behind its own weft-proxy.
+
+  frontend ({FRONTEND_ID})
+      └─ weft-proxy {fo} ══ mTLS ══► weft-proxy {bi} ─► backend ({BACKEND_ID})
+
+Try it:
+  curl http://{fa}/
+      frontend calls backend through the mesh; backend answers with the caller identity it was given
+  curl -H 'Host: {backend}' http://{fo}/
+      call backend yourself, through the frontend's proxy
+  curl http://{fadm}/metrics    (and http://{badm}/metrics)
+      the proxies' metrics: weft_http_requests_total, weft_identity_cert_expiry_timestamp_seconds, …
+  curl http://{cm}/metrics
+      the control plane's metrics: certificates signed, join tokens issued
+  {weftctl} --server {ca} --data-dir {data} token list
+      the join tokens the demo created
+
+Logs: {logs}/*.log    Ctrl-C stops everything.
+"#,
+        fo = ports.frontend_outbound,
+        bi = ports.backend_inbound,
+        fa = ports.frontend_app,
+        fadm = ports.frontend_admin,
+        badm = ports.backend_admin,
+        cm = ports.control_metrics,
+        ca = ports.control_admin,
+        backend = weft_examples::app::BACKEND_AUTHORITY,
+        data = data.display(),
+        weftctl = bin_dir.join("weftctl").display(),
+        logs = work_dir.display(),
+    );
+}

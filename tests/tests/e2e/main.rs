@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod bad_config;
+mod drain;
 mod identity_api;
 mod netns;
 mod outage;

@@ -34,7 +34,7 @@ async fn ten_second_leaves_rotate_under_30s_of_continuous_traffic() {
             response.headers()
         );
         sent += 1;
-        if sent % 50 == 0 {
+        if sent.is_multiple_of(50) {
             let expiry = mesh.client.metric(EXPIRY).await.unwrap();
             if expiries.last() != Some(&expiry) {
                 expiries.push(expiry);

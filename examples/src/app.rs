@@ -1,0 +1,104 @@
+//! The demo's two apps, plain HTTP/1 servers.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+/// The authority `frontend` uses for `backend`, routed by the frontend's proxy.
+pub const BACKEND_AUTHORITY: &str = "backend.demo:8081";
+
+/// Serves `backend`: answers with the identity of its caller, as its proxy verified it.
+pub async fn serve_backend(listen: SocketAddr) -> anyhow::Result<()> {
+    serve(listen, |req: Request<Incoming>| async move {
+        let caller = req
+            .headers()
+            .get("weft-client-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("(no weft-client-id: not called through the mesh)")
+            .to_string();
+        text(StatusCode::OK, format!("backend: hello, {caller}\n"))
+    })
+    .await
+}
+
+/// Serves `frontend`: every request calls `backend` through the frontend's proxy.
+pub async fn serve_frontend(listen: SocketAddr, proxy: SocketAddr) -> anyhow::Result<()> {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let client = Arc::new(client);
+    // Steady background traffic, so the proxies' metrics move on their own.
+    let background = client.clone();
+    tokio::spawn(async move {
+        loop {
+            let _ = call_backend(&background, proxy).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    serve(listen, move |_req: Request<Incoming>| {
+        let client = client.clone();
+        async move {
+            match call_backend(&client, proxy).await {
+                Ok(answer) => text(
+                    StatusCode::OK,
+                    format!("frontend: called http://{BACKEND_AUTHORITY}/ through weft-proxy (mTLS between the proxies)\n{answer}"),
+                ),
+                Err(error) => text(StatusCode::BAD_GATEWAY, format!("frontend: backend call failed: {error}\n")),
+            }
+        }
+    })
+    .await
+}
+
+/// Calls backend the way an app in a mesh does: a plain request, addressed to the service name,
+/// sent to the local proxy.
+pub async fn call_backend(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    proxy: SocketAddr,
+) -> anyhow::Result<String> {
+    let request = Request::get(format!("http://{proxy}/"))
+        .header(http::header::HOST, BACKEND_AUTHORITY)
+        .body(Full::new(Bytes::new()))?;
+    let response = tokio::time::timeout(Duration::from_secs(5), client.request(request)).await??;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    let body = String::from_utf8_lossy(&body).into_owned();
+    anyhow::ensure!(status.is_success(), "{status}: {body}");
+    Ok(body)
+}
+
+async fn serve<F, Fut>(listen: SocketAddr, handler: F) -> anyhow::Result<()>
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let listener = TcpListener::bind(listen).await?;
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handler(req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+}
