@@ -69,10 +69,18 @@ impl ResolvesClientCert for CertStore {
         _root_hint_subjects: &[&[u8]],
         _sigschemes: &[SignatureScheme],
     ) -> Option<Arc<CertifiedKey>> {
-        self.current.load().as_ref().map(|c| c.key.clone())
+        // An expired certificate would only get the handshake refused; without one, a server that
+        // makes client certificates optional (the control plane) still lets us prove ourselves
+        // another way (a token).
+        let now = SystemTime::now();
+        self.current
+            .load()
+            .as_ref()
+            .filter(|c| c.not_after > now)
+            .map(|c| c.key.clone())
     }
 
     fn has_certs(&self) -> bool {
-        self.current.load().is_some()
+        self.is_valid_at(SystemTime::now())
     }
 }

@@ -353,3 +353,37 @@ fn uses_the_post_quantum_hybrid_key_exchange_first() {
         .collect::<Vec<_>>();
     assert_eq!(groups[0], rustls::NamedGroup::X25519MLKEM768);
 }
+
+#[test]
+fn an_expired_client_certificate_is_not_presented() {
+    let pki = pki("cluster.local");
+    let web = id("spiffe://cluster.local/ns/shop/sa/web");
+    let db = id("spiffe://cluster.local/ns/shop/sa/db");
+    let td = pki.anchor.trust_domain().clone();
+    // Issued two hours ago for one hour.
+    let (issued, key) = leaf(
+        &pki,
+        &web,
+        Duration::from_secs(3600),
+        SystemTime::now() - Duration::from_secs(7200),
+    );
+    let store = CertStore::new();
+    store.set(Credential {
+        key: key.certify(issued.chain).unwrap(),
+        identity: web,
+        not_after: issued.not_after,
+    });
+    assert!(!store.is_valid_at(SystemTime::now()));
+    // Against a server where client certificates are optional, the handshake still succeeds,
+    // anonymously, so the client can prove itself another way.
+    let client = client_config(&pki.anchors, store, &[ALPN_H2]).unwrap();
+    let server = server_config(
+        &pki.anchors,
+        &td,
+        store_for(&pki, &db),
+        ClientAuth::Optional,
+        &[ALPN_H2],
+    )
+    .unwrap();
+    assert_eq!(handshake(client, server, &db).unwrap(), None);
+}

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use tokio::net::TcpListener;
 use weft_api::admin::admin_server::AdminServer;
@@ -120,7 +120,7 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
         .add_service(IdentityServer::new(identity))
         .serve_with_incoming_shutdown(
             tls_incoming::incoming(proxy_listener, acceptor.clone(), drain.clone()),
-            drain_signal(drain.clone(), config.shutdown_grace),
+            drain_signal(drain.clone()),
         );
     spawn_server(drain, "proxy API", proxy_api);
 
@@ -132,7 +132,7 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
         ))
         .serve_with_incoming_shutdown(
             tls_incoming::incoming(admin_listener, acceptor, drain.clone()),
-            drain_signal(drain.clone(), config.shutdown_grace),
+            drain_signal(drain.clone()),
         );
     spawn_server(drain, "admin API", admin_api);
 
@@ -177,9 +177,9 @@ fn local_addr(listener: &TcpListener) -> Result<SocketAddr, StartError> {
         .map_err(|e| StartError::Setup(e.to_string()))
 }
 
-/// Completes once draining started and the grace period for in-flight calls has passed… or
-/// earlier, when tonic finishes them first.
-async fn drain_signal(drain: Drain, _grace: Duration) {
+/// Completes once draining starts; tonic then stops accepting and finishes in-flight calls,
+/// which `main` bounds by `--shutdown-grace`.
+async fn drain_signal(drain: Drain) {
     drain.signaled().await;
 }
 

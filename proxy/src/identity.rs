@@ -19,8 +19,8 @@ use crate::metrics::ProxyMetrics;
 
 /// First retry delay after a failed request; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
-/// Longest wait between retries.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Longest wait between retries: short, since the proxy may be unready until it succeeds.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// A Certify call that takes longer is abandoned and retried.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 

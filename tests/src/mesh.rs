@@ -18,12 +18,13 @@ pub const STARTUP: Duration = Duration::from_secs(30);
 /// A running `weft-control` with its own data dir.
 #[derive(Debug)]
 pub struct ControlPlane {
+    // Dropped first, so its log is printed before the directory holding it goes.
+    pub proc: Proc,
     pub dir: Arc<TempDir>,
     pub proxy_api: SocketAddr,
     pub admin: SocketAddr,
     pub metrics: SocketAddr,
     pub leaf_lifetime: String,
-    pub proc: Proc,
 }
 
 impl ControlPlane {
@@ -69,7 +70,7 @@ impl ControlPlane {
         Proc::spawn("weft-control", command, dir.path().join("weft-control.log"))
     }
 
-    async fn wait_ready(&self) {
+    pub async fn wait_ready(&self) {
         let metrics = self.metrics;
         let admin = self.admin;
         eventually("weft-control to be ready", STARTUP, || async move {
@@ -160,6 +161,8 @@ pub struct ProxySpec {
     pub app_port: Option<u16>,
     pub routes: Vec<RouteSpec>,
     pub env: Vec<(String, String)>,
+    /// A join token file made beforehand; by default one is created when the proxy starts.
+    pub token: Option<PathBuf>,
 }
 
 impl ProxySpec {
@@ -194,6 +197,11 @@ impl ProxySpec {
         self
     }
 
+    pub fn token(mut self, path: PathBuf) -> Self {
+        self.token = Some(path);
+        self
+    }
+
     pub fn env(mut self, name: &str, value: &str) -> Self {
         self.env.push((name.to_string(), value.to_string()));
         self
@@ -211,7 +219,10 @@ impl Proxy {
     /// Starts a proxy without waiting.
     pub fn spawn(cp: &ControlPlane, spec: &ProxySpec) -> Self {
         let dir = cp.dir.path();
-        let token = cp.token_file(&spec.identity);
+        let token = spec
+            .token
+            .clone()
+            .unwrap_or_else(|| cp.token_file(&spec.identity));
         let inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let outbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));

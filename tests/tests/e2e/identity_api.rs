@@ -219,3 +219,69 @@ async fn admin_api_requires_the_admin_credential() {
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weftctl_certs_init_makes_a_pki_the_control_plane_and_proxies_use() {
+    use std::process::Command;
+    use weft_tests::mesh::{Proxy, ProxySpec};
+    use weft_tests::process::{Proc, bin, run};
+
+    weft_tests::init();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let mut init = Command::new(bin("weftctl"));
+    init.args(["certs", "init", "--trust-domain", "prod.example", "--out"])
+        .arg(&pki);
+    let (status, stdout, stderr) = run(init);
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains("keep it offline"), "{stdout}");
+    for file in [
+        "trust-anchor.pem",
+        "trust-anchor-key.pem",
+        "issuer.pem",
+        "issuer-key.pem",
+    ] {
+        assert!(pki.join(file).exists(), "{file} missing");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(pki.join("issuer-key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "issuer key must not be readable by others");
+
+    // Writing over an existing PKI is refused.
+    let mut again = Command::new(bin("weftctl"));
+    again.args(["certs", "init", "--out"]).arg(&pki);
+    let (status, _, stderr) = run(again);
+    assert_eq!(status.code(), Some(1));
+    assert!(stderr.contains("refusing to overwrite"), "{stderr}");
+
+    // A control plane on that PKI signs for prod.example, and a proxy of that domain gets ready.
+    let mut cp = ControlPlane::start("1h").await;
+    cp.kill9();
+    let ports = (cp.proxy_api, cp.admin, cp.metrics);
+    let mut command = Command::new(bin("weft-control"));
+    command
+        .arg("--data-dir")
+        .arg(cp.data_dir())
+        .arg("--pki-dir")
+        .arg(&pki)
+        .args(["--proxy-api-addr", &ports.0.to_string()])
+        .args(["--admin-addr", &ports.1.to_string()])
+        .args(["--metrics-addr", &ports.2.to_string()]);
+    cp.proc = Proc::spawn(
+        "weft-control (custom PKI)",
+        command,
+        dir.path().join("cp.log"),
+    );
+    cp.wait_ready().await;
+    std::fs::copy(pki.join("trust-anchor.pem"), cp.trust_anchor()).unwrap();
+    let proxy = Proxy::start(&cp, ProxySpec::new("spiffe://prod.example/ns/shop/sa/web")).await;
+    assert!(
+        proxy
+            .metric("weft_identity_cert_expiry_timestamp_seconds")
+            .await
+            .is_some()
+    );
+}

@@ -58,8 +58,7 @@ async fn traffic_survives_a_control_plane_kill_and_proxies_reconnect() {
         .unwrap();
     assert_eq!(response.status(), 200);
 
-    let spec = ProxySpec::new(late_token_identity)
-        .env("WEFT_PROXY_TOKEN_PATH", late_token.to_str().unwrap());
+    let spec = ProxySpec::new(late_token_identity).token(late_token);
     let late = Proxy::start(&mesh.cp, spec).await;
     assert!(late.metric(EXPIRY).await.is_some());
 }

@@ -41,6 +41,38 @@ async fn http1_get_and_1mib_post_carry_the_caller_identity() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_app_connections_share_one_http2_connection_between_the_proxies() {
+    let mesh = Mesh::start("24h").await;
+    let mut requests = Vec::new();
+    for i in 0..16 {
+        // A client each: 16 separate HTTP/1.1 connections from the app.
+        let client = MeshClient::http1(mesh.client.outbound);
+        requests.push(tokio::spawn(async move {
+            client
+                .send(
+                    "GET",
+                    HTTP_AUTHORITY,
+                    &format!("/sleep/{}", 50 + i),
+                    Bytes::new(),
+                )
+                .await
+        }));
+    }
+    for request in requests {
+        assert_eq!(request.await.unwrap().unwrap().status(), 200);
+    }
+    let opened = mesh
+        .server
+        .metric("weft_tcp_connections_total{direction=\"inbound\",protocol=\"http2\"}")
+        .await;
+    assert_eq!(
+        opened,
+        Some(1.0),
+        "the client proxy should multiplex over one connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_client_id_is_replaced_by_the_verified_one() {
     let mesh = Mesh::start("24h").await;
     let client = MeshClient::http1(mesh.client.outbound);
