@@ -20,3 +20,21 @@ pub mod tls_incoming;
 
 /// The exit code for bad configuration or usage (BSD `EX_USAGE`).
 pub const EXIT_USAGE: i32 = 64;
+
+/// Parses the command line; `--help` and `--version` print and exit 0, anything wrong prints
+/// one line naming the problem and exits [`EXIT_USAGE`].
+pub fn parse_args_or_exit<T: clap::Parser>(program: &str) -> T {
+    match T::try_parse() {
+        Ok(args) => args,
+        Err(error) if !error.use_stderr() => {
+            let _ = error.print();
+            std::process::exit(0);
+        }
+        Err(error) => {
+            let message = error.to_string();
+            let first_line = message.lines().next().unwrap_or("invalid usage");
+            eprintln!("{program}: {}", first_line.trim_start_matches("error: "));
+            std::process::exit(EXIT_USAGE);
+        }
+    }
+}

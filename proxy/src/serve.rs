@@ -1,15 +1,19 @@
-//! Serving one HTTP connection with hyper, with graceful shutdown on drain.
+//! The pieces both listeners share: the accept loop and serving one HTTP connection.
 
 use std::convert::Infallible;
+use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::rt::{Read, Write};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
 use weft_telemetry::Drain;
 
 use crate::detect::Protocol;
 use crate::http_util::Body;
+use crate::metrics::Direction;
 
 /// Serves `io` as `protocol` (HTTP/1 or HTTP/2) with `service`. When `drain` triggers, the
 /// connection stops taking new requests, finishes those in flight, then closes.
@@ -26,36 +30,68 @@ where
         + 'static,
     F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
+    // A macro rather than `Drain::drive`: through a generic function, rustc cannot prove the
+    // connection future `Send` (higher-ranked lifetime inference, rust-lang/rust#102211).
+    macro_rules! drive {
+        ($conn:expr) => {{
+            let conn = $conn;
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => result,
+                () = drain.signaled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }};
+    }
     let result = match protocol {
         Protocol::Http2 => {
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .adaptive_window(true)
                 .serve_connection(io, service);
-            tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => result,
-                () = drain.signaled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
+            drive!(conn)
         }
         Protocol::Http1 | Protocol::Opaque => {
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .serve_connection(io, service);
-            tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => result,
-                () = drain.signaled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
+            drive!(conn)
         }
     };
     if let Err(error) = result {
         tracing::debug!(%error, "HTTP connection ended with an error");
+    }
+}
+
+/// Accepts on `listener` until `drain` triggers, running `handle` for each connection in its own
+/// task, which the drain waits for, inside a span naming the direction and the client.
+pub async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    drain: &Drain,
+    direction: Direction,
+    handle: F,
+) where
+    F: Fn(TcpStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = drain.signaled() => return,
+        };
+        match accepted {
+            Ok((tcp, client)) => {
+                let _ = tcp.set_nodelay(true);
+                let span = tracing::debug_span!("conn", direction = direction.as_str(), %client);
+                drain.spawn(handle(tcp).instrument(span));
+            }
+            Err(error) => {
+                tracing::warn!(%error, direction = direction.as_str(), "accept failed");
+                // Out of file descriptors, typically: let some connections close first.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 }

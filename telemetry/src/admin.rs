@@ -78,15 +78,8 @@ impl AdminServer {
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service);
-                tokio::pin!(conn);
                 // An idle keep-alive scraper must not hold up the drain.
-                let result = tokio::select! {
-                    result = conn.as_mut() => result,
-                    () = conn_drain.signaled() => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
-                };
+                let result = conn_drain.drive(conn).await;
                 if let Err(error) = result {
                     tracing::debug!(%error, "admin connection ended");
                 }

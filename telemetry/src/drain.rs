@@ -1,5 +1,6 @@
 //! The shutdown signal every task holds.
 
+use hyper_util::server::graceful::GracefulConnection;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -40,6 +41,23 @@ impl Drain {
         F::Output: Send + 'static,
     {
         self.tasks.spawn(task)
+    }
+
+    /// Drives a hyper server connection to completion; once draining starts, the connection
+    /// stops taking new requests, finishes those in flight, and closes (idle keep-alive
+    /// connections close at once).
+    pub async fn drive<C>(&self, conn: C) -> Result<(), C::Error>
+    where
+        C: GracefulConnection,
+    {
+        tokio::pin!(conn);
+        tokio::select! {
+            result = conn.as_mut() => result,
+            () = self.signaled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
     }
 
     /// Waits until every spawned task has finished, after [`Drain::trigger`].

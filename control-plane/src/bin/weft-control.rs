@@ -1,31 +1,12 @@
 //! `weft-control`: see `weft_control_plane::server`.
 
-use clap::Parser;
 use weft_control_plane::config::Config;
 use weft_control_plane::{EXIT_USAGE, server};
 use weft_telemetry::Drain;
 
 fn main() {
     weft_certs::install_default_provider();
-    let config = match Config::try_parse() {
-        Ok(config) => config,
-        Err(error) if !error.use_stderr() => {
-            let _ = error.print();
-            return;
-        }
-        Err(error) => {
-            let message = error.to_string();
-            eprintln!(
-                "weft-control: {}",
-                message
-                    .lines()
-                    .next()
-                    .unwrap_or("invalid usage")
-                    .trim_start_matches("error: ")
-            );
-            std::process::exit(EXIT_USAGE);
-        }
-    };
+    let config: Config = weft_control_plane::parse_args_or_exit("weft-control");
     weft_telemetry::init_logging("WEFT_CONTROL_LOG", "info");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -14,7 +14,6 @@ use hyper_util::rt::TokioIo;
 use tokio::io::copy_bidirectional;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
-use tracing::Instrument;
 use weft_certs::Identity;
 use weft_telemetry::Drain;
 
@@ -23,7 +22,7 @@ use crate::detect::Protocol;
 use crate::metrics::{Direction, ProxyMetrics};
 use crate::orig_dst::original_dst;
 use crate::prefixed::Prefixed;
-use crate::serve::serve_http;
+use crate::serve::{accept_loop, serve_http};
 use crate::transport_header::{self, Stream};
 
 /// A peer that has not completed its handshake and header by then is dropped.
@@ -63,27 +62,13 @@ impl Inbound {
 
     /// Accepts peers' connections until `drain` triggers.
     pub async fn serve(self, listener: TcpListener, drain: Drain) {
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                () = drain.signaled() => return,
-            };
-            match accepted {
-                Ok((tcp, client)) => {
-                    let inbound = self.clone();
-                    let span = tracing::debug_span!("inbound", %client);
-                    drain.spawn(inbound.handle(tcp, drain.clone()).instrument(span));
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "inbound accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
+        accept_loop(listener, &drain.clone(), Direction::Inbound, move |tcp| {
+            self.clone().handle(tcp, drain.clone())
+        })
+        .await;
     }
 
     async fn handle(self, tcp: TcpStream, drain: Drain) {
-        let _ = tcp.set_nodelay(true);
         let inner = &self.inner;
         let Some(app) = self.app_addr(&tcp) else {
             tracing::info!(

@@ -14,7 +14,6 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
-use tracing::Instrument;
 use weft_telemetry::Drain;
 
 use self::http::OutboundHttp;
@@ -23,7 +22,7 @@ use crate::detect::{self, Protocol};
 use crate::metrics::{Direction, ProxyMetrics};
 use crate::orig_dst::original_dst;
 use crate::prefixed::Prefixed;
-use crate::serve::serve_http;
+use crate::serve::{accept_loop, serve_http};
 use crate::static_routes::StaticRoutes;
 
 /// The outbound proxy.
@@ -64,28 +63,13 @@ impl Outbound {
 
     /// Accepts the app's connections until `drain` triggers.
     pub async fn serve(self, listener: TcpListener, drain: Drain) {
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                () = drain.signaled() => return,
-            };
-            match accepted {
-                Ok((tcp, client)) => {
-                    let outbound = self.clone();
-                    let conn_drain = drain.clone();
-                    let span = tracing::debug_span!("outbound", %client);
-                    drain.spawn(outbound.handle(tcp, conn_drain).instrument(span));
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "outbound accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
+        accept_loop(listener, &drain.clone(), Direction::Outbound, move |tcp| {
+            self.clone().handle(tcp, drain.clone())
+        })
+        .await;
     }
 
     async fn handle(self, mut tcp: TcpStream, drain: Drain) {
-        let _ = tcp.set_nodelay(true);
         let orig_dst = original_dst(&tcp);
         let inner = &self.inner;
         let opaque_route = orig_dst
