@@ -48,6 +48,9 @@ pub enum AuthorityError {
         /// The issuer's trust domain.
         trust_domain: TrustDomain,
     },
+    /// The issuer itself has expired: every leaf it signed now would be born dead.
+    #[error("the issuer expired at {0:?}; rotate it (weftctl certs init, then --pki-dir)")]
+    IssuerExpired(SystemTime),
 }
 
 /// A certificate the issuer signed: the leaf, then the issuer, up to (not including) the anchor.
@@ -227,6 +230,9 @@ impl Issuer {
                 identity: identity.clone(),
                 trust_domain: self.trust_domain.clone(),
             });
+        }
+        if now >= self.not_after {
+            return Err(AuthorityError::IssuerExpired(self.not_after));
         }
         let not_after = (now + lifetime).min(self.not_after);
         let mut params = CertificateParams::default();

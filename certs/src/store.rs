@@ -18,9 +18,16 @@ pub struct Credential {
     pub key: Arc<CertifiedKey>,
     /// The identity the leaf carries.
     pub identity: Identity,
+    /// When the leaf was obtained (its notBefore is backdated for clock skew).
+    pub valid_from: SystemTime,
     /// The leaf's notAfter.
     pub not_after: SystemTime,
 }
+
+/// A credential counts as "about to expire" in its last tenth, but at most its last minute.
+const EXPIRY_MARGIN_FRACTION: u32 = 10;
+/// The largest margin before expiry during which a credential no longer counts as ready.
+const MAX_EXPIRY_MARGIN: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The current credential. rustls reads it through its resolver hooks on every handshake, so a
 /// rotation applies to the next handshake and leaves live connections untouched. Reads are a
@@ -54,6 +61,18 @@ impl CertStore {
             .load()
             .as_ref()
             .is_some_and(|c| c.not_after > now)
+    }
+
+    /// True while a credential is held that is not about to expire at `now` (in its last tenth,
+    /// at most its last minute): the moment to stop taking new traffic if renewal keeps failing.
+    pub fn is_ready_at(&self, now: SystemTime) -> bool {
+        self.current.load().as_ref().is_some_and(|c| {
+            let lifetime = c.not_after.duration_since(c.valid_from).unwrap_or_default();
+            let margin = (lifetime / EXPIRY_MARGIN_FRACTION).min(MAX_EXPIRY_MARGIN);
+            c.not_after
+                .duration_since(now)
+                .is_ok_and(|left| left > margin)
+        })
     }
 }
 

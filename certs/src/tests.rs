@@ -274,6 +274,7 @@ fn store_for(pki: &Pki, identity: &Identity) -> Arc<CertStore> {
     store.set(Credential {
         key: key.certify(issued.chain).unwrap(),
         identity: identity.clone(),
+        valid_from: SystemTime::now(),
         not_after: issued.not_after,
     });
     store
@@ -371,6 +372,7 @@ fn an_expired_client_certificate_is_not_presented() {
     store.set(Credential {
         key: key.certify(issued.chain).unwrap(),
         identity: web,
+        valid_from: SystemTime::now() - Duration::from_secs(7200),
         not_after: issued.not_after,
     });
     assert!(!store.is_valid_at(SystemTime::now()));
@@ -386,4 +388,37 @@ fn an_expired_client_certificate_is_not_presented() {
     )
     .unwrap();
     assert_eq!(handshake(client, server, &db).unwrap(), None);
+}
+
+#[test]
+fn readiness_ends_in_the_last_tenth_of_the_lifetime() {
+    let pki = pki("cluster.local");
+    let web = id("spiffe://cluster.local/ns/shop/sa/web");
+    let now = SystemTime::now();
+    let (issued, key) = leaf(&pki, &web, Duration::from_secs(100), now);
+    let store = CertStore::new();
+    assert!(!store.is_ready_at(now));
+    store.set(Credential {
+        key: key.certify(issued.chain).unwrap(),
+        identity: web,
+        valid_from: now,
+        not_after: issued.not_after,
+    });
+    assert!(store.is_ready_at(now + Duration::from_secs(89)));
+    assert!(!store.is_ready_at(now + Duration::from_secs(91)));
+    assert!(store.is_valid_at(now + Duration::from_secs(91)));
+    assert!(!store.is_valid_at(now + Duration::from_secs(101)));
+}
+
+#[test]
+fn an_expired_issuer_refuses_to_sign() {
+    let pki = pki("cluster.local");
+    let web = id("spiffe://cluster.local/ns/shop/sa/web");
+    let key = LeafKey::generate().unwrap();
+    let after_expiry = pki.issuer.not_after() + Duration::from_secs(1);
+    let err = pki
+        .issuer
+        .issue(key.public_key(), &web, DEFAULT_LEAF_LIFETIME, after_expiry)
+        .unwrap_err();
+    assert!(matches!(err, AuthorityError::IssuerExpired(_)), "{err}");
 }

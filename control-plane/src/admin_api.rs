@@ -12,6 +12,7 @@ use weft_api::admin::{
 use weft_certs::{Identity, TrustDomain};
 
 use crate::admin_credential::AdminCredential;
+use crate::identity_api::{RESERVED_NAMESPACE, is_reserved};
 use crate::join_tokens::{self, JoinTokenError};
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -107,6 +108,11 @@ impl Admin for AdminApi {
             return Err(Status::invalid_argument(format!(
                 "identity: {identity} is outside this control plane's trust domain {}",
                 self.trust_domain
+            )));
+        }
+        if is_reserved(&identity) {
+            return Err(Status::invalid_argument(format!(
+                "identity: namespace {RESERVED_NAMESPACE} is reserved for the control plane"
             )));
         }
         let ttl = match req.ttl_seconds {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tonic::{Request, Response, Status};
 use weft_api::identity::identity_server::Identity as IdentityService;
 use weft_api::identity::{CertifyRequest, CertifyResponse};
-use weft_certs::{CertificateRequest, CsrError, Identity, Issuer};
+use weft_certs::{AuthorityError, CertificateRequest, CsrError, Identity, Issuer};
 
 use crate::join_tokens::{self, JoinTokenError};
 use crate::metrics::Metrics;
@@ -55,6 +55,11 @@ impl IdentityApi {
                 csr.identity()
             )));
         }
+        if is_reserved(&asked) {
+            return Err(Status::permission_denied(format!(
+                "{asked} is in the reserved namespace {RESERVED_NAMESPACE}"
+            )));
+        }
         let now = SystemTime::now();
         let proven = self.proven_identity(peer, &req.token, now).await?;
         csr.require_identity(&proven).map_err(|e| match e {
@@ -64,7 +69,10 @@ impl IdentityApi {
         let issued = self
             .issuer
             .sign(&csr, self.leaf_lifetime, now)
-            .map_err(|e| Status::permission_denied(e.to_string()))?;
+            .map_err(|e| match e {
+                AuthorityError::IssuerExpired(_) => Status::failed_precondition(e.to_string()),
+                other => Status::permission_denied(other.to_string()),
+            })?;
         tracing::info!(identity = %proven, valid_until = ?issued.not_after, "certified");
         Ok(CertifyResponse {
             chain: issued.chain.into_iter().map(|cert| cert.to_vec()).collect(),
@@ -134,6 +142,15 @@ impl IdentityService for IdentityApi {
         }
         result.map(Response::new)
     }
+}
+
+/// The control plane's own namespace: no workload may hold an identity in it, or it could pose
+/// as the control plane (`spiffe://<td>/ns/weft/sa/weft-control`) to every proxy.
+pub const RESERVED_NAMESPACE: &str = "weft";
+
+/// True for identities only the control plane may hold.
+pub fn is_reserved(identity: &Identity) -> bool {
+    identity.namespace() == RESERVED_NAMESPACE
 }
 
 /// A stable, bounded label for a gRPC code.

@@ -28,6 +28,7 @@ pub fn issue(issuer: &Issuer, store: &CertStore) -> Result<SystemTime, String> {
     store.set(Credential {
         key: certified,
         identity,
+        valid_from: SystemTime::now(),
         not_after: issued.not_after,
     });
     Ok(issued.not_after)

@@ -3,6 +3,7 @@
 //! Parsing reads through a lookup function rather than the process environment, so tests pass
 //! their own variables and never mutate the environment.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -39,6 +40,13 @@ pub const ENV_SHUTDOWN_GRACE: &str = "WEFT_PROXY_SHUTDOWN_GRACE";
 pub const ENV_SHUTDOWN_ENDPOINT: &str = "WEFT_PROXY_SHUTDOWN_ENDPOINT";
 /// How long to wait for an app's first bytes before treating a connection as opaque TCP.
 pub const ENV_DETECT_TIMEOUT: &str = "WEFT_PROXY_DETECT_TIMEOUT";
+/// Ports whose traffic is opaque TCP: no detection outbound, and the only ports inbound that
+/// accept opaque streams.
+pub const ENV_OPAQUE_PORTS: &str = "WEFT_PROXY_OPAQUE_PORTS";
+
+/// Server-first and common non-HTTP protocols: SMTP, MySQL, Galera, PostgreSQL, Redis,
+/// Elasticsearch transport, memcached (the same defaults as Linkerd).
+pub const DEFAULT_OPAQUE_PORTS: &str = "25,587,3306,4444,5432,6379,9300,11211";
 
 /// A bad variable: its name and what is wrong, printed as one line before exiting 64.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +89,8 @@ pub struct Config {
     pub shutdown_endpoint: bool,
     /// Protocol detection deadline.
     pub detect_timeout: Duration,
+    /// Ports of opaque TCP.
+    pub opaque_ports: BTreeSet<u16>,
 }
 
 impl Config {
@@ -161,6 +171,9 @@ impl Config {
             shutdown_endpoint: var(ENV_SHUTDOWN_ENDPOINT)
                 .map_or(Ok(false), |v| parse(ENV_SHUTDOWN_ENDPOINT, &v))?,
             detect_timeout: duration(&var, ENV_DETECT_TIMEOUT, "1s")?,
+            opaque_ports: ports(
+                &var(ENV_OPAQUE_PORTS).unwrap_or_else(|| DEFAULT_OPAQUE_PORTS.to_string()),
+            )?,
         })
     }
 }
@@ -174,6 +187,14 @@ where
         var,
         reason: format!("{value:?}: {e}"),
     })
+}
+
+fn ports(list: &str) -> Result<BTreeSet<u16>, ConfigError> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|port| !port.is_empty())
+        .map(|port| parse(ENV_OPAQUE_PORTS, port))
+        .collect()
 }
 
 fn addr(
@@ -259,6 +280,12 @@ mod tests {
             "spiffe://cluster.local/ns/weft/sa/weft-control"
         );
         assert!(!config.shutdown_endpoint);
+        assert!(config.opaque_ports.contains(&5432) && !config.opaque_ports.contains(&80));
+        let blank = Env::valid().with(ENV_OPAQUE_PORTS, " ").parse().unwrap();
+        assert!(
+            blank.opaque_ports.contains(&3306),
+            "blank means the default list"
+        );
     }
 
     #[test]
@@ -305,6 +332,11 @@ mod tests {
                 Env::valid().with(ENV_APP_PORT, "70000"),
                 ENV_APP_PORT,
                 "70000",
+            ),
+            (
+                Env::valid().with(ENV_OPAQUE_PORTS, "5432,x"),
+                ENV_OPAQUE_PORTS,
+                "\"x\"",
             ),
         ];
         for (env, var, reason) in cases {

@@ -87,7 +87,11 @@ impl IdentityDaemon {
     pub async fn run(self, drain: Drain) {
         let mut backoff = MIN_BACKOFF;
         loop {
-            let wait = match self.certify().await {
+            let certified = tokio::select! {
+                certified = self.certify() => certified,
+                () = drain.signaled() => return,
+            };
+            let wait = match certified {
                 Ok(not_after) => {
                     backoff = MIN_BACKOFF;
                     let wait =
@@ -116,18 +120,17 @@ impl IdentityDaemon {
         let holds_valid_cert = self.certs.is_valid_at(SystemTime::now());
         let result = if holds_valid_cert {
             match self.call(csr.clone(), String::new()).await {
-                Err(CertifyError::Refused(status))
-                    if status.code() == tonic::Code::Unauthenticated =>
+                // Refused by the control plane, or already at the handshake (say, after the
+                // trust anchor changed): the token may still prove who we are.
+                Err(error @ (CertifyError::Refused(_) | CertifyError::Connect(_))) if !matches!(&error, CertifyError::Refused(s) if s.code() != tonic::Code::Unauthenticated) =>
                 {
-                    tracing::info!(
-                        "renewal by certificate refused; proving identity with the token"
-                    );
-                    self.call(csr, self.read_token()?).await
+                    tracing::info!(%error, "renewal by certificate failed; proving identity with the token");
+                    self.call(csr, self.read_token().await?).await
                 }
                 other => other,
             }
         } else {
-            self.call(csr, self.read_token()?).await
+            self.call(csr, self.read_token().await?).await
         };
         let label = match &result {
             Ok(_) => "ok",
@@ -150,6 +153,7 @@ impl IdentityDaemon {
         self.certs.set(Credential {
             key: key.certify(chain)?,
             identity: self.identity.clone(),
+            valid_from: now,
             not_after,
         });
         self.metrics.cert_expiry.set(
@@ -180,9 +184,10 @@ impl IdentityDaemon {
         Ok(response.into_inner().chain)
     }
 
-    fn read_token(&self) -> Result<String, CertifyError> {
+    async fn read_token(&self) -> Result<String, CertifyError> {
         // Read on every use: a projected token is rotated in place.
-        std::fs::read_to_string(&self.token_path)
+        tokio::fs::read_to_string(&self.token_path)
+            .await
             .map(|token| token.trim().to_string())
             .map_err(|source| CertifyError::Token {
                 path: self.token_path.clone(),

@@ -15,6 +15,7 @@ mod inbound;
 mod metrics;
 mod orig_dst;
 mod outbound;
+mod plain_http;
 mod prefixed;
 mod serve;
 mod start;

@@ -12,7 +12,7 @@ use weft_telemetry::{AdminServer, Drain};
 
 use crate::config::{self, Config};
 use crate::identity::IdentityDaemon;
-use crate::inbound::Inbound;
+use crate::inbound::{Inbound, InboundPolicy};
 use crate::metrics::ProxyMetrics;
 use crate::outbound::Outbound;
 
@@ -90,20 +90,31 @@ pub async fn start(config: Config, drain: &Drain) -> Result<Listening, StartErro
     );
     drain.spawn(identity.run(drain.clone()));
 
-    let inbound = Inbound::new(Arc::new(peer_server), config.app_port, metrics.clone());
+    let policy = InboundPolicy {
+        app_port: config.app_port,
+        opaque_ports: config.opaque_ports.clone(),
+        own_ports: vec![
+            listening.inbound.port(),
+            listening.outbound.port(),
+            listening.admin.port(),
+        ],
+    };
+    let inbound = Inbound::new(Arc::new(peer_server), policy, metrics.clone());
     drain.spawn(inbound.serve(inbound_listener, drain.clone()));
     let outbound = Outbound::new(
         config.static_routes.clone(),
         Arc::new(peer_client),
         metrics,
         config.detect_timeout,
-    );
+        config.opaque_ports.clone(),
+    )
+    .map_err(|e| StartError::Setup(format!("static routes: {e}")))?;
     drain.spawn(outbound.serve(outbound_listener, drain.clone()));
 
     let ready_certs = certs.clone();
     let admin = AdminServer::new(
         registry,
-        Arc::new(move || ready_certs.is_valid_at(SystemTime::now())),
+        Arc::new(move || ready_certs.is_ready_at(SystemTime::now())),
         drain.clone(),
     )
     .with_shutdown_endpoint(config.shutdown_endpoint);

@@ -112,7 +112,7 @@ impl StaticRoutes {
                 field,
                 reason,
             };
-            let authority = normalize(&entry.authority).ok_or_else(|| {
+            let authority = normalize_authority(&entry.authority).ok_or_else(|| {
                 field(
                     "authority",
                     format!("{:?} is not host[:port]", entry.authority),
@@ -143,7 +143,7 @@ impl StaticRoutes {
     /// The route for an authority as the app wrote it (a Host header, an h2 :authority, or the
     /// original destination's ip:port).
     pub fn get(&self, authority: &str) -> Option<&Arc<Route>> {
-        self.by_authority.get(&normalize(authority)?)
+        self.by_authority.get(&normalize_authority(authority)?)
     }
 
     /// Every route.
@@ -153,7 +153,7 @@ impl StaticRoutes {
 }
 
 /// Lowercases the host and adds the default HTTP port, so `Backend` and `backend:80` match.
-fn normalize(authority: &str) -> Option<String> {
+pub fn normalize_authority(authority: &str) -> Option<String> {
     let authority: http::uri::Authority = authority.trim().parse().ok()?;
     let host = authority.host().to_ascii_lowercase();
     if host.is_empty() {

@@ -8,7 +8,7 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::net::TcpListener;
 
@@ -66,6 +66,8 @@ impl AdminServer {
                 Ok((stream, _)) => stream,
                 Err(error) => {
                     tracing::warn!(%error, "admin accept failed");
+                    // Out of file descriptors, typically: let some connections close first.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             };
@@ -76,7 +78,9 @@ impl AdminServer {
                     let server = server.clone();
                     async move { Ok::<_, Infallible>(server.handle(&req)) }
                 });
+                // The timer enables hyper's header-read timeout, so slow clients cannot pile up.
                 let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
                     .serve_connection(TokioIo::new(stream), service);
                 // An idle keep-alive scraper must not hold up the drain.
                 let result = conn_drain.drive(conn).await;

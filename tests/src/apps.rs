@@ -48,7 +48,12 @@ impl App {
 
 /// Starts the HTTP + gRPC echo app on a random loopback port.
 pub async fn start_echo_app() -> App {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_echo_app_on("127.0.0.1:0").await
+}
+
+/// Starts the HTTP + gRPC echo app on `bind`.
+pub async fn start_echo_app_on(bind: &str) -> App {
+    let listener = TcpListener::bind(bind).await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let requests = Arc::new(AtomicUsize::new(0));
     let counter = requests.clone();

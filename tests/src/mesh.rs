@@ -114,6 +114,52 @@ impl ControlPlane {
         path
     }
 
+    /// A certificate for `identity`, obtained through Certify with a fresh join token: what a
+    /// proxy holds, for tests that play a (possibly misbehaving) peer themselves.
+    pub async fn credential(&self, identity: &str) -> Arc<weft_certs::CertStore> {
+        use weft_api::identity::{CertifyRequest, identity_client::IdentityClient};
+        let anchors = self.anchors();
+        let certs = weft_certs::CertStore::new();
+        let tls =
+            weft_certs::client_config(&anchors, certs.clone(), &[weft_certs::ALPN_H2]).unwrap();
+        let target = weft_api::client::ControlPlaneTarget {
+            addr: self.proxy_api.to_string(),
+            server_name: "weft-control.weft.serviceaccount.identity.cluster.local".to_string(),
+            tls: Arc::new(tls),
+        };
+        let id: weft_certs::Identity = identity.parse().unwrap();
+        let key = weft_certs::LeafKey::generate().unwrap();
+        let token = std::fs::read_to_string(self.token_file(identity)).unwrap();
+        let request = CertifyRequest {
+            identity: identity.to_string(),
+            csr: key.csr(&id).unwrap().to_vec(),
+            token,
+        };
+        let chain = IdentityClient::new(target.channel().await.unwrap())
+            .certify(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .chain;
+        let chain: Vec<_> = chain
+            .into_iter()
+            .map(rustls_pki_types::CertificateDer::from)
+            .collect();
+        let not_after = weft_certs::not_after_of(&chain[0]).unwrap();
+        certs.set(weft_certs::Credential {
+            key: key.certify(chain).unwrap(),
+            identity: id,
+            valid_from: std::time::SystemTime::now(),
+            not_after,
+        });
+        certs
+    }
+
+    /// The trust anchors, parsed.
+    pub fn anchors(&self) -> weft_certs::TrustAnchors {
+        weft_certs::TrustAnchors::from_pem(&std::fs::read(self.trust_anchor()).unwrap()).unwrap()
+    }
+
     /// SIGKILL.
     pub fn kill9(&mut self) {
         self.proc.kill9();
@@ -163,6 +209,8 @@ pub struct ProxySpec {
     pub env: Vec<(String, String)>,
     /// A join token file made beforehand; by default one is created when the proxy starts.
     pub token: Option<PathBuf>,
+    /// Run the proxy as this user (as in a pod, so iptables can exempt its own traffic).
+    pub uid: Option<u32>,
 }
 
 impl ProxySpec {
@@ -194,6 +242,11 @@ impl ProxySpec {
         if let Some(route) = self.routes.last_mut() {
             route.opaque = true;
         }
+        self
+    }
+
+    pub fn uid(mut self, uid: u32) -> Self {
+        self.uid = Some(uid);
         self
     }
 
@@ -247,6 +300,13 @@ impl Proxy {
         }
         for (name, value) in &spec.env {
             command.env(name, value);
+        }
+        if let Some(uid) = spec.uid {
+            use std::os::unix::fs::PermissionsExt;
+            use std::os::unix::process::CommandExt;
+            // The proxy's files (anchor, token, routes) live in the test's private temp dir.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+            command.uid(uid);
         }
         let name = format!("weft-proxy {}", spec.identity);
         let log = dir.join(format!("proxy-{}.log", admin.port()));

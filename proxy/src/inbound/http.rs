@@ -6,43 +6,28 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::HOST;
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
-use tokio::net::TcpStream;
 use weft_certs::Identity;
 
 use crate::http_util::{Body, CLIENT_ID, ORIG_PROTO, boxed, error_response};
 use crate::metrics::{Direction, ProxyMetrics, RequestMetrics};
+use crate::plain_http::PlainHttp;
 
-type AppClient = Client<AppConnectorService, Body>;
-/// Connects to the app whatever the request's URI says: the URI keeps the authority the client
-/// used, which the app should see.
-type AppConnectorService =
-    tower::util::BoxCloneSyncService<Uri, TokioIo<TcpStream>, std::io::Error>;
-
-/// Clients to the local app, one pool per app port and protocol.
+/// Clients to the local app, one pool per app address.
 #[derive(Debug)]
 pub struct InboundHttp {
     metrics: ProxyMetrics,
-    clients: Mutex<HashMap<SocketAddr, AppClients>>,
-}
-
-#[derive(Debug, Clone)]
-struct AppClients {
-    http1: AppClient,
-    http2: AppClient,
+    apps: Mutex<HashMap<SocketAddr, Arc<PlainHttp>>>,
 }
 
 /// Per-connection state: who the peer is, as a header value and as metrics labels.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct InboundConnection {
     client_id: HeaderValue,
-    clients: AppClients,
-    metrics: Arc<RequestMetrics>,
+    app: Arc<PlainHttp>,
+    metrics: RequestMetrics,
 }
 
 impl InboundHttp {
@@ -50,52 +35,28 @@ impl InboundHttp {
     pub fn new(metrics: ProxyMetrics) -> Self {
         Self {
             metrics,
-            clients: Mutex::new(HashMap::new()),
+            apps: Mutex::new(HashMap::new()),
         }
     }
 
     /// State for one connection from `peer`, forwarding to `app`.
-    pub fn connection(&self, peer: &Identity, app: SocketAddr) -> InboundConnection {
+    pub fn connection(&self, peer: &Identity, app: SocketAddr) -> Arc<InboundConnection> {
         let peer_id = peer.to_string();
         let client_id =
             HeaderValue::from_str(&peer_id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
         let clients = self
-            .clients
+            .apps
             .lock()
             .entry(app)
-            .or_insert_with(|| AppClients::new(app))
+            .or_insert_with(|| Arc::new(PlainHttp::new(app)))
             .clone();
-        let destination = format!("127.0.0.1:{}", app.port());
-        InboundConnection {
+        Arc::new(InboundConnection {
             client_id,
-            clients,
-            metrics: Arc::new(
-                self.metrics
-                    .requests(Direction::Inbound, &peer_id, &destination),
-            ),
-        }
-    }
-}
-
-impl AppClients {
-    fn new(app: SocketAddr) -> Self {
-        let connect =
-            tower::util::BoxCloneSyncService::new(tower::service_fn(move |_: Uri| async move {
-                let tcp = TcpStream::connect(app).await?;
-                let _ = tcp.set_nodelay(true);
-                Ok::<_, std::io::Error>(TokioIo::new(tcp))
-            }));
-        let http1 = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .build(connect.clone());
-        let http2 = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .http2_only(true)
-            .http2_adaptive_window(true)
-            .build(connect);
-        Self { http1, http2 }
+            app: clients,
+            metrics: self
+                .metrics
+                .requests(Direction::Inbound, &peer_id, &app.to_string()),
+        })
     }
 }
 
@@ -110,27 +71,19 @@ impl InboundConnection {
 
     async fn forward(&self, request: Request<Incoming>) -> Response<Body> {
         let (mut parts, body) = request.into_parts();
-        // Only the identity this proxy verified may appear here.
-        parts.headers.remove(CLIENT_ID);
+        // Only the identity this proxy verified may appear here (insert replaces every value).
         parts.headers.insert(CLIENT_ID, self.client_id.clone());
-        let client = match parts.headers.remove(ORIG_PROTO) {
-            Some(orig) => {
-                parts.version = if orig.as_bytes() == b"HTTP/1.0" {
-                    Version::HTTP_10
-                } else {
-                    Version::HTTP_11
-                };
-                if let Some(authority) = parts.uri.authority()
-                    && let Ok(host) = HeaderValue::from_str(authority.as_str())
-                {
-                    parts.headers.insert(HOST, host);
-                }
-                &self.clients.http1
-            }
-            None => &self.clients.http2,
-        };
+        // HTTP/1 rode the HTTP/2 hop marked with weft-orig-proto; restore it (PlainHttp puts the
+        // authority back into Host). Without the mark it was HTTP/2 from the start.
+        if let Some(orig) = parts.headers.remove(ORIG_PROTO) {
+            parts.version = if orig.as_bytes() == b"HTTP/1.0" {
+                Version::HTTP_10
+            } else {
+                Version::HTTP_11
+            };
+        }
         let request = Request::from_parts(parts, boxed(body));
-        match client.request(request).await {
+        match self.app.send(request).await {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 parts.version = Version::HTTP_2;

@@ -5,6 +5,7 @@
 
 mod http;
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::copy_bidirectional;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
-use weft_certs::Identity;
+use weft_certs::{ALPN_WEFT, Identity};
 use weft_telemetry::Drain;
 
 use self::http::InboundHttp;
@@ -28,6 +29,28 @@ use crate::transport_header::{self, Stream};
 /// A peer that has not completed its handshake and header by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Where inbound traffic may go, and how it must arrive.
+#[derive(Debug, Clone, Default)]
+pub struct InboundPolicy {
+    /// The app's port, for connections that came to the inbound port directly.
+    pub app_port: Option<u16>,
+    /// Ports that take opaque TCP. Every other port takes only HTTP, so every request reaches
+    /// the app through the path that stamps `weft-client-id`: a peer cannot skip it by
+    /// announcing an opaque stream and speaking HTTP inside.
+    pub opaque_ports: BTreeSet<u16>,
+    /// The proxy's own ports, which a peer must never reach through us.
+    pub own_ports: Vec<u16>,
+}
+
+/// Why a connection has nowhere to go.
+#[derive(Debug, thiserror::Error)]
+enum TargetError {
+    #[error("no WEFT_PROXY_APP_PORT and no original destination: nowhere to forward")]
+    NoTarget,
+    #[error("port {0} is the proxy's own")]
+    OwnPort(u16),
+}
+
 /// The inbound proxy.
 #[derive(Debug, Clone)]
 pub struct Inbound {
@@ -37,23 +60,22 @@ pub struct Inbound {
 #[derive(Debug)]
 struct Inner {
     tls: Arc<rustls::ServerConfig>,
-    app_port: Option<u16>,
+    policy: InboundPolicy,
     http: InboundHttp,
     metrics: ProxyMetrics,
 }
 
 impl Inbound {
-    /// Accepts with `tls` and forwards to the app on `app_port` (or, for intercepted
-    /// connections, to the port they were headed for).
+    /// Accepts with `tls` and forwards as `policy` allows.
     pub fn new(
         tls: Arc<rustls::ServerConfig>,
-        app_port: Option<u16>,
+        policy: InboundPolicy,
         metrics: ProxyMetrics,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 tls,
-                app_port,
+                policy,
                 http: InboundHttp::new(metrics.clone()),
                 metrics,
             }),
@@ -70,11 +92,12 @@ impl Inbound {
 
     async fn handle(self, tcp: TcpStream, drain: Drain) {
         let inner = &self.inner;
-        let Some(app) = self.app_addr(&tcp) else {
-            tracing::info!(
-                "no WEFT_PROXY_APP_PORT and no original destination: nowhere to forward"
-            );
-            return;
+        let app = match self.target(&tcp) {
+            Ok(app) => app,
+            Err(error) => {
+                tracing::info!(%error, "refused");
+                return;
+            }
         };
         let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
             let mut tls = TlsAcceptor::from(inner.tls.clone())
@@ -101,6 +124,10 @@ impl Inbound {
             tracing::warn!("peer presented no identity");
             return;
         };
+        if tls.get_ref().1.alpn_protocol() != Some(ALPN_WEFT) {
+            tracing::info!(peer = %peer, "refused: peer did not negotiate ALPN weft/1");
+            return;
+        }
         tracing::debug!(peer = %peer, "peer authenticated");
         match stream {
             Stream::Http2 => {
@@ -113,6 +140,9 @@ impl Inbound {
                 let io = Prefixed::new(prefix.into(), tls);
                 serve_http(TokioIo::new(io), Protocol::Http2, service, &drain).await;
             }
+            Stream::Opaque if !inner.policy.opaque_ports.contains(&app.port()) => {
+                tracing::info!(peer = %peer, port = app.port(), "refused: opaque stream to a port not in WEFT_PROXY_OPAQUE_PORTS");
+            }
             Stream::Opaque => {
                 let _open = inner.metrics.open_connection(Direction::Inbound, "opaque");
                 forward_opaque(tls, app, &inner.metrics).await;
@@ -120,11 +150,22 @@ impl Inbound {
         }
     }
 
-    fn app_addr(&self, tcp: &TcpStream) -> Option<SocketAddr> {
-        let port = original_dst(tcp)
-            .map(|dst| dst.port())
-            .or(self.inner.app_port)?;
-        Some(SocketAddr::from(([127, 0, 0, 1], port)))
+    /// Where the app is: an intercepted connection goes to its original destination (the pod's
+    /// address, not loopback, so services bound to loopback only stay private); one that came
+    /// to us directly goes to the app port on loopback.
+    fn target(&self, tcp: &TcpStream) -> Result<SocketAddr, TargetError> {
+        let policy = &self.inner.policy;
+        let target = match original_dst(tcp) {
+            Some(dst) => dst,
+            None => SocketAddr::from((
+                [127, 0, 0, 1],
+                policy.app_port.ok_or(TargetError::NoTarget)?,
+            )),
+        };
+        if policy.own_ports.contains(&target.port()) {
+            return Err(TargetError::OwnPort(target.port()));
+        }
+        Ok(target)
     }
 }
 

@@ -1,10 +1,11 @@
 //! Outbound HTTP: a hyper server facing the app; each request is routed by its authority and
 //! sent to the peer proxy over the shared HTTP/2 connection. HTTP/1 requests travel as HTTP/2,
-//! marked so the far side restores them.
+//! marked so the far side restores them. Intercepted requests for destinations outside the mesh
+//! pass through as plain HTTP.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use http::header::HOST;
@@ -12,103 +13,162 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
-use super::peer::PeerPool;
+use super::peer::{Peer, PeerPool};
 use crate::http_util::{Body, ORIG_PROTO, boxed, error_response, strip_connection_headers};
 use crate::metrics::{Direction, ProxyMetrics, RequestMetrics};
-use crate::static_routes::{Route, StaticRoutes};
+use crate::plain_http::PlainHttp;
+use crate::static_routes::{Route, StaticRoutes, normalize_authority};
+
+/// A route, ready to send on: its peer connection and metrics are resolved once.
+#[derive(Debug)]
+pub struct RouteTarget {
+    /// The route.
+    pub route: Arc<Route>,
+    /// The route's peer endpoint.
+    pub(super) peer: Arc<Peer>,
+    metrics: RequestMetrics,
+}
 
 /// Routes and forwards the app's HTTP requests.
 #[derive(Debug)]
 pub struct OutboundHttp {
-    routes: StaticRoutes,
-    pool: PeerPool,
-    /// Per-route metrics, resolved once.
-    route_metrics: HashMap<Arc<str>, RequestMetrics>,
+    /// By normalized authority.
+    targets: HashMap<Arc<str>, Arc<RouteTarget>>,
     unrouted: RequestMetrics,
+    unmeshed: RequestMetrics,
+}
+
+/// What one app connection knows before its first request.
+#[derive(Debug)]
+pub struct ConnContext {
+    /// Where the connection was headed, if it was intercepted.
+    pub orig_dst: Option<SocketAddr>,
+    /// The route of that destination, if it has one.
+    pub orig_target: Option<Arc<RouteTarget>>,
+    /// Clients for a destination outside the mesh, made on first use.
+    passthrough: OnceLock<PlainHttp>,
+}
+
+impl ConnContext {
+    /// The context of a connection headed for `orig_dst`.
+    pub fn new(orig_dst: Option<SocketAddr>, orig_target: Option<Arc<RouteTarget>>) -> Self {
+        Self {
+            orig_dst,
+            orig_target,
+            passthrough: OnceLock::new(),
+        }
+    }
 }
 
 impl OutboundHttp {
     /// Forwards by `routes` through `pool`.
-    pub fn new(routes: StaticRoutes, pool: PeerPool, metrics: &ProxyMetrics) -> Self {
-        let route_metrics = routes
-            .iter()
-            .map(|route| {
-                let labels = metrics.requests(
+    pub fn new(
+        routes: &StaticRoutes,
+        pool: &PeerPool,
+        metrics: &ProxyMetrics,
+    ) -> Result<Self, super::PeerError> {
+        let mut targets = HashMap::new();
+        for route in routes.iter() {
+            let target = RouteTarget {
+                route: route.clone(),
+                peer: pool.peer(route.address, &route.identity)?,
+                metrics: metrics.requests(
                     Direction::Outbound,
                     &route.identity.to_string(),
                     &route.authority,
-                );
-                (route.authority.clone(), labels)
-            })
-            .collect();
-        Self {
-            routes,
-            pool,
-            route_metrics,
-            unrouted: metrics.requests(Direction::Outbound, "", "unknown"),
+                ),
+            };
+            targets.insert(route.authority.clone(), Arc::new(target));
         }
+        Ok(Self {
+            targets,
+            unrouted: metrics.requests(Direction::Outbound, "", "unknown"),
+            unmeshed: metrics.requests(Direction::Outbound, "", "unmeshed"),
+        })
     }
 
-    /// Handles one request from the app. `orig_dst` is where the connection was headed when it
-    /// was intercepted, a fallback route key when the authority has no route.
-    pub async fn handle(
-        &self,
-        request: Request<Incoming>,
-        orig_dst: Option<SocketAddr>,
-    ) -> Response<Body> {
+    /// The route for an authority as the app wrote it.
+    pub fn target(&self, authority: &str) -> Option<&Arc<RouteTarget>> {
+        // Apps usually write the authority exactly as configured: try it before normalizing,
+        // which allocates.
+        self.targets
+            .get(authority)
+            .or_else(|| self.targets.get(normalize_authority(authority)?.as_str()))
+    }
+
+    /// Handles one request from the app.
+    pub async fn handle(&self, request: Request<Incoming>, conn: &ConnContext) -> Response<Body> {
         let started = Instant::now();
-        let Some(authority) = request_authority(&request) else {
-            let response = error_response(
+        let authority = request_authority(&request);
+        let target = authority
+            .as_ref()
+            .and_then(|authority| self.target(authority.as_str()))
+            .or(conn.orig_target.as_ref());
+        if let Some(target) = target {
+            let authority = authority.unwrap_or_else(|| authority_of(&target.route));
+            let response = forward(target, authority, request).await;
+            target.metrics.record(response.status(), started.elapsed());
+            return response;
+        }
+        if let Some(dst) = conn.orig_dst {
+            let response = pass_through(
+                conn.passthrough.get_or_init(|| PlainHttp::new(dst)),
+                request,
+            )
+            .await;
+            self.unmeshed.record(response.status(), started.elapsed());
+            return response;
+        }
+        let response = match authority {
+            Some(authority) => {
+                error_response(StatusCode::BAD_GATEWAY, format!("no route to {authority}"))
+            }
+            None => error_response(
                 StatusCode::BAD_REQUEST,
                 "request has no authority (Host header)",
-            );
-            self.unrouted.record(response.status(), started.elapsed());
-            return response;
+            ),
         };
-        let route = self
-            .routes
-            .get(authority.as_str())
-            .or_else(|| orig_dst.and_then(|dst| self.routes.get(&dst.to_string())));
-        let Some(route) = route else {
-            let response =
-                error_response(StatusCode::BAD_GATEWAY, format!("no route to {authority}"));
-            self.unrouted.record(response.status(), started.elapsed());
-            return response;
-        };
-        let metrics = self
-            .route_metrics
-            .get(&route.authority)
-            .unwrap_or(&self.unrouted);
-        let response = self.forward(route, authority, request).await;
-        metrics.record(response.status(), started.elapsed());
+        self.unrouted.record(response.status(), started.elapsed());
         response
     }
+}
 
-    async fn forward(
-        &self,
-        route: &Route,
-        authority: Authority,
-        request: Request<Incoming>,
-    ) -> Response<Body> {
-        let app_version = request.version();
-        let request = match to_peer_request(request, authority) {
-            Ok(request) => request,
-            Err(reason) => return error_response(StatusCode::BAD_REQUEST, reason),
-        };
-        match self
-            .pool
-            .send(route.address, &route.identity, request)
-            .await
-        {
-            Ok(response) => {
-                let (mut parts, body) = response.into_parts();
-                parts.version = app_version;
-                Response::from_parts(parts, boxed(body))
-            }
-            Err(error) => {
-                tracing::info!(%error, route = %route.authority, "peer request failed");
-                error_response(StatusCode::BAD_GATEWAY, error.to_string())
-            }
+async fn forward(
+    target: &RouteTarget,
+    authority: Authority,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let app_version = request.version();
+    let request = match to_peer_request(request, authority) {
+        Ok(request) => request,
+        Err(reason) => return error_response(StatusCode::BAD_REQUEST, reason),
+    };
+    match target.peer.send(request).await {
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            parts.version = app_version;
+            Response::from_parts(parts, boxed(body))
+        }
+        Err(error) => {
+            tracing::info!(%error, route = %target.route.authority, "peer request failed");
+            error_response(StatusCode::BAD_GATEWAY, error.to_string())
+        }
+    }
+}
+
+async fn pass_through(client: &PlainHttp, request: Request<Incoming>) -> Response<Body> {
+    let (mut parts, body) = request.into_parts();
+    if parts.version != Version::HTTP_2 {
+        strip_connection_headers(&mut parts.headers);
+    }
+    match client.send(Request::from_parts(parts, boxed(body))).await {
+        Ok(response) => response.map(boxed),
+        Err(error) => {
+            tracing::info!(%error, "unmeshed destination failed");
+            error_response(
+                StatusCode::BAD_GATEWAY,
+                format!("unmeshed destination: {error}"),
+            )
         }
     }
 }
@@ -122,6 +182,12 @@ fn request_authority(request: &Request<Incoming>) -> Option<Authority> {
         .headers()
         .get(HOST)
         .and_then(|host| Authority::try_from(host.as_bytes()).ok())
+}
+
+/// A route's authority, for a request that named none (HTTP/1.0 without Host, intercepted).
+fn authority_of(route: &Route) -> Authority {
+    Authority::try_from(route.authority.as_ref())
+        .unwrap_or_else(|_| Authority::from_static("unknown"))
 }
 
 /// Rewrites an app request for the HTTP/2 hop between proxies.

@@ -1,13 +1,13 @@
 //! The outbound side: the local app's connections, intercepted or addressed to us directly.
 //!
-//! accept → original destination → protocol detection → HTTP (routed per request) or opaque TCP
-//! (routed per connection).
+//! accept → original destination → protocol detection (skipped for opaque destinations) → HTTP
+//! (routed per request) or opaque TCP (routed per connection).
 
 mod http;
 mod peer;
 mod tcp;
 
-use std::net::SocketAddr;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use weft_telemetry::Drain;
 
-use self::http::OutboundHttp;
+use self::http::{ConnContext, OutboundHttp};
+pub use self::peer::PeerError;
 use self::peer::PeerPool;
 use crate::detect::{self, Protocol};
 use crate::metrics::{Direction, ProxyMetrics};
@@ -33,32 +34,32 @@ pub struct Outbound {
 
 #[derive(Debug)]
 struct Inner {
-    routes: StaticRoutes,
-    pool: PeerPool,
     http: OutboundHttp,
     metrics: ProxyMetrics,
     detect_timeout: Duration,
+    opaque_ports: BTreeSet<u16>,
 }
 
 impl Outbound {
-    /// Routes by `routes`, dialing peers with `tls`.
+    /// Routes by `routes`, dialing peers with `tls`; destinations on `opaque_ports` skip
+    /// protocol detection.
     pub fn new(
         routes: StaticRoutes,
         tls: Arc<rustls::ClientConfig>,
         metrics: ProxyMetrics,
         detect_timeout: Duration,
-    ) -> Self {
+        opaque_ports: BTreeSet<u16>,
+    ) -> Result<Self, PeerError> {
         let pool = PeerPool::new(tls, metrics.clone());
-        let http = OutboundHttp::new(routes.clone(), pool.clone(), &metrics);
-        Self {
+        let http = OutboundHttp::new(&routes, &pool, &metrics)?;
+        Ok(Self {
             inner: Arc::new(Inner {
-                routes,
-                pool,
                 http,
                 metrics,
                 detect_timeout,
+                opaque_ports,
             }),
-        }
+        })
     }
 
     /// Accepts the app's connections until `drain` triggers.
@@ -70,14 +71,16 @@ impl Outbound {
     }
 
     async fn handle(self, mut tcp: TcpStream, drain: Drain) {
-        let orig_dst = original_dst(&tcp);
         let inner = &self.inner;
-        let opaque_route = orig_dst
-            .and_then(|dst| inner.routes.get(&dst.to_string()))
-            .filter(|r| r.opaque);
-        if let Some(route) = opaque_route {
+        let orig_dst = original_dst(&tcp);
+        // Resolved once per connection, not per request.
+        let orig_target = orig_dst.and_then(|dst| inner.http.target(&dst.to_string()).cloned());
+        let known_opaque = orig_target.as_ref().is_some_and(|t| t.route.opaque)
+            || orig_dst.is_some_and(|dst| inner.opaque_ports.contains(&dst.port()));
+        let conn = ConnContext::new(orig_dst, orig_target);
+        if known_opaque {
             let _open = inner.metrics.open_connection(Direction::Outbound, "opaque");
-            tcp::forward_to_peer(tcp, route, &inner.pool, &inner.metrics).await;
+            self.forward_opaque(tcp, &conn).await;
             return;
         }
         let (protocol, prefix) = match detect::detect(&mut tcp, inner.detect_timeout).await {
@@ -88,38 +91,41 @@ impl Outbound {
             }
         };
         let io = Prefixed::new(prefix, tcp);
+        let _open = inner
+            .metrics
+            .open_connection(Direction::Outbound, protocol_label(protocol));
         match protocol {
             Protocol::Http1 | Protocol::Http2 => {
-                let _open = inner
-                    .metrics
-                    .open_connection(Direction::Outbound, protocol_label(protocol));
                 let outbound = self.clone();
+                let conn = Arc::new(conn);
                 let service = service_fn(move |request| {
                     let outbound = outbound.clone();
+                    let conn = conn.clone();
                     async move {
                         Ok::<_, std::convert::Infallible>(
-                            outbound.inner.http.handle(request, orig_dst).await,
+                            outbound.inner.http.handle(request, &conn).await,
                         )
                     }
                 });
                 serve_http(TokioIo::new(io), protocol, service, &drain).await;
             }
-            Protocol::Opaque => {
-                let _open = inner.metrics.open_connection(Direction::Outbound, "opaque");
-                self.forward_opaque(io, orig_dst).await;
-            }
+            Protocol::Opaque => self.forward_opaque(io, &conn).await,
         }
     }
 
-    async fn forward_opaque(&self, io: Prefixed<TcpStream>, orig_dst: Option<SocketAddr>) {
-        let inner = &self.inner;
-        let Some(dst) = orig_dst else {
-            tracing::info!("opaque connection with no original destination: nowhere to send it");
-            return;
-        };
-        match inner.routes.get(&dst.to_string()) {
-            Some(route) => tcp::forward_to_peer(io, route, &inner.pool, &inner.metrics).await,
-            None => tcp::pass_through(io, dst, &inner.metrics).await,
+    async fn forward_opaque<S>(&self, io: S, conn: &ConnContext)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let metrics = &self.inner.metrics;
+        match (&conn.orig_target, conn.orig_dst) {
+            (Some(target), _) => tcp::forward_to_peer(io, target, metrics).await,
+            (None, Some(dst)) => tcp::pass_through(io, dst, metrics).await,
+            (None, None) => {
+                tracing::info!(
+                    "opaque connection with no original destination: nowhere to send it"
+                );
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -20,66 +20,68 @@ use crate::http_util::Body;
 use crate::metrics::{Direction, ProxyMetrics};
 
 /// A peer that does not accept the TCP connection by then is unreachable.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Pings on idle connections find dead peers before a request does.
+const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// TCP, TLS and the HTTP/2 handshake together: a peer that accepts TCP and then stalls must
+/// not hold requests forever.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pings, idle or not, find dead peers before a request does.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// A ping unanswered this long closes the connection.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a peer could not be reached or the request not sent.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PeerError {
-    /// TCP connect failed or timed out.
-    #[error("connect to {addr}: {reason}")]
-    Connect {
-        /// The peer's address.
-        addr: SocketAddr,
-        /// What failed.
-        reason: String,
-    },
-    /// The TLS handshake failed (including the peer not proving the expected identity).
-    #[error("TLS with {addr} ({identity}): {source}")]
-    Tls {
+    /// Dialing failed: TCP, TLS (including the peer not proving the expected identity), or the
+    /// HTTP/2 handshake. Shared by every request that waited on the same dial.
+    #[error("connect to {addr} ({identity}): {reason}")]
+    Dial {
         /// The peer's address.
         addr: SocketAddr,
         /// The identity it had to prove.
         identity: Identity,
-        /// The handshake error.
-        source: std::io::Error,
+        /// What failed.
+        reason: Arc<str>,
     },
     /// The HTTP/2 exchange failed.
-    #[error("HTTP/2 with {addr}: {source}")]
+    #[error("HTTP/2 with {addr}: {reason}")]
     Http {
         /// The peer's address.
         addr: SocketAddr,
         /// hyper's error.
-        source: hyper::Error,
+        reason: Arc<str>,
     },
 }
 
 /// Connections to peer proxies, shared by every outbound connection.
 #[derive(Debug, Clone)]
 pub struct PeerPool {
-    inner: Arc<PoolInner>,
+    dialer: Arc<Dialer>,
+    peers: Arc<Mutex<HashMap<(SocketAddr, Identity), Arc<Peer>>>>,
 }
 
+/// What every dial needs.
 #[derive(Debug)]
-struct PoolInner {
+struct Dialer {
     tls: Arc<rustls::ClientConfig>,
     metrics: ProxyMetrics,
-    peers: Mutex<HashMap<(SocketAddr, Identity), Arc<Peer>>>,
 }
 
-/// One peer endpoint and its HTTP/2 connection, if one is up.
+/// One peer endpoint and its HTTP/2 connection, if one is up. Routes hold it directly, so a
+/// request reaches its connection without a shared lookup.
 #[derive(Debug)]
-struct Peer {
+pub struct Peer {
     addr: SocketAddr,
     identity: Identity,
     server_name: ServerName<'static>,
+    dialer: Arc<Dialer>,
     /// Cloned per request (a cheap handle); replaced when the connection dies.
     sender: Mutex<Option<SendRequest<Body>>>,
-    /// Held while connecting, so concurrent requests share one new connection.
-    connecting: tokio::sync::Mutex<()>,
+    /// Held while dialing, so concurrent requests share one new connection.
+    dialing: tokio::sync::Mutex<()>,
+    /// The last failed dial, so requests that waited on it fail with it instead of redialing
+    /// one after another.
+    last_failure: Mutex<Option<(Instant, PeerError)>>,
 }
 
 // === impl PeerPool ===
@@ -88,59 +90,31 @@ impl PeerPool {
     /// A pool dialing peers with `tls` (our certificate, verifying the peer's identity).
     pub fn new(tls: Arc<rustls::ClientConfig>, metrics: ProxyMetrics) -> Self {
         Self {
-            inner: Arc::new(PoolInner {
-                tls,
-                metrics,
-                peers: Mutex::new(HashMap::new()),
-            }),
+            dialer: Arc::new(Dialer { tls, metrics }),
+            peers: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
-    /// Sends `request` to the peer at `addr`, which must prove `identity`.
-    pub async fn send(
-        &self,
-        addr: SocketAddr,
-        identity: &Identity,
-        request: Request<Body>,
-    ) -> Result<Response<Incoming>, PeerError> {
-        let peer = self.peer(addr, identity)?;
-        let mut sender = peer.sender(&self.inner).await?;
-        let result = match sender.ready().await {
-            Ok(()) => sender.send_request(request).await,
-            Err(error) => Err(error),
-        };
-        result.map_err(|source| {
-            peer.forget(&sender);
-            PeerError::Http { addr, source }
-        })
-    }
-
-    /// Opens a new mTLS stream to the peer, for opaque TCP.
-    pub async fn connect_stream(
-        &self,
-        addr: SocketAddr,
-        identity: &Identity,
-    ) -> Result<TlsStream<TcpStream>, PeerError> {
-        let peer = self.peer(addr, identity)?;
-        peer.connect_tls(&self.inner).await
-    }
-
-    fn peer(&self, addr: SocketAddr, identity: &Identity) -> Result<Arc<Peer>, PeerError> {
-        let mut peers = self.inner.peers.lock();
+    /// The peer at `addr`, which must prove `identity`.
+    pub fn peer(&self, addr: SocketAddr, identity: &Identity) -> Result<Arc<Peer>, PeerError> {
+        let mut peers = self.peers.lock();
         if let Some(peer) = peers.get(&(addr, identity.clone())) {
             return Ok(peer.clone());
         }
         let server_name =
-            ServerName::try_from(identity.dns_name()).map_err(|e| PeerError::Connect {
+            ServerName::try_from(identity.dns_name()).map_err(|e| PeerError::Dial {
                 addr,
-                reason: format!("identity has no usable DNS form: {e}"),
+                identity: identity.clone(),
+                reason: format!("identity has no usable DNS form: {e}").into(),
             })?;
         let peer = Arc::new(Peer {
             addr,
             identity: identity.clone(),
             server_name,
+            dialer: self.dialer.clone(),
             sender: Mutex::new(None),
-            connecting: tokio::sync::Mutex::new(()),
+            dialing: tokio::sync::Mutex::new(()),
+            last_failure: Mutex::new(None),
         });
         peers.insert((addr, identity.clone()), peer.clone());
         Ok(peer)
@@ -150,35 +124,82 @@ impl PeerPool {
 // === impl Peer ===
 
 impl Peer {
-    /// A handle on the live connection, connecting first if there is none.
-    async fn sender(&self, pool: &PoolInner) -> Result<SendRequest<Body>, PeerError> {
+    /// Sends `request` over the peer's HTTP/2 connection. A request the connection refused
+    /// before sending anything (it was closing) is sent once more on a fresh connection.
+    pub async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, PeerError> {
+        let mut sender = self.sender().await?;
+        let mut error = match sender.try_send_request(request).await {
+            Ok(response) => return Ok(response),
+            Err(error) => error,
+        };
+        self.forget(&sender);
+        let Some(request) = error.take_message() else {
+            return Err(self.http_error(&error.into_error()));
+        };
+        let mut sender = self.sender().await?;
+        sender.send_request(request).await.map_err(|error| {
+            self.forget(&sender);
+            self.http_error(&error)
+        })
+    }
+
+    /// Opens a new mTLS stream to the peer, for opaque TCP.
+    pub async fn connect_stream(&self) -> Result<TlsStream<TcpStream>, PeerError> {
+        tokio::time::timeout(DIAL_TIMEOUT, self.connect_tls())
+            .await
+            .unwrap_or_else(|_| Err(self.dial_error("timed out")))
+    }
+
+    /// A handle on the live connection, dialing first if there is none.
+    async fn sender(&self) -> Result<SendRequest<Body>, PeerError> {
         if let Some(sender) = self.live_sender() {
             return Ok(sender);
         }
-        let _connecting = self.connecting.lock().await;
-        // Another request may have connected while we waited.
+        let waited_since = Instant::now();
+        let _dialing = self.dialing.lock().await;
+        // Another request may have dialed, or failed to, while we waited.
         if let Some(sender) = self.live_sender() {
             return Ok(sender);
         }
-        let tls = self.connect_tls(pool).await?;
+        if let Some((failed_at, error)) = &*self.last_failure.lock()
+            && *failed_at >= waited_since
+        {
+            return Err(error.clone());
+        }
+        let dialed = tokio::time::timeout(DIAL_TIMEOUT, self.dial())
+            .await
+            .unwrap_or_else(|_| Err(self.dial_error("timed out")));
+        match dialed {
+            Ok(sender) => {
+                *self.sender.lock() = Some(sender.clone());
+                Ok(sender)
+            }
+            Err(error) => {
+                *self.last_failure.lock() = Some((Instant::now(), error.clone()));
+                Err(error)
+            }
+        }
+    }
+
+    async fn dial(&self) -> Result<SendRequest<Body>, PeerError> {
+        let tls = self.connect_tls().await?;
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
             .adaptive_window(true)
             .handshake(TokioIo::new(tls))
             .await
-            .map_err(|source| PeerError::Http {
-                addr: self.addr,
-                source,
-            })?;
+            .map_err(|e| self.dial_error(&e.to_string()))?;
         let addr = self.addr;
+        // The connection ends when the peer goes away, a ping goes unanswered, or every handle
+        // (this peer's and in-flight requests') is dropped.
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%addr, %error, "peer connection ended");
             }
         });
-        *self.sender.lock() = Some(sender.clone());
         Ok(sender)
     }
 
@@ -187,7 +208,7 @@ impl Peer {
         guard.as_ref().filter(|sender| !sender.is_closed()).cloned()
     }
 
-    /// Drops the cached connection if `failed` is it and it is closed.
+    /// Drops the cached connection if it is closed, so the next request dials.
     fn forget(&self, failed: &SendRequest<Body>) {
         if failed.is_closed() {
             let mut guard = self.sender.lock();
@@ -197,29 +218,33 @@ impl Peer {
         }
     }
 
-    async fn connect_tls(&self, pool: &PoolInner) -> Result<TlsStream<TcpStream>, PeerError> {
-        let addr = self.addr;
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+    async fn connect_tls(&self) -> Result<TlsStream<TcpStream>, PeerError> {
+        let tcp = tokio::time::timeout(TCP_CONNECT_TIMEOUT, TcpStream::connect(self.addr))
             .await
-            .map_err(|_| PeerError::Connect {
-                addr,
-                reason: "timed out".to_string(),
-            })?
-            .map_err(|e| PeerError::Connect {
-                addr,
-                reason: e.to_string(),
-            })?;
+            .map_err(|_| self.dial_error("TCP connect timed out"))?
+            .map_err(|e| self.dial_error(&e.to_string()))?;
         let _ = tcp.set_nodelay(true);
-        TlsConnector::from(pool.tls.clone())
+        TlsConnector::from(self.dialer.tls.clone())
             .connect(self.server_name.clone(), tcp)
             .await
-            .map_err(|source| {
-                pool.metrics.tls_failure(Direction::Outbound);
-                PeerError::Tls {
-                    addr,
-                    identity: self.identity.clone(),
-                    source,
-                }
+            .map_err(|e| {
+                self.dialer.metrics.tls_failure(Direction::Outbound);
+                self.dial_error(&format!("TLS: {e}"))
             })
+    }
+
+    fn dial_error(&self, reason: &str) -> PeerError {
+        PeerError::Dial {
+            addr: self.addr,
+            identity: self.identity.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    fn http_error(&self, error: &hyper::Error) -> PeerError {
+        PeerError::Http {
+            addr: self.addr,
+            reason: error.to_string().into(),
+        }
     }
 }

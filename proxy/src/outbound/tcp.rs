@@ -1,30 +1,29 @@
 //! Outbound opaque TCP: bytes from the app go over an mTLS stream to the peer proxy, announced by
-//! the opaque transport header; unmeshed destinations are passed through as they are.
+//! the opaque transport header; destinations outside the mesh are passed through as they are.
 
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncRead, AsyncWrite, copy_bidirectional};
 use tokio::net::TcpStream;
 
-use super::peer::PeerPool;
+use super::http::RouteTarget;
 use crate::metrics::{Direction, ProxyMetrics};
-use crate::static_routes::Route;
 use crate::transport_header;
 
-/// Forwards `app` to the peer behind `route` over mTLS.
-pub async fn forward_to_peer<S>(mut app: S, route: &Route, pool: &PeerPool, metrics: &ProxyMetrics)
+/// Forwards `app` to the peer behind `target` over mTLS.
+pub async fn forward_to_peer<S>(mut app: S, target: &RouteTarget, metrics: &ProxyMetrics)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut peer = match pool.connect_stream(route.address, &route.identity).await {
+    let mut peer = match target.peer.connect_stream().await {
         Ok(peer) => peer,
         Err(error) => {
-            tracing::info!(%error, route = %route.authority, "cannot open opaque stream to peer");
+            tracing::info!(%error, route = %target.route.authority, "cannot open opaque stream to peer");
             return;
         }
     };
     if let Err(error) = transport_header::write_opaque(&mut peer).await {
-        tracing::info!(%error, route = %route.authority, "cannot write transport header");
+        tracing::info!(%error, route = %target.route.authority, "cannot write transport header");
         return;
     }
     copy(&mut app, &mut peer, metrics).await;

@@ -96,6 +96,7 @@ async fn certify_signs_a_csr_proven_by_a_token_and_renews_by_certificate() {
     caller.certs.set(Credential {
         key: key.certify(chain).unwrap(),
         identity: web.clone(),
+        valid_from: SystemTime::now(),
         not_after: SystemTime::now() + Duration::from_secs(3600),
     });
     let (_, csr) = csr_for(WEB);
@@ -195,6 +196,19 @@ async fn admin_api_requires_the_admin_credential() {
     assert_eq!(status.code(), Some(1));
     assert!(
         stderr.contains("outside this control plane's trust domain"),
+        "{stderr}"
+    );
+
+    // The control plane's own namespace is reserved: no workload may pose as weft-control.
+    let (status, _, stderr) = cp.weftctl(&[
+        "token",
+        "create",
+        "--identity",
+        "spiffe://cluster.local/ns/weft/sa/weft-control",
+    ]);
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.contains("reserved for the control plane"),
         "{stderr}"
     );
 

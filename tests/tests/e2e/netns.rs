@@ -1,35 +1,69 @@
-//! Opaque TCP through real iptables interception, inside a network namespace of the test's own.
+//! Traffic intercepted by real iptables rules, inside a network namespace of the test's own:
+//! opaque TCP through the mesh, and destinations outside the mesh passed through.
 
 use std::process::Command;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use weft_tests::apps::start_tcp_echo;
+use weft_tests::apps::{start_echo_app_on, start_tcp_echo};
+use weft_tests::client::MeshClient;
 use weft_tests::mesh::{ControlPlane, Proxy, ProxySpec};
 use weft_tests::netns::NetNs;
 
 use crate::{CLIENT_ID, SERVER_ID};
 
-/// Port the app dials for a destination marked opaque.
+/// The proxy's user, whose own connections the rules leave alone (as `weft-proxy init` does).
+const PROXY_UID: u32 = 7102;
+/// A meshed destination marked opaque in the client's route.
 const OPAQUE_PORT: u16 = 9000;
-/// Port the app dials for a destination found opaque by detection (a server-first protocol).
+/// A meshed destination found opaque by detection (a server-first protocol).
 const DETECTED_PORT: u16 = 9001;
+/// An HTTP server outside the mesh.
+const UNMESHED_HTTP_PORT: u16 = 9002;
+/// A TCP server outside the mesh, on a port listed in WEFT_PROXY_OPAQUE_PORTS.
+const UNMESHED_TCP_PORT: u16 = 9003;
+const PAYLOAD_LEN: usize = 256 * 1024;
 
-fn redirect(port: u16, to: u16) {
+fn iptables(args: &[&str]) {
     let status = Command::new("iptables")
-        .args(["-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", "127.0.0.1"])
-        .args([
-            "--dport",
-            &port.to_string(),
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            &to.to_string(),
-        ])
+        .args(["-t", "nat"])
+        .args(args)
         .status()
         .unwrap();
-    assert!(status.success());
+    assert!(status.success(), "iptables {args:?}");
+}
+
+/// Sends the app's outgoing TCP to `outbound`, except the proxy's own.
+fn intercept(outbound: u16) {
+    iptables(&[
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-m",
+        "owner",
+        "--uid-owner",
+        &PROXY_UID.to_string(),
+        "-j",
+        "RETURN",
+    ]);
+    let ports = format!("{OPAQUE_PORT}:{UNMESHED_TCP_PORT}");
+    iptables(&[
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-d",
+        "127.0.0.1",
+        "--dport",
+        &ports,
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        &outbound.to_string(),
+    ]);
 }
 
 /// Dials `port` as the app would, reads the server's greeting, then echoes `payload`.
@@ -56,43 +90,50 @@ async fn exchange(port: u16, payload: &[u8]) -> Vec<u8> {
     echoed
 }
 
-const PAYLOAD_LEN: usize = 256 * 1024;
-
 #[test]
-fn opaque_tcp_is_forwarded_byte_for_byte_through_interception() {
+fn intercepted_tcp_goes_through_the_mesh_and_unmeshed_destinations_pass_through() {
     weft_tests::init();
     let ns = NetNs::create();
     ns.run(|| async {
         let cp = ControlPlane::start("24h").await;
         let echo = start_tcp_echo("127.0.0.1:0").await;
-        let server = Proxy::start(&cp, ProxySpec::new(SERVER_ID).app_port(echo.port)).await;
-        let client = Proxy::start(
-            &cp,
-            ProxySpec::new(CLIENT_ID)
-                .opaque_route(&format!("127.0.0.1:{OPAQUE_PORT}"), &server)
-                .route(&format!("127.0.0.1:{DETECTED_PORT}"), &server),
-        )
-        .await;
-        redirect(OPAQUE_PORT, client.outbound.port());
-        redirect(DETECTED_PORT, client.outbound.port());
+        let _unmeshed_tcp = start_tcp_echo(&format!("127.0.0.1:{UNMESHED_TCP_PORT}")).await;
+        let unmeshed_http = start_echo_app_on(&format!("127.0.0.1:{UNMESHED_HTTP_PORT}")).await;
+        // The server side must declare the echo port opaque, or it refuses opaque streams.
+        let server_spec = ProxySpec::new(SERVER_ID)
+            .app_port(echo.port)
+            .env("WEFT_PROXY_OPAQUE_PORTS", &echo.port.to_string());
+        let server = Proxy::start(&cp, server_spec).await;
+        let client_spec = ProxySpec::new(CLIENT_ID)
+            .opaque_route(&format!("127.0.0.1:{OPAQUE_PORT}"), &server)
+            .route(&format!("127.0.0.1:{DETECTED_PORT}"), &server)
+            .env("WEFT_PROXY_OPAQUE_PORTS", &UNMESHED_TCP_PORT.to_string())
+            .uid(PROXY_UID);
+        let client = Proxy::start(&cp, client_spec).await;
+        intercept(client.outbound.port());
 
         let payload: Vec<u8> = (0..PAYLOAD_LEN).map(|i| (i * 7 % 256) as u8).collect();
-        assert!(
-            exchange(OPAQUE_PORT, &payload).await == payload,
-            "opaque bytes altered"
-        );
-        assert!(
-            exchange(DETECTED_PORT, &payload).await == payload,
-            "detected-opaque bytes altered"
-        );
+        assert!(exchange(OPAQUE_PORT, &payload).await == payload, "opaque bytes altered");
+        assert!(exchange(DETECTED_PORT, &payload).await == payload, "detected-opaque bytes altered");
+        assert!(exchange(UNMESHED_TCP_PORT, &payload).await == payload, "passed-through bytes altered");
 
-        let outbound = client
-            .metric("weft_tcp_connections_total{direction=\"outbound\",protocol=\"opaque\"}")
-            .await;
-        assert_eq!(outbound, Some(2.0));
-        let inbound = server
-            .metric("weft_tcp_connections_total{direction=\"inbound\",protocol=\"opaque\"}")
-            .await;
+        // HTTP to a destination with no route goes there as it is, outside the mesh.
+        let app = MeshClient::http1(std::net::SocketAddr::from(([127, 0, 0, 1], UNMESHED_HTTP_PORT)));
+        let response = app
+            .send("GET", &format!("127.0.0.1:{UNMESHED_HTTP_PORT}"), "/outside", Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-seen-client-id"], "none");
+        assert_eq!(unmeshed_http.request_count(), 1);
+
+        let outbound = client.metric("weft_tcp_connections_total{direction=\"outbound\",protocol=\"opaque\"}").await;
+        assert_eq!(outbound, Some(3.0));
+        let inbound = server.metric("weft_tcp_connections_total{direction=\"inbound\",protocol=\"opaque\"}").await;
         assert_eq!(inbound, Some(2.0));
+        let unmeshed = client
+            .metric("weft_http_requests_total{destination=\"unmeshed\",direction=\"outbound\",peer_identity=\"\",status_class=\"2xx\"}")
+            .await;
+        assert_eq!(unmeshed, Some(1.0));
     });
 }

@@ -88,10 +88,26 @@ async fn client_certificate_from_another_trust_anchor_is_refused() {
     certs.set(Credential {
         key: key.certify(issued.chain).unwrap(),
         identity,
+        valid_from: now,
         not_after: issued.not_after,
     });
     if let Ok(stream) = tls_dial(&mesh, certs).await {
         assert_no_answer(stream, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
     }
+    assert_eq!(mesh.app.request_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_cannot_skip_the_http_path_by_announcing_an_opaque_stream() {
+    let mesh = Mesh::start("24h").await;
+    // A genuine peer of the trust domain, which tries to reach the app's HTTP port as "opaque
+    // TCP" so that its forged weft-client-id would arrive unstamped.
+    let certs = mesh
+        .cp
+        .credential("spiffe://cluster.local/ns/shop/sa/mallory")
+        .await;
+    let stream = tls_dial(&mesh, certs).await.unwrap();
+    let forged = b"weft/tcp\nGET / HTTP/1.1\r\nHost: api.shop\r\nweft-client-id: spiffe://cluster.local/ns/shop/sa/web\r\n\r\n";
+    assert_no_answer(stream, forged).await;
     assert_eq!(mesh.app.request_count(), 0);
 }

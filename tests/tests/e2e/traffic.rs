@@ -196,3 +196,44 @@ async fn unknown_authority_gets_a_502_naming_it_and_metrics_count_traffic() {
     );
     assert!(inbound.contains("weft_identity_cert_expiry_timestamp_seconds"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stalls_its_handshake_gets_a_502_not_a_hang() {
+    weft_tests::init();
+    let cp = weft_tests::mesh::ControlPlane::start("24h").await;
+    // Accepts TCP, then never says a word.
+    let stall = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stall_addr = stall.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((tcp, _)) = stall.accept().await {
+            open.push(tcp);
+        }
+    });
+    let mut spec = weft_tests::mesh::ProxySpec::new(CLIENT_ID);
+    spec.routes.push(weft_tests::mesh::RouteSpec {
+        authority: "stall.shop:80".to_string(),
+        address: stall_addr,
+        identity: crate::SERVER_ID.to_string(),
+        opaque: false,
+    });
+    let proxy = weft_tests::mesh::Proxy::start(&cp, spec).await;
+    let mut requests = Vec::new();
+    for _ in 0..3 {
+        let client = MeshClient::http1(proxy.outbound);
+        // MeshClient gives up after 20 s: a hang fails the test.
+        requests.push(tokio::spawn(async move {
+            client.send("GET", "stall.shop", "/", Bytes::new()).await
+        }));
+    }
+    for request in requests {
+        let response = request.await.unwrap().unwrap();
+        assert_eq!(response.status(), 502);
+        let reason = response.headers()["weft-proxy-error"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(reason.contains("timed out"), "{reason}");
+    }
+    held.abort();
+}
