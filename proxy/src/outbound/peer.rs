@@ -57,8 +57,12 @@ pub enum PeerError {
 #[derive(Debug, Clone)]
 pub struct PeerPool {
     dialer: Arc<Dialer>,
-    peers: Arc<Mutex<HashMap<(SocketAddr, Identity), Arc<Peer>>>>,
+    peers: Arc<Mutex<PeersByEndpoint>>,
 }
+
+/// Each endpoint with the identity it must prove: the same address under another identity is
+/// another peer.
+type PeersByEndpoint = HashMap<(SocketAddr, Identity), Arc<Peer>>;
 
 /// What every dial needs.
 #[derive(Debug)]
