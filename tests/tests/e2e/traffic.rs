@@ -237,3 +237,28 @@ async fn a_peer_that_stalls_its_handshake_gets_a_502_not_a_hang() {
     }
     held.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_is_not_the_expected_identity_is_not_sent_the_request() {
+    let mesh = Mesh::start("24h").await;
+    // A route that expects "db" at the address where "api" listens.
+    let mut spec = weft_tests::mesh::ProxySpec::new(CLIENT_ID);
+    spec.routes.push(weft_tests::mesh::RouteSpec {
+        authority: "db.shop:5432".to_string(),
+        address: mesh.server.inbound,
+        identity: "spiffe://cluster.local/ns/shop/sa/db".to_string(),
+        opaque: false,
+    });
+    let proxy = weft_tests::mesh::Proxy::start(&mesh.cp, spec).await;
+    let response = MeshClient::http1(proxy.outbound)
+        .send("GET", "db.shop:5432", "/", Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let reason = response.headers()["weft-proxy-error"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(reason.contains("not valid for name"), "{reason}");
+    assert_eq!(mesh.app.request_count(), 0);
+}
