@@ -6,14 +6,17 @@ use std::time::SystemTime;
 
 use tokio::net::TcpListener;
 use weft_api::admin::admin_server::AdminServer;
+use weft_api::discovery::discovery_server::DiscoveryServer;
 use weft_api::identity::identity_server::IdentityServer;
 use weft_certs::{ALPN_H2, CertStore, ClientAuth, TrustDomain};
 use weft_telemetry::Drain;
 
-use crate::admin_api::{AdminApi, RequireAdmin};
+use crate::admin_api::{AdminApi, RequireAdmin, ResourceAdmin, TokenAdmin};
 use crate::admin_credential::{ADMIN_TOKEN_FILE, AdminCredential};
 use crate::config::Config;
+use crate::discovery::{DiscoveryApi, ProxyRegistry};
 use crate::metrics::Metrics;
+use crate::policy_store::PolicyStore;
 use crate::store::Store;
 use crate::{pki, serving_cert, tls_incoming};
 
@@ -82,6 +85,8 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
     let pki = load_pki(config)?;
     let trust_domain = pki.issuer.trust_domain().clone();
     let store = Store::open(&config.data_dir.join("store.redb"))?;
+    let policy = Arc::new(PolicyStore::load(store.clone())?);
+    let proxies = Arc::new(ProxyRegistry::default());
     let credential = match &config.admin_token_file {
         Some(path) => AdminCredential::load(path)?,
         None => AdminCredential::load_or_create(&config.data_dir.join(ADMIN_TOKEN_FILE))?,
@@ -118,13 +123,19 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
     );
     let proxy_api = tonic::transport::Server::builder()
         .add_service(IdentityServer::new(identity))
+        .add_service(DiscoveryServer::new(DiscoveryApi::new(
+            policy.clone(),
+            proxies.clone(),
+            drain.clone(),
+        )))
         .serve_with_incoming_shutdown(
             tls_incoming::incoming(proxy_listener, acceptor.clone(), drain.clone()),
             drain_signal(drain.clone()),
         );
     spawn_server(drain, "proxy API", proxy_api);
 
-    let admin = AdminApi::new(store, trust_domain.clone(), config.join_token_ttl, metrics);
+    let tokens = TokenAdmin::new(store, trust_domain.clone(), config.join_token_ttl, metrics);
+    let admin = AdminApi::new(tokens, ResourceAdmin::new(policy), proxies);
     let admin_api = tonic::transport::Server::builder()
         .add_service(AdminServer::with_interceptor(
             admin,

@@ -10,6 +10,15 @@ use serde::{Deserialize, Serialize};
 
 /// Join tokens by the hex SHA-256 of the token; the token itself is never stored.
 const JOIN_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("join_tokens");
+/// Policy resources by `<Kind>/<namespace>/<name>`, as JSON manifests.
+const RESOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("resources");
+/// Counters: the policy revision.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The key of the policy revision in [`META`].
+const REVISION: &str = "revision";
+
+/// Stored records: key and bytes.
+pub type RawRecords = Vec<(String, Vec<u8>)>;
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -58,8 +67,54 @@ impl Store {
         let db = Database::create(path).map_err(redb::Error::from)?;
         let txn = db.begin_write().map_err(redb::Error::from)?;
         txn.open_table(JOIN_TOKENS).map_err(redb::Error::from)?;
+        txn.open_table(RESOURCES).map_err(redb::Error::from)?;
+        txn.open_table(META).map_err(redb::Error::from)?;
         txn.commit().map_err(redb::Error::from)?;
         Ok(Self { db: Arc::new(db) })
+    }
+
+    /// Every stored resource (key and JSON bytes), and the revision they were read at.
+    pub fn resources(&self) -> Result<(u64, RawRecords), StoreError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let revision = txn
+            .open_table(META)
+            .map_err(redb::Error::from)?
+            .get(REVISION)
+            .map_err(redb::Error::from)?
+            .map_or(0, |v| v.value());
+        let table = txn.open_table(RESOURCES).map_err(redb::Error::from)?;
+        let mut resources = Vec::new();
+        for entry in table.iter().map_err(redb::Error::from)? {
+            let (key, value) = entry.map_err(redb::Error::from)?;
+            resources.push((key.value().to_string(), value.value().to_vec()));
+        }
+        Ok((revision, resources))
+    }
+
+    /// Writes `puts`, removes `deletes` and moves the revision to `revision`, atomically: after a
+    /// crash either all of it is there or none.
+    pub fn commit_resources(
+        &self,
+        revision: u64,
+        puts: &[(String, Vec<u8>)],
+        deletes: &[String],
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        {
+            let mut table = txn.open_table(RESOURCES).map_err(redb::Error::from)?;
+            for (key, value) in puts {
+                table
+                    .insert(key.as_str(), value.as_slice())
+                    .map_err(redb::Error::from)?;
+            }
+            for key in deletes {
+                table.remove(key.as_str()).map_err(redb::Error::from)?;
+            }
+            let mut meta = txn.open_table(META).map_err(redb::Error::from)?;
+            meta.insert(REVISION, revision).map_err(redb::Error::from)?;
+        }
+        txn.commit().map_err(redb::Error::from)?;
+        Ok(())
     }
 
     /// Stores a join token record under its hash.

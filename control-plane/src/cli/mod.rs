@@ -7,6 +7,9 @@ use std::path::PathBuf;
 
 mod admin_client;
 mod certs;
+mod manifests;
+mod proxy_status;
+mod resources;
 mod token;
 
 pub use admin_client::AdminClient;
@@ -55,6 +58,14 @@ pub enum Command {
     /// Issue, list and revoke join tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Create or update policy resources from YAML or JSON files (all or none).
+    Apply(resources::ApplyArgs),
+    /// Show policy resources.
+    Get(resources::GetArgs),
+    /// Delete a policy resource.
+    Delete(resources::DeleteArgs),
+    /// List the proxies connected to discovery and the config versions they applied.
+    ProxyStatus,
 }
 
 /// Why a command failed, in one line.
@@ -76,5 +87,18 @@ pub async fn run(cli: Cli, out: &mut impl std::io::Write) -> Result<(), CliError
             let client = AdminClient::connect(&cli).await?;
             token::run(command, client, out).await
         }
+        Command::Apply(ref args) => {
+            // Read and parse the files first: a YAML mistake needs no server.
+            let manifests = manifests::read(&args.files)?;
+            let client = AdminClient::connect(&cli).await?;
+            resources::apply(args, manifests, client, out).await
+        }
+        Command::Get(ref args) => {
+            resources::get(args, AdminClient::connect(&cli).await?, out).await
+        }
+        Command::Delete(ref args) => {
+            resources::delete(args, AdminClient::connect(&cli).await?, out).await
+        }
+        Command::ProxyStatus => proxy_status::run(AdminClient::connect(&cli).await?, out).await,
     }
 }

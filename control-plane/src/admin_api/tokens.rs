@@ -1,79 +1,40 @@
-//! `weft.admin.v1.Admin`: the operator API behind `weftctl`.
+//! Join tokens: create, list, revoke.
 
 use std::time::{Duration, SystemTime};
 
-use tonic::service::Interceptor;
-use tonic::{Request, Response, Status};
-use weft_api::admin::admin_server::Admin;
+use tonic::Status;
 use weft_api::admin::{
-    CreateJoinTokenRequest, CreateJoinTokenResponse, JoinTokenInfo, ListJoinTokensRequest,
-    ListJoinTokensResponse, RevokeJoinTokenRequest, RevokeJoinTokenResponse,
+    CreateJoinTokenRequest, CreateJoinTokenResponse, JoinTokenInfo, ListJoinTokensResponse,
+    RevokeJoinTokenRequest,
 };
 use weft_certs::{Identity, TrustDomain};
 
-use crate::admin_credential::AdminCredential;
 use crate::identity_api::{RESERVED_NAMESPACE, is_reserved};
 use crate::join_tokens::{self, JoinTokenError};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
-/// The Admin service.
+/// The join-token half of the admin API.
 #[derive(Debug, Clone)]
-pub struct AdminApi {
+pub struct TokenAdmin {
     store: Store,
     trust_domain: TrustDomain,
-    default_token_ttl: Duration,
+    default_ttl: Duration,
     metrics: Metrics,
 }
 
-/// Rejects calls without the admin credential as a bearer token.
-#[derive(Debug, Clone)]
-pub struct RequireAdmin {
-    credential: AdminCredential,
-}
-
-// === impl RequireAdmin ===
-
-impl RequireAdmin {
-    /// Accepts only `credential`.
-    pub fn new(credential: AdminCredential) -> Self {
-        Self { credential }
-    }
-}
-
-impl Interceptor for RequireAdmin {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let header = request.metadata().get("authorization").ok_or_else(|| {
-            Status::unauthenticated("missing authorization: Bearer <admin token>")
-        })?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                Status::unauthenticated("authorization must be: Bearer <admin token>")
-            })?;
-        if !self.credential.matches(token.trim()) {
-            return Err(Status::unauthenticated("admin token is not valid"));
-        }
-        Ok(request)
-    }
-}
-
-// === impl AdminApi ===
-
-impl AdminApi {
-    /// Serves tokens of `trust_domain` from `store`.
+impl TokenAdmin {
+    /// Issues tokens of `trust_domain` into `store`.
     pub fn new(
         store: Store,
         trust_domain: TrustDomain,
-        default_token_ttl: Duration,
+        default_ttl: Duration,
         metrics: Metrics,
     ) -> Self {
         Self {
             store,
             trust_domain,
-            default_token_ttl,
+            default_ttl,
             metrics,
         }
     }
@@ -91,15 +52,11 @@ impl AdminApi {
                 other => Status::internal(other.to_string()),
             })
     }
-}
 
-#[tonic::async_trait]
-impl Admin for AdminApi {
-    async fn create_join_token(
+    pub async fn create(
         &self,
-        request: Request<CreateJoinTokenRequest>,
-    ) -> Result<Response<CreateJoinTokenResponse>, Status> {
-        let req = request.into_inner();
+        req: CreateJoinTokenRequest,
+    ) -> Result<CreateJoinTokenResponse, Status> {
         let identity: Identity = req
             .identity
             .parse()
@@ -116,7 +73,7 @@ impl Admin for AdminApi {
             )));
         }
         let ttl = match req.ttl_seconds {
-            0 => self.default_token_ttl,
+            0 => self.default_ttl,
             secs => Duration::from_secs(secs),
         };
         let namespace = identity.namespace().to_string();
@@ -127,21 +84,18 @@ impl Admin for AdminApi {
             .join_tokens_created
             .with_label_values(&[&namespace])
             .inc();
-        Ok(Response::new(CreateJoinTokenResponse {
+        Ok(CreateJoinTokenResponse {
             token: new.token,
             id: new.id,
             expires_at: Some(new.expires_at.into()),
-        }))
+        })
     }
 
-    async fn list_join_tokens(
-        &self,
-        _request: Request<ListJoinTokensRequest>,
-    ) -> Result<Response<ListJoinTokensResponse>, Status> {
+    pub async fn list(&self) -> Result<ListJoinTokensResponse, Status> {
         let tokens = self
             .blocking(|store| join_tokens::list(store, SystemTime::now()))
             .await?;
-        Ok(Response::new(ListJoinTokensResponse {
+        Ok(ListJoinTokensResponse {
             tokens: tokens
                 .into_iter()
                 .map(|t| JoinTokenInfo {
@@ -150,20 +104,17 @@ impl Admin for AdminApi {
                     expires_at: Some(t.expires_at.into()),
                 })
                 .collect(),
-        }))
+        })
     }
 
-    async fn revoke_join_token(
-        &self,
-        request: Request<RevokeJoinTokenRequest>,
-    ) -> Result<Response<RevokeJoinTokenResponse>, Status> {
-        let id = request.into_inner().id;
+    pub async fn revoke(&self, req: RevokeJoinTokenRequest) -> Result<(), Status> {
+        let id = req.id;
         let shown = id.clone();
         if self
             .blocking(move |store| join_tokens::revoke(store, &id, SystemTime::now()))
             .await?
         {
-            Ok(Response::new(RevokeJoinTokenResponse {}))
+            Ok(())
         } else {
             Err(Status::not_found(format!(
                 "no join token with id {shown:?}"

@@ -1,0 +1,154 @@
+//! `weft.admin.v1.Admin`: the operator API behind `weftctl`.
+
+mod resources;
+mod tokens;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use tonic::service::Interceptor;
+use tonic::{Request, Response, Status};
+use weft_api::admin::admin_server::Admin;
+use weft_api::admin::{
+    ApplyRequest, ApplyResponse, CreateJoinTokenRequest, CreateJoinTokenResponse, DeleteRequest,
+    DeleteResponse, GetRequest, ListJoinTokensRequest, ListJoinTokensResponse, ListRequest,
+    ListResponse, ProxyStatusRequest, ProxyStatusResponse, Resource, RevokeJoinTokenRequest,
+    RevokeJoinTokenResponse, WatchEvent, WatchRequest,
+};
+
+pub use self::resources::ResourceAdmin;
+pub use self::tokens::TokenAdmin;
+use crate::admin_credential::AdminCredential;
+use crate::discovery::ProxyRegistry;
+
+/// The Admin service.
+#[derive(Debug, Clone)]
+pub struct AdminApi {
+    tokens: TokenAdmin,
+    resources: ResourceAdmin,
+    proxies: Arc<ProxyRegistry>,
+}
+
+/// Rejects calls without the admin credential as a bearer token.
+#[derive(Debug, Clone)]
+pub struct RequireAdmin {
+    credential: AdminCredential,
+}
+
+// === impl RequireAdmin ===
+
+impl RequireAdmin {
+    /// Accepts only `credential`.
+    pub fn new(credential: AdminCredential) -> Self {
+        Self { credential }
+    }
+}
+
+impl Interceptor for RequireAdmin {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let header = request.metadata().get("authorization").ok_or_else(|| {
+            Status::unauthenticated("missing authorization: Bearer <admin token>")
+        })?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                Status::unauthenticated("authorization must be: Bearer <admin token>")
+            })?;
+        if !self.credential.matches(token.trim()) {
+            return Err(Status::unauthenticated("admin token is not valid"));
+        }
+        Ok(request)
+    }
+}
+
+// === impl AdminApi ===
+
+impl AdminApi {
+    /// The admin API over its three parts.
+    pub fn new(tokens: TokenAdmin, resources: ResourceAdmin, proxies: Arc<ProxyRegistry>) -> Self {
+        Self {
+            tokens,
+            resources,
+            proxies,
+        }
+    }
+}
+
+/// The stream of a Watch call.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Admin for AdminApi {
+    async fn apply(
+        &self,
+        request: Request<ApplyRequest>,
+    ) -> Result<Response<ApplyResponse>, Status> {
+        self.resources
+            .apply(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<Resource>, Status> {
+        self.resources.get(request.into_inner()).map(Response::new)
+    }
+
+    async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        self.resources.list(request.into_inner()).map(Response::new)
+    }
+
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        self.resources
+            .delete(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        self.resources
+            .watch(request.into_inner())
+            .map(Response::new)
+    }
+
+    async fn proxy_status(
+        &self,
+        _request: Request<ProxyStatusRequest>,
+    ) -> Result<Response<ProxyStatusResponse>, Status> {
+        Ok(Response::new(ProxyStatusResponse {
+            proxies: self.proxies.status(),
+        }))
+    }
+
+    async fn create_join_token(
+        &self,
+        request: Request<CreateJoinTokenRequest>,
+    ) -> Result<Response<CreateJoinTokenResponse>, Status> {
+        self.tokens
+            .create(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_join_tokens(
+        &self,
+        _request: Request<ListJoinTokensRequest>,
+    ) -> Result<Response<ListJoinTokensResponse>, Status> {
+        self.tokens.list().await.map(Response::new)
+    }
+
+    async fn revoke_join_token(
+        &self,
+        request: Request<RevokeJoinTokenRequest>,
+    ) -> Result<Response<RevokeJoinTokenResponse>, Status> {
+        self.tokens.revoke(request.into_inner()).await?;
+        Ok(Response::new(RevokeJoinTokenResponse {}))
+    }
+}

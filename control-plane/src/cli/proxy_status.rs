@@ -1,0 +1,51 @@
+//! `weftctl proxy-status`.
+
+use std::time::SystemTime;
+
+use weft_api::admin::ProxyStatusRequest;
+
+use super::{AdminClient, CliError};
+
+pub(super) async fn run(
+    mut client: AdminClient,
+    out: &mut impl std::io::Write,
+) -> Result<(), CliError> {
+    let proxies = client
+        .admin
+        .proxy_status(ProxyStatusRequest {})
+        .await?
+        .into_inner()
+        .proxies;
+    let _ = writeln!(
+        out,
+        "{:<48} {:<22} {:<21} {:<32} {:>8} {:>8} ERROR",
+        "IDENTITY", "REMOTE", "CERT EXPIRY", "WATCHING", "SENT", "APPLIED"
+    );
+    for proxy in proxies {
+        let expiry = proxy
+            .cert_expiry
+            .and_then(|t| SystemTime::try_from(t).ok())
+            .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+            .unwrap_or_default();
+        if proxy.watches.is_empty() {
+            let _ = writeln!(
+                out,
+                "{:<48} {:<22} {expiry:<21}",
+                proxy.identity, proxy.remote
+            );
+        }
+        for watch in proxy.watches {
+            let _ = writeln!(
+                out,
+                "{:<48} {:<22} {expiry:<21} {:<32} {:>8} {:>8} {}",
+                proxy.identity,
+                proxy.remote,
+                watch.resource,
+                watch.sent_version,
+                watch.applied_version,
+                watch.error
+            );
+        }
+    }
+    Ok(())
+}

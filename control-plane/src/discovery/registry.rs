@@ -1,0 +1,122 @@
+//! Which proxies are connected, what they watch, and which versions they applied.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use parking_lot::Mutex;
+use weft_api::admin::{ProxyStatus, WatchStatus};
+use weft_certs::Identity;
+
+/// Every proxy with an open discovery stream.
+#[derive(Debug, Default)]
+pub struct ProxyRegistry {
+    proxies: Mutex<HashMap<SocketAddr, ProxyEntry>>,
+}
+
+#[derive(Debug)]
+struct ProxyEntry {
+    identity: Identity,
+    cert_expiry: Option<SystemTime>,
+    connected_at: SystemTime,
+    open_streams: usize,
+    watches: BTreeMap<String, WatchEntry>,
+}
+
+#[derive(Debug, Default)]
+struct WatchEntry {
+    sent: String,
+    applied: String,
+    error: String,
+}
+
+/// Who is on the other end of a discovery stream.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub remote: SocketAddr,
+    pub identity: Identity,
+    pub cert_expiry: Option<SystemTime>,
+}
+
+impl ProxyRegistry {
+    /// A stream for `resource` opened.
+    pub fn opened(&self, caller: &Caller, resource: &str) {
+        let mut proxies = self.proxies.lock();
+        let entry = proxies.entry(caller.remote).or_insert_with(|| ProxyEntry {
+            identity: caller.identity.clone(),
+            cert_expiry: caller.cert_expiry,
+            connected_at: SystemTime::now(),
+            open_streams: 0,
+            watches: BTreeMap::new(),
+        });
+        entry.open_streams += 1;
+        entry.watches.entry(resource.to_string()).or_default();
+    }
+
+    /// A stream for `resource` closed; the proxy is forgotten with its last stream.
+    pub fn closed(&self, caller: &Caller, resource: &str) {
+        let mut proxies = self.proxies.lock();
+        if let Some(entry) = proxies.get_mut(&caller.remote) {
+            entry.open_streams = entry.open_streams.saturating_sub(1);
+            entry.watches.remove(resource);
+            if entry.open_streams == 0 {
+                proxies.remove(&caller.remote);
+            }
+        }
+    }
+
+    /// `version` of `resource` was sent.
+    pub fn sent(&self, caller: &Caller, resource: &str, version: &str) {
+        if let Some(watch) = self
+            .proxies
+            .lock()
+            .get_mut(&caller.remote)
+            .and_then(|entry| entry.watches.get_mut(resource))
+        {
+            watch.sent = version.to_string();
+        }
+    }
+
+    /// The proxy reported `version` of `resource` applied (`error` empty) or rejected.
+    pub fn reported(&self, caller: &Caller, resource: &str, version: &str, error: &str) {
+        if let Some(watch) = self
+            .proxies
+            .lock()
+            .get_mut(&caller.remote)
+            .and_then(|entry| entry.watches.get_mut(resource))
+        {
+            if error.is_empty() {
+                watch.applied = version.to_string();
+                watch.error.clear();
+            } else {
+                watch.error = format!("version {version} rejected: {error}");
+            }
+        }
+    }
+
+    /// Every connected proxy, by identity then address.
+    pub fn status(&self) -> Vec<ProxyStatus> {
+        let proxies = self.proxies.lock();
+        let mut status: Vec<ProxyStatus> = proxies
+            .iter()
+            .map(|(remote, entry)| ProxyStatus {
+                identity: entry.identity.to_string(),
+                remote: remote.to_string(),
+                cert_expiry: entry.cert_expiry.map(Into::into),
+                connected_at: Some(entry.connected_at.into()),
+                watches: entry
+                    .watches
+                    .iter()
+                    .map(|(resource, watch)| WatchStatus {
+                        resource: resource.clone(),
+                        sent_version: watch.sent.clone(),
+                        applied_version: watch.applied.clone(),
+                        error: watch.error.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        status.sort_by(|a, b| (&a.identity, &a.remote).cmp(&(&b.identity, &b.remote)));
+        status
+    }
+}

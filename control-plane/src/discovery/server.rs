@@ -1,0 +1,184 @@
+//! The Discovery gRPC service: one task per watch, woken by every policy change, sending a new
+//! snapshot only when the destination's changed.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use weft_api::discovery::discovery_server::Discovery;
+use weft_api::discovery::{
+    ConfigStatus, InboundSnapshot, OutboundSnapshot, ReportStatusResponse, WatchInboundRequest,
+    WatchOutboundRequest,
+};
+use weft_telemetry::Drain;
+
+use super::registry::Caller;
+use super::{ProxyRegistry, SnapshotCache, inbound_snapshot};
+use crate::policy_store::PolicyStore;
+use crate::tls_incoming::PeerInfo;
+
+/// Snapshots queued per watch before the sender waits for the proxy.
+const STREAM_BUFFER: usize = 4;
+/// The longest destination accepted (a DNS name and a port).
+const MAX_DESTINATION_LEN: usize = 261;
+
+/// The Discovery service.
+#[derive(Debug, Clone)]
+pub struct DiscoveryApi {
+    store: Arc<PolicyStore>,
+    cache: Arc<SnapshotCache>,
+    registry: Arc<ProxyRegistry>,
+    drain: Drain,
+}
+
+/// A stream of snapshots.
+pub type SnapshotStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+impl DiscoveryApi {
+    /// Serves `store`'s policy, recording proxies in `registry`; streams end on `drain`.
+    pub fn new(store: Arc<PolicyStore>, registry: Arc<ProxyRegistry>, drain: Drain) -> Self {
+        Self {
+            store,
+            cache: Arc::new(SnapshotCache::default()),
+            registry,
+            drain,
+        }
+    }
+
+    /// Runs one watch: sends what `compute` makes of each new state, when it changed, until the
+    /// proxy goes away or the control plane drains.
+    fn watch<T, F>(&self, caller: Caller, resource: String, compute: F) -> SnapshotStream<T>
+    where
+        T: PartialEq + Clone + Send + 'static + Versioned,
+        F: Fn(&crate::policy_store::PolicyState) -> T + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let mut states = self.store.subscribe_state();
+        let registry = self.registry.clone();
+        let drain = self.drain.clone();
+        registry.opened(&caller, &resource);
+        tokio::spawn(async move {
+            let mut last: Option<T> = None;
+            loop {
+                let state = states.borrow_and_update().clone();
+                let snapshot = compute(&state);
+                if last.as_ref() != Some(&snapshot) {
+                    let version = state.revision.to_string();
+                    let mut message = snapshot.clone();
+                    message.set_version(version.clone());
+                    if tx.send(Ok(message)).await.is_err() {
+                        break;
+                    }
+                    registry.sent(&caller, &resource, &version);
+                    last = Some(snapshot);
+                }
+                tokio::select! {
+                    changed = states.changed() => if changed.is_err() { break },
+                    () = tx.closed() => break,
+                    () = drain.signaled() => break,
+                }
+            }
+            registry.closed(&caller, &resource);
+        });
+        Box::pin(ReceiverStream::new(rx))
+    }
+}
+
+/// Snapshots carry the revision they were sent at.
+pub trait Versioned {
+    /// Sets the version.
+    fn set_version(&mut self, version: String);
+}
+
+impl Versioned for OutboundSnapshot {
+    fn set_version(&mut self, version: String) {
+        self.version = version;
+    }
+}
+
+impl Versioned for InboundSnapshot {
+    fn set_version(&mut self, version: String) {
+        self.version = version;
+    }
+}
+
+/// The proxy on the other end; discovery is only for proxies with a valid certificate.
+fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    let peer = request.extensions().get::<PeerInfo>().ok_or_else(|| {
+        Status::unauthenticated("discovery requires the proxy's client certificate")
+    })?;
+    let identity = peer.identity.clone().ok_or_else(|| {
+        Status::unauthenticated("discovery requires the proxy's client certificate")
+    })?;
+    Ok(Caller {
+        remote: peer.remote,
+        identity,
+        cert_expiry: peer.not_after,
+    })
+}
+
+#[tonic::async_trait]
+impl Discovery for DiscoveryApi {
+    type WatchOutboundStream = SnapshotStream<OutboundSnapshot>;
+
+    async fn watch_outbound(
+        &self,
+        request: Request<WatchOutboundRequest>,
+    ) -> Result<Response<Self::WatchOutboundStream>, Status> {
+        let caller = caller(&request)?;
+        let destination = request.into_inner().destination.to_ascii_lowercase();
+        let valid = !destination.is_empty()
+            && destination.len() <= MAX_DESTINATION_LEN
+            && destination
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !valid {
+            return Err(Status::invalid_argument(format!(
+                "destination: {destination:?} is not host:port"
+            )));
+        }
+        let cache = self.cache.clone();
+        let key = destination.clone();
+        let stream = self.watch(caller, destination, move |state| {
+            (*cache.outbound(state, &key)).clone()
+        });
+        Ok(Response::new(stream))
+    }
+
+    type WatchInboundStream = SnapshotStream<InboundSnapshot>;
+
+    async fn watch_inbound(
+        &self,
+        request: Request<WatchInboundRequest>,
+    ) -> Result<Response<Self::WatchInboundStream>, Status> {
+        let caller = caller(&request)?;
+        let port = request.into_inner().port;
+        if port == 0 || port > 65535 {
+            return Err(Status::invalid_argument(format!(
+                "port: {port} is not a port"
+            )));
+        }
+        let identity = caller.identity.to_string();
+        let stream = self.watch(caller, format!("inbound:{port}"), move |state| {
+            inbound_snapshot(state, &identity, port)
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn report_status(
+        &self,
+        request: Request<ConfigStatus>,
+    ) -> Result<Response<ReportStatusResponse>, Status> {
+        let caller = caller(&request)?;
+        let status = request.into_inner();
+        self.registry
+            .reported(&caller, &status.resource, &status.version, &status.error);
+        if !status.error.is_empty() {
+            tracing::warn!(proxy = %caller.identity, resource = %status.resource, version = %status.version, error = %status.error, "proxy rejected a snapshot");
+        }
+        Ok(Response::new(ReportStatusResponse {}))
+    }
+}

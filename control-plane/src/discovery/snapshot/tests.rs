@@ -1,0 +1,166 @@
+use super::*;
+use crate::policy::Resource;
+use crate::policy_store::{PolicyState, Stored};
+
+fn state(yaml: &str) -> PolicyState {
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(yaml).unwrap();
+    let mut state = PolicyState {
+        revision: 1,
+        ..Default::default()
+    };
+    for (i, doc) in docs.iter().enumerate() {
+        let resource = Resource::parse(doc, &format!("document {i}")).unwrap();
+        state.resources.insert(
+            resource.key(),
+            Stored {
+                resource: Arc::new(resource),
+                resource_version: 1,
+            },
+        );
+    }
+    state
+}
+
+const MESH: &str = r#"
+apiVersion: policy.weft.io/v1alpha1
+kind: Service
+metadata: {name: api, namespace: shop}
+spec: {selector: {app: api}, ports: [{port: 8080}]}
+---
+apiVersion: policy.weft.io/v1alpha1
+kind: Service
+metadata: {name: api-v2, namespace: shop}
+spec: {selector: {app: api, version: v2}, ports: [{port: 8080}]}
+---
+apiVersion: policy.weft.io/v1alpha1
+kind: Workload
+metadata: {name: api-1, namespace: shop, labels: {app: api, version: v1}}
+spec: {address: 10.0.0.1, proxyPort: 7143, identity: "spiffe://cluster.local/ns/shop/sa/api"}
+---
+apiVersion: policy.weft.io/v1alpha1
+kind: Workload
+metadata: {name: api-2, namespace: shop, labels: {app: api, version: v2}}
+spec: {address: 10.0.0.2, identity: "spiffe://cluster.local/ns/shop/sa/api", ports: [{port: 8080}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: canary, namespace: shop}
+spec:
+  parentRefs: [{name: api, kind: Service, port: 8080}]
+  rules:
+  - matches: [{headers: [{name: X-Canary, value: "true"}]}]
+    backendRefs: [{name: api-v2, port: 8080}]
+  - matches: [{path: {type: Exact, value: /health}}, {path: {type: PathPrefix, value: /api/orders}}]
+    backendRefs: [{name: api, port: 8080, weight: 90}, {name: api-v2, port: 8080, weight: 10}]
+    timeouts: {request: 2s, backendRequest: 500ms}
+    retry: {codes: [503], attempts: 3, backoff: 50ms}
+"#;
+
+#[test]
+fn resolves_service_names_in_their_usual_forms() {
+    let state = state(MESH);
+    for destination in [
+        "api.shop:8080",
+        "api.shop.svc:8080",
+        "api.shop.svc.cluster.local:8080",
+        "API.Shop:8080",
+    ] {
+        let snapshot = outbound_snapshot(&state, destination);
+        assert!(snapshot.found, "{destination}");
+        assert_eq!(snapshot.service, "shop/api:8080");
+    }
+    assert!(
+        !outbound_snapshot(&state, "api.shop:9090").found,
+        "no such port"
+    );
+    assert!(!outbound_snapshot(&state, "api.other:8080").found);
+    assert!(!outbound_snapshot(&state, "10.0.0.1:8080").found);
+}
+
+#[test]
+fn endpoints_are_the_selected_workloads() {
+    let snapshot = outbound_snapshot(&state(MESH), "api.shop:8080");
+    let api = &snapshot.backends[0];
+    assert_eq!(api.name, "shop/api:8080");
+    let mut addresses: Vec<&str> = api.endpoints.iter().map(|e| e.address.as_str()).collect();
+    addresses.sort();
+    // The proxy port when given, else the target port (intercepted).
+    assert_eq!(addresses, ["10.0.0.1:7143", "10.0.0.2:8080"]);
+    assert_eq!(snapshot.backends[1].name, "shop/api-v2:8080");
+    assert_eq!(snapshot.backends[1].endpoints.len(), 1);
+}
+
+#[test]
+fn routes_are_flattened_in_precedence_order() {
+    let snapshot = outbound_snapshot(&state(MESH), "api.shop:8080");
+    let paths: Vec<String> = snapshot
+        .routes
+        .iter()
+        .map(|r| {
+            let m = &r.rules[0].matches[0];
+            format!(
+                "{}{}",
+                m.path.as_ref().map_or("-".to_string(), |p| p.value.clone()),
+                if m.headers.is_empty() { "" } else { "+headers" }
+            )
+        })
+        .collect();
+    // Exact before prefixes; a longer prefix before "/" (the header-only match's implicit path).
+    assert_eq!(paths, ["/health", "/api/orders", "-+headers"]);
+    let split = &snapshot.routes[1].rules[0];
+    let weights: Vec<(u32, u32)> = split
+        .backends
+        .iter()
+        .map(|b| (b.backend, b.weight))
+        .collect();
+    assert_eq!(weights, [(0, 90), (1, 10)]);
+    let retry = split.retry.as_ref().unwrap();
+    assert_eq!(
+        (
+            retry.codes.as_slice(),
+            retry.attempts,
+            retry.on_connect_failure
+        ),
+        (&[503u32][..], 3, true)
+    );
+    assert_eq!(split.request_timeout.unwrap().seconds, 2);
+    assert_eq!(
+        snapshot.routes[2].rules[0].matches[0].headers[0].name,
+        "x-canary"
+    );
+}
+
+#[test]
+fn grpc_methods_become_paths() {
+    let yaml = format!(
+        "{MESH}---\n{}",
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: grpc, namespace: shop}
+spec:
+  parentRefs: [{name: api}]
+  rules:
+  - matches: [{method: {service: shop.Orders, method: Get}}]
+    backendRefs: [{name: api-v2, port: 8080}]
+"#
+    );
+    let snapshot = outbound_snapshot(&state(&yaml), "api.shop:8080");
+    let grpc = snapshot
+        .routes
+        .iter()
+        .find(|r| r.name == "shop/grpc")
+        .unwrap();
+    let path = grpc.rules[0].matches[0].path.as_ref().unwrap();
+    assert_eq!(path.value, "/shop.Orders/Get");
+    assert_eq!(path.kind, pb::string_match::Kind::Exact as i32);
+}
+
+#[test]
+fn cache_computes_once_per_revision() {
+    let state = state(MESH);
+    let cache = SnapshotCache::default();
+    let a = cache.outbound(&state, "api.shop:8080");
+    let b = cache.outbound(&state, "api.shop:8080");
+    assert!(Arc::ptr_eq(&a, &b));
+}

@@ -1,0 +1,266 @@
+//! Policy resources: parsing Kubernetes-shaped manifests into typed resources, checking them
+//! with errors that name the field, and the references between them.
+
+mod types;
+mod validate;
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+
+pub use self::types::*;
+pub use self::validate::{duration, grpc_code};
+
+/// The namespace of a manifest that names none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// The kinds of policy resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// A service off Kubernetes.
+    Service,
+    /// An instance of an app off Kubernetes.
+    Workload,
+    /// Gateway API HTTP routing.
+    HttpRoute,
+    /// Gateway API gRPC routing.
+    GrpcRoute,
+    /// Weft's traffic policy for a Service or route.
+    ServicePolicy,
+}
+
+/// Why a manifest was refused: which resource, which field, why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{resource}: {field}: {reason}")]
+pub struct PolicyError {
+    /// `HTTPRoute shop/api`, or `document 3` before the name is known.
+    pub resource: String,
+    /// The field, as a path: `spec.rules[0].backendRefs[1].weight`.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// Identifies a resource.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// A resource's spec, by kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Spec {
+    Service(ServiceSpec),
+    Workload(WorkloadSpec),
+    HttpRoute(HttpRouteSpec),
+    GrpcRoute(GrpcRouteSpec),
+    ServicePolicy(Box<ServicePolicySpec>),
+}
+
+/// A checked policy resource, its namespace filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resource {
+    pub kind: Kind,
+    pub meta: ObjectMeta,
+    pub spec: Spec,
+}
+
+// === impl Kind ===
+
+impl Kind {
+    /// Every kind, in the order `weftctl get all` shows them.
+    pub const ALL: [Kind; 5] = [
+        Kind::Service,
+        Kind::Workload,
+        Kind::HttpRoute,
+        Kind::GrpcRoute,
+        Kind::ServicePolicy,
+    ];
+
+    /// The `kind` field's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Service => "Service",
+            Kind::Workload => "Workload",
+            Kind::HttpRoute => "HTTPRoute",
+            Kind::GrpcRoute => "GRPCRoute",
+            Kind::ServicePolicy => "ServicePolicy",
+        }
+    }
+
+    /// The `apiVersion` the kind belongs to.
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Kind::HttpRoute | Kind::GrpcRoute => GATEWAY_API_VERSION,
+            _ => WEFT_API_VERSION,
+        }
+    }
+
+    /// The kind a manifest's `kind` field names (exactly, as Kubernetes requires).
+    pub fn from_manifest(kind: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == kind)
+    }
+
+    /// The kind a user typed on the command line: any case, singular, plural or short.
+    pub fn from_cli(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "service" | "services" | "svc" => Some(Kind::Service),
+            "workload" | "workloads" | "wl" => Some(Kind::Workload),
+            "httproute" | "httproutes" => Some(Kind::HttpRoute),
+            "grpcroute" | "grpcroutes" => Some(Kind::GrpcRoute),
+            "servicepolicy" | "servicepolicies" | "sp" => Some(Kind::ServicePolicy),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// === impl Key ===
+
+impl Key {
+    /// The key of `kind` `namespace/name`.
+    pub fn new(kind: Kind, namespace: &str, name: &str) -> Self {
+        Self {
+            kind,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+// === impl Resource ===
+
+impl Resource {
+    /// Parses and checks one manifest. `position` names it in errors until its own name is known.
+    pub fn parse(manifest: &serde_json::Value, position: &str) -> Result<Self, PolicyError> {
+        let error = |field: &str, reason: String| PolicyError {
+            resource: position.to_string(),
+            field: field.to_string(),
+            reason,
+        };
+        let kind_name = manifest
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .ok_or_else(|| error("kind", "must be set".to_string()))?;
+        let kind = Kind::from_manifest(kind_name).ok_or_else(|| {
+            let known: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+            error(
+                "kind",
+                format!("unknown kind {kind_name:?}; known: {}", known.join(", ")),
+            )
+        })?;
+        let api_version = manifest
+            .get("apiVersion")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        if api_version != kind.api_version() {
+            return Err(error(
+                "apiVersion",
+                format!("{kind} must be {}, not {api_version:?}", kind.api_version()),
+            ));
+        }
+        let (meta, spec) = match kind {
+            Kind::Service => typed(manifest, position, Spec::Service)?,
+            Kind::Workload => typed(manifest, position, Spec::Workload)?,
+            Kind::HttpRoute => typed(manifest, position, Spec::HttpRoute)?,
+            Kind::GrpcRoute => typed(manifest, position, Spec::GrpcRoute)?,
+            Kind::ServicePolicy => typed(manifest, position, |s| Spec::ServicePolicy(Box::new(s)))?,
+        };
+        let mut resource = Resource { kind, meta, spec };
+        let namespace = resource
+            .meta
+            .namespace
+            .get_or_insert_with(|| DEFAULT_NAMESPACE.to_string())
+            .clone();
+        let named = format!("{kind} {namespace}/{}", resource.meta.name);
+        validate::check(&resource).map_err(|(field, reason)| PolicyError {
+            resource: if validate::names_are_valid(&resource) {
+                named
+            } else {
+                position.to_string()
+            },
+            field,
+            reason,
+        })?;
+        Ok(resource)
+    }
+
+    /// The resource's key.
+    pub fn key(&self) -> Key {
+        Key::new(self.kind, self.namespace(), &self.meta.name)
+    }
+
+    /// The resource's namespace.
+    pub fn namespace(&self) -> &str {
+        self.meta.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
+    }
+
+    /// The manifest as stored and shown, with its resource version.
+    pub fn to_json(&self, resource_version: u64) -> serde_json::Value {
+        let mut meta = self.meta.clone();
+        meta.resource_version = Some(resource_version.to_string());
+        let spec = match &self.spec {
+            Spec::Service(s) => serde_json::to_value(s),
+            Spec::Workload(s) => serde_json::to_value(s),
+            Spec::HttpRoute(s) => serde_json::to_value(s),
+            Spec::GrpcRoute(s) => serde_json::to_value(s),
+            Spec::ServicePolicy(s) => serde_json::to_value(s),
+        }
+        .unwrap_or_default();
+        serde_json::json!({
+            "apiVersion": self.kind.api_version(),
+            "kind": self.kind.as_str(),
+            "metadata": meta,
+            "spec": spec,
+        })
+    }
+
+    /// The same resource without its resource version, for comparing content.
+    pub fn without_version(&self) -> Self {
+        let mut copy = self.clone();
+        copy.meta.resource_version = None;
+        copy
+    }
+
+    /// Every resource this one refers to, with the field that does.
+    pub fn references(&self) -> Vec<(String, Key)> {
+        validate::references(self)
+    }
+}
+
+/// Deserializes `manifest` as `Manifest<S>`, naming the failing field.
+fn typed<S: DeserializeOwned>(
+    manifest: &serde_json::Value,
+    position: &str,
+    wrap: impl FnOnce(S) -> Spec,
+) -> Result<(ObjectMeta, Spec), PolicyError> {
+    let parsed: Manifest<S> = serde_path_to_error::deserialize(manifest).map_err(|e| {
+        let field = e.path().to_string();
+        PolicyError {
+            resource: position.to_string(),
+            field: if field == "." {
+                "(document)".to_string()
+            } else {
+                field
+            },
+            reason: e.into_inner().to_string(),
+        }
+    })?;
+    Ok((parsed.metadata, wrap(parsed.spec)))
+}
+
+#[cfg(test)]
+mod tests;

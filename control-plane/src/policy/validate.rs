@@ -1,0 +1,619 @@
+//! Semantic checks of one resource, each error naming the field; and the references between
+//! resources, which the store checks against everything else it holds.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::{
+    BackendRef, GrpcRouteMatch, HeaderModifier, HttpRouteMatch, Key, Kind, NamedValueMatch,
+    Resource, RouteFilter, RouteRetry, RouteTimeouts, ServicePolicySpec, Spec,
+};
+
+/// A failed check: the field and why.
+pub(super) type Failure = (String, String);
+
+/// Regexes bigger than this once compiled are refused: they come from users, and run per request.
+const REGEX_SIZE_LIMIT: usize = 64 * 1024;
+/// More retries than this per request only amplify an outage.
+const MAX_RETRY_ATTEMPTS: u32 = 10;
+/// The gRPC status names, by code.
+const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// Parses a Gateway API duration ("10s", "250ms", "1m30s").
+pub fn duration(value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value.trim()).map_err(|e| format!("{value:?} is not a duration: {e}"))
+}
+
+/// A gRPC status code by name (`UNAVAILABLE`) or number (14).
+pub fn grpc_code(value: &serde_json::Value) -> Option<u32> {
+    match value {
+        serde_json::Value::Number(n) => n.as_u64().filter(|n| *n < 17).map(|n| n as u32),
+        serde_json::Value::String(s) => GRPC_CODES
+            .iter()
+            .position(|name| name.eq_ignore_ascii_case(s))
+            .map(|i| i as u32),
+        _ => None,
+    }
+}
+
+pub(super) fn names_are_valid(resource: &Resource) -> bool {
+    check_meta(resource).is_ok()
+}
+
+pub(super) fn check(resource: &Resource) -> Result<(), Failure> {
+    check_meta(resource)?;
+    match &resource.spec {
+        Spec::Service(spec) => {
+            if spec.ports.is_empty() {
+                return fail("spec.ports", "a Service needs at least one port");
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for (i, port) in spec.ports.iter().enumerate() {
+                check_port(&format!("spec.ports[{i}].port"), port.port)?;
+                if let Some(target) = port.target_port {
+                    check_port(&format!("spec.ports[{i}].targetPort"), target)?;
+                }
+                if let Some(protocol) = &port.app_protocol
+                    && !["http", "grpc", "tcp"].contains(&protocol.as_str())
+                {
+                    return fail(
+                        &format!("spec.ports[{i}].appProtocol"),
+                        "must be http, grpc or tcp",
+                    );
+                }
+                if !seen.insert(port.port) {
+                    return fail(
+                        &format!("spec.ports[{i}].port"),
+                        &format!("port {} is listed twice", port.port),
+                    );
+                }
+            }
+            Ok(())
+        }
+        Spec::Workload(spec) => {
+            spec.address.parse::<IpAddr>().map_err(|_| {
+                (
+                    "spec.address".to_string(),
+                    format!("{:?} is not an IP address", spec.address),
+                )
+            })?;
+            spec.identity
+                .parse::<weft_certs::Identity>()
+                .map_err(|e| ("spec.identity".to_string(), e.to_string()))?;
+            if let Some(port) = spec.proxy_port {
+                check_port("spec.proxyPort", port)?;
+            }
+            for (i, port) in spec.ports.iter().enumerate() {
+                check_port(&format!("spec.ports[{i}].port"), port.port)?;
+            }
+            Ok(())
+        }
+        Spec::HttpRoute(spec) => {
+            check_parents(&spec.parent_refs)?;
+            for (i, rule) in spec.rules.iter().enumerate() {
+                let at = format!("spec.rules[{i}]");
+                for (j, m) in rule.matches.iter().enumerate() {
+                    check_http_match(&format!("{at}.matches[{j}]"), m)?;
+                }
+                check_rule_common(
+                    &at,
+                    &rule.filters,
+                    &rule.backend_refs,
+                    rule.timeouts.as_ref(),
+                )?;
+                if let Some(retry) = &rule.retry {
+                    check_retry(&format!("{at}.retry"), retry, false)?;
+                }
+            }
+            Ok(())
+        }
+        Spec::GrpcRoute(spec) => {
+            check_parents(&spec.parent_refs)?;
+            for (i, rule) in spec.rules.iter().enumerate() {
+                let at = format!("spec.rules[{i}]");
+                for (j, m) in rule.matches.iter().enumerate() {
+                    check_grpc_match(&format!("{at}.matches[{j}]"), m)?;
+                }
+                check_rule_common(
+                    &at,
+                    &rule.filters,
+                    &rule.backend_refs,
+                    rule.timeouts.as_ref(),
+                )?;
+                if let Some(retry) = &rule.retry {
+                    check_retry(&format!("{at}.retry"), retry, true)?;
+                }
+            }
+            Ok(())
+        }
+        Spec::ServicePolicy(spec) => check_service_policy(spec),
+    }
+}
+
+pub(super) fn references(resource: &Resource) -> Vec<(String, Key)> {
+    let ns = resource.namespace();
+    let service = |name: &str, namespace: &Option<String>| {
+        Key::new(Kind::Service, namespace.as_deref().unwrap_or(ns), name)
+    };
+    let mut refs = Vec::new();
+    let mut route_refs = |parents: &[super::ParentRef],
+                          rules: Vec<(&[BackendRef], &[RouteFilter])>| {
+        for (i, parent) in parents.iter().enumerate() {
+            refs.push((
+                format!("spec.parentRefs[{i}]"),
+                service(&parent.name, &parent.namespace),
+            ));
+        }
+        for (i, (backends, filters)) in rules.into_iter().enumerate() {
+            for (j, backend) in backends.iter().enumerate() {
+                refs.push((
+                    format!("spec.rules[{i}].backendRefs[{j}]"),
+                    service(&backend.name, &backend.namespace),
+                ));
+            }
+            for (j, filter) in filters.iter().enumerate() {
+                if let Some(mirror) = &filter.request_mirror {
+                    refs.push((
+                        format!("spec.rules[{i}].filters[{j}].requestMirror.backendRef"),
+                        service(&mirror.backend_ref.name, &mirror.backend_ref.namespace),
+                    ));
+                }
+            }
+        }
+    };
+    match &resource.spec {
+        Spec::HttpRoute(spec) => route_refs(
+            &spec.parent_refs,
+            spec.rules
+                .iter()
+                .map(|r| (r.backend_refs.as_slice(), r.filters.as_slice()))
+                .collect(),
+        ),
+        Spec::GrpcRoute(spec) => route_refs(
+            &spec.parent_refs,
+            spec.rules
+                .iter()
+                .map(|r| (r.backend_refs.as_slice(), r.filters.as_slice()))
+                .collect(),
+        ),
+        Spec::ServicePolicy(spec) => {
+            let kind = match spec.target_ref.kind.as_deref() {
+                Some("HTTPRoute") => Kind::HttpRoute,
+                Some("GRPCRoute") => Kind::GrpcRoute,
+                _ => Kind::Service,
+            };
+            refs.push((
+                "spec.targetRef".to_string(),
+                Key::new(kind, ns, &spec.target_ref.name),
+            ));
+        }
+        Spec::Service(_) | Spec::Workload(_) => {}
+    }
+    refs
+}
+
+fn fail<T>(field: &str, reason: &str) -> Result<T, Failure> {
+    Err((field.to_string(), reason.to_string()))
+}
+
+fn check_meta(resource: &Resource) -> Result<(), Failure> {
+    let name = &resource.meta.name;
+    let valid_name = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !valid_name {
+        return fail(
+            "metadata.name",
+            &format!(
+                "{name:?} must be lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"
+            ),
+        );
+    }
+    let namespace = resource.namespace();
+    let valid_namespace = !namespace.is_empty()
+        && namespace.len() <= 63
+        && namespace
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !namespace.starts_with('-')
+        && !namespace.ends_with('-');
+    if !valid_namespace {
+        return fail(
+            "metadata.namespace",
+            &format!("{namespace:?} must be a DNS label"),
+        );
+    }
+    Ok(())
+}
+
+fn check_port(field: &str, port: u32) -> Result<(), Failure> {
+    if port == 0 || port > 65535 {
+        return fail(field, &format!("{port} is not a port (1-65535)"));
+    }
+    Ok(())
+}
+
+fn check_duration(field: &str, value: &str) -> Result<Duration, Failure> {
+    duration(value).map_err(|reason| (field.to_string(), reason))
+}
+
+fn check_regex(field: &str, pattern: &str) -> Result<(), Failure> {
+    regex::RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map(|_| ())
+        .map_err(|e| {
+            (
+                field.to_string(),
+                format!("regular expression does not compile: {e}"),
+            )
+        })
+}
+
+fn check_parents(parents: &[super::ParentRef]) -> Result<(), Failure> {
+    if parents.is_empty() {
+        return fail("spec.parentRefs", "a route needs a parent Service");
+    }
+    for (i, parent) in parents.iter().enumerate() {
+        if parent.kind.as_deref().is_some_and(|k| k != "Service") {
+            return fail(
+                &format!("spec.parentRefs[{i}].kind"),
+                "only Service parents are supported (GAMMA)",
+            );
+        }
+        if let Some(port) = parent.port {
+            check_port(&format!("spec.parentRefs[{i}].port"), port)?;
+        }
+    }
+    Ok(())
+}
+
+fn check_named_matches(at: &str, matches: &[NamedValueMatch], header: bool) -> Result<(), Failure> {
+    for (i, m) in matches.iter().enumerate() {
+        let field = format!("{at}[{i}]");
+        if header && http::HeaderName::from_bytes(m.name.as_bytes()).is_err() {
+            return fail(
+                &format!("{field}.name"),
+                &format!("{:?} is not a header name", m.name),
+            );
+        }
+        match m.kind.as_deref() {
+            None | Some("Exact") => {}
+            Some("RegularExpression") => check_regex(&format!("{field}.value"), &m.value)?,
+            Some(other) => {
+                return fail(
+                    &format!("{field}.type"),
+                    &format!("{other:?}: must be Exact or RegularExpression"),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_http_match(at: &str, m: &HttpRouteMatch) -> Result<(), Failure> {
+    if let Some(path) = &m.path {
+        match path.kind.as_deref() {
+            None | Some("PathPrefix") | Some("Exact") => {
+                if !path.value.starts_with('/') {
+                    return fail(
+                        &format!("{at}.path.value"),
+                        &format!("{:?} must start with /", path.value),
+                    );
+                }
+            }
+            Some("RegularExpression") => check_regex(&format!("{at}.path.value"), &path.value)?,
+            Some(other) => {
+                return fail(
+                    &format!("{at}.path.type"),
+                    &format!("{other:?}: must be Exact, PathPrefix or RegularExpression"),
+                );
+            }
+        }
+    }
+    if let Some(method) = &m.method
+        && (method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()))
+    {
+        return fail(
+            &format!("{at}.method"),
+            &format!("{method:?} is not an HTTP method"),
+        );
+    }
+    check_named_matches(&format!("{at}.headers"), &m.headers, true)?;
+    check_named_matches(&format!("{at}.queryParams"), &m.query_params, false)
+}
+
+fn check_grpc_match(at: &str, m: &GrpcRouteMatch) -> Result<(), Failure> {
+    if let Some(method) = &m.method {
+        if method.service.is_none() && method.method.is_none() {
+            return fail(
+                &format!("{at}.method"),
+                "needs a service, a method, or both",
+            );
+        }
+        match method.kind.as_deref() {
+            None | Some("Exact") => {
+                for (name, value) in [("service", &method.service), ("method", &method.method)] {
+                    if value
+                        .as_deref()
+                        .is_some_and(|v| v.is_empty() || v.contains('/'))
+                    {
+                        return fail(
+                            &format!("{at}.method.{name}"),
+                            "must be non-empty and contain no '/'",
+                        );
+                    }
+                }
+            }
+            Some("RegularExpression") => {
+                for (name, value) in [("service", &method.service), ("method", &method.method)] {
+                    if let Some(value) = value {
+                        check_regex(&format!("{at}.method.{name}"), value)?;
+                    }
+                }
+            }
+            Some(other) => {
+                return fail(
+                    &format!("{at}.method.type"),
+                    &format!("{other:?}: must be Exact or RegularExpression"),
+                );
+            }
+        }
+    }
+    check_named_matches(&format!("{at}.headers"), &m.headers, true)
+}
+
+fn check_rule_common(
+    at: &str,
+    filters: &[RouteFilter],
+    backends: &[BackendRef],
+    timeouts: Option<&RouteTimeouts>,
+) -> Result<(), Failure> {
+    for (i, backend) in backends.iter().enumerate() {
+        let field = format!("{at}.backendRefs[{i}]");
+        if backend.kind.as_deref().is_some_and(|k| k != "Service") {
+            return fail(
+                &format!("{field}.kind"),
+                "only Service backends are supported",
+            );
+        }
+        if let Some(port) = backend.port {
+            check_port(&format!("{field}.port"), port)?;
+        }
+        if backend.weight.is_some_and(|w| w > 1_000_000) {
+            return fail(&format!("{field}.weight"), "must be at most 1000000");
+        }
+    }
+    if !backends.is_empty() && backends.iter().all(|b| b.weight == Some(0)) {
+        return fail(
+            &format!("{at}.backendRefs"),
+            "weights are all zero: no request could be sent anywhere",
+        );
+    }
+    for (i, filter) in filters.iter().enumerate() {
+        let field = format!("{at}.filters[{i}]");
+        match filter.kind.as_str() {
+            "RequestHeaderModifier" => {
+                let modifier = filter.request_header_modifier.as_ref().ok_or_else(|| {
+                    (
+                        format!("{field}.requestHeaderModifier"),
+                        "must be set for this type".to_string(),
+                    )
+                })?;
+                check_header_modifier(&format!("{field}.requestHeaderModifier"), modifier)?;
+            }
+            "ResponseHeaderModifier" => {
+                let modifier = filter.response_header_modifier.as_ref().ok_or_else(|| {
+                    (
+                        format!("{field}.responseHeaderModifier"),
+                        "must be set for this type".to_string(),
+                    )
+                })?;
+                check_header_modifier(&format!("{field}.responseHeaderModifier"), modifier)?;
+            }
+            "RequestMirror" => {
+                let mirror = filter.request_mirror.as_ref().ok_or_else(|| {
+                    (
+                        format!("{field}.requestMirror"),
+                        "must be set for this type".to_string(),
+                    )
+                })?;
+                if mirror.percent.is_some_and(|p| p > 100) {
+                    return fail(
+                        &format!("{field}.requestMirror.percent"),
+                        "must be at most 100",
+                    );
+                }
+            }
+            other => {
+                return fail(
+                    &format!("{field}.type"),
+                    &format!(
+                        "{other:?}: supported are RequestHeaderModifier, ResponseHeaderModifier, RequestMirror"
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(timeouts) = timeouts {
+        let request = timeouts
+            .request
+            .as_deref()
+            .map(|t| check_duration(&format!("{at}.timeouts.request"), t))
+            .transpose()?;
+        let backend = timeouts
+            .backend_request
+            .as_deref()
+            .map(|t| check_duration(&format!("{at}.timeouts.backendRequest"), t))
+            .transpose()?;
+        if let (Some(request), Some(backend)) = (request, backend)
+            && backend > request
+        {
+            return fail(
+                &format!("{at}.timeouts.backendRequest"),
+                "must not be longer than timeouts.request",
+            );
+        }
+    }
+    Ok(())
+}
+
+fn check_header_modifier(at: &str, modifier: &HeaderModifier) -> Result<(), Failure> {
+    for (list, values) in [("set", &modifier.set), ("add", &modifier.add)] {
+        for (i, header) in values.iter().enumerate() {
+            if http::HeaderName::from_bytes(header.name.as_bytes()).is_err() {
+                return fail(
+                    &format!("{at}.{list}[{i}].name"),
+                    &format!("{:?} is not a header name", header.name),
+                );
+            }
+            if http::HeaderValue::from_str(&header.value).is_err() {
+                return fail(
+                    &format!("{at}.{list}[{i}].value"),
+                    "is not a valid header value",
+                );
+            }
+        }
+    }
+    for (i, name) in modifier.remove.iter().enumerate() {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return fail(
+                &format!("{at}.remove[{i}]"),
+                &format!("{name:?} is not a header name"),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn check_retry(at: &str, retry: &RouteRetry, grpc: bool) -> Result<(), Failure> {
+    for (i, code) in retry.codes.iter().enumerate() {
+        let http_code = code.as_u64().filter(|c| (400..=599).contains(c));
+        let valid = if grpc {
+            grpc_code(code).is_some()
+        } else {
+            http_code.is_some()
+        };
+        if !valid {
+            let expected = if grpc {
+                "a gRPC status (UNAVAILABLE or 14)"
+            } else {
+                "an HTTP status 400-599"
+            };
+            return fail(
+                &format!("{at}.codes[{i}]"),
+                &format!("{code} is not {expected}"),
+            );
+        }
+    }
+    if retry.attempts.is_some_and(|a| a > MAX_RETRY_ATTEMPTS) {
+        return fail(
+            &format!("{at}.attempts"),
+            &format!("must be at most {MAX_RETRY_ATTEMPTS}"),
+        );
+    }
+    if let Some(backoff) = &retry.backoff {
+        check_duration(&format!("{at}.backoff"), backoff)?;
+    }
+    Ok(())
+}
+
+fn check_service_policy(spec: &ServicePolicySpec) -> Result<(), Failure> {
+    if let Some(kind) = spec.target_ref.kind.as_deref()
+        && !["Service", "HTTPRoute", "GRPCRoute"].contains(&kind)
+    {
+        return fail(
+            "spec.targetRef.kind",
+            &format!("{kind:?}: must be Service, HTTPRoute or GRPCRoute"),
+        );
+    }
+    if let Some(budget) = &spec.retry_budget {
+        if budget.ratio.is_some_and(|r| !(0.0..=10.0).contains(&r)) {
+            return fail("spec.retryBudget.ratio", "must be between 0 and 10");
+        }
+        if let Some(window) = &budget.window {
+            check_duration("spec.retryBudget.window", window)?;
+        }
+    }
+    if let Some(lb) = &spec.load_balancer
+        && !["PeakEWMA", "RoundRobin"].contains(&lb.kind.as_str())
+    {
+        return fail(
+            "spec.loadBalancer.type",
+            &format!("{:?}: must be PeakEWMA or RoundRobin", lb.kind),
+        );
+    }
+    if let Some(breaker) = &spec.circuit_breaker {
+        if breaker.consecutive_failures == Some(0) {
+            return fail(
+                "spec.circuitBreaker.consecutiveFailures",
+                "must be at least 1 (omit it to turn it off)",
+            );
+        }
+        if let Some(rate) = &breaker.success_rate {
+            if !(0.0..=1.0).contains(&rate.minimum) {
+                return fail(
+                    "spec.circuitBreaker.successRate.minimum",
+                    "must be between 0 and 1",
+                );
+            }
+            if let Some(window) = &rate.window {
+                check_duration("spec.circuitBreaker.successRate.window", window)?;
+            }
+        }
+        if let Some(ejection) = &breaker.ejection {
+            let base = ejection
+                .base
+                .as_deref()
+                .map(|d| check_duration("spec.circuitBreaker.ejection.base", d))
+                .transpose()?;
+            let max = ejection
+                .max
+                .as_deref()
+                .map(|d| check_duration("spec.circuitBreaker.ejection.max", d))
+                .transpose()?;
+            if let (Some(base), Some(max)) = (base, max)
+                && base > max
+            {
+                return fail(
+                    "spec.circuitBreaker.ejection.max",
+                    "must not be shorter than ejection.base",
+                );
+            }
+        }
+    }
+    if let Some(timeout) = &spec.connect_timeout {
+        check_duration("spec.connectTimeout", timeout)?;
+    }
+    if let Some(limit) = &spec.rate_limit
+        && limit.requests_per_second == 0
+    {
+        return fail("spec.rateLimit.requestsPerSecond", "must be at least 1");
+    }
+    for (i, port) in spec.opaque_ports.iter().enumerate() {
+        check_port(&format!("spec.opaquePorts[{i}]"), *port)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,170 @@
+use super::*;
+use crate::policy::Resource;
+
+fn store() -> (tempfile::TempDir, PolicyStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store.redb")).unwrap();
+    (dir, PolicyStore::load(store).unwrap())
+}
+
+fn parse(yaml: &str) -> Vec<Resource> {
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(yaml).unwrap();
+    docs.iter()
+        .enumerate()
+        .map(|(i, doc)| Resource::parse(doc, &format!("document {}", i + 1)).unwrap())
+        .collect()
+}
+
+const SERVICE: &str = r#"
+apiVersion: policy.weft.io/v1alpha1
+kind: Service
+metadata: {name: api, namespace: shop}
+spec:
+  selector: {app: api}
+  ports: [{port: 8080}]
+"#;
+
+const ROUTE: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: api-split, namespace: shop}
+spec:
+  parentRefs: [{name: api, kind: Service, port: 8080}]
+  rules:
+  - backendRefs: [{name: api, port: 8080, weight: 90}]
+"#;
+
+#[test]
+fn apply_creates_then_leaves_unchanged_then_configures() {
+    let (_dir, store) = store();
+    let applied = store.apply(parse(SERVICE), false).unwrap();
+    assert_eq!(applied[0].action, Action::Created);
+    assert_eq!(applied[0].resource_version, 1);
+    let again = store.apply(parse(SERVICE), false).unwrap();
+    assert_eq!(again[0].action, Action::Unchanged);
+    assert_eq!(store.state().revision, 1);
+    let changed = store
+        .apply(parse(&SERVICE.replace("8080", "9090")), false)
+        .unwrap();
+    assert_eq!(changed[0].action, Action::Configured);
+    assert_eq!(changed[0].resource_version, 2);
+}
+
+#[test]
+fn everything_survives_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    {
+        let store = PolicyStore::load(Store::open(&path).unwrap()).unwrap();
+        store
+            .apply(parse(&format!("{SERVICE}---{ROUTE}")), false)
+            .unwrap();
+    }
+    let store = PolicyStore::load(Store::open(&path).unwrap()).unwrap();
+    let state = store.state();
+    assert_eq!(state.revision, 1);
+    assert_eq!(state.resources.len(), 2);
+    // Re-applying what was loaded changes nothing.
+    let again = store
+        .apply(parse(&format!("{SERVICE}---{ROUTE}")), false)
+        .unwrap();
+    assert!(
+        again.iter().all(|a| a.action == Action::Unchanged),
+        "{again:?}"
+    );
+}
+
+#[test]
+fn a_route_to_a_missing_service_is_refused_and_nothing_changes() {
+    let (_dir, store) = store();
+    store.apply(parse(SERVICE), false).unwrap();
+    let broken = ROUTE.replace(
+        "[{name: api, port: 8080, weight: 90}]",
+        "[{name: nope, port: 8080}]",
+    );
+    // One valid and one invalid resource: neither is stored.
+    let other = SERVICE.replace("name: api,", "name: other,");
+    let err = store
+        .apply(parse(&format!("{other}---{broken}")), false)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "HTTPRoute shop/api-split: spec.rules[0].backendRefs[0]: Service shop/nope does not exist"
+    );
+    let state = store.state();
+    assert_eq!(state.revision, 1);
+    assert!(
+        state
+            .get(&Key::new(Kind::Service, "shop", "other"))
+            .is_none()
+    );
+}
+
+#[test]
+fn a_stale_resource_version_is_a_conflict() {
+    let (_dir, store) = store();
+    store.apply(parse(SERVICE), false).unwrap();
+    store
+        .apply(parse(&SERVICE.replace("8080", "9090")), false)
+        .unwrap();
+    let stale = SERVICE.replace(
+        "namespace: shop}",
+        "namespace: shop, resourceVersion: \"1\"}",
+    );
+    let err = store.apply(parse(&stale), false).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ChangeError::Conflict {
+                stored: 2,
+                sent: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let current = SERVICE.replace(
+        "namespace: shop}",
+        "namespace: shop, resourceVersion: \"2\"}",
+    );
+    assert_eq!(
+        store.apply(parse(&current), false).unwrap()[0].action,
+        Action::Configured
+    );
+}
+
+#[test]
+fn delete_checks_existence_and_version() {
+    let (_dir, store) = store();
+    store.apply(parse(SERVICE), false).unwrap();
+    let key = Key::new(Kind::Service, "shop", "api");
+    assert!(matches!(
+        store.delete(&key, Some(7)),
+        Err(ChangeError::Conflict { .. })
+    ));
+    assert_eq!(store.delete(&key, Some(1)).unwrap(), 2);
+    assert!(matches!(
+        store.delete(&key, None),
+        Err(ChangeError::NotFound(_))
+    ));
+}
+
+#[test]
+fn dry_run_stores_nothing() {
+    let (_dir, store) = store();
+    let applied = store.apply(parse(SERVICE), true).unwrap();
+    assert_eq!(applied[0].action, Action::Created);
+    assert_eq!(store.state().resources.len(), 0);
+}
+
+#[test]
+fn watch_events_resume_from_a_revision() {
+    let (_dir, store) = store();
+    store.apply(parse(SERVICE), false).unwrap();
+    store
+        .apply(parse(&SERVICE.replace("8080", "9090")), false)
+        .unwrap();
+    let (events, _rx) = store.events_since(1).unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].revision, 2);
+}
