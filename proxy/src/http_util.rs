@@ -23,6 +23,14 @@ pub fn boxed(body: hyper::body::Incoming) -> Body {
     body.map_err(BoxError::from).boxed_unsync()
 }
 
+/// A body with nothing in it.
+#[cfg(test)]
+pub fn empty_body() -> Body {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
 /// An error response made by the proxy, saying why in a header and the body.
 pub fn error_response(status: StatusCode, reason: impl Into<String>) -> Response<Body> {
     let reason = reason.into();

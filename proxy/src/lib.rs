@@ -8,6 +8,7 @@
 //! `weft-api`, `weft-certs` and `weft-telemetry`, never on the control plane.
 
 pub mod config;
+mod destination;
 mod detect;
 mod http_util;
 mod identity;
@@ -18,6 +19,7 @@ mod outbound;
 mod plain_http;
 mod prefixed;
 mod serve;
+mod stack;
 mod start;
 pub mod static_routes;
 mod transport_header;

@@ -36,6 +36,12 @@ pub struct ProxyMetrics {
     tcp_opened: IntCounterVec,
     tcp_bytes: IntCounterVec,
     tls_failures: IntCounterVec,
+    route_requests: IntCounterVec,
+    route_retries: IntCounterVec,
+    route_budget_exhausted: IntCounterVec,
+    endpoint_ejections: IntCounterVec,
+    endpoints_ejected: IntGaugeVec,
+    discovery_updates: IntCounterVec,
     /// When the current leaf expires, in Unix seconds.
     pub cert_expiry: IntGauge,
     /// Certificate requests by result.
@@ -95,6 +101,42 @@ impl ProxyMetrics {
                 "TLS handshakes that failed (peer refused or unverifiable).",
                 &["direction"],
             )?,
+            route_requests: metrics::counter_vec(
+                registry,
+                "weft_route_requests_total",
+                "Requests matched to a route (one per request, however many attempts).",
+                &["destination", "route"],
+            )?,
+            route_retries: metrics::counter_vec(
+                registry,
+                "weft_route_retries_total",
+                "Retries sent, by route.",
+                &["destination", "route"],
+            )?,
+            route_budget_exhausted: metrics::counter_vec(
+                registry,
+                "weft_route_retry_budget_exhausted_total",
+                "Retries not sent because the retry budget was spent.",
+                &["destination", "route"],
+            )?,
+            endpoint_ejections: metrics::counter_vec(
+                registry,
+                "weft_endpoint_ejections_total",
+                "Endpoints ejected by circuit breaking, by backend.",
+                &["backend"],
+            )?,
+            endpoints_ejected: metrics::gauge_vec(
+                registry,
+                "weft_endpoints_ejected",
+                "Endpoints ejected now, by backend.",
+                &["backend"],
+            )?,
+            discovery_updates: metrics::counter_vec(
+                registry,
+                "weft_discovery_updates_total",
+                "Discovery snapshots received, by result (applied or rejected).",
+                &["result"],
+            )?,
             cert_expiry: metrics::gauge(
                 registry,
                 "weft_identity_cert_expiry_timestamp_seconds",
@@ -128,6 +170,38 @@ impl ProxyMetrics {
                 .latency
                 .with_label_values(&[direction.as_str(), peer, destination]),
         }
+    }
+
+    /// Requests of one route.
+    pub fn route_requests(&self, destination: &str, route: &str) -> IntCounter {
+        self.route_requests.with_label_values(&[destination, route])
+    }
+
+    /// Retries of one route.
+    pub fn route_retries(&self, destination: &str, route: &str) -> IntCounter {
+        self.route_retries.with_label_values(&[destination, route])
+    }
+
+    /// Retries of one route refused by the budget.
+    pub fn route_budget_exhausted(&self, destination: &str, route: &str) -> IntCounter {
+        self.route_budget_exhausted
+            .with_label_values(&[destination, route])
+    }
+
+    /// Ejections in one backend.
+    pub fn endpoint_ejections(&self, backend: &str) -> IntCounter {
+        self.endpoint_ejections.with_label_values(&[backend])
+    }
+
+    /// Endpoints ejected now in one backend.
+    pub fn endpoints_ejected(&self, backend: &str) -> IntGauge {
+        self.endpoints_ejected.with_label_values(&[backend])
+    }
+
+    /// A discovery snapshot applied (`true`) or rejected.
+    pub fn discovery_update(&self, applied: bool) {
+        let result = if applied { "applied" } else { "rejected" };
+        self.discovery_updates.with_label_values(&[result]).inc();
     }
 
     /// Counts a new connection as open until the returned guard drops.

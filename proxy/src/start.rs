@@ -11,10 +11,11 @@ use weft_certs::{ALPN_H2, ALPN_WEFT, CertStore, ClientAuth};
 use weft_telemetry::{AdminServer, Drain};
 
 use crate::config::{self, Config};
+use crate::destination::discovery::DiscoveryClient;
 use crate::identity::IdentityDaemon;
 use crate::inbound::{Inbound, InboundPolicy};
 use crate::metrics::ProxyMetrics;
-use crate::outbound::Outbound;
+use crate::outbound::{Outbound, PeerPool};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +82,7 @@ pub async fn start(config: Config, drain: &Drain) -> Result<Listening, StartErro
         tls: Arc::new(control_tls),
     };
     let identity = IdentityDaemon::new(
-        target,
+        target.clone(),
         config.identity.clone(),
         config.token_path.clone(),
         anchors.clone(),
@@ -101,9 +102,21 @@ pub async fn start(config: Config, drain: &Drain) -> Result<Listening, StartErro
     };
     let inbound = Inbound::new(Arc::new(peer_server), policy, metrics.clone());
     drain.spawn(inbound.serve(inbound_listener, drain.clone()));
+    let pool = PeerPool::new(Arc::new(peer_client), metrics.clone());
+    let discovery_channel = target
+        .lazy_channel()
+        .map_err(|e| StartError::Setup(format!("discovery: {e}")))?;
+    let discovery = DiscoveryClient::new(
+        discovery_channel,
+        certs.clone(),
+        pool.clone(),
+        metrics.clone(),
+        drain.clone(),
+    );
     let outbound = Outbound::new(
         config.static_routes.clone(),
-        Arc::new(peer_client),
+        pool,
+        Some(discovery),
         metrics,
         config.detect_timeout,
         config.opaque_ports.clone(),

@@ -1,7 +1,8 @@
-//! Outbound HTTP: a hyper server facing the app; each request is routed by its authority and
-//! sent to the peer proxy over the shared HTTP/2 connection. HTTP/1 requests travel as HTTP/2,
-//! marked so the far side restores them. Intercepted requests for destinations outside the mesh
-//! pass through as plain HTTP.
+//! Outbound HTTP: a hyper server facing the app. Each request is resolved by its authority —
+//! static routes first, then discovery — and sent through that destination's stack (routes,
+//! retries, balancing…) to a peer proxy over the shared HTTP/2 connection. HTTP/1 requests travel
+//! as HTTP/2, marked so the far side restores them. Intercepted requests for destinations outside
+//! the mesh pass through as plain HTTP.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,26 +15,30 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use super::peer::{Peer, PeerPool};
+use crate::destination::Destination;
+use crate::destination::discovery::{DiscoveryClient, Resolved};
 use crate::http_util::{Body, ORIG_PROTO, boxed, error_response, strip_connection_headers};
 use crate::metrics::{Direction, ProxyMetrics, RequestMetrics};
 use crate::plain_http::PlainHttp;
+use crate::stack::{DestinationRuntime, DestinationStack};
 use crate::static_routes::{Route, StaticRoutes, normalize_authority};
 
-/// A route, ready to send on: its peer connection and metrics are resolved once.
+/// A static route, ready to send on.
 #[derive(Debug)]
 pub struct RouteTarget {
     /// The route.
     pub route: Arc<Route>,
-    /// The route's peer endpoint.
+    /// Its endpoint, for opaque streams.
     pub(super) peer: Arc<Peer>,
-    metrics: RequestMetrics,
+    stack: Arc<DestinationStack>,
 }
 
-/// Routes and forwards the app's HTTP requests.
+/// Resolves and forwards the app's HTTP requests.
 #[derive(Debug)]
 pub struct OutboundHttp {
-    /// By normalized authority.
+    /// Static routes by normalized authority.
     targets: HashMap<Arc<str>, Arc<RouteTarget>>,
+    discovery: Option<DiscoveryClient>,
     unrouted: RequestMetrics,
     unmeshed: RequestMetrics,
 }
@@ -43,7 +48,7 @@ pub struct OutboundHttp {
 pub struct ConnContext {
     /// Where the connection was headed, if it was intercepted.
     pub orig_dst: Option<SocketAddr>,
-    /// The route of that destination, if it has one.
+    /// The static route of that destination, if it has one.
     pub orig_target: Option<Arc<RouteTarget>>,
     /// Clients for a destination outside the mesh, made on first use.
     passthrough: OnceLock<PlainHttp>,
@@ -61,33 +66,39 @@ impl ConnContext {
 }
 
 impl OutboundHttp {
-    /// Forwards by `routes` through `pool`.
+    /// Forwards by `routes`, then `discovery`, through `pool`.
     pub fn new(
         routes: &StaticRoutes,
+        discovery: Option<DiscoveryClient>,
         pool: &PeerPool,
         metrics: &ProxyMetrics,
     ) -> Result<Self, super::PeerError> {
         let mut targets = HashMap::new();
         for route in routes.iter() {
+            let destination = Destination::single(
+                &route.authority,
+                route.address,
+                route.identity.clone(),
+                route.opaque,
+            );
+            let stack = DestinationRuntime::new(pool.clone(), metrics.clone())
+                .build(&destination, &route.identity.to_string());
             let target = RouteTarget {
                 route: route.clone(),
                 peer: pool.peer(route.address, &route.identity)?,
-                metrics: metrics.requests(
-                    Direction::Outbound,
-                    &route.identity.to_string(),
-                    &route.authority,
-                ),
+                stack: Arc::new(stack),
             };
             targets.insert(route.authority.clone(), Arc::new(target));
         }
         Ok(Self {
             targets,
+            discovery,
             unrouted: metrics.requests(Direction::Outbound, "", "unknown"),
             unmeshed: metrics.requests(Direction::Outbound, "", "unmeshed"),
         })
     }
 
-    /// The route for an authority as the app wrote it.
+    /// The static route for an authority as the app wrote it.
     pub fn target(&self, authority: &str) -> Option<&Arc<RouteTarget>> {
         // Apps usually write the authority exactly as configured: try it before normalizing,
         // which allocates.
@@ -98,7 +109,6 @@ impl OutboundHttp {
 
     /// Handles one request from the app.
     pub async fn handle(&self, request: Request<Incoming>, conn: &ConnContext) -> Response<Body> {
-        let started = Instant::now();
         let authority = request_authority(&request);
         let target = authority
             .as_ref()
@@ -106,10 +116,26 @@ impl OutboundHttp {
             .or(conn.orig_target.as_ref());
         if let Some(target) = target {
             let authority = authority.unwrap_or_else(|| authority_of(&target.route));
-            let response = forward(target, authority, request).await;
-            target.metrics.record(response.status(), started.elapsed());
-            return response;
+            return forward(&target.stack, authority, request).await;
         }
+        if let (Some(discovery), Some(authority)) = (&self.discovery, &authority)
+            && let Some(key) = normalize_authority(authority.as_str())
+        {
+            match discovery.resolve(&key).await {
+                Ok(Resolved::Found(stack)) => {
+                    return forward(&stack, authority.clone(), request).await;
+                }
+                Ok(Resolved::NotFound | Resolved::Pending) => {}
+                Err(unavailable) => {
+                    let started = Instant::now();
+                    let response =
+                        error_response(StatusCode::SERVICE_UNAVAILABLE, unavailable.to_string());
+                    self.unrouted.record(response.status(), started.elapsed());
+                    return response;
+                }
+            }
+        }
+        let started = Instant::now();
         if let Some(dst) = conn.orig_dst {
             let response = pass_through(
                 conn.passthrough.get_or_init(|| PlainHttp::new(dst)),
@@ -134,7 +160,7 @@ impl OutboundHttp {
 }
 
 async fn forward(
-    target: &RouteTarget,
+    stack: &DestinationStack,
     authority: Authority,
     request: Request<Incoming>,
 ) -> Response<Body> {
@@ -143,17 +169,9 @@ async fn forward(
         Ok(request) => request,
         Err(reason) => return error_response(StatusCode::BAD_REQUEST, reason),
     };
-    match target.peer.send(request).await {
-        Ok(response) => {
-            let (mut parts, body) = response.into_parts();
-            parts.version = app_version;
-            Response::from_parts(parts, boxed(body))
-        }
-        Err(error) => {
-            tracing::info!(%error, route = %target.route.authority, "peer request failed");
-            error_response(StatusCode::BAD_GATEWAY, error.to_string())
-        }
-    }
+    let mut response = stack.handle(request).await;
+    *response.version_mut() = app_version;
+    response
 }
 
 async fn pass_through(client: &PlainHttp, request: Request<Incoming>) -> Response<Body> {

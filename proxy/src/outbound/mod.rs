@@ -17,8 +17,8 @@ use tokio::net::{TcpListener, TcpStream};
 use weft_telemetry::Drain;
 
 use self::http::{ConnContext, OutboundHttp};
-pub use self::peer::PeerError;
-use self::peer::PeerPool;
+pub use self::peer::{Peer, PeerError, PeerPool};
+use crate::destination::discovery::DiscoveryClient;
 use crate::detect::{self, Protocol};
 use crate::metrics::{Direction, ProxyMetrics};
 use crate::orig_dst::original_dst;
@@ -41,17 +41,17 @@ struct Inner {
 }
 
 impl Outbound {
-    /// Routes by `routes`, dialing peers with `tls`; destinations on `opaque_ports` skip
-    /// protocol detection.
+    /// Routes by `routes`, then `discovery`, dialing peers through `pool`; destinations on
+    /// `opaque_ports` skip protocol detection.
     pub fn new(
         routes: StaticRoutes,
-        tls: Arc<rustls::ClientConfig>,
+        pool: PeerPool,
+        discovery: Option<DiscoveryClient>,
         metrics: ProxyMetrics,
         detect_timeout: Duration,
         opaque_ports: BTreeSet<u16>,
     ) -> Result<Self, PeerError> {
-        let pool = PeerPool::new(tls, metrics.clone());
-        let http = OutboundHttp::new(&routes, &pool, &metrics)?;
+        let http = OutboundHttp::new(&routes, discovery, &pool, &metrics)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 http,

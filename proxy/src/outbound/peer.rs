@@ -130,8 +130,12 @@ impl PeerPool {
 impl Peer {
     /// Sends `request` over the peer's HTTP/2 connection. A request the connection refused
     /// before sending anything (it was closing) is sent once more on a fresh connection.
-    pub async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, PeerError> {
-        let mut sender = self.sender().await?;
+    pub async fn send(
+        &self,
+        request: Request<Body>,
+        connect_timeout: Option<Duration>,
+    ) -> Result<Response<Incoming>, PeerError> {
+        let mut sender = self.sender(connect_timeout).await?;
         let mut error = match sender.try_send_request(request).await {
             Ok(response) => return Ok(response),
             Err(error) => error,
@@ -140,7 +144,7 @@ impl Peer {
         let Some(request) = error.take_message() else {
             return Err(self.http_error(&error.into_error()));
         };
-        let mut sender = self.sender().await?;
+        let mut sender = self.sender(connect_timeout).await?;
         sender.send_request(request).await.map_err(|error| {
             self.forget(&sender);
             self.http_error(&error)
@@ -149,13 +153,16 @@ impl Peer {
 
     /// Opens a new mTLS stream to the peer, for opaque TCP.
     pub async fn connect_stream(&self) -> Result<TlsStream<TcpStream>, PeerError> {
-        tokio::time::timeout(DIAL_TIMEOUT, self.connect_tls())
+        tokio::time::timeout(DIAL_TIMEOUT, self.connect_tls(TCP_CONNECT_TIMEOUT))
             .await
             .unwrap_or_else(|_| Err(self.dial_error("timed out")))
     }
 
     /// A handle on the live connection, dialing first if there is none.
-    async fn sender(&self) -> Result<SendRequest<Body>, PeerError> {
+    async fn sender(
+        &self,
+        connect_timeout: Option<Duration>,
+    ) -> Result<SendRequest<Body>, PeerError> {
         if let Some(sender) = self.live_sender() {
             return Ok(sender);
         }
@@ -170,9 +177,13 @@ impl Peer {
         {
             return Err(error.clone());
         }
-        let dialed = tokio::time::timeout(DIAL_TIMEOUT, self.dial())
-            .await
-            .unwrap_or_else(|_| Err(self.dial_error("timed out")));
+        let connect_timeout = connect_timeout.unwrap_or(TCP_CONNECT_TIMEOUT);
+        let dialed = tokio::time::timeout(
+            DIAL_TIMEOUT.max(connect_timeout),
+            self.dial(connect_timeout),
+        )
+        .await
+        .unwrap_or_else(|_| Err(self.dial_error("timed out")));
         match dialed {
             Ok(sender) => {
                 *self.sender.lock() = Some(sender.clone());
@@ -185,8 +196,8 @@ impl Peer {
         }
     }
 
-    async fn dial(&self) -> Result<SendRequest<Body>, PeerError> {
-        let tls = self.connect_tls().await?;
+    async fn dial(&self, connect_timeout: Duration) -> Result<SendRequest<Body>, PeerError> {
+        let tls = self.connect_tls(connect_timeout).await?;
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(KEEPALIVE_INTERVAL)
@@ -222,8 +233,11 @@ impl Peer {
         }
     }
 
-    async fn connect_tls(&self) -> Result<TlsStream<TcpStream>, PeerError> {
-        let tcp = tokio::time::timeout(TCP_CONNECT_TIMEOUT, TcpStream::connect(self.addr))
+    async fn connect_tls(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<TlsStream<TcpStream>, PeerError> {
+        let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(self.addr))
             .await
             .map_err(|_| self.dial_error("TCP connect timed out"))?
             .map_err(|e| self.dial_error(&e.to_string()))?;

@@ -1,0 +1,227 @@
+//! Destinations from the control plane: a watch per destination, opened the first time the app
+//! addresses it, kept while the app keeps using it.
+//!
+//! Each watch is a task that feeds a `watch` channel the data path reads without locking. The
+//! last good snapshot stays in force while the control plane is away; the task reconnects with
+//! jittered backoff and the first message after a reconnect is a full snapshot (a resync). Every
+//! snapshot is reported back as applied or rejected, with the reason.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+use weft_api::discovery::discovery_client::DiscoveryClient as DiscoveryGrpc;
+use weft_api::discovery::{ConfigStatus, OutboundSnapshot, WatchOutboundRequest};
+use weft_certs::CertStore;
+use weft_telemetry::Drain;
+
+use super::Destination;
+use crate::metrics::ProxyMetrics;
+use crate::outbound::PeerPool;
+use crate::stack::{DestinationRuntime, DestinationStack};
+
+/// How long a request waits for a destination's first snapshot.
+const FIRST_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A watch nobody used for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How often watches check whether they are idle.
+const IDLE_CHECK: Duration = Duration::from_secs(30);
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// What discovery knows of a destination.
+#[derive(Debug, Clone)]
+pub enum Resolved {
+    /// No snapshot yet.
+    Pending,
+    /// No Service answers to it: it is outside the mesh.
+    NotFound,
+    /// Its current stack.
+    Found(Arc<DestinationStack>),
+}
+
+/// Why a destination could not be resolved.
+#[derive(Debug, thiserror::Error)]
+#[error("discovery has no answer for {0} yet (is the control plane reachable?)")]
+pub struct Unavailable(pub String);
+
+/// The proxy's discovery client, shared by every connection.
+#[derive(Debug, Clone)]
+pub struct DiscoveryClient {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    grpc: DiscoveryGrpc<Channel>,
+    certs: Arc<CertStore>,
+    pool: PeerPool,
+    metrics: ProxyMetrics,
+    drain: Drain,
+    watches: Mutex<HashMap<String, Arc<Watch>>>,
+}
+
+#[derive(Debug)]
+struct Watch {
+    resolved: watch::Receiver<Resolved>,
+    last_used: Mutex<tokio::time::Instant>,
+}
+
+impl DiscoveryClient {
+    /// A client over `channel`, which presents the certificate in `certs`.
+    pub fn new(
+        channel: Channel,
+        certs: Arc<CertStore>,
+        pool: PeerPool,
+        metrics: ProxyMetrics,
+        drain: Drain,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                grpc: DiscoveryGrpc::new(channel),
+                certs,
+                pool,
+                metrics,
+                drain,
+                watches: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// What discovery says of `destination` (`host:port`), waiting for the first snapshot.
+    pub async fn resolve(&self, destination: &str) -> Result<Resolved, Unavailable> {
+        let key = destination.to_ascii_lowercase();
+        let watch = self.watch(&key);
+        *watch.last_used.lock() = tokio::time::Instant::now();
+        let mut resolved = watch.resolved.clone();
+        let ready = tokio::time::timeout(
+            FIRST_SNAPSHOT_TIMEOUT,
+            resolved.wait_for(|r| !matches!(r, Resolved::Pending)),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|r| r.clone());
+        ready.ok_or(Unavailable(key))
+    }
+
+    fn watch(&self, key: &str) -> Arc<Watch> {
+        let mut watches = self.inner.watches.lock();
+        if let Some(watch) = watches.get(key) {
+            return watch.clone();
+        }
+        let (tx, rx) = watch::channel(Resolved::Pending);
+        let watch = Arc::new(Watch {
+            resolved: rx,
+            last_used: Mutex::new(tokio::time::Instant::now()),
+        });
+        watches.insert(key.to_string(), watch.clone());
+        let inner = self.inner.clone();
+        let destination = key.to_string();
+        let task_watch = watch.clone();
+        // Tracked by the drain: it ends on drain, on idleness, or never starts a stream again.
+        self.inner.drain.spawn(async move {
+            inner.run(&destination, &task_watch, tx).await;
+            inner.watches.lock().remove(&destination);
+        });
+        watch
+    }
+}
+
+impl Inner {
+    async fn run(&self, destination: &str, watch: &Watch, tx: watch::Sender<Resolved>) {
+        let runtime = DestinationRuntime::new(self.pool.clone(), self.metrics.clone());
+        let mut backoff = MIN_BACKOFF;
+        // Discovery requires our certificate: wait for the first one.
+        while !self.certs.is_valid_at(SystemTime::now()) {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                () = self.drain.signaled() => return,
+            }
+        }
+        loop {
+            let request = WatchOutboundRequest {
+                destination: destination.to_string(),
+            };
+            match self.grpc.clone().watch_outbound(request).await {
+                Ok(response) => {
+                    let mut stream = response.into_inner();
+                    let mut idle_check = tokio::time::interval(IDLE_CHECK);
+                    loop {
+                        tokio::select! {
+                            message = stream.message() => match message {
+                                Ok(Some(snapshot)) => {
+                                    backoff = MIN_BACKOFF;
+                                    self.apply(destination, &snapshot, &runtime, &tx);
+                                }
+                                Ok(None) => break,
+                                Err(status) => {
+                                    tracing::info!(%destination, code = ?status.code(), message = status.message(), "discovery stream ended");
+                                    break;
+                                }
+                            },
+                            _ = idle_check.tick() => if watch.last_used.lock().elapsed() > IDLE_TIMEOUT {
+                                tracing::debug!(%destination, "closing idle discovery watch");
+                                return;
+                            },
+                            () = self.drain.signaled() => return,
+                        }
+                    }
+                }
+                Err(status) => {
+                    tracing::info!(%destination, code = ?status.code(), message = status.message(), "cannot watch destination");
+                }
+            }
+            let wait = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.drain.signaled() => return,
+            }
+        }
+    }
+
+    /// Turns a snapshot into the destination's new stack, or rejects it (keeping the last).
+    fn apply(
+        &self,
+        destination: &str,
+        snapshot: &OutboundSnapshot,
+        runtime: &DestinationRuntime,
+        tx: &watch::Sender<Resolved>,
+    ) {
+        let outcome = if snapshot.found {
+            Destination::try_from(snapshot)
+                .map(|compiled| Resolved::Found(Arc::new(runtime.build(&compiled, ""))))
+        } else {
+            Ok(Resolved::NotFound)
+        };
+        let error = match outcome {
+            Ok(resolved) => {
+                tx.send_replace(resolved);
+                self.metrics.discovery_update(true);
+                tracing::debug!(%destination, version = %snapshot.version, "applied discovery snapshot");
+                String::new()
+            }
+            Err(error) => {
+                self.metrics.discovery_update(false);
+                tracing::warn!(%destination, version = %snapshot.version, %error, "rejected discovery snapshot; keeping the last one");
+                error.to_string()
+            }
+        };
+        let mut grpc = self.grpc.clone();
+        let status = ConfigStatus {
+            resource: destination.to_string(),
+            version: snapshot.version.clone(),
+            error,
+        };
+        // Reporting must not hold up applying the next snapshot.
+        tokio::spawn(async move {
+            if let Err(status) = grpc.report_status(status).await {
+                tracing::debug!(code = ?status.code(), "cannot report config status");
+            }
+        });
+    }
+}

@@ -1,0 +1,76 @@
+//! Why the proxy, not the app, answered a request; each becomes a response with a reason.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+
+use super::HttpResponse;
+use crate::http_util::error_response;
+use crate::outbound::PeerError;
+
+/// A failure inside the stack.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProxyError {
+    /// The endpoint could not be reached: the request was not sent, so retrying is safe.
+    #[error("{0}")]
+    Connect(PeerError),
+    /// The exchange failed after the request may have been sent (reset, connection lost).
+    #[error("{0}")]
+    Stream(PeerError),
+    /// The backend has no endpoints (all removed, or none registered).
+    #[error("no endpoints for {0}")]
+    NoEndpoints(Arc<str>),
+    /// The matched rule sends nowhere.
+    #[error("route {0} has no backends")]
+    NoBackends(Arc<str>),
+    /// A timeout of the route elapsed.
+    #[error("{what} timeout of {after:?} elapsed")]
+    Timeout { what: &'static str, after: Duration },
+    /// The destination's outbound rate limit was exceeded.
+    #[error("rate limit of {0}/s exceeded")]
+    RateLimited(u32),
+    /// No route of the destination matches the request.
+    #[error("no route of {0} matches the request")]
+    NoMatch(Arc<str>),
+}
+
+impl ProxyError {
+    /// Whether a retry policy that retries connect failures may retry this.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect(_) | Self::Stream(_) | Self::Timeout { .. } | Self::NoEndpoints(_)
+        )
+    }
+
+    /// Whether it counts against the endpoint's health.
+    pub fn is_endpoint_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect(_) | Self::Stream(_) | Self::Timeout { .. }
+        )
+    }
+
+    /// The response the app gets.
+    pub fn into_response(self) -> HttpResponse {
+        let status = match &self {
+            Self::Connect(_) | Self::Stream(_) => StatusCode::BAD_GATEWAY,
+            Self::NoEndpoints(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoBackends(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::NoMatch(_) => StatusCode::NOT_FOUND,
+        };
+        error_response(status, self.to_string())
+    }
+}
+
+impl From<PeerError> for ProxyError {
+    fn from(error: PeerError) -> Self {
+        match error {
+            PeerError::Dial { .. } => Self::Connect(error),
+            PeerError::Http { .. } => Self::Stream(error),
+        }
+    }
+}
