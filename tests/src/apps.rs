@@ -67,9 +67,9 @@ pub async fn start_echo_app_on(bind: &str) -> App {
             let grpc = grpc.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    counter.fetch_add(1, Ordering::SeqCst);
+                    let served = counter.fetch_add(1, Ordering::SeqCst) + 1;
                     let grpc = grpc.clone();
-                    async move { Ok::<_, Infallible>(route(req, grpc).await) }
+                    async move { Ok::<_, Infallible>(route(req, grpc, served).await) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tcp), service)
@@ -84,7 +84,11 @@ pub async fn start_echo_app_on(bind: &str) -> App {
     }
 }
 
-async fn route(req: Request<Incoming>, grpc: tonic::service::Routes) -> Response<Body> {
+async fn route(
+    req: Request<Incoming>,
+    grpc: tonic::service::Routes,
+    served: usize,
+) -> Response<Body> {
     let is_grpc = req
         .headers()
         .get(http::header::CONTENT_TYPE)
@@ -95,12 +99,30 @@ async fn route(req: Request<Incoming>, grpc: tonic::service::Routes) -> Response
             Err(never) => match never {},
         };
     }
-    echo(req).await
+    echo(req, served).await
 }
 
 /// Echoes the request body, and reports what the app saw in `x-seen-*` headers.
-async fn echo(req: Request<Incoming>) -> Response<Body> {
+async fn echo(req: Request<Incoming>, served: usize) -> Response<Body> {
     let (parts, body) = req.into_parts();
+    // /flaky/N: every Nth request this app serves fails with 503.
+    if let Some(n) = parts
+        .uri
+        .path()
+        .strip_prefix("/flaky/")
+        .and_then(|n| n.parse::<usize>().ok())
+        && n > 0
+        && served.is_multiple_of(n)
+    {
+        return Response::builder()
+            .status(503)
+            .body(
+                Full::new(Bytes::from_static(b"flaky\n"))
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            )
+            .unwrap();
+    }
     if let Some(ms) = parts
         .uri
         .path()
@@ -140,6 +162,14 @@ async fn echo(req: Request<Incoming>) -> Response<Body> {
         .header("x-seen-method", parts.method.as_str())
         .header("x-seen-host", host)
         .header("x-seen-path", parts.uri.path())
+        .header(
+            "x-seen-header",
+            parts
+                .headers
+                .get("x-added")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("none"),
+        )
         .body(
             Full::new(body)
                 .map_err(|never| match never {})

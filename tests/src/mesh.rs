@@ -105,6 +105,40 @@ impl ControlPlane {
         run(command)
     }
 
+    /// Runs `weftctl apply -f -` with `yaml` on stdin.
+    pub fn apply(&self, yaml: &str) -> (std::process::ExitStatus, String, String) {
+        use std::io::Write;
+        let mut command = Command::new(bin("weftctl"));
+        command
+            .arg("--server")
+            .arg(self.admin.to_string())
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(["apply", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().expect("spawn weftctl");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(yaml.as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        (
+            output.status,
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    /// Applies `yaml`, which must succeed.
+    pub fn apply_ok(&self, yaml: &str) {
+        let (status, stdout, stderr) = self.apply(yaml);
+        assert!(status.success(), "weftctl apply failed: {stderr}\n{stdout}");
+    }
+
     /// Creates a join token for `identity` and writes it to a file; returns the file.
     pub fn token_file(&self, identity: &str) -> PathBuf {
         let (status, stdout, stderr) = self.weftctl(&["token", "create", "--identity", identity]);

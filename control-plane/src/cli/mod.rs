@@ -75,7 +75,13 @@ pub struct CliError(pub String);
 
 impl From<tonic::Status> for CliError {
     fn from(status: tonic::Status) -> Self {
-        Self(format!("{:?}: {}", status.code(), status.message()))
+        // One line, whatever the server put in the message.
+        let message = status
+            .message()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        Self(format!("{:?}: {message}", status.code()))
     }
 }
 

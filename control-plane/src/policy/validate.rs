@@ -267,9 +267,20 @@ fn check_regex(field: &str, pattern: &str) -> Result<(), Failure> {
         .map_err(|e| {
             (
                 field.to_string(),
-                format!("regular expression does not compile: {e}"),
+                format!("regular expression does not compile: {}", regex_reason(&e)),
             )
         })
+}
+
+/// The regex crate's message draws the pattern over several lines; its last line says why.
+fn regex_reason(error: &regex::Error) -> String {
+    let message = error.to_string();
+    let last = message
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or(&message);
+    last.trim().trim_start_matches("error: ").to_string()
 }
 
 fn check_parents(parents: &[super::ParentRef]) -> Result<(), Failure> {

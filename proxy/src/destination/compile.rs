@@ -258,7 +258,19 @@ fn regex(at: &str, pattern: &str) -> Result<Regex, CompileError> {
     RegexBuilder::new(&format!("^(?:{pattern})$"))
         .size_limit(REGEX_SIZE_LIMIT)
         .build()
-        .map_err(|e| error(at, format!("regular expression does not compile: {e}")))
+        .map_err(|e| {
+            // The message draws the pattern over several lines; the last one says why.
+            let message = e.to_string();
+            let reason = message
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or(&message);
+            error(
+                at,
+                format!("regular expression does not compile: {}", reason.trim()),
+            )
+        })
 }
 
 fn retry(at: &str, retry: &pb::Retry) -> Result<RetryPolicy, CompileError> {

@@ -7,6 +7,7 @@ mod drain;
 mod identity_api;
 mod netns;
 mod outage;
+mod policy;
 mod readiness;
 mod refusals;
 mod rotation;
