@@ -156,13 +156,18 @@ pub async fn start(bin_dir: &Path, work_dir: &Path, ports: Ports) -> anyhow::Res
         BACKEND_ID,
         work_dir,
     )?;
-    let routes = work_dir.join("frontend-routes.yaml");
+    // The mesh learns where backend runs from policy, as it would on a real cluster: a Service,
+    // and a Workload for the backend's proxy.
+    let policy = work_dir.join("policy.yaml");
     std::fs::write(
-        &routes,
-        format!(
-            "routes:\n  - authority: {BACKEND_AUTHORITY}\n    address: {}\n    identity: {BACKEND_ID}\n",
-            ports.backend_inbound
-        ),
+        &policy,
+        policy_yaml(ports.backend_inbound.port(), ports.backend_app.port()),
+    )?;
+    weftctl(
+        bin_dir,
+        &data_dir,
+        ports.control_admin,
+        &["apply", "-f", &policy.display().to_string()],
     )?;
 
     let mut backend_app = Command::new(bin_dir.join("demo-app"));
@@ -209,7 +214,6 @@ pub async fn start(bin_dir: &Path, work_dir: &Path, ports: Ports) -> anyhow::Res
         ports.frontend_admin,
     );
     frontend_proxy.env("WEFT_PROXY_APP_PORT", ports.frontend_app.port().to_string());
-    frontend_proxy.env("WEFT_PROXY_STATIC_ROUTES", &routes);
     mesh.spawn("frontend proxy", frontend_proxy)?;
 
     wait_http(ports.backend_admin, "/ready", "backend proxy").await?;
@@ -244,6 +248,49 @@ impl Mesh {
     }
 }
 
+/// The demo's policy: the `backend` Service and its one Workload.
+pub fn policy_yaml(backend_proxy_port: u16, backend_app_port: u16) -> String {
+    let (name, namespace) = BACKEND_AUTHORITY
+        .split_once(':')
+        .and_then(|(host, _)| host.split_once('.'))
+        .unwrap_or(("backend", "demo"));
+    let port = BACKEND_AUTHORITY.rsplit(':').next().unwrap_or("8081");
+    format!(
+        "apiVersion: policy.weft.io/v1alpha1
+kind: Service
+metadata: {{name: {name}, namespace: {namespace}}}
+spec: {{selector: {{app: {name}}}, ports: [{{port: {port}, targetPort: {backend_app_port}}}]}}
+---
+apiVersion: policy.weft.io/v1alpha1
+kind: Workload
+metadata: {{name: {name}-1, namespace: {namespace}, labels: {{app: {name}}}}}
+spec: {{address: 127.0.0.1, proxyPort: {backend_proxy_port}, identity: \"{BACKEND_ID}\"}}
+"
+    )
+}
+
+fn weftctl(
+    bin_dir: &Path,
+    data_dir: &Path,
+    admin: SocketAddr,
+    args: &[&str],
+) -> anyhow::Result<String> {
+    let output = Command::new(bin_dir.join("weftctl"))
+        .args(["--server", &admin.to_string(), "--data-dir"])
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .context("cannot run weftctl")?;
+    if !output.status.success() {
+        bail!(
+            "weftctl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 fn create_token(
     bin_dir: &Path,
     data_dir: &Path,
@@ -251,21 +298,15 @@ fn create_token(
     identity: &str,
     work_dir: &Path,
 ) -> anyhow::Result<PathBuf> {
-    let output = Command::new(bin_dir.join("weftctl"))
-        .args(["--server", &admin.to_string(), "--data-dir"])
-        .arg(data_dir)
-        .args(["token", "create", "--identity", identity])
-        .output()
-        .context("cannot run weftctl")?;
-    if !output.status.success() {
-        bail!(
-            "weftctl token create: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
+    let token = weftctl(
+        bin_dir,
+        data_dir,
+        admin,
+        &["token", "create", "--identity", identity],
+    )?;
     let name = identity.rsplit('/').next().unwrap_or("proxy");
     let path = work_dir.join(format!("{name}.token"));
-    std::fs::write(&path, output.stdout)?;
+    std::fs::write(&path, token)?;
     Ok(path)
 }
 

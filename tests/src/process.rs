@@ -8,12 +8,16 @@ pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("WEFT_BIN_DIR") {
         return PathBuf::from(dir);
     }
-    // target/<profile>/deps/e2e-<hash> → target/<profile>
+    // Tests live in target/<profile>/deps, benchmarks beside the binaries in target/<profile>.
     let exe = std::env::current_exe().expect("current_exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .expect("test binary lives in target/<profile>/deps")
+    let dir = exe.parent().expect("the executable has a directory");
+    if dir.ends_with("deps") {
+        dir.parent()
+            .map(Path::to_path_buf)
+            .expect("target/<profile>")
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// The path of a workspace binary, which must have been built.

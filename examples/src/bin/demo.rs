@@ -92,8 +92,13 @@ Try it:
       the proxies' metrics: weft_http_requests_total, weft_identity_cert_expiry_timestamp_seconds, …
   curl http://{cm}/metrics
       the control plane's metrics: certificates signed, join tokens issued
-  {weftctl} --server {ca} --data-dir {data} token list
-      the join tokens the demo created
+  export WEFT_ADMIN_ADDR={ca} WEFT_DATA_DIR={data}
+  {weftctl} get services -n demo -o yaml; {weftctl} get workloads -n demo
+      the policy the mesh runs on (applied from {logs}/policy.yaml)
+  {weftctl} proxy-status
+      which proxy watches what, and the config version each applied
+  {weftctl} apply -f my-route.yaml
+      change it live: an HTTPRoute with timeouts or retries for backend.demo (see README)
 
 Logs: {logs}/*.log    Ctrl-C stops everything.
 "#,
