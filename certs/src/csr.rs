@@ -105,6 +105,12 @@ impl LeafKey {
         Ok(Arc::new(CertifiedKey::new(chain, signing_key)))
     }
 
+    /// The private key in PEM, for credentials an operator keeps in a file (an admin client
+    /// certificate). A proxy's key never takes this path.
+    pub fn private_key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
     /// The public half, for signing without a CSR (the control plane's own certificate).
     pub fn public_key(&self) -> &impl rcgen::PublicKeyData {
         &self.key

@@ -37,6 +37,34 @@ pub struct CertStore {
     current: ArcSwapOption<Credential>,
 }
 
+// === impl Credential ===
+
+impl Credential {
+    /// A credential from a PEM chain (leaf first) and its PEM private key: an operator's
+    /// long-lived admin certificate, say. The identity is read from the leaf.
+    pub fn from_pem(chain_pem: &[u8], key_pem: &[u8]) -> Result<Self, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = CertificateDer::pem_slice_iter(chain_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("certificate: {e}"))?;
+        let leaf = chain.first().ok_or("certificate: no CERTIFICATE block")?;
+        let identity = crate::identity_of(leaf).map_err(|e| format!("certificate: {e}"))?;
+        let not_after = crate::not_after_of(leaf).ok_or("certificate: unreadable validity")?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("key: {e}"))?;
+        let signing_key = crate::provider()
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| format!("key: {e}"))?;
+        Ok(Self {
+            key: Arc::new(CertifiedKey::new(chain, signing_key)),
+            identity,
+            valid_from: SystemTime::now(),
+            not_after,
+        })
+    }
+}
+
 // === impl CertStore ===
 
 impl CertStore {

@@ -58,6 +58,15 @@ pub struct Config {
     #[arg(long, env = "WEFT_CONTROL_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
 
+    /// Identities whose client certificates may use the admin API instead of the bearer token
+    /// (repeatable) [default: spiffe://<trust-domain>/ns/weft/sa/weft-admin].
+    #[arg(
+        long = "admin-identity",
+        env = "WEFT_CONTROL_ADMIN_IDENTITIES",
+        value_delimiter = ','
+    )]
+    pub admin_identities: Vec<weft_certs::Identity>,
+
     /// How long in-flight calls may take to finish after SIGTERM.
     #[arg(long, env = "WEFT_CONTROL_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,

@@ -139,6 +139,54 @@ pub fn load(dir: &Path, expected: Option<&TrustDomain>) -> Result<Pki, PkiError>
     })
 }
 
+/// The admin client certificate `weftctl certs admin` writes.
+pub const ADMIN_CERT_FILE: &str = "admin.pem";
+/// Its key.
+pub const ADMIN_KEY_FILE: &str = "admin-key.pem";
+
+/// Issues an admin client certificate from the issuer in `pki_dir` into `out`; returns the
+/// certificate and key files and the identity certified.
+pub fn issue_admin(
+    pki_dir: &Path,
+    out: &Path,
+    identity: Option<Identity>,
+    ttl: Duration,
+) -> Result<(PathBuf, PathBuf, Identity), PkiError> {
+    let pki = load(pki_dir, None)?;
+    let trust_domain = pki.issuer.trust_domain().clone();
+    let identity = match identity {
+        Some(identity) => identity,
+        None => crate::server::admin_identity(&trust_domain),
+    };
+    let invalid = |reason: String| PkiError::Invalid {
+        path: pki_dir.to_path_buf(),
+        reason,
+    };
+    let key = LeafKey::generate().map_err(|e| invalid(e.to_string()))?;
+    let issued = pki
+        .issuer
+        .issue(key.public_key(), &identity, ttl, SystemTime::now())
+        .map_err(|e| invalid(e.to_string()))?;
+    fs::create_dir_all(out).map_err(|source| PkiError::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let chain: String = issued
+        .chain
+        .iter()
+        .map(|c| weft_certs::pem_encode("CERTIFICATE", c))
+        .collect();
+    let (cert_path, key_path) = (out.join(ADMIN_CERT_FILE), out.join(ADMIN_KEY_FILE));
+    for path in [&cert_path, &key_path] {
+        if path.exists() {
+            return Err(PkiError::Exists(path.clone()));
+        }
+    }
+    write_file(&cert_path, &chain, false)?;
+    write_file(&key_path, &key.private_key_pem(), true)?;
+    Ok((cert_path, key_path, identity))
+}
+
 /// True when `dir` holds no PKI at all (so one may be generated there).
 pub fn is_empty(dir: &Path) -> bool {
     [TRUST_ANCHOR_FILE, ISSUER_FILE, ISSUER_KEY_FILE]

@@ -136,10 +136,15 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
 
     let tokens = TokenAdmin::new(store, trust_domain.clone(), config.join_token_ttl, metrics);
     let admin = AdminApi::new(tokens, ResourceAdmin::new(policy), proxies);
+    let admin_identities = if config.admin_identities.is_empty() {
+        vec![admin_identity(&trust_domain)]
+    } else {
+        config.admin_identities.clone()
+    };
     let admin_api = tonic::transport::Server::builder()
         .add_service(AdminServer::with_interceptor(
             admin,
-            RequireAdmin::new(credential),
+            RequireAdmin::new(credential, admin_identities),
         ))
         .serve_with_incoming_shutdown(
             tls_incoming::incoming(admin_listener, acceptor, drain.clone()),
@@ -158,6 +163,12 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
         "weft-control started"
     );
     Ok(running)
+}
+
+/// The identity an operator's admin certificate carries by default (`weftctl certs admin`).
+pub fn admin_identity(trust_domain: &TrustDomain) -> weft_certs::Identity {
+    weft_certs::Identity::new(trust_domain.clone(), "weft", "weft-admin")
+        .unwrap_or_else(|e| unreachable!("constant labels are valid: {e}"))
 }
 
 fn load_pki(config: &Config) -> Result<pki::Pki, StartError> {

@@ -44,6 +44,9 @@ pub const ENV_DETECT_TIMEOUT: &str = "WEFT_PROXY_DETECT_TIMEOUT";
 /// accept opaque streams.
 pub const ENV_OPAQUE_PORTS: &str = "WEFT_PROXY_OPAQUE_PORTS";
 
+/// The largest request body kept for retries and mirroring.
+pub const ENV_MAX_REPLAY_BYTES: &str = "WEFT_PROXY_MAX_REPLAY_BYTES";
+
 /// Server-first and common non-HTTP protocols: SMTP, MySQL, Galera, PostgreSQL, Redis,
 /// Elasticsearch transport, memcached (the same defaults as Linkerd).
 pub const DEFAULT_OPAQUE_PORTS: &str = "25,587,3306,4444,5432,6379,9300,11211";
@@ -91,6 +94,8 @@ pub struct Config {
     pub detect_timeout: Duration,
     /// Ports of opaque TCP.
     pub opaque_ports: BTreeSet<u16>,
+    /// Request bodies up to this size may be retried.
+    pub max_replay_bytes: usize,
 }
 
 impl Config {
@@ -171,6 +176,10 @@ impl Config {
             shutdown_endpoint: var(ENV_SHUTDOWN_ENDPOINT)
                 .map_or(Ok(false), |v| parse(ENV_SHUTDOWN_ENDPOINT, &v))?,
             detect_timeout: duration(&var, ENV_DETECT_TIMEOUT, "1s")?,
+            max_replay_bytes: var(ENV_MAX_REPLAY_BYTES)
+                .map_or(Ok(crate::stack::DEFAULT_REPLAY_LIMIT), |v| {
+                    parse(ENV_MAX_REPLAY_BYTES, &v)
+                })?,
             opaque_ports: ports(
                 &var(ENV_OPAQUE_PORTS).unwrap_or_else(|| DEFAULT_OPAQUE_PORTS.to_string()),
             )?,

@@ -100,8 +100,6 @@ pub async fn start(config: Config, drain: &Drain) -> Result<Listening, StartErro
             listening.admin.port(),
         ],
     };
-    let inbound = Inbound::new(Arc::new(peer_server), policy, metrics.clone());
-    drain.spawn(inbound.serve(inbound_listener, drain.clone()));
     let pool = PeerPool::new(Arc::new(peer_client), metrics.clone());
     let discovery_channel = target
         .lazy_channel()
@@ -112,7 +110,15 @@ pub async fn start(config: Config, drain: &Drain) -> Result<Listening, StartErro
         pool.clone(),
         metrics.clone(),
         drain.clone(),
+        config.max_replay_bytes,
     );
+    let inbound = Inbound::new(
+        Arc::new(peer_server),
+        policy,
+        metrics.clone(),
+        Some(discovery.clone()),
+    );
+    drain.spawn(inbound.serve(inbound_listener, drain.clone()));
     let outbound = Outbound::new(
         config.static_routes.clone(),
         pool,

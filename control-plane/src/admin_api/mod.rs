@@ -19,8 +19,13 @@ use weft_api::admin::{
 
 pub use self::resources::ResourceAdmin;
 pub use self::tokens::TokenAdmin;
+use std::time::SystemTime;
+
+use weft_certs::Identity;
+
 use crate::admin_credential::AdminCredential;
 use crate::discovery::ProxyRegistry;
+use crate::tls_incoming::PeerInfo;
 
 /// The Admin service.
 #[derive(Debug, Clone)]
@@ -30,25 +35,43 @@ pub struct AdminApi {
     proxies: Arc<ProxyRegistry>,
 }
 
-/// Rejects calls without the admin credential as a bearer token.
+/// Rejects calls that prove neither an admin identity (a client certificate) nor the admin
+/// credential (a bearer token).
 #[derive(Debug, Clone)]
 pub struct RequireAdmin {
     credential: AdminCredential,
+    identities: Arc<[Identity]>,
 }
 
 // === impl RequireAdmin ===
 
 impl RequireAdmin {
-    /// Accepts only `credential`.
-    pub fn new(credential: AdminCredential) -> Self {
-        Self { credential }
+    /// Accepts `credential` as a bearer token, and clients presenting a valid certificate of one
+    /// of `identities`.
+    pub fn new(credential: AdminCredential, identities: Vec<Identity>) -> Self {
+        Self {
+            credential,
+            identities: identities.into(),
+        }
     }
 }
 
 impl Interceptor for RequireAdmin {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(PeerInfo {
+            identity: Some(identity),
+            not_after: Some(not_after),
+            ..
+        }) = request.extensions().get::<PeerInfo>()
+            && self.identities.contains(identity)
+            && *not_after > SystemTime::now()
+        {
+            return Ok(request);
+        }
         let header = request.metadata().get("authorization").ok_or_else(|| {
-            Status::unauthenticated("missing authorization: Bearer <admin token>")
+            Status::unauthenticated(
+                "missing authorization: Bearer <admin token>, or an admin client certificate",
+            )
         })?;
         let token = header
             .to_str()

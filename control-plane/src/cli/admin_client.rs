@@ -9,7 +9,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use weft_api::admin::admin_client::AdminClient as AdminGrpc;
 use weft_api::client::ControlPlaneTarget;
-use weft_certs::{ALPN_H2, CertStore, TrustAnchors};
+use weft_certs::{ALPN_H2, CertStore, Credential, TrustAnchors};
 
 use super::{Cli, CliError};
 use crate::admin_credential::ADMIN_TOKEN_FILE;
@@ -23,9 +23,9 @@ pub struct AdminClient {
     pub admin: AdminGrpc<InterceptedService<Channel, BearerToken>>,
 }
 
-/// Adds `authorization: Bearer <token>` to every call.
+/// Adds `authorization: Bearer <token>` to every call (none when a client certificate is used).
 #[derive(Clone)]
-pub struct BearerToken(MetadataValue<tonic::metadata::Ascii>);
+pub struct BearerToken(Option<MetadataValue<tonic::metadata::Ascii>>);
 
 impl std::fmt::Debug for BearerToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -38,9 +38,11 @@ impl Interceptor for BearerToken {
         &mut self,
         mut request: tonic::Request<()>,
     ) -> Result<tonic::Request<()>, tonic::Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
         Ok(request)
     }
 }
@@ -48,18 +50,20 @@ impl Interceptor for BearerToken {
 impl AdminClient {
     /// Connects as `cli`'s flags say.
     pub async fn connect(cli: &Cli) -> Result<Self, CliError> {
-        let token_path = cli
-            .admin_token_file
-            .clone()
-            .unwrap_or_else(|| cli.data_dir.join(ADMIN_TOKEN_FILE));
-        let token = std::fs::read_to_string(&token_path)
-            .map_err(|e| CliError(format!("admin token {}: {e}", token_path.display())))?;
-        let bearer = format!("Bearer {}", token.trim()).parse().map_err(|_| {
-            CliError(format!(
-                "admin token {}: not a valid header value",
-                token_path.display()
-            ))
-        })?;
+        let certs = CertStore::new();
+        let bearer = match (&cli.client_cert, &cli.client_key) {
+            // A client certificate proves the admin identity: no token needed.
+            (Some(cert), Some(key)) => {
+                let read = |path: &std::path::PathBuf| {
+                    std::fs::read(path).map_err(|e| CliError(format!("{}: {e}", path.display())))
+                };
+                let credential = Credential::from_pem(&read(cert)?, &read(key)?)
+                    .map_err(|e| CliError(format!("{}: {e}", cert.display())))?;
+                certs.set(credential);
+                None
+            }
+            _ => Some(bearer_token(cli)?),
+        };
 
         let anchor_path = cli
             .trust_anchor
@@ -76,7 +80,7 @@ impl AdminClient {
             ))
         })?;
 
-        let tls = weft_certs::client_config(&anchors, CertStore::new(), &[ALPN_H2])
+        let tls = weft_certs::client_config(&anchors, certs, &[ALPN_H2])
             .map_err(|e| CliError(format!("TLS setup: {e}")))?;
         let target = ControlPlaneTarget {
             addr: cli.server.clone(),
@@ -91,4 +95,19 @@ impl AdminClient {
             admin: AdminGrpc::with_interceptor(channel, BearerToken(bearer)),
         })
     }
+}
+
+fn bearer_token(cli: &Cli) -> Result<MetadataValue<tonic::metadata::Ascii>, CliError> {
+    let token_path = cli
+        .admin_token_file
+        .clone()
+        .unwrap_or_else(|| cli.data_dir.join(ADMIN_TOKEN_FILE));
+    let token = std::fs::read_to_string(&token_path)
+        .map_err(|e| CliError(format!("admin token {}: {e}", token_path.display())))?;
+    format!("Bearer {}", token.trim()).parse().map_err(|_| {
+        CliError(format!(
+            "admin token {}: not a valid header value",
+            token_path.display()
+        ))
+    })
 }

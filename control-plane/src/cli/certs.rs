@@ -19,6 +19,22 @@ pub enum CertsCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Issue an admin client certificate, for `weftctl --client-cert/--client-key` instead of
+    /// the bearer token. Needs the issuer's key.
+    Admin {
+        /// The directory `certs init` wrote (issuer.pem, issuer-key.pem, trust-anchor.pem).
+        #[arg(long)]
+        pki_dir: PathBuf,
+        /// Directory to write admin.pem and admin-key.pem into.
+        #[arg(long)]
+        out: PathBuf,
+        /// Identity to certify [default: spiffe://<trust-domain>/ns/weft/sa/weft-admin].
+        #[arg(long)]
+        identity: Option<weft_certs::Identity>,
+        /// Lifetime of the certificate.
+        #[arg(long, default_value = "720h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
 }
 
 pub(super) fn run(command: CertsCommand, out: &mut impl std::io::Write) -> Result<(), CliError> {
@@ -36,6 +52,22 @@ pub(super) fn run(command: CertsCommand, out: &mut impl std::io::Write) -> Resul
                 issuer_key = dir.join(pki::ISSUER_KEY_FILE).display(),
                 anchor_key = dir.join(pki::TRUST_ANCHOR_KEY_FILE).display(),
                 dir = dir.display(),
+            );
+            Ok(())
+        }
+        CertsCommand::Admin {
+            pki_dir,
+            out: dir,
+            identity,
+            ttl,
+        } => {
+            let (cert, key, identity) = pki::issue_admin(&pki_dir, &dir, identity, ttl)
+                .map_err(|e| CliError(e.to_string()))?;
+            let _ = writeln!(
+                out,
+                "wrote {} and {} for {identity}; use them with weftctl --client-cert and --client-key",
+                cert.display(),
+                key.display()
             );
             Ok(())
         }

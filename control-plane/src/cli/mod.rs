@@ -45,6 +45,24 @@ pub struct Cli {
     #[arg(long, global = true, env = "WEFT_TRUST_ANCHOR")]
     pub trust_anchor: Option<PathBuf>,
 
+    /// An admin client certificate (from `weftctl certs admin`), used instead of the token.
+    #[arg(
+        long,
+        global = true,
+        env = "WEFT_ADMIN_CLIENT_CERT",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+
+    /// The admin client certificate's key.
+    #[arg(
+        long,
+        global = true,
+        env = "WEFT_ADMIN_CLIENT_KEY",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }

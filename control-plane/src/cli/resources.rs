@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-use weft_api::admin::{ApplyRequest, DeleteRequest, GetRequest, ListRequest, Resource};
+use weft_api::admin::{
+    ApplyRequest, DeleteRequest, GetRequest, ListRequest, Resource, WatchRequest, watch_event,
+};
 
 use super::{AdminClient, CliError};
 use crate::policy::{DEFAULT_NAMESPACE, Kind};
@@ -40,6 +42,9 @@ pub struct GetArgs {
     pub all_namespaces: bool,
     #[arg(short, long, value_enum, default_value = "table")]
     pub output: Output,
+    /// After listing, print every change as it happens (until interrupted).
+    #[arg(short, long)]
+    pub watch: bool,
 }
 
 /// `weftctl delete`.
@@ -82,9 +87,9 @@ pub(super) async fn get(
     out: &mut impl std::io::Write,
 ) -> Result<(), CliError> {
     let kind = kind(&args.kind)?;
-    let resources = match &args.name {
-        Some(name) => vec![
-            client
+    let (resources, revision) = match &args.name {
+        Some(name) => {
+            let resource = client
                 .admin
                 .get(GetRequest {
                     kind: kind.to_string(),
@@ -92,23 +97,25 @@ pub(super) async fn get(
                     name: name.clone(),
                 })
                 .await?
-                .into_inner(),
-        ],
+                .into_inner();
+            let revision = resource.resource_version;
+            (vec![resource], revision)
+        }
         None => {
             let namespace = if args.all_namespaces {
                 String::new()
             } else {
                 args.namespace.clone()
             };
-            client
+            let list = client
                 .admin
                 .list(ListRequest {
                     kind: kind.to_string(),
                     namespace,
                 })
                 .await?
-                .into_inner()
-                .resources
+                .into_inner();
+            (list.resources, list.revision)
         }
     };
     match args.output {
@@ -144,6 +151,56 @@ pub(super) async fn get(
                 let _ = write!(out, "{yaml}");
             }
         }
+    }
+    if args.watch {
+        watch(args, kind, revision, client, out).await?;
+    }
+    Ok(())
+}
+
+/// Prints each change after `revision`, one line each, as it happens.
+async fn watch(
+    args: &GetArgs,
+    kind: Kind,
+    revision: u64,
+    mut client: AdminClient,
+    out: &mut impl std::io::Write,
+) -> Result<(), CliError> {
+    let namespace = if args.all_namespaces {
+        String::new()
+    } else {
+        args.namespace.clone()
+    };
+    let mut events = client
+        .admin
+        .watch(WatchRequest {
+            kind: kind.to_string(),
+            namespace,
+            since_revision: revision,
+        })
+        .await?
+        .into_inner();
+    while let Some(event) = events.message().await? {
+        let Some(resource) = event.resource else {
+            continue;
+        };
+        if args
+            .name
+            .as_ref()
+            .is_some_and(|name| *name != resource.name)
+        {
+            continue;
+        }
+        let action = match watch_event::Type::try_from(event.r#type) {
+            Ok(watch_event::Type::Deleted) => "DELETED",
+            _ => "APPLIED",
+        };
+        let _ = writeln!(
+            out,
+            "{action:<8} {} {}/{} {}",
+            resource.kind, resource.namespace, resource.name, resource.resource_version
+        );
+        let _ = out.flush();
     }
     Ok(())
 }

@@ -14,7 +14,9 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 use weft_api::discovery::discovery_client::DiscoveryClient as DiscoveryGrpc;
-use weft_api::discovery::{ConfigStatus, OutboundSnapshot, WatchOutboundRequest};
+use weft_api::discovery::{
+    ConfigStatus, OutboundSnapshot, WatchInboundRequest, WatchOutboundRequest,
+};
 use weft_certs::CertStore;
 use weft_telemetry::Drain;
 
@@ -61,7 +63,10 @@ struct Inner {
     pool: PeerPool,
     metrics: ProxyMetrics,
     drain: Drain,
+    replay_limit: usize,
     watches: Mutex<HashMap<String, Arc<Watch>>>,
+    /// Whether each local port is opaque, by inbound policy.
+    inbound: Mutex<HashMap<u16, watch::Receiver<Option<bool>>>>,
 }
 
 #[derive(Debug)]
@@ -78,6 +83,7 @@ impl DiscoveryClient {
         pool: PeerPool,
         metrics: ProxyMetrics,
         drain: Drain,
+        replay_limit: usize,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -86,9 +92,33 @@ impl DiscoveryClient {
                 pool,
                 metrics,
                 drain,
+                replay_limit,
                 watches: Mutex::new(HashMap::new()),
+                inbound: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Whether inbound policy makes local `port` opaque (a Service port with appProtocol tcp,
+    /// or a ServicePolicy's opaquePorts). `false` while the control plane has not answered.
+    pub async fn inbound_opaque(&self, port: u16) -> bool {
+        let mut receiver = {
+            let mut watches = self.inner.inbound.lock();
+            watches
+                .entry(port)
+                .or_insert_with(|| {
+                    let (tx, rx) = watch::channel(None);
+                    let inner = self.inner.clone();
+                    self.inner
+                        .drain
+                        .spawn(async move { inner.run_inbound(port, tx).await });
+                    rx
+                })
+                .clone()
+        };
+        let answered =
+            tokio::time::timeout(FIRST_SNAPSHOT_TIMEOUT, receiver.wait_for(Option::is_some)).await;
+        matches!(answered, Ok(Ok(opaque)) if *opaque == Some(true))
     }
 
     /// What discovery says of `destination` (`host:port`), waiting for the first snapshot.
@@ -133,7 +163,8 @@ impl DiscoveryClient {
 
 impl Inner {
     async fn run(&self, destination: &str, watch: &Watch, tx: watch::Sender<Resolved>) {
-        let runtime = DestinationRuntime::new(self.pool.clone(), self.metrics.clone());
+        let runtime =
+            DestinationRuntime::new(self.pool.clone(), self.metrics.clone(), self.replay_limit);
         let mut backoff = MIN_BACKOFF;
         // Discovery requires our certificate: wait for the first one.
         while !self.certs.is_valid_at(SystemTime::now()) {
@@ -173,6 +204,43 @@ impl Inner {
                 }
                 Err(status) => {
                     tracing::info!(%destination, code = ?status.code(), message = status.message(), "cannot watch destination");
+                }
+            }
+            let wait = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.drain.signaled() => return,
+            }
+        }
+    }
+
+    /// Watches the inbound policy of `port` until drained (ports are few and fixed).
+    async fn run_inbound(&self, port: u16, tx: watch::Sender<Option<bool>>) {
+        let mut backoff = MIN_BACKOFF;
+        while !self.certs.is_valid_at(SystemTime::now()) {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                () = self.drain.signaled() => return,
+            }
+        }
+        loop {
+            let request = WatchInboundRequest {
+                port: u32::from(port),
+            };
+            if let Ok(response) = self.grpc.clone().watch_inbound(request).await {
+                let mut stream = response.into_inner();
+                loop {
+                    tokio::select! {
+                        message = stream.message() => match message {
+                            Ok(Some(snapshot)) => {
+                                backoff = MIN_BACKOFF;
+                                tx.send_replace(Some(snapshot.opaque));
+                            }
+                            _ => break,
+                        },
+                        () = self.drain.signaled() => return,
+                    }
                 }
             }
             let wait = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);

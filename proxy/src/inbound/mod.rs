@@ -19,6 +19,7 @@ use weft_certs::{ALPN_WEFT, Identity};
 use weft_telemetry::Drain;
 
 use self::http::InboundHttp;
+use crate::destination::discovery::DiscoveryClient;
 use crate::detect::Protocol;
 use crate::metrics::{Direction, ProxyMetrics};
 use crate::orig_dst::original_dst;
@@ -63,6 +64,7 @@ struct Inner {
     policy: InboundPolicy,
     http: InboundHttp,
     metrics: ProxyMetrics,
+    discovery: Option<DiscoveryClient>,
 }
 
 impl Inbound {
@@ -71,6 +73,7 @@ impl Inbound {
         tls: Arc<rustls::ServerConfig>,
         policy: InboundPolicy,
         metrics: ProxyMetrics,
+        discovery: Option<DiscoveryClient>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -78,6 +81,7 @@ impl Inbound {
                 policy,
                 http: InboundHttp::new(metrics.clone()),
                 metrics,
+                discovery,
             }),
         }
     }
@@ -140,13 +144,25 @@ impl Inbound {
                 let io = Prefixed::new(prefix.into(), tls);
                 serve_http(TokioIo::new(io), Protocol::Http2, service, &drain).await;
             }
-            Stream::Opaque if !inner.policy.opaque_ports.contains(&app.port()) => {
-                tracing::info!(peer = %peer, port = app.port(), "refused: opaque stream to a port not in WEFT_PROXY_OPAQUE_PORTS");
+            Stream::Opaque if !self.accepts_opaque(app.port()).await => {
+                tracing::info!(peer = %peer, port = app.port(), "refused: opaque stream to a port that is not opaque (WEFT_PROXY_OPAQUE_PORTS, or policy)");
             }
             Stream::Opaque => {
                 let _open = inner.metrics.open_connection(Direction::Inbound, "opaque");
                 forward_opaque(tls, app, &inner.metrics).await;
             }
+        }
+    }
+
+    /// Whether `port` takes opaque streams: listed in the configuration, or made opaque by
+    /// policy (asked of discovery).
+    async fn accepts_opaque(&self, port: u16) -> bool {
+        if self.inner.policy.opaque_ports.contains(&port) {
+            return true;
+        }
+        match &self.inner.discovery {
+            Some(discovery) => discovery.inbound_opaque(port).await,
+            None => false,
         }
     }
 

@@ -81,8 +81,13 @@ impl OutboundHttp {
                 route.identity.clone(),
                 route.opaque,
             );
-            let stack = DestinationRuntime::new(pool.clone(), metrics.clone())
-                .build(&destination, &route.identity.to_string());
+            // Static routes carry no retry or mirror, so the replay limit does not matter.
+            let stack = DestinationRuntime::new(
+                pool.clone(),
+                metrics.clone(),
+                crate::stack::DEFAULT_REPLAY_LIMIT,
+            )
+            .build(&destination, &route.identity.to_string());
             let target = RouteTarget {
                 route: route.clone(),
                 peer: pool.peer(route.address, &route.identity)?,

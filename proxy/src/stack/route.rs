@@ -13,7 +13,6 @@ use super::balance::{Balancer, BalancerMetrics};
 use super::filters::HeaderFilters;
 use super::mirror::Mirror;
 use super::rate_limit::TokenBucket;
-use super::replay::DEFAULT_REPLAY_LIMIT;
 use super::retry::{self, Policy, RetryMetrics};
 use super::split::Split;
 use super::timeout::Timeout;
@@ -40,6 +39,7 @@ pub struct DestinationRuntime {
     /// By route name ("" for the service-wide budget), with the configuration they were made for.
     budgets: Mutex<HashMap<Arc<str>, SharedBudget>>,
     rate_limit: Mutex<Option<Arc<TokenBucket>>>,
+    replay_limit: usize,
 }
 
 /// The stack of one snapshot of a destination.
@@ -51,6 +51,7 @@ pub struct DestinationStack {
     routes: Vec<CompiledRoute>,
     rate_limit: Option<Arc<TokenBucket>>,
     metrics: RequestMetrics,
+    replay_limit: usize,
 }
 
 struct CompiledRoute {
@@ -75,10 +76,11 @@ impl std::fmt::Debug for DestinationStack {
 
 impl DestinationRuntime {
     /// State for one destination, dialing through `pool`.
-    pub fn new(pool: PeerPool, metrics: ProxyMetrics) -> Self {
+    pub fn new(pool: PeerPool, metrics: ProxyMetrics, replay_limit: usize) -> Self {
         Self {
             pool,
             metrics,
+            replay_limit,
             balancers: Mutex::new(HashMap::new()),
             budgets: Mutex::new(HashMap::new()),
             rate_limit: Mutex::new(None),
@@ -107,6 +109,7 @@ impl DestinationRuntime {
             metrics: self
                 .metrics
                 .requests(Direction::Outbound, peer_identity, &service),
+            replay_limit: self.replay_limit,
         }
     }
 
@@ -284,7 +287,7 @@ impl DestinationStack {
             .ok_or_else(|| ProxyError::NoMatch(self.service.clone()))?;
         route.requests.inc();
         let request = if route.replays {
-            request.map(|body| ReplayBody::new(body, DEFAULT_REPLAY_LIMIT))
+            request.map(|body| ReplayBody::new(body, self.replay_limit))
         } else {
             request.map(ReplayBody::streaming_only)
         };

@@ -299,3 +299,49 @@ async fn weftctl_certs_init_makes_a_pki_the_control_plane_and_proxies_use() {
             .is_some()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_client_certificate_replaces_the_token() {
+    use std::process::Command;
+    use weft_tests::process::{bin, run};
+
+    let cp = ControlPlane::start("1h").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = cp.data_dir().join("pki");
+    let mint = |identity: Option<&str>, out: &std::path::Path| {
+        let mut command = Command::new(bin("weftctl"));
+        command
+            .args(["certs", "admin", "--pki-dir"])
+            .arg(&pki)
+            .arg("--out")
+            .arg(out);
+        if let Some(identity) = identity {
+            command.args(["--identity", identity]);
+        }
+        let (status, _, stderr) = run(command);
+        assert!(status.success(), "{stderr}");
+    };
+    mint(None, &dir.path().join("admin"));
+    mint(Some(WEB), &dir.path().join("web"));
+    let with_cert = |who: &str| {
+        let cert = dir.path().join(who).join("admin.pem");
+        let key = dir.path().join(who).join("admin-key.pem");
+        cp.weftctl(&[
+            "--admin-token-file",
+            "/nonexistent",
+            "--client-cert",
+            cert.to_str().unwrap(),
+            "--client-key",
+            key.to_str().unwrap(),
+            "get",
+            "services",
+        ])
+    };
+    let (status, stdout, stderr) = with_cert("admin");
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.starts_with("NAMESPACE"), "{stdout}");
+    // A valid certificate of another identity is not an admin.
+    let (status, _, stderr) = with_cert("web");
+    assert_eq!(status.code(), Some(1));
+    assert!(stderr.contains("Unauthenticated"), "{stderr}");
+}

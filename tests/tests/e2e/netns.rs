@@ -99,11 +99,14 @@ fn intercepted_tcp_goes_through_the_mesh_and_unmeshed_destinations_pass_through(
         let echo = start_tcp_echo("127.0.0.1:0").await;
         let _unmeshed_tcp = start_tcp_echo(&format!("127.0.0.1:{UNMESHED_TCP_PORT}")).await;
         let unmeshed_http = start_echo_app_on(&format!("127.0.0.1:{UNMESHED_HTTP_PORT}")).await;
-        // The server side must declare the echo port opaque, or it refuses opaque streams.
-        let server_spec = ProxySpec::new(SERVER_ID)
-            .app_port(echo.port)
-            .env("WEFT_PROXY_OPAQUE_PORTS", &echo.port.to_string());
-        let server = Proxy::start(&cp, server_spec).await;
+        let server = Proxy::start(&cp, ProxySpec::new(SERVER_ID).app_port(echo.port)).await;
+        // The server side must know the echo port is opaque, or it refuses opaque streams: here
+        // it learns it from policy (a Service port with appProtocol tcp selecting its workload).
+        cp.apply_ok(&format!(
+            "apiVersion: policy.weft.io/v1alpha1\nkind: Service\nmetadata: {{name: echo, namespace: shop}}\nspec: {{selector: {{app: echo}}, ports: [{{port: 9000, targetPort: {port}, appProtocol: tcp}}]}}\n---\napiVersion: policy.weft.io/v1alpha1\nkind: Workload\nmetadata: {{name: echo-1, namespace: shop, labels: {{app: echo}}}}\nspec: {{address: 127.0.0.1, proxyPort: {proxy}, identity: \"{SERVER_ID}\"}}\n",
+            port = echo.port,
+            proxy = server.inbound.port(),
+        ));
         let client_spec = ProxySpec::new(CLIENT_ID)
             .opaque_route(&format!("127.0.0.1:{OPAQUE_PORT}"), &server)
             .route(&format!("127.0.0.1:{DETECTED_PORT}"), &server)

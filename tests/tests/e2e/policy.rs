@@ -634,3 +634,55 @@ async fn proxy_status_lists_proxies_with_their_applied_versions() {
         "sent and applied versions differ: {line}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_versions_conflict_and_watches_see_changes() {
+    weft_tests::init();
+    let cp = ControlPlane::start("24h").await;
+    cp.apply_ok(SERVICES);
+    // Watch the Services while they change.
+    let mut watch = std::process::Command::new(weft_tests::process::bin("weftctl"));
+    watch
+        .args(["--server", &cp.admin.to_string(), "--data-dir"])
+        .arg(cp.data_dir())
+        .args(["get", "services", "-n", "shop", "--watch"])
+        .stdout(std::process::Stdio::piped());
+    let mut watcher = watch.spawn().unwrap();
+    let stdout = watcher.stdout.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find(|line| line.starts_with("APPLIED") && line.contains("shop/api-v1"))
+    });
+    // Give the watch a moment to start, then change api-v1 at its current version.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, current, _) = cp.weftctl(&["get", "service", "api-v1", "-n", "shop", "-o", "json"]);
+    let current: serde_json::Value = serde_json::from_str(&current).unwrap();
+    let version = current["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let updated = SERVICES
+        .split("---")
+        .nth(1)
+        .unwrap()
+        .replace(
+            "namespace: shop}",
+            &format!("namespace: shop, resourceVersion: \"{version}\"}}"),
+        )
+        .replace("8080", "8081");
+    cp.apply_ok(&updated);
+    // The same stale version again: a conflict, refused.
+    let (status, _, stderr) = cp.apply(&updated.replace("8081", "8082"));
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.contains("Aborted") && stderr.contains("changed since you read it"),
+        "{stderr}"
+    );
+    let seen = lines.join().unwrap();
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    assert!(seen.is_some(), "the watch did not report the change");
+}
