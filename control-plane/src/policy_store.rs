@@ -171,7 +171,7 @@ impl PolicyStore {
         let oldest = log
             .front()
             .map_or(self.state.borrow().revision + 1, |e| e.revision);
-        if since + 1 < oldest {
+        if since.saturating_add(1) < oldest {
             return None;
         }
         Some((

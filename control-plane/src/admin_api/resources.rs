@@ -127,7 +127,12 @@ impl ResourceAdmin {
                 }
             }
             loop {
-                match receiver.recv().await {
+                let received = tokio::select! {
+                    received = receiver.recv() => received,
+                    // A client gone while no matching event comes must not keep the task.
+                    () = tx.closed() => return,
+                };
+                match received {
                     Ok(event) if wanted(&event) => {
                         if tx.send(Ok(to_event(&event))).await.is_err() {
                             return;

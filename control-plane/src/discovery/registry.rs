@@ -25,6 +25,8 @@ struct ProxyEntry {
 
 #[derive(Debug, Default)]
 struct WatchEntry {
+    /// Streams of this resource on this connection (a proxy may re-watch before the old one ends).
+    streams: usize,
     sent: String,
     applied: String,
     error: String,
@@ -50,7 +52,11 @@ impl ProxyRegistry {
             watches: BTreeMap::new(),
         });
         entry.open_streams += 1;
-        entry.watches.entry(resource.to_string()).or_default();
+        entry
+            .watches
+            .entry(resource.to_string())
+            .or_default()
+            .streams += 1;
     }
 
     /// A stream for `resource` closed; the proxy is forgotten with its last stream.
@@ -58,7 +64,12 @@ impl ProxyRegistry {
         let mut proxies = self.proxies.lock();
         if let Some(entry) = proxies.get_mut(&caller.remote) {
             entry.open_streams = entry.open_streams.saturating_sub(1);
-            entry.watches.remove(resource);
+            if let Some(watch) = entry.watches.get_mut(resource) {
+                watch.streams = watch.streams.saturating_sub(1);
+                if watch.streams == 0 {
+                    entry.watches.remove(resource);
+                }
+            }
             if entry.open_streams == 0 {
                 proxies.remove(&caller.remote);
             }

@@ -38,11 +38,14 @@ impl SnapshotCache {
         }
         let snapshot = Arc::new(outbound_snapshot(state, destination));
         let mut entries = self.entries.lock();
-        if entries.0 != state.revision {
+        if state.revision > entries.0 {
             // A new revision: everything cached is stale.
             *entries = (state.revision, HashMap::new());
         }
-        entries.1.insert(destination.to_string(), snapshot.clone());
+        // A watcher still on an older state must not replace the newer cache.
+        if state.revision == entries.0 {
+            entries.1.insert(destination.to_string(), snapshot.clone());
+        }
         snapshot
     }
 }
@@ -425,11 +428,16 @@ fn string_match(kind: pb::string_match::Kind, value: &str) -> pb::StringMatch {
     }
 }
 
-fn named(matches: &[NamedValueMatch]) -> Vec<pb::NamedMatch> {
+/// Header names are case-insensitive (sent lowercase); query parameter names are not.
+fn named(matches: &[NamedValueMatch], lowercase: bool) -> Vec<pb::NamedMatch> {
     matches
         .iter()
         .map(|m| pb::NamedMatch {
-            name: m.name.to_ascii_lowercase(),
+            name: if lowercase {
+                m.name.to_ascii_lowercase()
+            } else {
+                m.name.clone()
+            },
             value: Some(string_match(
                 if m.kind.as_deref() == Some("RegularExpression") {
                     pb::string_match::Kind::Regex
@@ -453,8 +461,8 @@ fn http_match(m: &HttpRouteMatch) -> pb::RouteMatch {
             string_match(kind, &p.value)
         }),
         method: m.method.clone().unwrap_or_default(),
-        headers: named(&m.headers),
-        query_params: named(&m.query_params),
+        headers: named(&m.headers, true),
+        query_params: named(&m.query_params, false),
     }
 }
 
@@ -488,7 +496,7 @@ fn grpc_match(m: &GrpcRouteMatch) -> pb::RouteMatch {
     pb::RouteMatch {
         path,
         method: String::new(),
-        headers: named(&m.headers),
+        headers: named(&m.headers, true),
         query_params: Vec::new(),
     }
 }

@@ -125,7 +125,8 @@ fn backend(at: &str, backend: &pb::Backend) -> Result<BackendSpec, CompileError>
                     .map_err(|err: weft_certs::IdentityError| {
                         error(format!("{field}.identity"), err.to_string())
                     })?,
-                weight: e.weight.max(1),
+                // Weight 0 drains an endpoint: it stays known but gets no new requests.
+                weight: e.weight,
             })
         })
         .collect::<Result<Vec<_>, CompileError>>()?;
@@ -161,11 +162,13 @@ fn rule(at: &str, rule: &pb::RouteRule, backends: usize) -> Result<Rule, Compile
         request_timeout: rule
             .request_timeout
             .map(|d| duration(&format!("{at}.request_timeout"), d))
-            .transpose()?,
+            .transpose()?
+            .filter(|d| !d.is_zero()),
         backend_request_timeout: rule
             .backend_request_timeout
             .map(|d| duration(&format!("{at}.backend_request_timeout"), d))
-            .transpose()?,
+            .transpose()?
+            .filter(|d| !d.is_zero()),
         retry: rule
             .retry
             .as_ref()
@@ -358,7 +361,8 @@ fn service_policy(at: &str, p: &pb::ServicePolicy) -> Result<ServicePolicy, Comp
         connect_timeout: p
             .connect_timeout
             .map(|d| duration(&format!("{at}.connect_timeout"), d))
-            .transpose()?,
+            .transpose()?
+            .filter(|d| !d.is_zero()),
         rate_limit: p
             .rate_limit
             .as_ref()
@@ -422,6 +426,7 @@ fn circuit_breaker(at: &str, b: &pb::CircuitBreaker) -> Result<CircuitBreaker, C
     })
 }
 
+/// A duration; zero means "none" wherever a timeout is optional (as the Gateway API says).
 fn duration(at: &str, d: prost_types::Duration) -> Result<Duration, CompileError> {
     Duration::try_from(d).map_err(|_| error(at, "not a positive duration"))
 }
@@ -474,6 +479,17 @@ mod tests {
         assert!(destination.routes[0].matches.matches(&request));
         let longer = http::Request::get("/x/orders/7").body(()).unwrap();
         assert!(!destination.routes[0].matches.matches(&longer));
+    }
+
+    #[test]
+    fn zero_timeouts_mean_none() {
+        let mut zero = snapshot();
+        zero.routes[0].rules[0].request_timeout = Some(prost_types::Duration {
+            seconds: 0,
+            nanos: 0,
+        });
+        let destination = Destination::try_from(&zero).unwrap();
+        assert_eq!(destination.routes[0].rule.request_timeout, None);
     }
 
     #[test]

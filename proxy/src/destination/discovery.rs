@@ -32,6 +32,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// How often watches check whether they are idle.
 const IDLE_CHECK: Duration = Duration::from_secs(30);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Local ports whose inbound policy is watched at most.
+const MAX_INBOUND_WATCHES: usize = 64;
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// What discovery knows of a destination.
@@ -104,6 +106,11 @@ impl DiscoveryClient {
     pub async fn inbound_opaque(&self, port: u16) -> bool {
         let mut receiver = {
             let mut watches = self.inner.inbound.lock();
+            // The port comes from the peer; a proxy serves few ports, so a flood of others is
+            // refused rather than watched.
+            if watches.len() >= MAX_INBOUND_WATCHES && !watches.contains_key(&port) {
+                return false;
+            }
             watches
                 .entry(port)
                 .or_insert_with(|| {
@@ -202,9 +209,20 @@ impl Inner {
                         }
                     }
                 }
+                Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                    // The control plane will never answer this destination: it is outside the
+                    // mesh, for good, and the watch ends.
+                    tracing::debug!(%destination, message = status.message(), "destination refused by discovery");
+                    tx.send_replace(Resolved::NotFound);
+                    return;
+                }
                 Err(status) => {
                     tracing::info!(%destination, code = ?status.code(), message = status.message(), "cannot watch destination");
                 }
+            }
+            // Unused destinations go even while the control plane is away.
+            if watch.last_used.lock().elapsed() > IDLE_TIMEOUT {
+                return;
             }
             let wait = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
             backoff = (backoff * 2).min(MAX_BACKOFF);

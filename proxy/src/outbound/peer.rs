@@ -99,6 +99,14 @@ impl PeerPool {
         }
     }
 
+    /// Forgets peers no balancer or route holds any more (their endpoints went away), closing
+    /// their connections.
+    pub fn sweep(&self) {
+        self.peers
+            .lock()
+            .retain(|_, peer| Arc::strong_count(peer) > 1);
+    }
+
     /// The peer at `addr`, which must prove `identity`.
     pub fn peer(&self, addr: SocketAddr, identity: &Identity) -> Result<Arc<Peer>, PeerError> {
         let mut peers = self.peers.lock();

@@ -32,6 +32,8 @@ use crate::outbound::{Peer, PeerPool};
 const DEFAULT_RTT: Duration = Duration::from_millis(1);
 /// How fast the latency estimate decays back after a peak.
 const DECAY: Duration = Duration::from_secs(10);
+/// The latency a failed request counts as, at least.
+const FAILURE_PENALTY: Duration = Duration::from_millis(100);
 
 /// A backend's balancer. Cloning shares it.
 #[derive(Debug, Clone)]
@@ -138,12 +140,20 @@ impl Balancer {
         }
         self.inner.metrics.ejected.set(ejected);
         self.inner.endpoints.store(Arc::new(next));
+        pool.sweep();
     }
 
     /// Sends `request` to the endpoint chosen now, recording the outcome.
     pub async fn send(&self, request: HttpRequest) -> Result<HttpResponse, ProxyError> {
         let endpoint = self.pick()?;
-        let started = Instant::now();
+        // Dropped on every path, including when a timeout above cancels this future: the request
+        // must leave the pending count, and a cancelled one counts as a failure.
+        let mut attempt = Attempt {
+            balancer: self,
+            endpoint: &endpoint,
+            started: Instant::now(),
+            failed: None,
+        };
         endpoint.pending.fetch_add(1, Ordering::Relaxed);
         let result = endpoint
             .peer
@@ -154,52 +164,53 @@ impl Balancer {
             .await
             .map(|response| response.map(crate::http_util::boxed))
             .map_err(ProxyError::from);
-        endpoint.pending.fetch_sub(1, Ordering::Relaxed);
-        let failed = match &result {
+        attempt.failed = Some(match &result {
             Ok(response) => response.status().is_server_error(),
             Err(error) => error.is_endpoint_failure(),
-        };
-        if result.is_ok() {
-            endpoint.observe_latency(started.elapsed());
-        }
-        self.record(&endpoint, failed);
+        });
         result
     }
 
     fn pick(&self) -> Result<Arc<Endpoint>, ProxyError> {
         let endpoints = self.inner.endpoints.load();
         let now = Instant::now();
-        let eligible = endpoints.iter().filter(|e| e.is_eligible(now)).count();
-        // With every endpoint ejected, ejection would only turn errors into refusals: use them
-        // all ("panic mode").
-        let pool_size = if eligible == 0 {
-            endpoints.len()
-        } else {
-            eligible
-        };
-        let nth = |n: usize| -> &Arc<Endpoint> {
-            endpoints
-                .iter()
-                .filter(|e| eligible == 0 || e.is_eligible(now))
-                .nth(n)
-                .unwrap_or(&endpoints[0])
-        };
-        let chosen = match pool_size {
+        let chosen = match endpoints.len() {
             0 => return Err(ProxyError::NoEndpoints(self.inner.backend.clone())),
-            1 => nth(0),
+            1 => &endpoints[0],
             n => match self.inner.kind {
                 LoadBalancerKind::RoundRobin => {
-                    nth(self.inner.next.fetch_add(1, Ordering::Relaxed) % n)
+                    let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
+                    // The next usable endpoint in turn; any, if none is usable (panic mode).
+                    (0..n)
+                        .map(|i| &endpoints[(start + i) % n])
+                        .find(|e| e.is_usable(now))
+                        .unwrap_or(&endpoints[start % n])
                 }
                 LoadBalancerKind::PeakEwma => {
                     let a = rand::random_range(0..n);
                     let b = (a + rand::random_range(1..n)) % n;
-                    let (a, b) = (nth(a), nth(b));
-                    if a.cost(now) <= b.cost(now) { a } else { b }
+                    let (a, b) = (&endpoints[a], &endpoints[b]);
+                    match (a.is_usable(now), b.is_usable(now)) {
+                        (true, true) => {
+                            if a.cost(now) <= b.cost(now) {
+                                a
+                            } else {
+                                b
+                            }
+                        }
+                        (true, false) => a,
+                        (false, true) => b,
+                        // Both sampled are ejected: fall back to any usable one, or (when every
+                        // endpoint is ejected, where ejecting would only turn errors into
+                        // refusals) to one of these ("panic mode").
+                        (false, false) => endpoints.iter().find(|e| e.is_usable(now)).unwrap_or(a),
+                    }
                 }
             },
         };
-        chosen.start_probe_if_due(now);
+        if chosen.start_probe_if_due(now) {
+            self.refresh_ejected_gauge(now);
+        }
         Ok(chosen.clone())
     }
 
@@ -209,12 +220,41 @@ impl Balancer {
         };
         if let Some(duration) = endpoint.record(breaker, failed, Instant::now()) {
             self.inner.metrics.ejections.inc();
+            self.refresh_ejected_gauge(Instant::now());
             tracing::info!(backend = %self.inner.backend, endpoint = %endpoint.spec.address, ejected_for = ?duration, "endpoint ejected");
         }
+    }
+
+    /// Recounts ejected endpoints; only when one is ejected or comes back, not per request.
+    fn refresh_ejected_gauge(&self, now: Instant) {
         let endpoints = self.inner.endpoints.load();
-        let now = Instant::now();
         let ejected = endpoints.iter().filter(|e| !e.is_eligible(now)).count();
         self.inner.metrics.ejected.set(ejected as i64);
+    }
+}
+
+/// One request to one endpoint, accounted for when it ends however it ends.
+struct Attempt<'a> {
+    balancer: &'a Balancer,
+    endpoint: &'a Endpoint,
+    started: Instant,
+    /// `None` until the request completes: dropped unfinished, it was cancelled.
+    failed: Option<bool>,
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        self.endpoint.pending.fetch_sub(1, Ordering::Relaxed);
+        let elapsed = self.started.elapsed();
+        let failed = self.failed.unwrap_or(true);
+        // A failure costs as much as a slow response, so an endpoint that fails fast does not
+        // look fast to the balancer.
+        self.endpoint.observe_latency(if failed {
+            elapsed.max(FAILURE_PENALTY)
+        } else {
+            elapsed
+        });
+        self.balancer.record(self.endpoint, failed);
     }
 }
 
@@ -265,14 +305,21 @@ impl Endpoint {
             .is_none_or(|until| until <= now)
     }
 
+    /// Eligible, and not drained (weight 0).
+    fn is_usable(&self, now: Instant) -> bool {
+        self.spec.weight > 0 && self.is_eligible(now)
+    }
+
     /// An ejected endpoint whose backoff has passed gets one more chance: the next outcome
-    /// decides.
-    fn start_probe_if_due(&self, now: Instant) {
+    /// decides. True when it comes back.
+    fn start_probe_if_due(&self, now: Instant) -> bool {
         let mut health = self.health.lock();
         if health.ejected_until.is_some_and(|until| until <= now) {
             health.ejected_until = None;
             health.probing = true;
+            return true;
         }
+        false
     }
 
     /// Peak-EWMA cost: latency estimate × (outstanding + 1) ÷ weight.

@@ -36,12 +36,15 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    /// Whether a retry policy that retries connect failures may retry this.
-    pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Self::Connect(_) | Self::Stream(_) | Self::Timeout { .. } | Self::NoEndpoints(_)
-        )
+    /// The request never reached the endpoint: any request may be retried.
+    pub fn is_connect_failure(&self) -> bool {
+        matches!(self, Self::Connect(_))
+    }
+
+    /// The endpoint may have seen the request (reset, timeout): only idempotent requests may be
+    /// retried.
+    pub fn is_mid_request_failure(&self) -> bool {
+        matches!(self, Self::Stream(_) | Self::Timeout { .. })
     }
 
     /// Whether it counts against the endpoint's health.

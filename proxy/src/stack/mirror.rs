@@ -11,6 +11,8 @@ use super::{BoxHttp, HttpRequest, HttpResponse, ProxyError};
 
 /// Mirrors in flight at once per rule; more are skipped rather than queued.
 const MAX_IN_FLIGHT: usize = 256;
+/// A mirror that has not answered by then is abandoned, freeing its place.
+const MIRROR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Sends a copy of `percent` % of requests to `mirror`.
 #[derive(Clone)]
@@ -61,8 +63,10 @@ impl tower::Service<HttpRequest> for Mirror {
         {
             let mirror = self.mirror.clone();
             tokio::spawn(async move {
-                if let Err(error) = mirror.oneshot(copy).await {
-                    tracing::debug!(%error, "mirrored request failed");
+                match tokio::time::timeout(MIRROR_TIMEOUT, mirror.oneshot(copy)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => tracing::debug!(%error, "mirrored request failed"),
+                    Err(_) => tracing::debug!("mirrored request timed out"),
                 }
                 drop(permit);
             });

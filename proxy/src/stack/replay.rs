@@ -19,6 +19,8 @@ use crate::http_util::{Body, BoxError};
 
 /// Request bodies up to this size may be kept for retries.
 pub const DEFAULT_REPLAY_LIMIT: usize = 64 * 1024;
+/// How long a body of declared length may take to arrive before it streams instead.
+const DECLARED_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A request body, complete and replayable, or streaming.
 #[derive(Debug)]
@@ -35,17 +37,31 @@ pub enum ReplayBody {
 }
 
 impl ReplayBody {
-    /// Keeps `body` if it is complete now and no bigger than `limit`; otherwise streams it,
-    /// with whatever was read so far in front.
-    pub fn new(mut body: Body, limit: usize) -> Self {
+    /// Keeps `body` for replays when it is small: a body that declares a length within
+    /// `limit` (an HTTP/1 `Content-Length`) is read whole first, which the client is already
+    /// sending; a body of unknown length is kept only if it is complete on arrival. Anything
+    /// else streams, with whatever was read in front.
+    pub async fn buffer(mut body: Body, limit: usize) -> Self {
         if body.is_end_stream() {
             return Self::complete(Bytes::new(), None);
         }
+        let declared = body.size_hint().exact().filter(|n| *n <= limit as u64);
+        let deadline = tokio::time::Instant::now() + DECLARED_BODY_TIMEOUT;
         let mut data = BytesMut::new();
         loop {
-            // Only what is already here: never wait for the rest of a body.
-            let Some(frame) = body.frame().now_or_never() else {
-                return Self::streaming(data.freeze(), body);
+            let frame = if declared.is_some() {
+                match tokio::time::timeout_at(deadline, body.frame()).await {
+                    Ok(frame) => frame,
+                    // A client this slow streams like any other.
+                    Err(_) => return Self::streaming(data.freeze(), body),
+                }
+            } else {
+                // Only what is already here: never wait for the rest of a body of unknown
+                // length (it may be a stream waiting on the response).
+                match body.frame().now_or_never() {
+                    Some(frame) => frame,
+                    None => return Self::streaming(data.freeze(), body),
+                }
             };
             match frame {
                 None => return Self::complete(data.freeze(), None),
@@ -195,7 +211,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_small_complete_body_replays() {
-        let body = ReplayBody::new(full(b"hello"), 16);
+        let body = ReplayBody::buffer(full(b"hello"), 16).await;
         let copy = body.try_clone().unwrap();
         assert_eq!(
             body.into_body().collect().await.unwrap().to_bytes(),
@@ -209,7 +225,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_over_the_limit_streams_whole_but_never_replays() {
-        let body = ReplayBody::new(full(b"0123456789"), 4);
+        let body = ReplayBody::buffer(full(b"0123456789"), 4).await;
         assert!(body.try_clone().is_none());
         assert_eq!(
             body.into_body().collect().await.unwrap().to_bytes(),
@@ -221,7 +237,7 @@ mod tests {
     async fn a_body_still_arriving_streams() {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
         let stream = tokio_stream_from(rx);
-        let body = ReplayBody::new(stream, 1024);
+        let body = ReplayBody::buffer(stream, 1024).await;
         assert!(body.try_clone().is_none());
         drop(tx);
     }
@@ -243,9 +259,61 @@ mod tests {
         ];
         let body =
             http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync();
-        let body = ReplayBody::new(body, 16);
+        let body = ReplayBody::buffer(body, 16).await;
         let copy = body.try_clone().unwrap();
         let collected = copy.into_body().collect().await.unwrap();
         assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
+    }
+}
+
+#[cfg(test)]
+mod declared_length {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    /// An HTTP/1 body with a Content-Length: the chunk arrives after a delay, as it would when
+    /// the request head was read before the body.
+    #[tokio::test]
+    async fn a_declared_small_body_is_awaited_and_kept() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        let mut rx = rx;
+        let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let body = http_body_util::StreamBody::new(stream);
+        let body = Sized5 { inner: body }.boxed_unsync();
+        let sender = tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            tx.send(Ok(Frame::data(Bytes::from_static(b"12345"))))
+                .await
+                .unwrap();
+        });
+        let body = ReplayBody::buffer(body, 1024).await;
+        sender.await.unwrap();
+        let copy = body.try_clone().expect("kept");
+        assert_eq!(
+            copy.into_body().collect().await.unwrap().to_bytes(),
+            "12345"
+        );
+    }
+
+    /// A stream body that declares it is 5 bytes long.
+    struct Sized5<B> {
+        inner: B,
+    }
+
+    impl<B: HttpBody<Data = Bytes, Error = BoxError> + Unpin> HttpBody for Sized5<B> {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Pin::new(&mut self.inner).poll_frame(cx)
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(5)
+        }
     }
 }

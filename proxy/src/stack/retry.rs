@@ -13,6 +13,9 @@ use tower::retry::budget::{Budget, TpsBudget};
 use super::{HttpRequest, HttpResponse, ProxyError};
 use crate::destination::{RetryBudget, RetryPolicy};
 
+/// The longest wait between attempts, unless the route's backoff itself is longer.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
 /// The budget when a route retries but names none: 20 % plus 10/s over 10 s (Linkerd's).
 pub fn default_budget() -> RetryBudget {
     RetryBudget {
@@ -64,7 +67,11 @@ impl Policy {
         }
     }
 
-    fn wants_retry(&self, result: &Result<HttpResponse, ProxyError>) -> bool {
+    fn wants_retry(
+        &self,
+        request: &HttpRequest,
+        result: &Result<HttpResponse, ProxyError>,
+    ) -> bool {
         match result {
             Ok(response) => {
                 let status = response.status().as_u16();
@@ -79,7 +86,11 @@ impl Policy {
                     .and_then(|v| v.parse::<u32>().ok())
                     .is_some_and(|code| self.config.grpc_codes.contains(&code))
             }
-            Err(error) => self.config.on_connect_failure && error.is_retryable(),
+            Err(error) => {
+                self.config.on_connect_failure
+                    && (error.is_connect_failure()
+                        || (error.is_mid_request_failure() && is_idempotent(request.method())))
+            }
         }
     }
 
@@ -89,8 +100,25 @@ impl Policy {
             .config
             .backoff
             .saturating_mul(2u32.saturating_pow(self.retried.min(10)));
-        exponential.mul_f64(0.5 + rand::random::<f64>() / 2.0)
+        exponential
+            .min(MAX_BACKOFF.max(self.config.backoff))
+            .mul_f64(0.5 + rand::random::<f64>() / 2.0)
     }
+}
+
+/// Methods that may be sent twice (RFC 9110 §9.2.2): a request that failed mid-way is retried
+/// only if it is one of these.
+fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PUT,
+        Method::DELETE,
+    ]
+    .contains(method)
 }
 
 impl tower::retry::Policy<HttpRequest, HttpResponse, ProxyError> for Policy {
@@ -98,10 +126,10 @@ impl tower::retry::Policy<HttpRequest, HttpResponse, ProxyError> for Policy {
 
     fn retry(
         &mut self,
-        _request: &mut HttpRequest,
+        request: &mut HttpRequest,
         result: &mut Result<HttpResponse, ProxyError>,
     ) -> Option<Self::Future> {
-        if self.attempts_left == 0 || !self.wants_retry(result) {
+        if self.attempts_left == 0 || !self.wants_retry(request, result) {
             return None;
         }
         if !self.budget.withdraw() {
@@ -127,5 +155,83 @@ impl tower::retry::Policy<HttpRequest, HttpResponse, ProxyError> for Policy {
         *clone.version_mut() = request.version();
         *clone.headers_mut() = request.headers().clone();
         Some(clone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbound::PeerError;
+
+    fn policy() -> Policy {
+        let config = RetryPolicy {
+            http_codes: vec![503],
+            grpc_codes: vec![14],
+            on_connect_failure: true,
+            attempts: 2,
+            backoff: Duration::from_millis(10),
+        };
+        let metrics = RetryMetrics {
+            retries: IntCounter::new("r_total", "r").unwrap(),
+            budget_exhausted: IntCounter::new("b_total", "b").unwrap(),
+        };
+        Policy::new(Arc::new(config), budget(&default_budget()), metrics)
+    }
+
+    fn request(method: http::Method) -> HttpRequest {
+        let mut request = http::Request::new(super::super::ReplayBody::streaming_only(
+            crate::http_util::empty_body(),
+        ));
+        *request.method_mut() = method;
+        request
+    }
+
+    fn reset() -> ProxyError {
+        ProxyError::Stream(PeerError::Http {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            reason: "reset".into(),
+        })
+    }
+
+    fn refused() -> ProxyError {
+        ProxyError::Connect(PeerError::Dial {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            identity: "spiffe://cluster.local/ns/a/sa/b".parse().unwrap(),
+            reason: "refused".into(),
+        })
+    }
+
+    #[test]
+    fn connect_failures_are_retried_for_any_method() {
+        let p = policy();
+        assert!(p.wants_retry(&request(http::Method::POST), &Err(refused())));
+    }
+
+    #[test]
+    fn a_reset_is_retried_only_for_idempotent_methods() {
+        let p = policy();
+        assert!(p.wants_retry(&request(http::Method::GET), &Err(reset())));
+        assert!(!p.wants_retry(&request(http::Method::POST), &Err(reset())));
+    }
+
+    #[test]
+    fn configured_statuses_and_grpc_codes_are_retried() {
+        let p = policy();
+        let mut response = HttpResponse::new(crate::http_util::empty_body());
+        *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        assert!(p.wants_retry(&request(http::Method::POST), &Ok(response)));
+        let mut grpc = HttpResponse::new(crate::http_util::empty_body());
+        grpc.headers_mut()
+            .insert("grpc-status", "14".parse().unwrap());
+        assert!(p.wants_retry(&request(http::Method::POST), &Ok(grpc)));
+        let ok = HttpResponse::new(crate::http_util::empty_body());
+        assert!(!p.wants_retry(&request(http::Method::GET), &Ok(ok)));
+    }
+
+    #[test]
+    fn backoff_grows_but_is_capped() {
+        let mut p = policy();
+        p.retried = 20;
+        assert!(p.backoff() <= MAX_BACKOFF);
     }
 }

@@ -287,7 +287,8 @@ impl DestinationStack {
             .ok_or_else(|| ProxyError::NoMatch(self.service.clone()))?;
         route.requests.inc();
         let request = if route.replays {
-            request.map(|body| ReplayBody::new(body, self.replay_limit))
+            let (parts, body) = request.into_parts();
+            http::Request::from_parts(parts, ReplayBody::buffer(body, self.replay_limit).await)
         } else {
             request.map(ReplayBody::streaming_only)
         };

@@ -157,6 +157,33 @@ spec:
 }
 
 #[test]
+fn query_parameter_names_keep_their_case() {
+    let yaml = format!(
+        "{MESH}---\n{}",
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: q, namespace: shop}
+spec:
+  parentRefs: [{name: api}]
+  rules:
+  - matches: [{queryParams: [{name: userId, value: "7"}], headers: [{name: X-User, value: "7"}]}]
+    backendRefs: [{name: api-v2, port: 8080}]
+"#
+    );
+    let snapshot = outbound_snapshot(&state(&yaml), "api.shop:8080");
+    let m = &snapshot
+        .routes
+        .iter()
+        .find(|r| r.name == "shop/q")
+        .unwrap()
+        .rules[0]
+        .matches[0];
+    assert_eq!(m.query_params[0].name, "userId");
+    assert_eq!(m.headers[0].name, "x-user");
+}
+
+#[test]
 fn cache_computes_once_per_revision() {
     let state = state(MESH);
     let cache = SnapshotCache::default();
