@@ -33,11 +33,19 @@ pub use verify::{
 };
 
 /// The one rustls crypto provider of the whole workspace: aws-lc-rs, which offers the
-/// post-quantum hybrid key exchange X25519MLKEM768 first.
+/// post-quantum hybrid key exchange X25519MLKEM768 first, with TLS_AES_128_GCM_SHA256 as the
+/// preferred cipher suite — what BoringSSL (and so Envoy) prefers on CPUs with AES
+/// instructions, and faster than AES-256 at a security level no one attacks.
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .get_or_init(|| {
+            let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+            provider.cipher_suites.sort_by_key(|suite| {
+                suite.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+            });
+            Arc::new(provider)
+        })
         .clone()
 }
 

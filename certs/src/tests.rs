@@ -346,13 +346,17 @@ fn required_client_auth_refuses_a_client_without_a_certificate() {
 }
 
 #[test]
-fn uses_the_post_quantum_hybrid_key_exchange_first() {
+fn uses_the_post_quantum_hybrid_key_exchange_and_aes_128_first() {
     let groups = provider()
         .kx_groups
         .iter()
         .map(|g| g.name())
         .collect::<Vec<_>>();
     assert_eq!(groups[0], rustls::NamedGroup::X25519MLKEM768);
+    assert_eq!(
+        provider().cipher_suites[0].suite(),
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+    );
 }
 
 #[test]

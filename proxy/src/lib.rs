@@ -27,6 +27,15 @@ mod transport_header;
 use weft_telemetry::Drain;
 
 pub use config::{Config, ConfigError};
+
+/// Hot-path internals, public only for the micro-benchmarks in `weft-bench`; not an API.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::destination::{PathMatch, RequestMatch, ValueMatch};
+    pub use crate::detect::{Protocol, classify};
+    pub use crate::http_util::strip_connection_headers;
+    pub use crate::metrics::{Direction, ProxyMetrics, RequestMetrics};
+}
 pub use start::{Listening, StartError, start};
 
 /// The exit code for bad configuration (BSD `EX_USAGE`).

@@ -36,6 +36,7 @@ pub struct ProxyMetrics {
     tcp_opened: IntCounterVec,
     tcp_bytes: IntCounterVec,
     tls_failures: IntCounterVec,
+    tls_handshakes: IntCounterVec,
     route_requests: IntCounterVec,
     route_retries: IntCounterVec,
     route_budget_exhausted: IntCounterVec,
@@ -137,6 +138,12 @@ impl ProxyMetrics {
                 "Discovery snapshots received, by result (applied or rejected).",
                 &["result"],
             )?,
+            tls_handshakes: metrics::counter_vec(
+                registry,
+                "weft_tls_handshakes_total",
+                "TLS handshakes completed, by the cipher suite and key exchange they settled on.",
+                &["direction", "cipher_suite", "key_exchange"],
+            )?,
             cert_expiry: metrics::gauge(
                 registry,
                 "weft_identity_cert_expiry_timestamp_seconds",
@@ -223,6 +230,21 @@ impl ProxyMetrics {
         self.tcp_bytes
             .with_label_values(&[label, "received"])
             .inc_by(from_peer);
+    }
+
+    /// Counts a completed handshake of `connection`.
+    pub fn tls_handshake(&self, direction: Direction, connection: &rustls::CommonState) {
+        let suite = connection
+            .negotiated_cipher_suite()
+            .and_then(|s| s.suite().as_str())
+            .unwrap_or("unknown");
+        let group = connection
+            .negotiated_key_exchange_group()
+            .and_then(|g| g.name().as_str())
+            .unwrap_or("unknown");
+        self.tls_handshakes
+            .with_label_values(&[direction.as_str(), suite, group])
+            .inc();
     }
 
     /// Counts a failed TLS handshake.

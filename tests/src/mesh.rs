@@ -151,11 +151,23 @@ impl ControlPlane {
     /// A certificate for `identity`, obtained through Certify with a fresh join token: what a
     /// proxy holds, for tests that play a (possibly misbehaving) peer themselves.
     pub async fn credential(&self, identity: &str) -> Arc<weft_certs::CertStore> {
+        let (chain, key) = self.credential_pem(identity).await;
+        let certs = weft_certs::CertStore::new();
+        certs.set(weft_certs::Credential::from_pem(chain.as_bytes(), key.as_bytes()).unwrap());
+        certs
+    }
+
+    /// Like [`ControlPlane::credential`], as PEM (chain, key): for peers configured by file,
+    /// such as the benchmark's Envoys.
+    pub async fn credential_pem(&self, identity: &str) -> (String, String) {
         use weft_api::identity::{CertifyRequest, identity_client::IdentityClient};
         let anchors = self.anchors();
-        let certs = weft_certs::CertStore::new();
-        let tls =
-            weft_certs::client_config(&anchors, certs.clone(), &[weft_certs::ALPN_H2]).unwrap();
+        let tls = weft_certs::client_config(
+            &anchors,
+            weft_certs::CertStore::new(),
+            &[weft_certs::ALPN_H2],
+        )
+        .unwrap();
         let target = weft_api::client::ControlPlaneTarget {
             addr: self.proxy_api.to_string(),
             server_name: "weft-control.weft.serviceaccount.identity.cluster.local".to_string(),
@@ -175,18 +187,11 @@ impl ControlPlane {
             .unwrap()
             .into_inner()
             .chain;
-        let chain: Vec<_> = chain
-            .into_iter()
-            .map(rustls_pki_types::CertificateDer::from)
+        let chain: String = chain
+            .iter()
+            .map(|der| weft_certs::pem_encode("CERTIFICATE", der))
             .collect();
-        let not_after = weft_certs::not_after_of(&chain[0]).unwrap();
-        certs.set(weft_certs::Credential {
-            key: key.certify(chain).unwrap(),
-            identity: id,
-            valid_from: std::time::SystemTime::now(),
-            not_after,
-        });
-        certs
+        (chain, key.private_key_pem())
     }
 
     /// The trust anchors, parsed.

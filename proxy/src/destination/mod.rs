@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use weft_certs::Identity;
 
-pub use self::matcher::RequestMatch;
+pub use self::matcher::{PathMatch, RequestMatch, ValueMatch};
 
 /// A destination's whole configuration.
 #[derive(Debug, Clone, PartialEq)]

@@ -108,6 +108,9 @@ impl Inbound {
                 .accept(tcp)
                 .await
                 .inspect_err(|_| inner.metrics.tls_failure(Direction::Inbound))?;
+            inner
+                .metrics
+                .tls_handshake(Direction::Inbound, tls.get_ref().1);
             let header = transport_header::read(&mut tls).await?;
             Ok::<_, std::io::Error>((tls, header))
         })

@@ -257,6 +257,11 @@ impl Peer {
                 self.dialer.metrics.tls_failure(Direction::Outbound);
                 self.dial_error(&format!("TLS: {e}"))
             })
+            .inspect(|tls| {
+                self.dialer
+                    .metrics
+                    .tls_handshake(Direction::Outbound, tls.get_ref().1)
+            })
     }
 
     fn dial_error(&self, reason: &str) -> PeerError {

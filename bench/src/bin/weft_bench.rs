@@ -1,0 +1,131 @@
+#![allow(clippy::print_stdout)] // A benchmark reports on stdout.
+
+//! `weft-bench`: the data-path benchmark. Run it through `./scripts/bench`, which builds the
+//! release binaries and installs Envoy first.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use weft_bench::report;
+use weft_bench::run::{self, Plan, Workload};
+use weft_bench::topology::{Fixture, Mode};
+
+/// Measure Weft's data path against a direct connection and Envoy.
+#[derive(Debug, Parser)]
+struct Args {
+    /// The Envoy binary (without it, only direct and weft run).
+    #[arg(long, env = "WEFT_BENCH_ENVOY")]
+    envoy: Option<PathBuf>,
+    /// Rounds of every mode and workload.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Seconds per workload.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// A few seconds in all: checks the benchmark works, measures nothing worth reading.
+    #[arg(long)]
+    smoke: bool,
+    /// Replace the data-path section of this Markdown file.
+    #[arg(long)]
+    write: Option<PathBuf>,
+    /// Write the latency plot here (SVG).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    weft_certs::install_default_provider();
+    let mut modes = vec![Mode::Direct, Mode::Weft];
+    if args.envoy.is_some() {
+        modes.push(Mode::Envoy);
+    }
+    let workloads = vec![
+        Workload::Rate(500),
+        Workload::Rate(1000),
+        Workload::Rate(2000),
+        Workload::MaxThroughput(16),
+        Workload::Grpc(16),
+        Workload::Transfer(4),
+    ];
+    let (rounds, duration) = if args.smoke {
+        (1, Duration::from_secs(1))
+    } else {
+        (args.rounds.max(1), Duration::from_secs(args.seconds.max(1)))
+    };
+    let fixture = Fixture::start(args.envoy.clone()).await?;
+    let plan = Plan {
+        modes: modes.clone(),
+        workloads: workloads.clone(),
+        rounds,
+        duration,
+        workers: 1,
+    };
+    let (samples, startups) = run::run(&fixture, &plan).await?;
+    let sidecars: Vec<Mode> = modes.into_iter().filter(|m| *m != Mode::Direct).collect();
+    let two = Plan {
+        modes: sidecars,
+        workloads: vec![Workload::Rate(1000), Workload::MaxThroughput(16)],
+        rounds: 1,
+        duration,
+        workers: 2,
+    };
+    let (two_workers, _) = run::run(&fixture, &two).await?;
+
+    let errors: u64 = samples
+        .iter()
+        .chain(&two_workers)
+        .map(|s| s.result.errors)
+        .sum();
+    let table = report::markdown(&samples, &startups, &two_workers, rounds, &workloads);
+    println!("{table}");
+    if let Some(path) = &args.write {
+        let header = format!(
+            "Run {} with `{}`; {}.\n\n",
+            chrono_free_date(),
+            if args.smoke {
+                "weft-bench --smoke"
+            } else {
+                "./scripts/bench"
+            },
+            machine()
+        );
+        weft_bench::write_section(path, "data-path", &format!("{header}{table}"))?;
+    }
+    if let Some(path) = &args.plot {
+        report::plot(&samples, Workload::Rate(1000), path)?;
+    }
+    if errors > 0 {
+        eprintln!("warning: {errors} requests failed during the run");
+    }
+    Ok(())
+}
+
+/// Today's date from the system clock (UTC), without a date crate.
+fn chrono_free_date() -> String {
+    let output = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output();
+    output
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The CPU model and count.
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(str::trim)
+        .unwrap_or("unknown CPU");
+    let cores = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    format!("{cores} × {model}")
+}

@@ -1,0 +1,149 @@
+//! One benchmark run: every mode, every workload, several rounds with the modes in a different
+//! order each round, and what the sidecars used while they ran.
+
+use std::time::Duration;
+
+use crate::load::{self, LoadResult};
+use crate::measure;
+use crate::topology::{AUTHORITY, Fixture, Mode};
+
+/// A workload.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Workload {
+    /// Open loop, requests per second.
+    Rate(u32),
+    /// HTTP/1.1 GETs as fast as `n` connections go.
+    MaxThroughput(usize),
+    /// gRPC unary calls, `n` at a time.
+    Grpc(usize),
+    /// 1 MiB downloads over `n` connections.
+    Transfer(usize),
+}
+
+impl Workload {
+    /// The label in the report.
+    pub fn label(self) -> String {
+        match self {
+            Workload::Rate(rate) => format!("HTTP/1.1, {rate} req/s (open loop)"),
+            Workload::MaxThroughput(n) => format!("HTTP/1.1, max throughput ({n} connections)"),
+            Workload::Grpc(n) => format!("gRPC unary, {n} concurrent (closed loop)"),
+            Workload::Transfer(n) => format!("1 MiB responses, {n} connections"),
+        }
+    }
+
+    async fn run(
+        self,
+        fixture: &Fixture,
+        entry: std::net::SocketAddr,
+        duration: Duration,
+    ) -> LoadResult {
+        let _ = fixture;
+        match self {
+            Workload::Rate(rate) => load::constant_rate(entry, AUTHORITY, rate, duration).await,
+            Workload::MaxThroughput(n) => {
+                load::closed_loop(entry, AUTHORITY, "/", n, duration).await
+            }
+            Workload::Grpc(n) => load::grpc_closed_loop(entry, AUTHORITY, n, duration).await,
+            Workload::Transfer(n) => {
+                load::closed_loop(entry, AUTHORITY, "/1mib", n, duration).await
+            }
+        }
+    }
+}
+
+/// One workload in one mode in one round.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub mode: Mode,
+    pub workers: usize,
+    pub workload: Workload,
+    pub round: usize,
+    pub result: LoadResult,
+    /// CPU the sidecars used during the workload.
+    pub cpu: Duration,
+    /// The largest sidecar's resident memory at the end of the workload, KiB.
+    pub rss_kib: u64,
+    /// The largest sidecar's peak resident memory so far, KiB.
+    pub peak_kib: u64,
+}
+
+/// Per mode and round: what a fresh pair costs before any load.
+#[derive(Debug, Clone)]
+pub struct Startup {
+    pub mode: Mode,
+    pub round: usize,
+    /// The cipher suite and key exchange between the sidecars.
+    pub tls: String,
+    /// The first request through a fresh pair.
+    pub first_request: Option<Duration>,
+    /// The largest sidecar's resident memory once serving, before load, KiB.
+    pub idle_rss_kib: u64,
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub modes: Vec<Mode>,
+    pub workloads: Vec<Workload>,
+    pub rounds: usize,
+    pub duration: Duration,
+    pub workers: usize,
+}
+
+/// Runs `plan` against `fixture`.
+pub async fn run(fixture: &Fixture, plan: &Plan) -> anyhow::Result<(Vec<Sample>, Vec<Startup>)> {
+    let mut samples = Vec::new();
+    let mut startups = Vec::new();
+    for round in 0..plan.rounds {
+        // Alternate the order, so no mode always runs on a warmer (or busier) machine.
+        let mut modes = plan.modes.clone();
+        let len = modes.len();
+        modes.rotate_left(round % len.max(1));
+        for mode in modes {
+            eprintln!(
+                "round {} of {}: {} ({} worker{})",
+                round + 1,
+                plan.rounds,
+                mode.name(),
+                plan.workers,
+                if plan.workers == 1 { "" } else { "s" }
+            );
+            let running = fixture.run(mode, plan.workers).await?;
+            let first_request = load::first_request(running.entry, AUTHORITY).await;
+            let idle_rss_kib = largest_rss(&running.proxy_pids).0;
+            let tls = fixture.negotiated(&running).await;
+            startups.push(Startup {
+                mode,
+                round,
+                tls,
+                first_request,
+                idle_rss_kib,
+            });
+            // Warm up connections and caches, unmeasured.
+            load::constant_rate(running.entry, AUTHORITY, 200, Duration::from_secs(1)).await;
+            for &workload in &plan.workloads {
+                let cpu_before = measure::total_cpu(&running.proxy_pids);
+                let result = workload.run(fixture, running.entry, plan.duration).await;
+                let cpu = measure::total_cpu(&running.proxy_pids).saturating_sub(cpu_before);
+                let (rss_kib, peak_kib) = largest_rss(&running.proxy_pids);
+                samples.push(Sample {
+                    mode,
+                    workers: plan.workers,
+                    workload,
+                    round,
+                    result,
+                    cpu,
+                    rss_kib,
+                    peak_kib,
+                });
+            }
+        }
+    }
+    Ok((samples, startups))
+}
+
+fn largest_rss(pids: &[u32]) -> (u64, u64) {
+    pids.iter()
+        .filter_map(|pid| measure::memory_kib(*pid))
+        .fold((0, 0), |(rss, peak), (r, p)| (rss.max(r), peak.max(p)))
+}

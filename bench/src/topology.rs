@@ -1,0 +1,256 @@
+//! The topology every mode measures: load generator → [client sidecar → mTLS → server sidecar]
+//! → upstream, with the sidecars being nothing (direct), two weft-proxies, or two Envoys.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use weft_tests::free_port;
+use weft_tests::mesh::{ControlPlane, Proxy, ProxySpec, RouteSpec};
+use weft_tests::process::{Proc, bin};
+
+use crate::envoy;
+
+/// The authority the load generator addresses.
+pub const AUTHORITY: &str = "upstream.bench:80";
+/// The client side's identity.
+pub const CLIENT_ID: &str = "spiffe://cluster.local/ns/bench/sa/client";
+/// The server side's identity.
+pub const SERVER_ID: &str = "spiffe://cluster.local/ns/bench/sa/server";
+
+/// What sits between the load generator and the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Direct,
+    Weft,
+    Envoy,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Direct => "direct",
+            Mode::Weft => "weft",
+            Mode::Envoy => "envoy",
+        }
+    }
+}
+
+/// What every mode shares: the control plane (it signs the Envoys' certificates too, from the
+/// same trust anchor), the upstream, and the Envoys' certificate files.
+#[derive(Debug)]
+pub struct Fixture {
+    pub cp: ControlPlane,
+    pub upstream: SocketAddr,
+    _upstream: Proc,
+    pub dir: tempfile::TempDir,
+    pub envoy: Option<PathBuf>,
+}
+
+/// One mode, running.
+#[derive(Debug)]
+pub struct Running {
+    pub mode: Mode,
+    /// Where the load generator connects.
+    pub entry: SocketAddr,
+    /// The sidecars' process ids (none for direct).
+    pub proxy_pids: Vec<u32>,
+    /// The client sidecar's admin address.
+    pub admin: Option<SocketAddr>,
+    _weft: Vec<Proxy>,
+    _envoy: Vec<Proc>,
+}
+
+impl Fixture {
+    /// Starts the control plane and the upstream; `envoy` is the Envoy binary, if any.
+    pub async fn start(envoy: Option<PathBuf>) -> anyhow::Result<Self> {
+        let cp = ControlPlane::start("24h").await;
+        let dir = tempfile::tempdir()?;
+        let upstream = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut command = Command::new(bin("bench-upstream"));
+        command.arg("--listen").arg(upstream.to_string());
+        let upstream_proc = Proc::spawn("bench-upstream", command, dir.path().join("upstream.log"));
+        wait_for_port(upstream).await?;
+        let fixture = Self {
+            cp,
+            upstream,
+            _upstream: upstream_proc,
+            dir,
+            envoy,
+        };
+        if fixture.envoy.is_some() {
+            for (name, identity) in [("client", CLIENT_ID), ("server", SERVER_ID)] {
+                let (chain, key) = fixture.cp.credential_pem(identity).await;
+                std::fs::write(fixture.dir.path().join(format!("{name}.pem")), chain)?;
+                std::fs::write(fixture.dir.path().join(format!("{name}-key.pem")), key)?;
+            }
+            std::fs::copy(
+                fixture.cp.trust_anchor(),
+                fixture.dir.path().join("anchor.pem"),
+            )?;
+        }
+        Ok(fixture)
+    }
+
+    /// Starts `mode` with `workers` threads per sidecar, and waits until a request flows.
+    pub async fn run(&self, mode: Mode, workers: usize) -> anyhow::Result<Running> {
+        let running = match mode {
+            Mode::Direct => Running {
+                mode,
+                entry: self.upstream,
+                proxy_pids: Vec::new(),
+                admin: None,
+                _weft: Vec::new(),
+                _envoy: Vec::new(),
+            },
+            Mode::Weft => self.run_weft(workers).await,
+            Mode::Envoy => self.run_envoy(workers).await?,
+        };
+        Ok(running)
+    }
+
+    async fn run_weft(&self, workers: usize) -> Running {
+        let quiet = |spec: ProxySpec| {
+            spec.env("WEFT_PROXY_WORKERS", &workers.to_string())
+                .env("WEFT_PROXY_LOG", "warn")
+        };
+        let server = Proxy::start(
+            &self.cp,
+            quiet(ProxySpec::new(SERVER_ID).app_port(self.upstream.port())),
+        )
+        .await;
+        let mut client_spec = quiet(ProxySpec::new(CLIENT_ID));
+        client_spec.routes.push(RouteSpec {
+            authority: AUTHORITY.to_string(),
+            address: server.inbound,
+            identity: SERVER_ID.to_string(),
+            opaque: false,
+        });
+        let client = Proxy::start(&self.cp, client_spec).await;
+        Running {
+            mode: Mode::Weft,
+            entry: client.outbound,
+            proxy_pids: vec![client.proc.pid(), server.proc.pid()],
+            admin: Some(client.admin),
+            _weft: vec![client, server],
+            _envoy: Vec::new(),
+        }
+    }
+
+    async fn run_envoy(&self, workers: usize) -> anyhow::Result<Running> {
+        let Some(binary) = &self.envoy else {
+            bail!("no Envoy binary: ./scripts/bench installs one");
+        };
+        let dir = self.dir.path();
+        let server_port = free_port();
+        let client_port = free_port();
+        let client_admin = free_port();
+        let server_config = envoy::server_config(dir, server_port, free_port(), self.upstream);
+        let client_config = envoy::client_config(dir, client_port, client_admin, server_port);
+        let spawn = |name: &str, config: &str| -> anyhow::Result<Proc> {
+            let path = dir.join(format!("envoy-{name}-{}.yaml", free_port()));
+            std::fs::write(&path, config)?;
+            let mut command = Command::new(binary);
+            command
+                .arg("-c")
+                .arg(&path)
+                .args(["--concurrency", &workers.to_string()])
+                .args(["--disable-hot-restart", "--log-level", "warn"]);
+            Ok(Proc::spawn(
+                &format!("envoy {name}"),
+                command,
+                dir.join(format!("envoy-{name}.log")),
+            ))
+        };
+        let server = spawn("server", &server_config)?;
+        let client = spawn("client", &client_config)?;
+        let entry = SocketAddr::from(([127, 0, 0, 1], client_port));
+        wait_for_port(SocketAddr::from(([127, 0, 0, 1], server_port))).await?;
+        wait_for_port(entry).await?;
+        let pids = vec![client.pid(), server.pid()];
+        Ok(Running {
+            mode: Mode::Envoy,
+            entry,
+            proxy_pids: pids,
+            admin: Some(SocketAddr::from(([127, 0, 0, 1], client_admin))),
+            _weft: Vec::new(),
+            _envoy: vec![client, server],
+        })
+    }
+
+    /// What TLS the client sidecar negotiated with the server sidecar (cipher suite and key
+    /// exchange), from its own statistics.
+    pub async fn negotiated(&self, running: &Running) -> String {
+        let Some(admin) = running.admin else {
+            return "no TLS".to_string();
+        };
+        match running.mode {
+            Mode::Direct => "no TLS".to_string(),
+            Mode::Weft => {
+                let metrics = weft_tests::client::http_get(admin, "/metrics")
+                    .await
+                    .map(|(_, body)| body)
+                    .unwrap_or_default();
+                metrics
+                    .lines()
+                    .find(|l| l.starts_with("weft_tls_handshakes_total{") && l.contains("outbound"))
+                    .and_then(|l| {
+                        let label = |name: &str| {
+                            let start = l.find(&format!("{name}=\""))? + name.len() + 2;
+                            Some(l[start..start + l[start..].find('"')?].to_string())
+                        };
+                        Some(format!(
+                            "{} with {}",
+                            label("cipher_suite")?,
+                            label("key_exchange")?
+                        ))
+                    })
+                    .unwrap_or_else(|| "unknown".to_string())
+            }
+            Mode::Envoy => {
+                let stats = weft_tests::client::http_get(admin, "/stats?filter=server_sidecar.ssl")
+                    .await
+                    .map(|(_, b)| b)
+                    .unwrap_or_default();
+                let used = |kind: &str| {
+                    stats
+                        .lines()
+                        .filter(|l| {
+                            l.contains(&format!(".ssl.{kind}.")) && !l.trim_end().ends_with(": 0")
+                        })
+                        .filter_map(|l| {
+                            l.split(&format!(".ssl.{kind}."))
+                                .nth(1)?
+                                .split(':')
+                                .next()
+                                .map(str::to_string)
+                        })
+                        .collect::<Vec<_>>()
+                        .join("/")
+                };
+                format!("{} with {}", used("ciphers"), used("curves"))
+            }
+        }
+    }
+
+    /// The directory the Envoy certificates are in.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+async fn wait_for_port(addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(anyhow::anyhow!("nothing listens on {addr} after 30 s"))
+                .context("starting the benchmark topology");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
