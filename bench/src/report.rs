@@ -31,12 +31,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// The samples of one mode and workload.
-fn of(
-    samples: &[Sample],
-    mode: Mode,
-    workload: Workload,
-    workers: usize,
-) -> Vec<&Sample> {
+fn of(samples: &[Sample], mode: Mode, workload: Workload, workers: usize) -> Vec<&Sample> {
     samples
         .iter()
         .filter(|s| s.mode == mode && s.workload == workload && s.workers == workers)
