@@ -369,3 +369,54 @@ pub fn plot(samples: &[Sample], workload: Workload, path: &Path) -> anyhow::Resu
     root.present()?;
     Ok(())
 }
+
+/// Plain sentences: for every workload and figure, whether Weft is ahead of Envoy or behind.
+pub fn verdict(samples: &[Sample], startups: &[Startup], workloads: &[Workload]) -> String {
+    let mut ahead = Vec::new();
+    let mut behind = Vec::new();
+    for &workload in workloads {
+        let (direct, weft, envoy) = (
+            of(samples, Mode::Direct, workload, 1),
+            of(samples, Mode::Weft, workload, 1),
+            of(samples, Mode::Envoy, workload, 1),
+        );
+        if weft.is_empty() || envoy.is_empty() {
+            continue;
+        }
+        let label = workload.label();
+        let mut compare = |what: &str, w: f64, e: f64, lower_is_better: bool, unit: &str| {
+            if !(w.is_finite() && e.is_finite()) {
+                return;
+            }
+            let better = if lower_is_better { w <= e } else { w >= e };
+            let line = format!("{label}: {what} {w:.2}{unit} vs Envoy's {e:.2}{unit}");
+            if better { ahead.push(line) } else { behind.push(line) }
+        };
+        for (q, name) in [(0.5, "added p50"), (0.99, "added p99")] {
+            let (w, e) = (latency(&weft, q) - latency(&direct, q), latency(&envoy, q) - latency(&direct, q));
+            compare(name, w, e, true, " ms");
+        }
+        if !matches!(workload, Workload::Rate(_)) {
+            compare("throughput", throughput(&weft), throughput(&envoy), false, " req/s");
+        }
+        compare("sidecar CPU per 1 000 requests", cpu_per_1000(&weft), cpu_per_1000(&envoy), true, " s");
+    }
+    let first = |mode: Mode| median(startups.iter().filter(|s| s.mode == mode).filter_map(|s| s.first_request.map(ms)).collect());
+    let (w, e) = (first(Mode::Weft), first(Mode::Envoy));
+    if w.is_finite() && e.is_finite() {
+        let line = format!("first request through a fresh pair: {w:.2} ms vs Envoy's {e:.2} ms (Weft's includes opening the discovery watch)");
+        if w <= e { ahead.push(line) } else { behind.push(line) }
+    }
+    let mut out = String::from("Ahead of Envoy in this run:\n\n");
+    for line in &ahead {
+        let _ = writeln!(out, "- {line}");
+    }
+    out.push_str("\nBehind Envoy in this run:\n\n");
+    if behind.is_empty() {
+        out.push_str("- nothing measured\n");
+    }
+    for line in &behind {
+        let _ = writeln!(out, "- {line}");
+    }
+    out
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use weft_tests::free_port;
-use weft_tests::mesh::{ControlPlane, Proxy, ProxySpec, RouteSpec};
+use weft_tests::mesh::{ControlPlane, Proxy, ProxySpec};
 use weft_tests::process::{Proc, bin};
 
 use crate::envoy;
@@ -121,14 +121,13 @@ impl Fixture {
             quiet(ProxySpec::new(SERVER_ID).app_port(self.upstream.port())),
         )
         .await;
-        let mut client_spec = quiet(ProxySpec::new(CLIENT_ID));
-        client_spec.routes.push(RouteSpec {
-            authority: AUTHORITY.to_string(),
-            address: server.inbound,
-            identity: SERVER_ID.to_string(),
-            opaque: false,
-        });
-        let client = Proxy::start(&self.cp, client_spec).await;
+        // The client finds the server the way it would in production: through discovery.
+        self.cp.apply_ok(&format!(
+            "apiVersion: policy.weft.io/v1alpha1\nkind: Service\nmetadata: {{name: upstream, namespace: bench}}\nspec: {{selector: {{app: upstream}}, ports: [{{port: 80, targetPort: {target}}}]}}\n---\napiVersion: policy.weft.io/v1alpha1\nkind: Workload\nmetadata: {{name: upstream-1, namespace: bench, labels: {{app: upstream}}}}\nspec: {{address: 127.0.0.1, proxyPort: {proxy}, identity: \"{SERVER_ID}\"}}\n",
+            target = self.upstream.port(),
+            proxy = server.inbound.port(),
+        ));
+        let client = Proxy::start(&self.cp, quiet(ProxySpec::new(CLIENT_ID))).await;
         Running {
             mode: Mode::Weft,
             entry: client.outbound,

@@ -6,6 +6,18 @@ use http::{Response, StatusCode};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 
+/// HTTP/2 flow-control windows for every connection the proxy makes or accepts. Fixed and
+/// generous rather than adaptive: the adaptive (BDP) estimator pings the peer as responses
+/// arrive, which on small requests doubles the frames, syscalls and wakeups per request. 1 MiB
+/// per stream keeps a 1 MiB transfer from stalling on window updates; the memory is only used
+/// while a reader falls behind.
+pub const H2_STREAM_WINDOW: u32 = 1024 * 1024;
+/// See [`H2_STREAM_WINDOW`].
+pub const H2_CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+/// The largest HTTP/2 frame we accept: bigger DATA frames mean fewer frames, body chunks and
+/// writes per byte on large transfers (the default, 16 KiB, is the protocol's minimum).
+pub const H2_MAX_FRAME: u32 = 256 * 1024;
+
 /// Any error a body can fail with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type flowing through the proxy: the peer's or app's streaming body, or ours.

@@ -46,7 +46,9 @@ impl PlainHttp {
             .pool_timer(TokioTimer::new())
             .pool_max_idle_per_host(MAX_IDLE)
             .http2_only(true)
-            .http2_adaptive_window(true)
+            .http2_initial_stream_window_size(crate::http_util::H2_STREAM_WINDOW)
+            .http2_initial_connection_window_size(crate::http_util::H2_CONNECTION_WINDOW)
+            .http2_max_frame_size(crate::http_util::H2_MAX_FRAME)
             .build(connect);
         Self { addr, http1, http2 }
     }

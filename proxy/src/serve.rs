@@ -49,7 +49,9 @@ where
         Protocol::Http2 => {
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
-                .adaptive_window(true)
+                .initial_stream_window_size(crate::http_util::H2_STREAM_WINDOW)
+                .initial_connection_window_size(crate::http_util::H2_CONNECTION_WINDOW)
+                .max_frame_size(crate::http_util::H2_MAX_FRAME)
                 .serve_connection(io, service);
             drive!(conn)
         }

@@ -32,6 +32,15 @@ struct Args {
     /// Write the latency plot here (SVG).
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Only these workloads (rate500, rate1000, rate2000, max, grpc, transfer), for profiling.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Leave Envoy out even when one is given.
+    #[arg(long)]
+    no_envoy: bool,
+    /// Skip the two-worker run.
+    #[arg(long)]
+    one_worker_only: bool,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -39,17 +48,22 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     weft_certs::install_default_provider();
     let mut modes = vec![Mode::Direct, Mode::Weft];
-    if args.envoy.is_some() {
+    if args.envoy.is_some() && !args.no_envoy {
         modes.push(Mode::Envoy);
     }
-    let workloads = vec![
-        Workload::Rate(500),
-        Workload::Rate(1000),
-        Workload::Rate(2000),
-        Workload::MaxThroughput(16),
-        Workload::Grpc(16),
-        Workload::Transfer(4),
+    let all = [
+        ("rate500", Workload::Rate(500)),
+        ("rate1000", Workload::Rate(1000)),
+        ("rate2000", Workload::Rate(2000)),
+        ("max", Workload::MaxThroughput(16)),
+        ("grpc", Workload::Grpc(16)),
+        ("transfer", Workload::Transfer(4)),
     ];
+    let workloads: Vec<Workload> = all
+        .iter()
+        .filter(|(name, _)| args.only.is_empty() || args.only.iter().any(|o| o == name))
+        .map(|(_, w)| *w)
+        .collect();
     let (rounds, duration) = if args.smoke {
         (1, Duration::from_secs(1))
     } else {
@@ -64,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
         workers: 1,
     };
     let (samples, startups) = run::run(&fixture, &plan).await?;
+    let modes_include_envoy = modes.contains(&Mode::Envoy);
     let sidecars: Vec<Mode> = modes.into_iter().filter(|m| *m != Mode::Direct).collect();
     let two = Plan {
         modes: sidecars,
@@ -72,7 +87,11 @@ async fn main() -> anyhow::Result<()> {
         duration,
         workers: 2,
     };
-    let (two_workers, _) = run::run(&fixture, &two).await?;
+    let (two_workers, _) = if args.one_worker_only {
+        (Vec::new(), Vec::new())
+    } else {
+        run::run(&fixture, &two).await?
+    };
 
     let errors: u64 = samples
         .iter()
@@ -93,6 +112,10 @@ async fn main() -> anyhow::Result<()> {
             machine()
         );
         weft_bench::write_section(path, "data-path", &format!("{header}{table}"))?;
+        if modes_include_envoy {
+            let verdict = report::verdict(&samples, &startups, &workloads);
+            weft_bench::write_section(path, "verdict", &verdict)?;
+        }
     }
     if let Some(path) = &args.plot {
         report::plot(&samples, Workload::Rate(1000), path)?;

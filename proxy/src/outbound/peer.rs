@@ -211,7 +211,9 @@ impl Peer {
             .keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true)
-            .adaptive_window(true)
+            .initial_stream_window_size(crate::http_util::H2_STREAM_WINDOW)
+            .initial_connection_window_size(crate::http_util::H2_CONNECTION_WINDOW)
+            .max_frame_size(crate::http_util::H2_MAX_FRAME)
             .handshake(TokioIo::new(tls))
             .await
             .map_err(|e| self.dial_error(&e.to_string()))?;
