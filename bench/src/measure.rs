@@ -7,6 +7,11 @@ const TICKS_PER_SECOND: f64 = 100.0;
 
 /// User + system CPU time of `pid` so far.
 pub fn cpu_time(pid: u32) -> Option<Duration> {
+    cpu_split(pid).map(|(user, system)| user + system)
+}
+
+/// User and system CPU time of `pid` so far, separately.
+pub fn cpu_split(pid: u32) -> Option<(Duration, Duration)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces; the fields after it are plain.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -14,7 +19,10 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some(Duration::from_secs_f64((utime + stime) / TICKS_PER_SECOND))
+    Some((
+        Duration::from_secs_f64(utime / TICKS_PER_SECOND),
+        Duration::from_secs_f64(stime / TICKS_PER_SECOND),
+    ))
 }
 
 /// Resident memory of `pid` now, and its peak, in KiB.
@@ -33,6 +41,14 @@ pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
 /// The sum of `cpu_time` over `pids`.
 pub fn total_cpu(pids: &[u32]) -> Duration {
     pids.iter().filter_map(|pid| cpu_time(*pid)).sum()
+}
+
+/// The sum of user CPU time over `pids`.
+pub fn total_user_cpu(pids: &[u32]) -> Duration {
+    pids.iter()
+        .filter_map(|pid| cpu_split(*pid))
+        .map(|(user, _)| user)
+        .sum()
 }
 
 #[cfg(test)]

@@ -293,6 +293,22 @@ fn targets(samples: &[Sample], startups: &[Startup]) -> String {
     let rss = |these: &[&Sample]| median(these.iter().map(|s| s.rss_kib as f64 / 1024.0).collect());
     let (w, e) = (rss(&weft), rss(&envoy));
     row("RSS at 1 000 req/s < 20 MiB", w, e, " MiB", w < 20.0, false);
+    // Where the CPU goes: the kernel's share (loopback TCP, wakeups) is a floor both meshes
+    // pay per request; user space is what each proxy's own code costs.
+    let user = |these: &[&Sample]| {
+        median(
+            these
+                .iter()
+                .map(|s| s.user_cpu.as_secs_f64() / (s.result.ok.max(1) as f64 / 1000.0))
+                .collect(),
+        )
+    };
+    let (wu, eu) = (user(&weft), user(&envoy));
+    let _ = writeln!(
+        out,
+        "| (CPU at 1 000 req/s in user space only; the rest is the kernel) | {wu:.3} s | {eu:.3} s | {:.2} | |",
+        wu / eu
+    );
     out
 }
 
@@ -390,22 +406,55 @@ pub fn verdict(samples: &[Sample], startups: &[Startup], workloads: &[Workload])
             }
             let better = if lower_is_better { w <= e } else { w >= e };
             let line = format!("{label}: {what} {w:.2}{unit} vs Envoy's {e:.2}{unit}");
-            if better { ahead.push(line) } else { behind.push(line) }
+            if better {
+                ahead.push(line)
+            } else {
+                behind.push(line)
+            }
         };
         for (q, name) in [(0.5, "added p50"), (0.99, "added p99")] {
-            let (w, e) = (latency(&weft, q) - latency(&direct, q), latency(&envoy, q) - latency(&direct, q));
+            let (w, e) = (
+                latency(&weft, q) - latency(&direct, q),
+                latency(&envoy, q) - latency(&direct, q),
+            );
             compare(name, w, e, true, " ms");
         }
         if !matches!(workload, Workload::Rate(_)) {
-            compare("throughput", throughput(&weft), throughput(&envoy), false, " req/s");
+            compare(
+                "throughput",
+                throughput(&weft),
+                throughput(&envoy),
+                false,
+                " req/s",
+            );
         }
-        compare("sidecar CPU per 1 000 requests", cpu_per_1000(&weft), cpu_per_1000(&envoy), true, " s");
+        compare(
+            "sidecar CPU per 1 000 requests",
+            cpu_per_1000(&weft),
+            cpu_per_1000(&envoy),
+            true,
+            " s",
+        );
     }
-    let first = |mode: Mode| median(startups.iter().filter(|s| s.mode == mode).filter_map(|s| s.first_request.map(ms)).collect());
+    let first = |mode: Mode| {
+        median(
+            startups
+                .iter()
+                .filter(|s| s.mode == mode)
+                .filter_map(|s| s.first_request.map(ms))
+                .collect(),
+        )
+    };
     let (w, e) = (first(Mode::Weft), first(Mode::Envoy));
     if w.is_finite() && e.is_finite() {
-        let line = format!("first request through a fresh pair: {w:.2} ms vs Envoy's {e:.2} ms (Weft's includes opening the discovery watch)");
-        if w <= e { ahead.push(line) } else { behind.push(line) }
+        let line = format!(
+            "first request through a fresh pair: {w:.2} ms vs Envoy's {e:.2} ms (Weft's includes opening the discovery watch)"
+        );
+        if w <= e {
+            ahead.push(line)
+        } else {
+            behind.push(line)
+        }
     }
     let mut out = String::from("Ahead of Envoy in this run:\n\n");
     for line in &ahead {

@@ -61,6 +61,8 @@ pub struct Sample {
     pub result: LoadResult,
     /// CPU the sidecars used during the workload.
     pub cpu: Duration,
+    /// The user-space part of it.
+    pub user_cpu: Duration,
     /// The largest sidecar's resident memory at the end of the workload, KiB.
     pub rss_kib: u64,
     /// The largest sidecar's peak resident memory so far, KiB.
@@ -123,8 +125,11 @@ pub async fn run(fixture: &Fixture, plan: &Plan) -> anyhow::Result<(Vec<Sample>,
             load::constant_rate(running.entry, AUTHORITY, 200, Duration::from_secs(1)).await;
             for &workload in &plan.workloads {
                 let cpu_before = measure::total_cpu(&running.proxy_pids);
+                let user_before = measure::total_user_cpu(&running.proxy_pids);
                 let result = workload.run(fixture, running.entry, plan.duration).await;
                 let cpu = measure::total_cpu(&running.proxy_pids).saturating_sub(cpu_before);
+                let user_cpu =
+                    measure::total_user_cpu(&running.proxy_pids).saturating_sub(user_before);
                 let (rss_kib, peak_kib) = largest_rss(&running.proxy_pids);
                 samples.push(Sample {
                     mode,
@@ -133,6 +138,7 @@ pub async fn run(fixture: &Fixture, plan: &Plan) -> anyhow::Result<(Vec<Sample>,
                     round,
                     result,
                     cpu,
+                    user_cpu,
                     rss_kib,
                     peak_kib,
                 });

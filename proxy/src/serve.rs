@@ -56,8 +56,12 @@ where
             drive!(conn)
         }
         Protocol::Http1 | Protocol::Opaque => {
+            // HTTP/1 is only ever served to the local app (peers speak HTTP/2), so no header
+            // read timeout: it would arm and disarm a timer on every request for a client
+            // that is not an attacker.
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
+                .header_read_timeout(None)
                 .serve_connection(io, service);
             drive!(conn)
         }

@@ -22,7 +22,10 @@ pub fn init_logging(env_var: &str, default_filter: &str) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
-    let _ = tracing_subscriber::registry().with(format).with(filter).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(format)
+        .with(filter)
+        .try_init();
 }
 
 #[cfg(test)]
