@@ -214,7 +214,11 @@ impl PolicyStore {
                     return Err(ChangeError::Conflict { key, stored, sent });
                 }
             }
-            let resource = resource.without_version();
+            let mut resource = resource.without_version();
+            resource.meta.creation_timestamp = match existing {
+                Some(stored) => stored.resource.meta.creation_timestamp.clone(),
+                None => Some(now_rfc3339()),
+            };
             let action = match existing {
                 None => Action::Created,
                 Some(stored) if *stored.resource == resource => Action::Unchanged,
@@ -326,6 +330,10 @@ fn check_references<'a>(
 
 fn record_key(key: &Key) -> String {
     format!("{}/{}/{}", key.kind, key.namespace, key.name)
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
 #[cfg(test)]

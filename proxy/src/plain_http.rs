@@ -22,7 +22,8 @@ type FixedConnector = tower::util::BoxCloneSyncService<Uri, TokioIo<TcpStream>, 
 /// HTTP/1 and HTTP/2 (prior knowledge) clients to one address.
 #[derive(Debug, Clone)]
 pub struct PlainHttp {
-    addr: SocketAddr,
+    /// The address as a URI authority, made once rather than per request.
+    authority: Option<Authority>,
     http1: Client<FixedConnector, Body>,
     http2: Client<FixedConnector, Body>,
 }
@@ -50,7 +51,12 @@ impl PlainHttp {
             .http2_initial_connection_window_size(crate::http_util::H2_CONNECTION_WINDOW)
             .http2_max_frame_size(crate::http_util::H2_MAX_FRAME)
             .build(connect);
-        Self { addr, http1, http2 }
+        let authority = Authority::try_from(addr.to_string()).ok();
+        Self {
+            authority,
+            http1,
+            http2,
+        }
     }
 
     /// Sends `request` in its own HTTP version. HTTP/2 keeps the client's `:authority`; HTTP/1
@@ -71,7 +77,7 @@ impl PlainHttp {
         }
         let mut parts = request.uri().clone().into_parts();
         parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Authority::try_from(self.addr.to_string()).ok();
+        parts.authority.clone_from(&self.authority);
         if parts.path_and_query.is_none() {
             parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
         }

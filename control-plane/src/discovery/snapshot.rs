@@ -10,8 +10,8 @@ use weft_api::discovery as pb;
 
 use crate::policy::{
     BackendRef, GrpcRouteMatch, HeaderModifier, HttpRouteMatch, Key, Kind, NamedValueMatch,
-    ParentRef, RouteFilter, RouteRetry, RouteTimeouts, ServicePolicySpec, ServiceSpec, Spec,
-    duration, grpc_code,
+    ParentRef, Resource, RouteFilter, RouteRetry, RouteTimeouts, ServicePolicySpec, ServiceSpec,
+    Spec, duration, grpc_code,
 };
 use crate::policy_store::PolicyState;
 
@@ -102,7 +102,7 @@ pub fn outbound_snapshot(state: &PolicyState, destination: &str) -> pb::Outbound
                         );
                         let matches: Vec<pb::RouteMatch> =
                             rule.matches.iter().map(http_match).collect();
-                        entries.extend(split_by_match(&route, common, matches, &route_key, i));
+                        entries.extend(split_by_match(&route, common, matches, resource, i));
                     }
                 }
                 Spec::GrpcRoute(spec) if !rules && attached(&spec.parent_refs) => {
@@ -117,7 +117,7 @@ pub fn outbound_snapshot(state: &PolicyState, destination: &str) -> pb::Outbound
                         );
                         let matches: Vec<pb::RouteMatch> =
                             rule.matches.iter().map(grpc_match).collect();
-                        entries.extend(split_by_match(&route, common, matches, &route_key, i));
+                        entries.extend(split_by_match(&route, common, matches, resource, i));
                     }
                 }
                 _ => {}
@@ -362,7 +362,8 @@ fn endpoints(state: &PolicyState, service: &Key, port: u32) -> Vec<pb::Endpoint>
 
 /// Gateway API precedence of one match: exact paths before prefixes (longest first) before
 /// regular expressions, then a method, then more header matches, then more query matches; ties
-/// go to the route's name and the rule's order.
+/// go to the older route (RFC 3339 timestamps of one format sort in time order), then to the
+/// route's `namespace/name`, then to the rule's order.
 type Precedence = (
     u8,
     std::cmp::Reverse<usize>,
@@ -370,11 +371,17 @@ type Precedence = (
     std::cmp::Reverse<usize>,
     std::cmp::Reverse<usize>,
     String,
+    String,
     usize,
     usize,
 );
 
-fn precedence(m: Option<&pb::RouteMatch>, route: &Key, rule: usize, index: usize) -> Precedence {
+fn precedence(
+    m: Option<&pb::RouteMatch>,
+    route: &Resource,
+    rule: usize,
+    index: usize,
+) -> Precedence {
     let (rank, length) = match m.and_then(|m| m.path.as_ref()) {
         Some(path) => match pb::string_match::Kind::try_from(path.kind) {
             Ok(pb::string_match::Kind::Exact) => (0, path.value.len()),
@@ -392,7 +399,8 @@ fn precedence(m: Option<&pb::RouteMatch>, route: &Key, rule: usize, index: usize
         method,
         std::cmp::Reverse(headers),
         std::cmp::Reverse(queries),
-        format!("{}/{}", route.namespace, route.name),
+        route.meta.creation_timestamp.clone().unwrap_or_default(),
+        format!("{}/{}", route.namespace(), route.meta.name),
         rule,
         index,
     )
@@ -403,17 +411,17 @@ fn split_by_match(
     route: &impl Fn(Vec<pb::RouteRule>) -> pb::Route,
     common: pb::RouteRule,
     matches: Vec<pb::RouteMatch>,
-    key: &Key,
+    resource: &Resource,
     rule: usize,
 ) -> Vec<(Precedence, pb::Route)> {
     if matches.is_empty() {
-        return vec![(precedence(None, key, rule, 0), route(vec![common]))];
+        return vec![(precedence(None, resource, rule, 0), route(vec![common]))];
     }
     matches
         .into_iter()
         .enumerate()
         .map(|(i, m)| {
-            let order = precedence(Some(&m), key, rule, i);
+            let order = precedence(Some(&m), resource, rule, i);
             let mut single = common.clone();
             single.matches = vec![m];
             (order, route(vec![single]))

@@ -28,6 +28,10 @@ pub struct ObjectMeta {
     /// Set by the store; sent back on apply to update only that version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_version: Option<String>,
+    /// Set by the store when the resource is first created (RFC 3339, UTC); a value sent on
+    /// apply is ignored. Older routes win precedence ties, as in the Gateway API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<String>,
 }
 
 /// A whole manifest of one kind.

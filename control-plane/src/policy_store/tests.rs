@@ -51,6 +51,43 @@ fn apply_creates_then_leaves_unchanged_then_configures() {
 }
 
 #[test]
+fn creation_timestamp_is_set_once_by_the_store() {
+    let (_dir, store) = store();
+    let sent = SERVICE.replace(
+        "namespace: shop}",
+        "namespace: shop, creationTimestamp: '1999-01-01T00:00:00Z'}",
+    );
+    store.apply(parse(&sent), false).unwrap();
+    let key = Key::new(Kind::Service, "shop", "api");
+    let created = store
+        .state()
+        .get(&key)
+        .unwrap()
+        .resource
+        .meta
+        .creation_timestamp
+        .clone();
+    let created = created.expect("set on create");
+    assert_ne!(created, "1999-01-01T00:00:00Z", "a sent value is ignored");
+    assert!(humantime::parse_rfc3339(&created).is_ok(), "{created}");
+    // Re-applying the same manifest (with no timestamp) is no change; a real change keeps it.
+    let again = store.apply(parse(SERVICE), false).unwrap();
+    assert_eq!(again[0].action, Action::Unchanged);
+    store
+        .apply(parse(&SERVICE.replace("8080", "9090")), false)
+        .unwrap();
+    let kept = store
+        .state()
+        .get(&key)
+        .unwrap()
+        .resource
+        .meta
+        .creation_timestamp
+        .clone();
+    assert_eq!(kept.as_deref(), Some(created.as_str()));
+}
+
+#[test]
 fn everything_survives_a_reload() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.redb");

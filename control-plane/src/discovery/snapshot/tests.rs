@@ -91,6 +91,43 @@ fn endpoints_are_the_selected_workloads() {
 }
 
 #[test]
+fn an_older_route_wins_a_tie_whatever_its_name() {
+    let tie = r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: aaa-newer, namespace: shop, creationTimestamp: "2026-02-01T00:00:00Z"}
+spec:
+  parentRefs: [{name: api, kind: Service, port: 8080}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /tie}}]
+    backendRefs: [{name: api-v2, port: 8080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: zzz-older, namespace: shop, creationTimestamp: "2026-01-01T00:00:00Z"}
+spec:
+  parentRefs: [{name: api, kind: Service, port: 8080}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /tie}}]
+    backendRefs: [{name: api, port: 8080}]
+"#;
+    let snapshot = outbound_snapshot(&state(&format!("{MESH}{tie}")), "api.shop:8080");
+    let tied: Vec<&str> = snapshot
+        .routes
+        .iter()
+        .filter(|r| {
+            r.rules[0].matches[0]
+                .path
+                .as_ref()
+                .is_some_and(|p| p.value == "/tie")
+        })
+        .map(|r| r.name.as_str())
+        .collect();
+    assert_eq!(tied, ["shop/zzz-older", "shop/aaa-newer"]);
+}
+
+#[test]
 fn routes_are_flattened_in_precedence_order() {
     let snapshot = outbound_snapshot(&state(MESH), "api.shop:8080");
     let paths: Vec<String> = snapshot
