@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use weft_bench::report;
 use weft_bench::run::{self, Plan, Workload};
 use weft_bench::topology::{Fixture, Mode};
+use weft_bench::{measure, report};
 
 /// Measure Weft's data path against a direct connection and Envoy.
 #[derive(Debug, Parser)]
@@ -77,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
         duration,
         workers: 1,
     };
+    let ticks_at_start = measure::machine_ticks();
     let (samples, startups) = run::run(&fixture, &plan).await?;
     let modes_include_envoy = modes.contains(&Mode::Envoy);
     let sidecars: Vec<Mode> = modes.into_iter().filter(|m| *m != Mode::Direct).collect();
@@ -93,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
         run::run(&fixture, &two).await?
     };
 
+    let steal = measure::steal_percent(ticks_at_start, measure::machine_ticks());
     let errors: u64 = samples
         .iter()
         .chain(&two_workers)
@@ -100,9 +102,18 @@ async fn main() -> anyhow::Result<()> {
         .sum();
     let table = report::markdown(&samples, &startups, &two_workers, rounds, &workloads);
     println!("{table}");
+    if let Some(steal) = steal {
+        println!("CPU time stolen by the hypervisor during the run: {steal:.1} %");
+    }
     if let Some(path) = &args.write {
+        let steal = steal.map_or(String::new(), |steal| {
+            format!(
+                " CPU time stolen by the hypervisor during the run: {steal:.1} % (above a few \
+                 percent, every mode's latency tails and CPU figures are noisier than usual)."
+            )
+        });
         let header = format!(
-            "Run {} with `{}`; {}.\n\n",
+            "Run {} with `{}`; {}.{steal}\n\n",
             chrono_free_date(),
             if args.smoke {
                 "weft-bench --smoke"
