@@ -304,10 +304,19 @@ fn targets(samples: &[Sample], startups: &[Startup]) -> String {
         )
     };
     let (wu, eu) = (user(&weft), user(&envoy));
+    let shown = |v: f64, unit: &str| {
+        if v.is_finite() {
+            format!("{v:.3}{unit}")
+        } else {
+            "—".to_string()
+        }
+    };
     let _ = writeln!(
         out,
-        "| (CPU at 1 000 req/s in user space only; the rest is the kernel) | {wu:.3} s | {eu:.3} s | {:.2} | |",
-        wu / eu
+        "| (CPU at 1 000 req/s in user space only; the rest is the kernel) | {} | {} | {} | |",
+        shown(wu, " s"),
+        shown(eu, " s"),
+        shown(wu / eu, ""),
     );
     out
 }
