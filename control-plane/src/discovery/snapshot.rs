@@ -55,6 +55,9 @@ struct Target<'a> {
     key: Key,
     spec: &'a ServiceSpec,
     port: u32,
+    /// Set when the app dialed one workload by its address (`ip:port`): only that workload is an
+    /// endpoint, and the Service's routes do not apply — the app picked its peer itself.
+    workload: Option<std::net::IpAddr>,
 }
 
 /// The snapshot for `destination` (`host:port`), version left empty.
@@ -66,7 +69,12 @@ pub fn outbound_snapshot(state: &PolicyState, destination: &str) -> pb::Outbound
     backends.index(&target.key, target.port);
     let service_policy = policy_for(state, &target.key);
     let mut entries = Vec::new();
-    for (stored_kind, rules) in [(Kind::HttpRoute, true), (Kind::GrpcRoute, false)] {
+    let route_kinds: &[(Kind, bool)] = if target.workload.is_some() {
+        &[]
+    } else {
+        &[(Kind::HttpRoute, true), (Kind::GrpcRoute, false)]
+    };
+    for &(stored_kind, rules) in route_kinds {
         for stored in state.of_kind(stored_kind) {
             let resource = &stored.resource;
             let route_key = resource.key();
@@ -139,7 +147,7 @@ pub fn outbound_snapshot(state: &PolicyState, destination: &str) -> pb::Outbound
             target.key.namespace, target.key.name, target.port
         ),
         opaque,
-        backends: backends.into_messages(),
+        backends: backends.into_messages(target.workload),
         routes: entries.into_iter().map(|(_, route)| route).collect(),
         policy: service_policy.map(|p| pb::ServicePolicy {
             retry_budget: p.retry_budget.as_ref().map(retry_budget),
@@ -187,6 +195,9 @@ pub fn inbound_snapshot(state: &PolicyState, identity: &str, port: u32) -> pb::I
 
 /// The Service port a destination names: `<name>.<namespace>[.svc[.<cluster domain>]]:<port>`.
 fn resolve<'a>(state: &'a PolicyState, destination: &str) -> Option<Target<'a>> {
+    if let Ok(addr) = destination.parse::<std::net::SocketAddr>() {
+        return resolve_workload(state, addr);
+    }
     let (host, port) = destination.rsplit_once(':')?;
     let port: u32 = port.parse().ok()?;
     let host = host.trim_end_matches('.').to_ascii_lowercase();
@@ -202,10 +213,50 @@ fn resolve<'a>(state: &'a PolicyState, destination: &str) -> Option<Target<'a>> 
     let Spec::Service(spec) = &stored.resource.spec else {
         return None;
     };
-    spec.ports
-        .iter()
-        .any(|p| p.port == port)
-        .then_some(Target { key, spec, port })
+    spec.ports.iter().any(|p| p.port == port).then_some(Target {
+        key,
+        spec,
+        port,
+        workload: None,
+    })
+}
+
+/// A workload's address and one of its ports, as an intercepted connection names it: the
+/// Service port whose target that is, on a Service that selects the workload (the first by
+/// namespace and name when several do).
+fn resolve_workload(state: &PolicyState, addr: std::net::SocketAddr) -> Option<Target<'_>> {
+    let port = u32::from(addr.port());
+    state.of_kind(Kind::Workload).find_map(|workload| {
+        let Spec::Workload(spec) = &workload.resource.spec else {
+            return None;
+        };
+        if spec.address.parse::<std::net::IpAddr>().ok()? != addr.ip() {
+            return None;
+        }
+        if !spec.ports.is_empty() && !spec.ports.iter().any(|p| p.port == port) {
+            return None;
+        }
+        state.of_kind(Kind::Service).find_map(|service| {
+            let Spec::Service(svc) = &service.resource.spec else {
+                return None;
+            };
+            if service.resource.namespace() != workload.resource.namespace()
+                || !selects(&svc.selector, &workload.resource.meta.labels)
+            {
+                return None;
+            }
+            let service_port = svc
+                .ports
+                .iter()
+                .find(|p| p.target_port.unwrap_or(p.port) == port)?;
+            Some(Target {
+                key: service.resource.key(),
+                spec: svc,
+                port: service_port.port,
+                workload: Some(addr.ip()),
+            })
+        })
+    })
 }
 
 /// The ServicePolicy that targets `target`, if any (the first by name).
@@ -309,13 +360,26 @@ impl<'a> Backends<'a> {
         rule
     }
 
-    fn into_messages(self) -> Vec<pb::Backend> {
+    /// The backends in index order; with `only`, the first (the target Service) keeps just the
+    /// endpoints at that address.
+    fn into_messages(self, only: Option<std::net::IpAddr>) -> Vec<pb::Backend> {
         let state = self.state;
         self.order
             .into_iter()
-            .map(|(key, port)| pb::Backend {
-                name: format!("{}/{}:{port}", key.namespace, key.name),
-                endpoints: endpoints(state, &key, port),
+            .enumerate()
+            .map(|(index, (key, port))| {
+                let mut endpoints = endpoints(state, &key, port);
+                if let (0, Some(ip)) = (index, only) {
+                    endpoints.retain(|e| {
+                        e.address
+                            .parse::<std::net::SocketAddr>()
+                            .is_ok_and(|a| a.ip() == ip)
+                    });
+                }
+                pb::Backend {
+                    name: format!("{}/{}:{port}", key.namespace, key.name),
+                    endpoints,
+                }
             })
             .collect()
     }

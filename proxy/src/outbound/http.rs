@@ -50,16 +50,23 @@ pub struct ConnContext {
     pub orig_dst: Option<SocketAddr>,
     /// The static route of that destination, if it has one.
     pub orig_target: Option<Arc<RouteTarget>>,
+    /// What discovery knows of that destination, when it is a meshed workload's address.
+    pub discovered: Option<Arc<DestinationStack>>,
     /// Clients for a destination outside the mesh, made on first use.
     passthrough: OnceLock<PlainHttp>,
 }
 
 impl ConnContext {
     /// The context of a connection headed for `orig_dst`.
-    pub fn new(orig_dst: Option<SocketAddr>, orig_target: Option<Arc<RouteTarget>>) -> Self {
+    pub fn new(
+        orig_dst: Option<SocketAddr>,
+        orig_target: Option<Arc<RouteTarget>>,
+        discovered: Option<Arc<DestinationStack>>,
+    ) -> Self {
         Self {
             orig_dst,
             orig_target,
+            discovered,
             passthrough: OnceLock::new(),
         }
     }
@@ -110,6 +117,20 @@ impl OutboundHttp {
         self.targets
             .get(authority)
             .or_else(|| self.targets.get(normalize_authority(authority)?.as_str()))
+    }
+
+    /// What discovery knows of an intercepted connection's destination address. Not meshed,
+    /// no discovery, or no answer (the control plane is away): `None`, and the connection is
+    /// handled as before discovery existed.
+    pub async fn discover(&self, dst: SocketAddr) -> Option<Arc<DestinationStack>> {
+        match self.discovery.as_ref()?.resolve(&dst.to_string()).await {
+            Ok(Resolved::Found(stack)) => Some(stack),
+            Ok(Resolved::NotFound | Resolved::Pending) => None,
+            Err(unavailable) => {
+                tracing::info!(%unavailable, "treating the destination as outside the mesh");
+                None
+            }
+        }
     }
 
     /// Handles one request from the app.

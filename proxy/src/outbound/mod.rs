@@ -73,11 +73,17 @@ impl Outbound {
     async fn handle(self, mut tcp: TcpStream, drain: Drain) {
         let inner = &self.inner;
         let orig_dst = original_dst(&tcp);
-        // Resolved once per connection, not per request.
+        // Resolved once per connection, not per request: a static route, else what discovery
+        // knows of the address (a workload's, found through the Service that selects it).
         let orig_target = orig_dst.and_then(|dst| inner.http.target(&dst.to_string()).cloned());
+        let discovered = match (&orig_target, orig_dst) {
+            (None, Some(dst)) => inner.http.discover(dst).await,
+            _ => None,
+        };
         let known_opaque = orig_target.as_ref().is_some_and(|t| t.route.opaque)
+            || discovered.as_ref().is_some_and(|stack| stack.opaque)
             || orig_dst.is_some_and(|dst| inner.opaque_ports.contains(&dst.port()));
-        let conn = ConnContext::new(orig_dst, orig_target);
+        let conn = ConnContext::new(orig_dst, orig_target, discovered);
         if known_opaque {
             let _open = inner.metrics.open_connection(Direction::Outbound, "opaque");
             self.forward_opaque(tcp, &conn).await;
@@ -118,10 +124,18 @@ impl Outbound {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let metrics = &self.inner.metrics;
-        match (&conn.orig_target, conn.orig_dst) {
-            (Some(target), _) => tcp::forward_to_peer(io, target, metrics).await,
-            (None, Some(dst)) => tcp::pass_through(io, dst, metrics).await,
-            (None, None) => {
+        match (&conn.orig_target, &conn.discovered, conn.orig_dst) {
+            (Some(target), _, _) => {
+                tcp::forward_to_peer(io, &target.peer, &target.route.authority, metrics).await;
+            }
+            (None, Some(stack), _) => match stack.opaque_peer() {
+                Some(peer) => tcp::forward_to_peer(io, &peer, &stack.service, metrics).await,
+                None => {
+                    tracing::info!(service = %stack.service, "no endpoint for an opaque connection")
+                }
+            },
+            (None, None, Some(dst)) => tcp::pass_through(io, dst, metrics).await,
+            (None, None, None) => {
                 tracing::info!(
                     "opaque connection with no original destination: nowhere to send it"
                 );

@@ -6,24 +6,24 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite, copy_bidirectional};
 use tokio::net::TcpStream;
 
-use super::http::RouteTarget;
+use super::peer::Peer;
 use crate::metrics::{Direction, ProxyMetrics};
 use crate::transport_header;
 
-/// Forwards `app` to the peer behind `target` over mTLS.
-pub async fn forward_to_peer<S>(mut app: S, target: &RouteTarget, metrics: &ProxyMetrics)
+/// Forwards `app` to `peer` over mTLS; `destination` names it in logs.
+pub async fn forward_to_peer<S>(mut app: S, peer: &Peer, destination: &str, metrics: &ProxyMetrics)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut peer = match target.peer.connect_stream().await {
+    let mut peer = match peer.connect_stream().await {
         Ok(peer) => peer,
         Err(error) => {
-            tracing::info!(%error, route = %target.route.authority, "cannot open opaque stream to peer");
+            tracing::info!(%error, destination, "cannot open opaque stream to peer");
             return;
         }
     };
     if let Err(error) = transport_header::write_opaque(&mut peer).await {
-        tracing::info!(%error, route = %target.route.authority, "cannot write transport header");
+        tracing::info!(%error, destination, "cannot write transport header");
         return;
     }
     copy(&mut app, &mut peer, metrics).await;

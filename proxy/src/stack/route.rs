@@ -22,7 +22,7 @@ use crate::destination::{
 };
 use crate::http_util::Body;
 use crate::metrics::{Direction, ProxyMetrics, RequestMetrics};
-use crate::outbound::PeerPool;
+use crate::outbound::{Peer, PeerPool};
 
 /// A backend, and the route whose own circuit breaker it uses (if any).
 type BalancerKey = (Arc<str>, Option<Arc<str>>);
@@ -48,6 +48,10 @@ pub struct DestinationStack {
     pub service: Arc<str>,
     /// The snapshot version this stack was built from.
     pub version: String,
+    /// Its connections carry bytes, not HTTP: no protocol detection, no routes.
+    pub opaque: bool,
+    /// The Service's own endpoints, for connections forwarded as opaque streams.
+    opaque_peers: Vec<Arc<Peer>>,
     routes: Vec<CompiledRoute>,
     rate_limit: Option<Arc<TokenBucket>>,
     metrics: RequestMetrics,
@@ -101,9 +105,29 @@ impl DestinationRuntime {
         self.balancers
             .lock()
             .retain(|key, _| used_balancers.contains(key));
+        // Peers are lazy handles: nothing is dialed until a stream needs one.
+        let opaque_peers = destination
+            .backends
+            .first()
+            .map(|backend| {
+                backend
+                    .endpoints
+                    .iter()
+                    .filter(|endpoint| endpoint.weight > 0)
+                    .filter_map(|endpoint| {
+                        self.pool
+                            .peer(endpoint.address, &endpoint.identity)
+                            .inspect_err(|error| tracing::info!(%error, "endpoint skipped"))
+                            .ok()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         DestinationStack {
             service: service.clone(),
             version: destination.version.clone(),
+            opaque: destination.opaque,
+            opaque_peers,
             routes,
             rate_limit: self.rate_limit(destination.policy.rate_limit),
             metrics: self
@@ -260,6 +284,14 @@ impl DestinationRuntime {
 // === impl DestinationStack ===
 
 impl DestinationStack {
+    /// The endpoint for one opaque connection: any of the Service's own, at random.
+    pub fn opaque_peer(&self) -> Option<Arc<Peer>> {
+        match self.opaque_peers.len() {
+            0 => None,
+            n => self.opaque_peers.get(rand::random_range(0..n)).cloned(),
+        }
+    }
+
     /// Sends one request through the first route that matches it.
     pub async fn handle(&self, request: http::Request<Body>) -> http::Response<Body> {
         let started = Instant::now();

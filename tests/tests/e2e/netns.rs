@@ -24,6 +24,8 @@ const DETECTED_PORT: u16 = 9001;
 const UNMESHED_HTTP_PORT: u16 = 9002;
 /// A TCP server outside the mesh, on a port listed in WEFT_PROXY_OPAQUE_PORTS.
 const UNMESHED_TCP_PORT: u16 = 9003;
+/// A meshed workload's opaque port, known to the client only through discovery.
+const DISCOVERED_PORT: u16 = 9004;
 const PAYLOAD_LEN: usize = 256 * 1024;
 
 fn iptables(args: &[&str]) {
@@ -35,8 +37,8 @@ fn iptables(args: &[&str]) {
     assert!(status.success(), "iptables {args:?}");
 }
 
-/// Sends the app's outgoing TCP to `outbound`, except the proxy's own.
-fn intercept(outbound: u16) {
+/// Sends the app's outgoing TCP to `ports` (`first:last`) to `outbound`, except the proxy's own.
+fn intercept(outbound: u16, ports: &str) {
     iptables(&[
         "-A",
         "OUTPUT",
@@ -49,7 +51,6 @@ fn intercept(outbound: u16) {
         "-j",
         "RETURN",
     ]);
-    let ports = format!("{OPAQUE_PORT}:{UNMESHED_TCP_PORT}");
     iptables(&[
         "-A",
         "OUTPUT",
@@ -58,7 +59,7 @@ fn intercept(outbound: u16) {
         "-d",
         "127.0.0.1",
         "--dport",
-        &ports,
+        ports,
         "-j",
         "REDIRECT",
         "--to-ports",
@@ -113,7 +114,7 @@ fn intercepted_tcp_goes_through_the_mesh_and_unmeshed_destinations_pass_through(
             .env("WEFT_PROXY_OPAQUE_PORTS", &UNMESHED_TCP_PORT.to_string())
             .uid(PROXY_UID);
         let client = Proxy::start(&cp, client_spec).await;
-        intercept(client.outbound.port());
+        intercept(client.outbound.port(), &format!("{OPAQUE_PORT}:{UNMESHED_TCP_PORT}"));
 
         let payload: Vec<u8> = (0..PAYLOAD_LEN).map(|i| (i * 7 % 256) as u8).collect();
         assert!(exchange(OPAQUE_PORT, &payload).await == payload, "opaque bytes altered");
@@ -138,5 +139,41 @@ fn intercepted_tcp_goes_through_the_mesh_and_unmeshed_destinations_pass_through(
             .metric("weft_http_requests_total{destination=\"unmeshed\",direction=\"outbound\",peer_identity=\"\",status_class=\"2xx\"}")
             .await;
         assert_eq!(unmeshed, Some(1.0));
+    });
+}
+
+#[test]
+fn a_workload_address_is_found_through_discovery_and_its_opaque_port_carried_over_mtls() {
+    weft_tests::init();
+    let ns = NetNs::create();
+    ns.run(|| async {
+        let cp = ControlPlane::start("24h").await;
+        // A server-first protocol on the workload's own port: only the Service's appProtocol
+        // tells the client's proxy not to wait for the app to speak first.
+        let _echo = start_tcp_echo(&format!("127.0.0.1:{DISCOVERED_PORT}")).await;
+        // Both proxies run as the proxy user, so neither's own connections are intercepted.
+        let server = Proxy::start(
+            &cp,
+            ProxySpec::new(SERVER_ID).app_port(DISCOVERED_PORT).uid(PROXY_UID),
+        )
+        .await;
+        cp.apply_ok(&format!(
+            "apiVersion: policy.weft.io/v1alpha1\nkind: Service\nmetadata: {{name: db, namespace: shop}}\nspec: {{selector: {{app: db}}, ports: [{{port: {DISCOVERED_PORT}, appProtocol: tcp}}]}}\n---\napiVersion: policy.weft.io/v1alpha1\nkind: Workload\nmetadata: {{name: db-1, namespace: shop, labels: {{app: db}}}}\nspec: {{address: 127.0.0.1, proxyPort: {proxy}, identity: \"{SERVER_ID}\"}}\n",
+            proxy = server.inbound.port(),
+        ));
+        // No static route: the client proxy knows the address only from discovery.
+        let client = Proxy::start(&cp, ProxySpec::new(CLIENT_ID).uid(PROXY_UID)).await;
+        intercept(client.outbound.port(), &DISCOVERED_PORT.to_string());
+
+        let payload: Vec<u8> = (0..PAYLOAD_LEN).map(|i| (i * 11 % 256) as u8).collect();
+        assert!(exchange(DISCOVERED_PORT, &payload).await == payload, "bytes altered");
+        assert!(exchange(DISCOVERED_PORT, &payload).await == payload, "bytes altered");
+
+        // Through the mesh: the server's proxy accepted them as opaque streams over mTLS (it
+        // takes nothing else), from the client's identity.
+        let inbound = server.metric("weft_tcp_connections_total{direction=\"inbound\",protocol=\"opaque\"}").await;
+        assert_eq!(inbound, Some(2.0));
+        let outbound = client.metric("weft_tcp_connections_total{direction=\"outbound\",protocol=\"opaque\"}").await;
+        assert_eq!(outbound, Some(2.0));
     });
 }

@@ -74,7 +74,8 @@ fn resolves_service_names_in_their_usual_forms() {
         "no such port"
     );
     assert!(!outbound_snapshot(&state, "api.other:8080").found);
-    assert!(!outbound_snapshot(&state, "10.0.0.1:8080").found);
+    // An address no workload has (workload addresses: a_workload_address_resolves_…).
+    assert!(!outbound_snapshot(&state, "10.9.9.9:8080").found);
 }
 
 #[test]
@@ -88,6 +89,43 @@ fn endpoints_are_the_selected_workloads() {
     assert_eq!(addresses, ["10.0.0.1:7143", "10.0.0.2:8080"]);
     assert_eq!(snapshot.backends[1].name, "shop/api-v2:8080");
     assert_eq!(snapshot.backends[1].endpoints.len(), 1);
+}
+
+#[test]
+fn a_workload_address_resolves_to_that_workload_alone() {
+    let state = state(MESH);
+    let snapshot = outbound_snapshot(&state, "10.0.0.2:8080");
+    assert!(snapshot.found);
+    // The first Service (by namespace and name) that selects the workload on that port.
+    assert_eq!(snapshot.service, "shop/api:8080");
+    let addresses: Vec<&str> = snapshot.backends[0]
+        .endpoints
+        .iter()
+        .map(|e| e.address.as_str())
+        .collect();
+    assert_eq!(addresses, ["10.0.0.2:8080"]);
+    // The app chose its peer: the Service's routes (splits to other backends) do not apply.
+    assert!(snapshot.routes.is_empty());
+    assert_eq!(snapshot.backends.len(), 1);
+    // Dialed through its proxy port when it has one.
+    let via_proxy = outbound_snapshot(&state, "10.0.0.1:8080");
+    assert_eq!(via_proxy.backends[0].endpoints[0].address, "10.0.0.1:7143");
+    // Not a workload, or a port no Service targets: outside the mesh.
+    assert!(!outbound_snapshot(&state, "10.0.0.9:8080").found);
+    assert!(!outbound_snapshot(&state, "10.0.0.2:9999").found);
+}
+
+#[test]
+fn an_opaque_service_port_makes_its_workload_addresses_opaque() {
+    let opaque = MESH.replace(
+        "metadata: {name: api, namespace: shop}\nspec: {selector: {app: api}, ports: [{port: 8080}]}",
+        "metadata: {name: api, namespace: shop}\nspec: {selector: {app: api}, ports: [{port: 5432, targetPort: 8080, appProtocol: tcp}]}",
+    );
+    assert_ne!(opaque, MESH);
+    let snapshot = outbound_snapshot(&state(&opaque), "10.0.0.2:8080");
+    assert!(snapshot.found);
+    assert_eq!(snapshot.service, "shop/api:5432");
+    assert!(snapshot.opaque);
 }
 
 #[test]
