@@ -31,20 +31,27 @@ impl ControlPlane {
     /// Starts a control plane signing leaves valid for `leaf_lifetime` (e.g. "24h", "10s").
     pub async fn start(leaf_lifetime: &str) -> Self {
         let dir = Arc::new(tempfile::tempdir().unwrap());
-        let proxy_api = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let proc = Self::spawn(&dir, proxy_api, admin, metrics, leaf_lifetime);
-        let cp = Self {
-            dir,
-            proxy_api,
-            admin,
-            metrics,
-            leaf_lifetime: leaf_lifetime.to_string(),
-            proc,
-        };
-        cp.wait_ready().await;
-        cp
+        for attempt in 1..=PORT_RACE_ATTEMPTS {
+            let proxy_api = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let proc = Self::spawn(&dir, proxy_api, admin, metrics, leaf_lifetime);
+            let mut cp = Self {
+                dir: dir.clone(),
+                proxy_api,
+                admin,
+                metrics,
+                leaf_lifetime: leaf_lifetime.to_string(),
+                proc,
+            };
+            let ready = move || control_plane_ready(metrics, admin);
+            match ready_or_exited(&mut cp.proc, "weft-control to be ready", ready).await {
+                Startup::Ready => return cp,
+                Startup::Exited if attempt < PORT_RACE_ATTEMPTS && lost_a_port_race(&cp.proc) => {}
+                Startup::Exited => panic!("weft-control exited before it was ready"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
     }
 
     fn spawn(
@@ -71,14 +78,9 @@ impl ControlPlane {
     }
 
     pub async fn wait_ready(&self) {
-        let metrics = self.metrics;
-        let admin = self.admin;
+        let (metrics, admin) = (self.metrics, self.admin);
         eventually("weft-control to be ready", STARTUP, || async move {
-            let ready = http_get(metrics, "/ready")
-                .await
-                .is_some_and(|(status, _)| status == 200);
-            let admin_up = tokio::net::TcpStream::connect(admin).await.is_ok();
-            (ready && admin_up).then_some(())
+            control_plane_ready(metrics, admin).await.then_some(())
         })
         .await;
     }
@@ -303,9 +305,18 @@ impl ProxySpec {
 impl Proxy {
     /// Starts a proxy and waits until it holds a certificate.
     pub async fn start(cp: &ControlPlane, spec: ProxySpec) -> Self {
-        let proxy = Self::spawn(cp, &spec);
-        proxy.wait_ready().await;
-        proxy
+        let what = format!("proxy {} to be ready", spec.identity);
+        for attempt in 1..=PORT_RACE_ATTEMPTS {
+            let mut proxy = Self::spawn(cp, &spec);
+            let admin = proxy.admin;
+            match ready_or_exited(&mut proxy.proc, &what, move || proxy_ready(admin)).await {
+                Startup::Ready => return proxy,
+                Startup::Exited
+                    if attempt < PORT_RACE_ATTEMPTS && lost_a_port_race(&proxy.proc) => {}
+                Startup::Exited => panic!("proxy {} exited before it was ready", spec.identity),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
     }
 
     /// Starts a proxy without waiting.
@@ -365,12 +376,7 @@ impl Proxy {
         eventually(
             &format!("proxy {} to be ready", self.identity),
             STARTUP,
-            || async move {
-                http_get(admin, "/ready")
-                    .await
-                    .filter(|(status, _)| *status == 200)
-                    .map(|_| ())
-            },
+            || async move { proxy_ready(admin).await.then_some(()) },
         )
         .await;
     }
@@ -415,4 +421,54 @@ pub fn write_temp(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// `free_port` hands out a port that was free a moment ago; another test's process, or an
+/// outgoing connection's ephemeral port, may take it before ours binds. A process that exits
+/// for that reason is started again on other ports, up to this many times in all.
+const PORT_RACE_ATTEMPTS: usize = 5;
+
+fn lost_a_port_race(proc: &Proc) -> bool {
+    proc.log().contains("Address already in use")
+}
+
+/// How a freshly spawned process came up.
+enum Startup {
+    Ready,
+    Exited,
+}
+
+/// Polls `ready` until it says yes or the process exits; panics with `what` after `STARTUP`.
+async fn ready_or_exited<F, Fut>(proc: &mut Proc, what: &str, mut ready: F) -> Startup
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + STARTUP;
+    loop {
+        if ready().await {
+            return Startup::Ready;
+        }
+        if !proc.is_running() {
+            return Startup::Exited;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {STARTUP:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn proxy_ready(admin: SocketAddr) -> bool {
+    http_get(admin, "/ready")
+        .await
+        .is_some_and(|(status, _)| status == 200)
+}
+
+async fn control_plane_ready(metrics: SocketAddr, admin: SocketAddr) -> bool {
+    let ready = http_get(metrics, "/ready")
+        .await
+        .is_some_and(|(status, _)| status == 200);
+    ready && tokio::net::TcpStream::connect(admin).await.is_ok()
 }
