@@ -11,6 +11,7 @@
 pub mod envoy;
 pub mod load;
 pub mod measure;
+pub mod placement;
 pub mod report;
 pub mod run;
 pub mod topology;

@@ -12,6 +12,7 @@ use weft_tests::mesh::{ControlPlane, Proxy, ProxySpec};
 use weft_tests::process::{Proc, bin};
 
 use crate::envoy;
+use crate::placement::{Placement, pin};
 
 /// The authority the load generator addresses.
 pub const AUTHORITY: &str = "upstream.bench:80";
@@ -47,6 +48,8 @@ pub struct Fixture {
     _upstream: Proc,
     pub dir: tempfile::TempDir,
     pub envoy: Option<PathBuf>,
+    /// The same CPUs for every mode's processes, when there are two.
+    pub placement: Option<Placement>,
 }
 
 /// One mode, running.
@@ -65,7 +68,10 @@ pub struct Running {
 
 impl Fixture {
     /// Starts the control plane and the upstream; `envoy` is the Envoy binary, if any.
-    pub async fn start(envoy: Option<PathBuf>) -> anyhow::Result<Self> {
+    pub async fn start(
+        envoy: Option<PathBuf>,
+        placement: Option<Placement>,
+    ) -> anyhow::Result<Self> {
         let cp = ControlPlane::start("24h").await;
         let dir = tempfile::tempdir()?;
         let upstream = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -73,12 +79,16 @@ impl Fixture {
         command.arg("--listen").arg(upstream.to_string());
         let upstream_proc = Proc::spawn("bench-upstream", command, dir.path().join("upstream.log"));
         wait_for_port(upstream).await?;
+        if let Some(placement) = placement {
+            pin(upstream_proc.pid(), placement.load)?;
+        }
         let fixture = Self {
             cp,
             upstream,
             _upstream: upstream_proc,
             dir,
             envoy,
+            placement,
         };
         if fixture.envoy.is_some() {
             for (name, identity) in [("client", CLIENT_ID), ("server", SERVER_ID)] {
@@ -108,6 +118,11 @@ impl Fixture {
             Mode::Weft => self.run_weft(workers).await,
             Mode::Envoy => self.run_envoy(workers).await?,
         };
+        if let Some(placement) = self.placement {
+            for pid in &running.proxy_pids {
+                pin(*pid, placement.sidecars)?;
+            }
+        }
         Ok(running)
     }
 
