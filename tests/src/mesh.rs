@@ -95,27 +95,29 @@ impl ControlPlane {
         self.data_dir().join("pki").join("trust-anchor.pem")
     }
 
-    /// Runs `weftctl` against this control plane.
-    pub fn weftctl(&self, args: &[&str]) -> (std::process::ExitStatus, String, String) {
+    /// `weftctl`, pointed at this control plane.
+    fn weftctl_command(&self) -> Command {
         let mut command = Command::new(bin("weftctl"));
         command
             .arg("--server")
             .arg(self.admin.to_string())
             .arg("--data-dir")
-            .arg(self.data_dir())
-            .args(args);
+            .arg(self.data_dir());
+        command
+    }
+
+    /// Runs `weftctl` against this control plane.
+    pub fn weftctl(&self, args: &[&str]) -> (std::process::ExitStatus, String, String) {
+        let mut command = self.weftctl_command();
+        command.args(args);
         run(command)
     }
 
     /// Runs `weftctl apply -f -` with `yaml` on stdin.
     pub fn apply(&self, yaml: &str) -> (std::process::ExitStatus, String, String) {
         use std::io::Write;
-        let mut command = Command::new(bin("weftctl"));
+        let mut command = self.weftctl_command();
         command
-            .arg("--server")
-            .arg(self.admin.to_string())
-            .arg("--data-dir")
-            .arg(self.data_dir())
             .args(["apply", "-f", "-"])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())

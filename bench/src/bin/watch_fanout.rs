@@ -6,9 +6,7 @@
 
 #![allow(clippy::print_stdout)] // A benchmark reports on stdout.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +17,6 @@ use weft_api::client::ControlPlaneTarget;
 use weft_api::discovery::WatchOutboundRequest;
 use weft_api::discovery::discovery_client::DiscoveryClient;
 use weft_tests::mesh::ControlPlane;
-use weft_tests::process::bin;
 
 const DESTINATION: &str = "api.shop:8080";
 const WATCHER_ID: &str = "spiffe://cluster.local/ns/bench/sa/watcher";
@@ -34,8 +31,6 @@ kind: Workload
 metadata: {name: api-1, namespace: shop, labels: {app: api}}
 spec: {address: 127.0.0.1, proxyPort: 7143, identity: "spiffe://cluster.local/ns/shop/sa/api"}
 "#;
-const START: &str = "<!-- watch-fanout:start -->";
-const END: &str = "<!-- watch-fanout:end -->";
 
 /// Measure policy propagation to N watchers.
 #[derive(Debug, Parser)]
@@ -132,7 +127,7 @@ async fn main() -> anyhow::Result<()> {
     let table = markdown(&rows, args.rounds);
     println!("{table}");
     if let Some(path) = args.write {
-        write_section(&path, &table)?;
+        weft_bench::write_section(&path, "watch-fanout", &table)?;
     }
     Ok(())
 }
@@ -175,34 +170,16 @@ fn route(weight: u32) -> String {
 
 /// Runs the real `weftctl apply -f -`.
 fn apply(cp: &ControlPlane, yaml: &str) -> anyhow::Result<()> {
-    let mut child = Command::new(bin("weftctl"))
-        .arg("--server")
-        .arg(cp.admin.to_string())
-        .arg("--data-dir")
-        .arg(cp.data_dir())
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(yaml.as_bytes())?;
-    let output = child.wait_with_output()?;
-    if !output.status.success() {
-        bail!(
-            "weftctl apply failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+    let (status, _, stderr) = cp.apply(yaml);
+    if !status.success() {
+        bail!("weftctl apply failed: {stderr}");
     }
     Ok(())
 }
 
 fn median(mut values: Vec<Duration>) -> Duration {
     values.sort();
-    values[values.len() / 2]
+    values.get(values.len() / 2).copied().unwrap_or_default()
 }
 
 fn ms(d: Duration) -> String {
@@ -227,22 +204,4 @@ fn markdown(rows: &[(usize, Vec<Round>)], rounds: usize) -> String {
         ));
     }
     out
-}
-
-/// Replaces the text between the section markers of `path` (appending the section if absent).
-fn write_section(path: &PathBuf, table: &str) -> anyhow::Result<()> {
-    let existing = std::fs::read_to_string(path).unwrap_or_default();
-    let section = format!("{START}\n{table}{END}");
-    let updated = match (existing.find(START), existing.find(END)) {
-        (Some(start), Some(end)) if end > start => {
-            format!(
-                "{}{section}{}",
-                &existing[..start],
-                &existing[end + END.len()..]
-            )
-        }
-        _ => format!("{existing}\n{section}\n"),
-    };
-    std::fs::write(path, updated)?;
-    Ok(())
 }

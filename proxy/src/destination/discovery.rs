@@ -173,12 +173,8 @@ impl Inner {
         let runtime =
             DestinationRuntime::new(self.pool.clone(), self.metrics.clone(), self.replay_limit);
         let mut backoff = MIN_BACKOFF;
-        // Discovery requires our certificate: wait for the first one.
-        while !self.certs.is_valid_at(SystemTime::now()) {
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_millis(100)) => {}
-                () = self.drain.signaled() => return,
-            }
+        if !self.certified().await {
+            return;
         }
         loop {
             let request = WatchOutboundRequest {
@@ -221,26 +217,39 @@ impl Inner {
                 }
             }
             // Unused destinations go even while the control plane is away.
-            if watch.last_used.lock().elapsed() > IDLE_TIMEOUT {
+            if watch.last_used.lock().elapsed() > IDLE_TIMEOUT || !self.back_off(&mut backoff).await
+            {
                 return;
             }
-            let wait = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Waits for our first certificate, which discovery requires; `false` if drained first.
+    async fn certified(&self) -> bool {
+        while !self.certs.is_valid_at(SystemTime::now()) {
             tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = self.drain.signaled() => return,
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                () = self.drain.signaled() => return false,
             }
+        }
+        true
+    }
+
+    /// Sleeps a jittered `backoff` and doubles it (up to the maximum); `false` if drained first.
+    async fn back_off(&self, backoff: &mut Duration) -> bool {
+        let wait = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+        *backoff = (*backoff * 2).min(MAX_BACKOFF);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => true,
+            () = self.drain.signaled() => false,
         }
     }
 
     /// Watches the inbound policy of `port` until drained (ports are few and fixed).
     async fn run_inbound(&self, port: u16, tx: watch::Sender<Option<bool>>) {
         let mut backoff = MIN_BACKOFF;
-        while !self.certs.is_valid_at(SystemTime::now()) {
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_millis(100)) => {}
-                () = self.drain.signaled() => return,
-            }
+        if !self.certified().await {
+            return;
         }
         loop {
             let request = WatchInboundRequest {
@@ -261,11 +270,8 @@ impl Inner {
                     }
                 }
             }
-            let wait = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = self.drain.signaled() => return,
+            if !self.back_off(&mut backoff).await {
+                return;
             }
         }
     }
