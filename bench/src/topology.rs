@@ -80,7 +80,7 @@ impl Fixture {
         let upstream_proc = Proc::spawn("bench-upstream", command, dir.path().join("upstream.log"));
         wait_for_port(upstream).await?;
         if let Some(placement) = placement {
-            pin(upstream_proc.pid(), placement.load)?;
+            pin(upstream_proc.pid(), placement.upstream())?;
         }
         let fixture = Self {
             cp,
@@ -119,8 +119,10 @@ impl Fixture {
             Mode::Envoy => self.run_envoy(workers).await?,
         };
         if let Some(placement) = self.placement {
-            for pid in &running.proxy_pids {
-                pin(*pid, placement.sidecars)?;
+            // Client first, then server, in every mode.
+            let cpus = [placement.client_sidecar(), placement.server_sidecar()];
+            for (pid, cpu) in running.proxy_pids.iter().zip(cpus) {
+                pin(*pid, cpu)?;
             }
         }
         Ok(running)

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use weft_bench::placement::{Placement, pin};
+use weft_bench::placement::{Layout, Placement, pin};
 use weft_bench::run::{self, Plan, Workload};
 use weft_bench::topology::{Fixture, Mode};
 use weft_bench::{measure, report};
@@ -42,10 +42,10 @@ struct Args {
     /// Skip the two-worker run.
     #[arg(long)]
     one_worker_only: bool,
-    /// Let the kernel place processes instead of pinning the load generator and upstream to
-    /// one CPU and the sidecars to another.
-    #[arg(long)]
-    no_pin: bool,
+    /// Where the processes run: as two pods (each sidecar on its app's CPU), both sidecars on
+    /// one CPU and the apps on the other, or wherever the kernel puts them.
+    #[arg(long, value_enum, default_value_t = Layout::Pods)]
+    placement: Layout,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -74,14 +74,10 @@ async fn main() -> anyhow::Result<()> {
     } else {
         (args.rounds.max(1), Duration::from_secs(args.seconds.max(1)))
     };
-    let placement = if args.no_pin {
-        None
-    } else {
-        Placement::detect()
-    };
+    let placement = Placement::detect(args.placement);
     if let Some(placement) = placement {
         // The load generator is this process: every thread of its runtime, and any it starts.
-        pin(std::process::id(), placement.load)?;
+        pin(std::process::id(), placement.load_generator())?;
     }
     let fixture = Fixture::start(args.envoy.clone(), placement).await?;
     let plan = Plan {
@@ -126,13 +122,7 @@ async fn main() -> anyhow::Result<()> {
                  percent, every mode's latency tails and CPU figures are noisier than usual)."
             )
         });
-        let placed = placement.map_or(String::new(), |p| {
-            format!(
-                " Load generator and upstream pinned to CPU {}, both sidecars to CPU {}, in \
-                 every mode.",
-                p.load, p.sidecars
-            )
-        });
+        let placed = placement.map_or(String::new(), |p| format!(" {}", p.describe()));
         let header = format!(
             "Run {} with `{}`; {}.{placed}{steal}\n\n",
             chrono_free_date(),

@@ -71,6 +71,24 @@ struct Inner {
     inbound: Mutex<HashMap<u16, watch::Receiver<Option<bool>>>>,
 }
 
+/// A destination's watch, kept by an app connection so that its next requests read the current
+/// answer without looking the destination up again.
+#[derive(Debug, Clone)]
+pub struct Resolution(Arc<Watch>);
+
+impl Resolution {
+    /// The current answer, counting as a use; `None` once the watch has ended (idle or drained),
+    /// when the destination must be resolved again.
+    pub fn current(&self) -> Option<Resolved> {
+        let Resolution(watch) = self;
+        if watch.resolved.has_changed().is_err() {
+            return None;
+        }
+        *watch.last_used.lock() = tokio::time::Instant::now();
+        Some(watch.resolved.borrow().clone())
+    }
+}
+
 #[derive(Debug)]
 struct Watch {
     resolved: watch::Receiver<Resolved>,
@@ -130,6 +148,16 @@ impl DiscoveryClient {
 
     /// What discovery says of `destination` (`host:port`), waiting for the first snapshot.
     pub async fn resolve(&self, destination: &str) -> Result<Resolved, Unavailable> {
+        self.resolve_and_keep(destination)
+            .await
+            .map(|(resolved, _)| resolved)
+    }
+
+    /// [`resolve`](Self::resolve), and the watch itself for the caller to keep.
+    pub async fn resolve_and_keep(
+        &self,
+        destination: &str,
+    ) -> Result<(Resolved, Resolution), Unavailable> {
         let key = destination.to_ascii_lowercase();
         let watch = self.watch(&key);
         *watch.last_used.lock() = tokio::time::Instant::now();
@@ -142,7 +170,8 @@ impl DiscoveryClient {
         .ok()
         .and_then(Result::ok)
         .map(|r| r.clone());
-        ready.ok_or(Unavailable(key))
+        let resolved = ready.ok_or(Unavailable(key))?;
+        Ok((resolved, Resolution(watch)))
     }
 
     fn watch(&self, key: &str) -> Arc<Watch> {
@@ -315,5 +344,35 @@ impl Inner {
                 tracing::debug!(code = ?status.code(), "cannot report config status");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept(resolved: watch::Receiver<Resolved>) -> Resolution {
+        Resolution(Arc::new(Watch {
+            resolved,
+            last_used: Mutex::new(tokio::time::Instant::now()),
+        }))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_kept_resolution_reads_the_latest_answer_and_counts_as_use() {
+        let (tx, rx) = watch::channel(Resolved::Pending);
+        let resolution = kept(rx);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        tx.send_replace(Resolved::NotFound);
+        assert!(matches!(resolution.current(), Some(Resolved::NotFound)));
+        assert!(resolution.0.last_used.lock().elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn a_kept_resolution_whose_watch_ended_must_be_resolved_again() {
+        let (tx, rx) = watch::channel(Resolved::NotFound);
+        let resolution = kept(rx);
+        drop(tx);
+        assert!(resolution.current().is_none());
     }
 }

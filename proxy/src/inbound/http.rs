@@ -84,10 +84,9 @@ impl InboundConnection {
         }
         let request = Request::from_parts(parts, boxed(body));
         match self.app.send(request).await {
-            Ok(response) => {
-                let (mut parts, body) = response.into_parts();
-                parts.version = Version::HTTP_2;
-                Response::from_parts(parts, boxed(body))
+            Ok(mut response) => {
+                *response.version_mut() = Version::HTTP_2;
+                response
             }
             Err(error) => {
                 tracing::info!(%error, "app request failed");

@@ -13,10 +13,11 @@ use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
+use parking_lot::Mutex;
 
 use super::peer::{Peer, PeerPool};
 use crate::destination::Destination;
-use crate::destination::discovery::{DiscoveryClient, Resolved};
+use crate::destination::discovery::{DiscoveryClient, Resolution, Resolved};
 use crate::http_util::{Body, ORIG_PROTO, boxed, error_response, strip_connection_headers};
 use crate::metrics::{Direction, ProxyMetrics, RequestMetrics};
 use crate::plain_http::PlainHttp;
@@ -54,6 +55,45 @@ pub struct ConnContext {
     pub discovered: Option<Arc<DestinationStack>>,
     /// Clients for a destination outside the mesh, made on first use.
     passthrough: OnceLock<PlainHttp>,
+    /// Where the last request led.
+    last: Mutex<Option<LastDestination>>,
+}
+
+/// The authority a connection's last request named, and where it led. An app names the same
+/// authority on every request of a connection, so parsing, normalizing and looking it up
+/// (allocations, a shared lock and a timer each) are done once per connection, not per request.
+#[derive(Debug)]
+struct LastDestination {
+    /// The authority exactly as the app wrote it.
+    named: Box<[u8]>,
+    authority: Authority,
+    route: LastRoute,
+}
+
+#[derive(Debug)]
+enum LastRoute {
+    /// A static route's stack, fixed for the proxy's life.
+    Static(Arc<DestinationStack>),
+    /// Discovery's watch, read afresh on each request so policy updates apply at once.
+    Discovered(Resolution),
+}
+
+impl LastDestination {
+    /// The stack and authority for a request naming `named`, if it is this destination and
+    /// discovery still has it.
+    fn hit(&self, named: &[u8]) -> Option<(Arc<DestinationStack>, Authority)> {
+        if *self.named != *named {
+            return None;
+        }
+        let stack = match &self.route {
+            LastRoute::Static(stack) => stack.clone(),
+            LastRoute::Discovered(resolution) => match resolution.current()? {
+                Resolved::Found(stack) => stack,
+                Resolved::Pending | Resolved::NotFound => return None,
+            },
+        };
+        Some((stack, self.authority.clone()))
+    }
 }
 
 impl ConnContext {
@@ -68,7 +108,20 @@ impl ConnContext {
             orig_target,
             discovered,
             passthrough: OnceLock::new(),
+            last: Mutex::new(None),
         }
+    }
+
+    /// Remembers where `request`'s authority led, for the connection's next requests.
+    fn remember(&self, request: &Request<Incoming>, authority: &Authority, route: LastRoute) {
+        let Some(named) = named_authority(request) else {
+            return;
+        };
+        *self.last.lock() = Some(LastDestination {
+            named: named.into(),
+            authority: authority.clone(),
+            route,
+        });
     }
 }
 
@@ -135,6 +188,11 @@ impl OutboundHttp {
 
     /// Handles one request from the app.
     pub async fn handle(&self, request: Request<Incoming>, conn: &ConnContext) -> Response<Body> {
+        let last =
+            named_authority(&request).and_then(|named| conn.last.lock().as_ref()?.hit(named));
+        if let Some((stack, authority)) = last {
+            return forward(&stack, authority, request).await;
+        }
         let authority = request_authority(&request);
         let target = authority
             .as_ref()
@@ -142,16 +200,22 @@ impl OutboundHttp {
             .or(conn.orig_target.as_ref());
         if let Some(target) = target {
             let authority = authority.unwrap_or_else(|| authority_of(&target.route));
+            conn.remember(
+                &request,
+                &authority,
+                LastRoute::Static(target.stack.clone()),
+            );
             return forward(&target.stack, authority, request).await;
         }
         if let (Some(discovery), Some(authority)) = (&self.discovery, &authority)
             && let Some(key) = normalize_authority(authority.as_str())
         {
-            match discovery.resolve(&key).await {
-                Ok(Resolved::Found(stack)) => {
+            match discovery.resolve_and_keep(&key).await {
+                Ok((Resolved::Found(stack), resolution)) => {
+                    conn.remember(&request, authority, LastRoute::Discovered(resolution));
                     return forward(&stack, authority.clone(), request).await;
                 }
-                Ok(Resolved::NotFound | Resolved::Pending) => {}
+                Ok((Resolved::NotFound | Resolved::Pending, _)) => {}
                 Err(unavailable) => {
                     let started = Instant::now();
                     let response =
@@ -206,7 +270,7 @@ async fn pass_through(client: &PlainHttp, request: Request<Incoming>) -> Respons
         strip_connection_headers(&mut parts.headers);
     }
     match client.send(Request::from_parts(parts, boxed(body))).await {
-        Ok(response) => response.map(boxed),
+        Ok(response) => response,
         Err(error) => {
             tracing::info!(%error, "unmeshed destination failed");
             error_response(
@@ -214,6 +278,14 @@ async fn pass_through(client: &PlainHttp, request: Request<Incoming>) -> Respons
                 format!("unmeshed destination: {error}"),
             )
         }
+    }
+}
+
+/// The authority the app addressed, unparsed: the URI's, else `Host`.
+fn named_authority<B>(request: &Request<B>) -> Option<&[u8]> {
+    match request.uri().authority() {
+        Some(authority) => Some(authority.as_str().as_bytes()),
+        None => request.headers().get(HOST).map(HeaderValue::as_bytes),
     }
 }
 
@@ -271,4 +343,41 @@ fn to_peer_request(
         .map_err(|e| format!("cannot rebuild URI: {e}"))?;
     parts.version = Version::HTTP_2;
     Ok(Request::from_parts(parts, boxed(body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn static_stack() -> Arc<DestinationStack> {
+        let pool = PeerPool::for_tests();
+        let identity: weft_certs::Identity =
+            "spiffe://cluster.local/ns/shop/sa/api".parse().unwrap();
+        let destination = Destination::single(
+            "api.shop:80",
+            "127.0.0.1:1".parse().unwrap(),
+            identity,
+            false,
+        );
+        let metrics = ProxyMetrics::register(&prometheus::Registry::new()).unwrap();
+        Arc::new(
+            DestinationRuntime::new(pool, metrics, crate::stack::DEFAULT_REPLAY_LIMIT)
+                .build(&destination, "spiffe://cluster.local/ns/shop/sa/api"),
+        )
+    }
+
+    #[test]
+    fn a_connection_reuses_its_last_destination_only_for_the_same_authority() {
+        let last = LastDestination {
+            named: b"api.shop".as_slice().into(),
+            authority: Authority::from_static("api.shop"),
+            route: LastRoute::Static(static_stack()),
+        };
+        let (_, authority) = last.hit(b"api.shop").unwrap();
+        assert_eq!(authority.as_str(), "api.shop");
+        // Another spelling, or another destination, is looked up afresh.
+        assert!(last.hit(b"API.shop").is_none());
+        assert!(last.hit(b"api.shop:80").is_none());
+        assert!(last.hit(b"db.shop").is_none());
+    }
 }

@@ -99,6 +99,21 @@ impl PeerPool {
         }
     }
 
+    /// A pool that trusts a throwaway anchor, for tests that need peers but never dial them.
+    #[cfg(test)]
+    pub fn for_tests() -> Self {
+        let metrics = ProxyMetrics::register(&prometheus::Registry::new()).unwrap();
+        let anchor = weft_certs::TrustAnchor::generate(
+            &weft_certs::TrustDomain::cluster_local(),
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+        let anchors = weft_certs::TrustAnchors::from_pem(anchor.certificate_pem().as_bytes());
+        let tls = weft_certs::client_config(&anchors.unwrap(), weft_certs::CertStore::new(), &[])
+            .unwrap();
+        Self::new(Arc::new(tls), metrics)
+    }
+
     /// Forgets peers no balancer or route holds any more (their endpoints went away), closing
     /// their connections.
     pub fn sweep(&self) {

@@ -408,23 +408,7 @@ mod tests {
     }
 
     fn endpoint() -> Endpoint {
-        let metrics = crate::metrics::ProxyMetrics::register(&prometheus::Registry::new()).unwrap();
-        let tls = weft_certs::client_config(
-            &weft_certs::TrustAnchors::from_pem(
-                weft_certs::TrustAnchor::generate(
-                    &weft_certs::TrustDomain::cluster_local(),
-                    std::time::SystemTime::now(),
-                )
-                .unwrap()
-                .certificate_pem()
-                .as_bytes(),
-            )
-            .unwrap(),
-            weft_certs::CertStore::new(),
-            &[],
-        )
-        .unwrap();
-        let pool = PeerPool::new(Arc::new(tls), metrics);
+        let pool = PeerPool::for_tests();
         let spec = EndpointSpec {
             address: "127.0.0.1:1".parse().unwrap(),
             identity: "spiffe://cluster.local/ns/a/sa/b".parse().unwrap(),

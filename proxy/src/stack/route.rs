@@ -63,6 +63,10 @@ struct CompiledRoute {
     /// Keep request bodies for a retry or a mirror.
     replays: bool,
     service: BoxHttp,
+    /// The route's one balancer when the rule asks for nothing else: requests go straight to
+    /// it, without cloning and boxing their way through `service` (several allocations per
+    /// request, on the path nearly every request takes).
+    direct: Option<Balancer>,
     requests: prometheus::IntCounter,
 }
 
@@ -149,31 +153,43 @@ impl DestinationRuntime {
             .clone()
             .or_else(|| destination.policy.circuit_breaker.clone());
         let scope = entry.circuit_breaker.as_ref().map(|_| entry.route.clone());
-        let mut balancer = |index: usize| -> BoxHttp {
-            let Some(spec) = destination.backends.get(index) else {
-                let name = entry.route.clone();
-                return BoxHttp::new(tower::service_fn(move |_: HttpRequest| {
-                    let name = name.clone();
-                    async move { Err(ProxyError::NoBackends(name)) }
-                }));
-            };
-            let key = (spec.name.clone(), scope.clone());
-            used.push(key.clone());
-            let balancer = self.balancer(key, destination, &breaker);
-            balancer.update(&spec.endpoints, &self.pool);
-            BoxHttp::new(balancer)
-        };
-        let mut stack = if rule.backends.is_empty() {
+        let no_backends = || {
             let name = entry.route.clone();
             BoxHttp::new(tower::service_fn(move |_: HttpRequest| {
                 let name = name.clone();
                 async move { Err(ProxyError::NoBackends(name)) }
             }))
+        };
+        let mut balancer = |index: usize| -> Option<Balancer> {
+            let spec = destination.backends.get(index)?;
+            let key = (spec.name.clone(), scope.clone());
+            used.push(key.clone());
+            let balancer = self.balancer(key, destination, &breaker);
+            balancer.update(&spec.endpoints, &self.pool);
+            Some(balancer)
+        };
+        let backends: Vec<(Option<Balancer>, u32)> = rule
+            .backends
+            .iter()
+            .map(|(index, weight)| (balancer(*index), *weight))
+            .collect();
+        let layered = rule.backend_request_timeout.is_some()
+            || rule.retry.is_some()
+            || rule.request_timeout.is_some()
+            || rule.mirror.is_some()
+            || rule.request_headers.is_some()
+            || rule.response_headers.is_some();
+        // A split of one ignores its weight, as `Split` does.
+        let direct = match backends.as_slice() {
+            [(Some(only), _)] if !layered => Some(only.clone()),
+            _ => None,
+        };
+        let mut stack = if backends.is_empty() {
+            no_backends()
         } else {
-            let backends = rule
-                .backends
-                .iter()
-                .map(|(index, weight)| (balancer(*index), *weight))
+            let backends = backends
+                .into_iter()
+                .map(|(balancer, weight)| (balancer.map_or_else(no_backends, BoxHttp::new), weight))
                 .collect();
             BoxHttp::new(Split::new(backends))
         };
@@ -211,7 +227,8 @@ impl DestinationRuntime {
             stack = BoxHttp::new(Timeout::new(stack, after, "request"));
         }
         if let Some((index, percent)) = rule.mirror {
-            stack = BoxHttp::new(Mirror::new(stack, balancer(index), percent));
+            let mirror = balancer(index).map_or_else(no_backends, BoxHttp::new);
+            stack = BoxHttp::new(Mirror::new(stack, mirror, percent));
         }
         if rule.request_headers.is_some() || rule.response_headers.is_some() {
             stack = BoxHttp::new(HeaderFilters::new(
@@ -224,6 +241,7 @@ impl DestinationRuntime {
             matches: entry.matches.clone(),
             replays: rule.retry.is_some() || rule.mirror.is_some(),
             service: stack,
+            direct,
             requests: self
                 .metrics
                 .route_requests(&destination.service, &entry.route),
@@ -318,6 +336,9 @@ impl DestinationStack {
             .find(|route| route.matches.matches(&request))
             .ok_or_else(|| ProxyError::NoMatch(self.service.clone()))?;
         route.requests.inc();
+        if let Some(balancer) = &route.direct {
+            return balancer.send(request.map(ReplayBody::streaming_only)).await;
+        }
         let request = if route.replays {
             let (parts, body) = request.into_parts();
             http::Request::from_parts(parts, ReplayBody::buffer(body, self.replay_limit).await)
