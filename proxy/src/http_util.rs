@@ -18,6 +18,19 @@ pub const H2_CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 /// writes per byte on large transfers (the default, 16 KiB, is the protocol's minimum).
 pub const H2_MAX_FRAME: u32 = 256 * 1024;
 
+/// An HTTP/2 client handshake with the proxy's windows, frame size and timer, for every HTTP/2
+/// connection it makes (to peers, and to apps that speak it).
+pub fn h2_client() -> hyper::client::conn::http2::Builder<hyper_util::rt::TokioExecutor> {
+    let mut builder =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_frame_size(H2_MAX_FRAME);
+    builder
+}
+
 /// Any error a body can fail with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type flowing through the proxy: the peer's or app's streaming body, or ours.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -221,14 +221,10 @@ impl Peer {
 
     async fn dial(&self, connect_timeout: Duration) -> Result<SendRequest<Body>, PeerError> {
         let tls = self.connect_tls(connect_timeout).await?;
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
+        let (sender, connection) = crate::http_util::h2_client()
             .keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true)
-            .initial_stream_window_size(crate::http_util::H2_STREAM_WINDOW)
-            .initial_connection_window_size(crate::http_util::H2_CONNECTION_WINDOW)
-            .max_frame_size(crate::http_util::H2_MAX_FRAME)
             .handshake(TokioIo::new(tls))
             .await
             .map_err(|e| self.dial_error(&e.to_string()))?;

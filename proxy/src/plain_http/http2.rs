@@ -5,11 +5,11 @@ use std::net::SocketAddr;
 
 use http::{Request, Response};
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 
 use super::{PlainHttpError, connect};
-use crate::http_util::{Body, H2_CONNECTION_WINDOW, H2_MAX_FRAME, H2_STREAM_WINDOW, boxed};
+use crate::http_util::{Body, boxed, h2_client};
 
 /// The connection to one address, if one is up.
 #[derive(Debug)]
@@ -57,13 +57,7 @@ impl Connection {
             return Ok(sender);
         }
         let tcp = connect(self.addr).await?;
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(H2_STREAM_WINDOW)
-            .initial_connection_window_size(H2_CONNECTION_WINDOW)
-            .max_frame_size(H2_MAX_FRAME)
-            .handshake(TokioIo::new(tcp))
-            .await?;
+        let (sender, connection) = h2_client().handshake(TokioIo::new(tcp)).await?;
         let addr = self.addr;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
