@@ -19,6 +19,7 @@ mod outbound;
 mod plain_http;
 mod prefixed;
 mod serve;
+mod shared_h2;
 mod stack;
 mod start;
 pub mod static_routes;

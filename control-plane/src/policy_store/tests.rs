@@ -59,15 +59,17 @@ fn creation_timestamp_is_set_once_by_the_store() {
     );
     store.apply(parse(&sent), false).unwrap();
     let key = Key::new(Kind::Service, "shop", "api");
-    let created = store
-        .state()
-        .get(&key)
-        .unwrap()
-        .resource
-        .meta
-        .creation_timestamp
-        .clone();
-    let created = created.expect("set on create");
+    let stored_timestamp = || {
+        store
+            .state()
+            .get(&key)
+            .unwrap()
+            .resource
+            .meta
+            .creation_timestamp
+            .clone()
+    };
+    let created = stored_timestamp().expect("set on create");
     assert_ne!(created, "1999-01-01T00:00:00Z", "a sent value is ignored");
     assert!(humantime::parse_rfc3339(&created).is_ok(), "{created}");
     // Re-applying the same manifest (with no timestamp) is no change; a real change keeps it.
@@ -76,15 +78,7 @@ fn creation_timestamp_is_set_once_by_the_store() {
     store
         .apply(parse(&SERVICE.replace("8080", "9090")), false)
         .unwrap();
-    let kept = store
-        .state()
-        .get(&key)
-        .unwrap()
-        .resource
-        .meta
-        .creation_timestamp
-        .clone();
-    assert_eq!(kept.as_deref(), Some(created.as_str()));
+    assert_eq!(stored_timestamp().as_deref(), Some(created.as_str()));
 }
 
 #[test]

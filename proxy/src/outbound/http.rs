@@ -350,7 +350,7 @@ mod tests {
     use super::*;
 
     fn static_stack() -> Arc<DestinationStack> {
-        let pool = PeerPool::for_tests();
+        let pool = crate::outbound::test_support::pool();
         let identity: weft_certs::Identity =
             "spiffe://cluster.local/ns/shop/sa/api".parse().unwrap();
         let destination = Destination::single(

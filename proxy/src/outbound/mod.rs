@@ -17,6 +17,8 @@ use tokio::net::{TcpListener, TcpStream};
 use weft_telemetry::Drain;
 
 use self::http::{ConnContext, OutboundHttp};
+#[cfg(test)]
+pub use self::peer::test_support;
 pub use self::peer::{Peer, PeerError, PeerPool};
 use crate::destination::discovery::DiscoveryClient;
 use crate::detect::{self, Protocol};

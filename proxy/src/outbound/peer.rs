@@ -18,6 +18,7 @@ use weft_certs::Identity;
 
 use crate::http_util::Body;
 use crate::metrics::{Direction, ProxyMetrics};
+use crate::shared_h2::{SendError, SharedH2};
 
 /// A peer that does not accept the TCP connection by then is unreachable.
 const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -79,10 +80,7 @@ pub struct Peer {
     identity: Identity,
     server_name: ServerName<'static>,
     dialer: Arc<Dialer>,
-    /// Cloned per request (a cheap handle); replaced when the connection dies.
-    sender: Mutex<Option<SendRequest<Body>>>,
-    /// Held while dialing, so concurrent requests share one new connection.
-    dialing: tokio::sync::Mutex<()>,
+    connection: SharedH2,
     /// The last failed dial, so requests that waited on it fail with it instead of redialing
     /// one after another.
     last_failure: Mutex<Option<(Instant, PeerError)>>,
@@ -97,21 +95,6 @@ impl PeerPool {
             dialer: Arc::new(Dialer { tls, metrics }),
             peers: Arc::new(Mutex::new(HashMap::new())),
         }
-    }
-
-    /// A pool that trusts a throwaway anchor, for tests that need peers but never dial them.
-    #[cfg(test)]
-    pub fn for_tests() -> Self {
-        let metrics = ProxyMetrics::register(&prometheus::Registry::new()).unwrap();
-        let anchor = weft_certs::TrustAnchor::generate(
-            &weft_certs::TrustDomain::cluster_local(),
-            std::time::SystemTime::now(),
-        )
-        .unwrap();
-        let anchors = weft_certs::TrustAnchors::from_pem(anchor.certificate_pem().as_bytes());
-        let tls = weft_certs::client_config(&anchors.unwrap(), weft_certs::CertStore::new(), &[])
-            .unwrap();
-        Self::new(Arc::new(tls), metrics)
     }
 
     /// Forgets peers no balancer or route holds any more (their endpoints went away), closing
@@ -139,8 +122,7 @@ impl PeerPool {
             identity: identity.clone(),
             server_name,
             dialer: self.dialer.clone(),
-            sender: Mutex::new(None),
-            dialing: tokio::sync::Mutex::new(()),
+            connection: SharedH2::default(),
             last_failure: Mutex::new(None),
         });
         peers.insert((addr, identity.clone()), peer.clone());
@@ -158,20 +140,14 @@ impl Peer {
         request: Request<Body>,
         connect_timeout: Option<Duration>,
     ) -> Result<Response<Incoming>, PeerError> {
-        let mut sender = self.sender(connect_timeout).await?;
-        let mut error = match sender.try_send_request(request).await {
-            Ok(response) => return Ok(response),
-            Err(error) => error,
-        };
-        self.forget(&sender);
-        let Some(request) = error.take_message() else {
-            return Err(self.http_error(&error.into_error()));
-        };
-        let mut sender = self.sender(connect_timeout).await?;
-        sender.send_request(request).await.map_err(|error| {
-            self.forget(&sender);
-            self.http_error(&error)
-        })
+        let dial = |waited_since| self.dial_unless_failed_since(waited_since, connect_timeout);
+        self.connection
+            .send(request, dial)
+            .await
+            .map_err(|error| match error {
+                SendError::Dial(error) => error,
+                SendError::Http(error) => self.http_error(&error),
+            })
     }
 
     /// Opens a new mTLS stream to the peer, for opaque TCP.
@@ -181,20 +157,13 @@ impl Peer {
             .unwrap_or_else(|_| Err(self.dial_error("timed out")))
     }
 
-    /// A handle on the live connection, dialing first if there is none.
-    async fn sender(
+    /// A new connection, unless a dial failed while the request waited: requests that waited
+    /// on that dial fail with it rather than redial one after another.
+    async fn dial_unless_failed_since(
         &self,
+        waited_since: Instant,
         connect_timeout: Option<Duration>,
     ) -> Result<SendRequest<Body>, PeerError> {
-        if let Some(sender) = self.live_sender() {
-            return Ok(sender);
-        }
-        let waited_since = Instant::now();
-        let _dialing = self.dialing.lock().await;
-        // Another request may have dialed, or failed to, while we waited.
-        if let Some(sender) = self.live_sender() {
-            return Ok(sender);
-        }
         if let Some((failed_at, error)) = &*self.last_failure.lock()
             && *failed_at >= waited_since
         {
@@ -207,16 +176,10 @@ impl Peer {
         )
         .await
         .unwrap_or_else(|_| Err(self.dial_error("timed out")));
-        match dialed {
-            Ok(sender) => {
-                *self.sender.lock() = Some(sender.clone());
-                Ok(sender)
-            }
-            Err(error) => {
-                *self.last_failure.lock() = Some((Instant::now(), error.clone()));
-                Err(error)
-            }
+        if let Err(error) = &dialed {
+            *self.last_failure.lock() = Some((Instant::now(), error.clone()));
         }
+        dialed
     }
 
     async fn dial(&self, connect_timeout: Duration) -> Result<SendRequest<Body>, PeerError> {
@@ -237,21 +200,6 @@ impl Peer {
             }
         });
         Ok(sender)
-    }
-
-    fn live_sender(&self) -> Option<SendRequest<Body>> {
-        let guard = self.sender.lock();
-        guard.as_ref().filter(|sender| !sender.is_closed()).cloned()
-    }
-
-    /// Drops the cached connection if it is closed, so the next request dials.
-    fn forget(&self, failed: &SendRequest<Body>) {
-        if failed.is_closed() {
-            let mut guard = self.sender.lock();
-            if guard.as_ref().is_some_and(SendRequest::is_closed) {
-                *guard = None;
-            }
-        }
     }
 
     async fn connect_tls(
@@ -290,5 +238,28 @@ impl Peer {
             addr: self.addr,
             reason: error.to_string().into(),
         }
+    }
+}
+
+/// What tests of the layers above need from this module.
+#[cfg(test)]
+pub mod test_support {
+    use std::sync::Arc;
+
+    use super::PeerPool;
+    use crate::metrics::ProxyMetrics;
+
+    /// A pool that trusts a throwaway anchor, for tests that need peers but never dial them.
+    pub fn pool() -> PeerPool {
+        let metrics = ProxyMetrics::register(&prometheus::Registry::new()).unwrap();
+        let anchor = weft_certs::TrustAnchor::generate(
+            &weft_certs::TrustDomain::cluster_local(),
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+        let anchors = weft_certs::TrustAnchors::from_pem(anchor.certificate_pem().as_bytes());
+        let tls = weft_certs::client_config(&anchors.unwrap(), weft_certs::CertStore::new(), &[])
+            .unwrap();
+        PeerPool::new(Arc::new(tls), metrics)
     }
 }

@@ -42,8 +42,9 @@ pub enum PlainHttpError {
 /// HTTP/1 and HTTP/2 (prior knowledge) clients to one address.
 #[derive(Debug)]
 pub struct PlainHttp {
-    /// The address as a URI authority, made once rather than per request.
+    /// The address as a URI authority and as a `Host` value, made once rather than per request.
     authority: Option<Authority>,
+    host: Option<HeaderValue>,
     http1: http1::Pool,
     http2: http2::Connection,
 }
@@ -53,6 +54,7 @@ impl PlainHttp {
     pub fn new(addr: SocketAddr) -> Self {
         Self {
             authority: Authority::try_from(addr.to_string()).ok(),
+            host: HeaderValue::try_from(addr.to_string()).ok(),
             http1: http1::Pool::new(addr),
             http2: http2::Connection::new(addr),
         }
@@ -78,13 +80,14 @@ impl PlainHttp {
             }
             return self.http2.send(request).await;
         }
-        let host = request
-            .uri()
-            .authority()
-            .or(self.authority.as_ref())
-            .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok());
-        if let Some(host) = host {
-            request.headers_mut().entry(HOST).or_insert(host);
+        if !request.headers().contains_key(HOST) {
+            let host = match request.uri().authority() {
+                Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+                None => self.host.clone(),
+            };
+            if let Some(host) = host {
+                request.headers_mut().insert(HOST, host);
+            }
         }
         if request.uri().authority().is_some() || request.uri().path().is_empty() {
             let origin_form = request

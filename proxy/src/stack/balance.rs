@@ -408,7 +408,7 @@ mod tests {
     }
 
     fn endpoint() -> Endpoint {
-        let pool = PeerPool::for_tests();
+        let pool = crate::outbound::test_support::pool();
         let spec = EndpointSpec {
             address: "127.0.0.1:1".parse().unwrap(),
             identity: "spiffe://cluster.local/ns/a/sa/b".parse().unwrap(),
