@@ -25,6 +25,8 @@ pub struct ControlPlane {
     pub admin: SocketAddr,
     pub metrics: SocketAddr,
     pub leaf_lifetime: String,
+    /// While killed: its ports, held so `restart` finds them free (see [`hold_port`]).
+    held: Vec<std::os::fd::OwnedFd>,
 }
 
 impl ControlPlane {
@@ -43,6 +45,7 @@ impl ControlPlane {
                 metrics,
                 leaf_lifetime: leaf_lifetime.to_string(),
                 proc,
+                held: Vec::new(),
             };
             let ready = move || control_plane_ready(metrics, admin);
             match ready_or_exited(&mut cp.proc, "weft-control to be ready", ready).await {
@@ -206,11 +209,16 @@ impl ControlPlane {
     /// SIGKILL.
     pub fn kill9(&mut self) {
         self.proc.kill9();
+        self.held = [self.proxy_api, self.admin, self.metrics]
+            .into_iter()
+            .filter_map(hold_port)
+            .collect();
     }
 
     /// Starts the control plane again, on the same ports and data dir.
     pub async fn restart(&mut self) {
         self.proc.kill9();
+        self.held.clear();
         self.proc = Self::spawn(
             &self.dir,
             self.proxy_api,
@@ -220,6 +228,32 @@ impl ControlPlane {
         );
         self.wait_ready().await;
     }
+}
+
+/// Binds `addr` without listening, until the returned socket is dropped. The ports of a killed
+/// control plane must stay free for its restart, yet any process's outgoing connection (or
+/// `free_port`) could otherwise take one in the meantime; a bound socket keeps them out, while
+/// connecting to it is still refused, as to a control plane that is down.
+fn hold_port(addr: SocketAddr) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::AsRawFd;
+
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, bind, setsockopt, socket, sockopt,
+    };
+    let SocketAddr::V4(v4) = addr else {
+        return None;
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .ok()?;
+    // The killed process's connections may linger in TIME_WAIT on these ports.
+    setsockopt(&fd, sockopt::ReuseAddr, &true).ok()?;
+    bind(fd.as_raw_fd(), &SockaddrIn::from(v4)).ok()?;
+    Some(fd)
 }
 
 /// One static route of a client proxy.
