@@ -25,6 +25,15 @@ pub struct Config {
     #[arg(long, env = "WEFT_CONTROL_TRUST_DOMAIN")]
     pub trust_domain: Option<TrustDomain>,
 
+    /// DNS suffix of Service names: apps may name a Service `<svc>.<ns>`, `<svc>.<ns>.svc` or
+    /// `<svc>.<ns>.svc.<cluster-domain>`, and nothing else.
+    #[arg(
+        long,
+        env = "WEFT_CONTROL_CLUSTER_DOMAIN",
+        default_value = "cluster.local"
+    )]
+    pub cluster_domain: crate::discovery::ClusterDomain,
+
     /// Address of the proxy API (Identity, Discovery), served over TLS.
     #[arg(
         long,

@@ -126,6 +126,7 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
         .add_service(DiscoveryServer::new(DiscoveryApi::new(
             policy.clone(),
             proxies.clone(),
+            config.cluster_domain.clone(),
             drain.clone(),
         )))
         .serve_with_incoming_shutdown(

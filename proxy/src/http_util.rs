@@ -43,6 +43,28 @@ pub const ORIG_PROTO: HeaderName = HeaderName::from_static("weft-orig-proto");
 /// Why the proxy (not the app) answered with an error.
 pub const PROXY_ERROR: HeaderName = HeaderName::from_static("weft-proxy-error");
 
+/// Removes every header only the proxy may set: `weft-` in any case, or `weft_`, which CGI,
+/// WSGI and PHP apps read as the same variable (`HTTP_WEFT_CLIENT_ID`). Requests without such
+/// headers (nearly all) cost one scan of the names and no allocation.
+pub fn remove_weft_headers(headers: &mut HeaderMap) {
+    if !headers.keys().any(is_weft_header) {
+        return;
+    }
+    let smuggled: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_weft_header(n))
+        .cloned()
+        .collect();
+    for name in smuggled {
+        headers.remove(name);
+    }
+}
+
+fn is_weft_header(name: &HeaderName) -> bool {
+    let name = name.as_str().as_bytes();
+    name.len() > 5 && name[..4].eq_ignore_ascii_case(b"weft") && matches!(name[4], b'-' | b'_')
+}
+
 /// Boxes a hyper body.
 pub fn boxed(body: hyper::body::Incoming) -> Body {
     body.map_err(BoxError::from).boxed_unsync()
@@ -128,6 +150,29 @@ mod tests {
         strip_connection_headers(&mut headers);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn removes_the_proxys_headers_in_every_spelling() {
+        let mut headers = HeaderMap::new();
+        for name in [
+            "weft-client-id",
+            "weft_client_id",
+            "WEFT_Orig_Proto",
+            "weft-anything",
+            "weftx-kept",
+            "x-weft-kept",
+            "weft",
+        ] {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("1"),
+            );
+        }
+        remove_weft_headers(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["weft", "weftx-kept", "x-weft-kept"]);
     }
 
     #[test]

@@ -158,6 +158,7 @@ async fn echo(req: Request<Incoming>, served: usize) -> Response<Body> {
                 client_ids.join(",")
             },
         )
+        .header("x-seen-weft-headers", weft_headers(&parts.headers))
         .header("x-seen-version", format!("{:?}", parts.version))
         .header("x-seen-method", parts.method.as_str())
         .header("x-seen-host", host)
@@ -176,6 +177,17 @@ async fn echo(req: Request<Incoming>, served: usize) -> Response<Body> {
                 .boxed_unsync(),
         )
         .unwrap()
+}
+
+/// Every header the app got whose name a CGI/WSGI app would read as `WEFT_*` (any case, `_` for
+/// `-`), as `name=value` joined by `;`: only the proxy may set those.
+fn weft_headers(headers: &http::HeaderMap) -> String {
+    let seen: Vec<String> = headers
+        .iter()
+        .filter(|(name, _)| name.as_str().replace('_', "-").starts_with("weft-"))
+        .map(|(name, value)| format!("{name}={}", value.to_str().unwrap_or("?")))
+        .collect();
+    seen.join(";")
 }
 
 #[derive(Debug)]

@@ -1,10 +1,12 @@
 //! `weft.discovery.v1.Discovery`: the endpoints and policy of each destination, streamed to the
 //! proxies that watch it, and what each proxy reports back.
 
+mod names;
 mod registry;
 mod server;
 mod snapshot;
 
+pub use self::names::{ClusterDomain, ClusterDomainError};
 pub use self::registry::ProxyRegistry;
 pub use self::server::DiscoveryApi;
 pub use self::snapshot::{SnapshotCache, inbound_snapshot, outbound_snapshot};

@@ -16,7 +16,7 @@ use weft_api::discovery::{
 use weft_telemetry::Drain;
 
 use super::registry::Caller;
-use super::{ProxyRegistry, SnapshotCache, inbound_snapshot};
+use super::{ClusterDomain, ProxyRegistry, SnapshotCache, inbound_snapshot};
 use crate::policy_store::PolicyStore;
 use crate::tls_incoming::PeerInfo;
 
@@ -38,11 +38,17 @@ pub struct DiscoveryApi {
 pub type SnapshotStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl DiscoveryApi {
-    /// Serves `store`'s policy, recording proxies in `registry`; streams end on `drain`.
-    pub fn new(store: Arc<PolicyStore>, registry: Arc<ProxyRegistry>, drain: Drain) -> Self {
+    /// Serves `store`'s policy, recording proxies in `registry`; Service names resolve under
+    /// `cluster_domain`; streams end on `drain`.
+    pub fn new(
+        store: Arc<PolicyStore>,
+        registry: Arc<ProxyRegistry>,
+        cluster_domain: ClusterDomain,
+        drain: Drain,
+    ) -> Self {
         Self {
             store,
-            cache: Arc::new(SnapshotCache::default()),
+            cache: Arc::new(SnapshotCache::new(cluster_domain)),
             registry,
             drain,
         }

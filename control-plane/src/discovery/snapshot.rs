@@ -8,6 +8,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use weft_api::discovery as pb;
 
+use super::names::ClusterDomain;
 use crate::policy::{
     BackendRef, GrpcRouteMatch, HeaderModifier, HttpRouteMatch, Key, Kind, NamedValueMatch,
     ParentRef, Resource, RouteFilter, RouteRetry, RouteTimeouts, ServicePolicySpec, ServiceSpec,
@@ -22,10 +23,19 @@ const DEFAULT_RETRY_BACKOFF_MS: u64 = 25;
 /// change watched by a thousand proxies is computed once per destination.
 #[derive(Debug, Default)]
 pub struct SnapshotCache {
+    cluster_domain: ClusterDomain,
     entries: Mutex<(u64, HashMap<String, Arc<pb::OutboundSnapshot>>)>,
 }
 
 impl SnapshotCache {
+    /// An empty cache resolving Service names under `cluster_domain`.
+    pub fn new(cluster_domain: ClusterDomain) -> Self {
+        Self {
+            cluster_domain,
+            entries: Mutex::default(),
+        }
+    }
+
     /// The snapshot of `destination` in `state` (its version left empty).
     pub fn outbound(&self, state: &PolicyState, destination: &str) -> Arc<pb::OutboundSnapshot> {
         {
@@ -36,7 +46,7 @@ impl SnapshotCache {
                 return snapshot.clone();
             }
         }
-        let snapshot = Arc::new(outbound_snapshot(state, destination));
+        let snapshot = Arc::new(outbound_snapshot(state, &self.cluster_domain, destination));
         let mut entries = self.entries.lock();
         if state.revision > entries.0 {
             // A new revision: everything cached is stale.
@@ -61,8 +71,12 @@ struct Target<'a> {
 }
 
 /// The snapshot for `destination` (`host:port`), version left empty.
-pub fn outbound_snapshot(state: &PolicyState, destination: &str) -> pb::OutboundSnapshot {
-    let Some(target) = resolve(state, destination) else {
+pub fn outbound_snapshot(
+    state: &PolicyState,
+    cluster_domain: &ClusterDomain,
+    destination: &str,
+) -> pb::OutboundSnapshot {
+    let Some(target) = resolve(state, cluster_domain, destination) else {
         return pb::OutboundSnapshot::default();
     };
     let mut backends = Backends::new(state);
@@ -194,21 +208,19 @@ pub fn inbound_snapshot(state: &PolicyState, identity: &str, port: u32) -> pb::I
 }
 
 /// The Service port a destination names: `<name>.<namespace>[.svc[.<cluster domain>]]:<port>`.
-fn resolve<'a>(state: &'a PolicyState, destination: &str) -> Option<Target<'a>> {
+fn resolve<'a>(
+    state: &'a PolicyState,
+    cluster_domain: &ClusterDomain,
+    destination: &str,
+) -> Option<Target<'a>> {
     if let Ok(addr) = destination.parse::<std::net::SocketAddr>() {
         return resolve_workload(state, addr);
     }
     let (host, port) = destination.rsplit_once(':')?;
     let port: u32 = port.parse().ok()?;
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    let mut labels = host.split('.');
-    let name = labels.next()?;
-    let namespace = labels.next()?;
-    match labels.next() {
-        None | Some("svc") => {}
-        Some(_) => return None,
-    }
-    let key = Key::new(Kind::Service, namespace, name);
+    let host = host.to_ascii_lowercase();
+    let service = cluster_domain.service(&host)?;
+    let key = Key::new(Kind::Service, service.namespace, service.name);
     let stored = state.get(&key)?;
     let Spec::Service(spec) = &stored.resource.spec else {
         return None;

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use parking_lot::Mutex;
 use weft_certs::Identity;
 
-use crate::http_util::{Body, CLIENT_ID, ORIG_PROTO, boxed, error_response};
+use crate::http_util::{Body, CLIENT_ID, ORIG_PROTO, boxed, error_response, remove_weft_headers};
 use crate::metrics::{Direction, ProxyMetrics, RequestMetrics};
 use crate::plain_http::PlainHttp;
 
@@ -71,17 +71,18 @@ impl InboundConnection {
 
     async fn forward(&self, request: Request<Incoming>) -> Response<Body> {
         let (mut parts, body) = request.into_parts();
-        // Only the identity this proxy verified may appear here (insert replaces every value).
-        parts.headers.insert(CLIENT_ID, self.client_id.clone());
         // HTTP/1 rode the HTTP/2 hop marked with weft-orig-proto; restore it (PlainHttp puts the
         // authority back into Host). Without the mark it was HTTP/2 from the start.
-        if let Some(orig) = parts.headers.remove(ORIG_PROTO) {
+        if let Some(orig) = parts.headers.get(ORIG_PROTO) {
             parts.version = if orig.as_bytes() == b"HTTP/1.0" {
                 Version::HTTP_10
             } else {
                 Version::HTTP_11
             };
         }
+        // Only the identity this proxy verified may reach the app, under no other spelling.
+        remove_weft_headers(&mut parts.headers);
+        parts.headers.insert(CLIENT_ID, self.client_id.clone());
         let request = Request::from_parts(parts, boxed(body));
         match self.app.send(request).await {
             Ok(mut response) => {

@@ -18,7 +18,9 @@ use parking_lot::Mutex;
 use super::peer::{Peer, PeerPool};
 use crate::destination::Destination;
 use crate::destination::discovery::{DiscoveryClient, Resolution, Resolved};
-use crate::http_util::{Body, ORIG_PROTO, boxed, error_response, strip_connection_headers};
+use crate::http_util::{
+    Body, ORIG_PROTO, boxed, error_response, remove_weft_headers, strip_connection_headers,
+};
 use crate::metrics::{Direction, ProxyMetrics, RequestMetrics};
 use crate::plain_http::PlainHttp;
 use crate::stack::{DestinationRuntime, DestinationStack};
@@ -312,11 +314,10 @@ fn to_peer_request(
     authority: Authority,
 ) -> Result<Request<Body>, String> {
     let (mut parts, body) = request.into_parts();
+    // Only the proxies may say a request was HTTP/1, or who sent it.
+    remove_weft_headers(&mut parts.headers);
     match parts.version {
-        Version::HTTP_2 => {
-            // Only this proxy may say a request was HTTP/1.
-            parts.headers.remove(ORIG_PROTO);
-        }
+        Version::HTTP_2 => {}
         version => {
             strip_connection_headers(&mut parts.headers);
             parts.headers.remove(HOST);

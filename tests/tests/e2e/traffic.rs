@@ -87,6 +87,85 @@ async fn a_forged_client_id_is_replaced_by_the_verified_one() {
     assert_eq!(response.headers()["x-seen-client-id"], CLIENT_ID);
 }
 
+/// Names of the proxy's own headers as a CGI/WSGI/PHP app reads them (`HTTP_WEFT_CLIENT_ID`):
+/// any case, `_` in place of `-`. None may reach the app but the one the proxy sets.
+const SMUGGLED: [(&str, &str); 6] = [
+    (
+        "weft_client_id",
+        "spiffe://cluster.local/ns/kube-system/sa/admin",
+    ),
+    (
+        "WEFT_CLIENT_ID",
+        "spiffe://cluster.local/ns/kube-system/sa/admin",
+    ),
+    (
+        "Weft-Client_Id",
+        "spiffe://cluster.local/ns/kube-system/sa/admin",
+    ),
+    ("weft_orig_proto", "HTTP/1.0"),
+    ("weft-proxy-error", "forged"),
+    ("WEFT-anything", "forged"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxys_headers_cannot_be_smuggled_in_any_spelling() {
+    let mesh = Mesh::start("24h").await;
+    let expected = format!("weft-client-id={CLIENT_ID}");
+    for client in [
+        MeshClient::http1(mesh.client.outbound),
+        MeshClient::http2(mesh.client.outbound),
+    ] {
+        let response = client
+            .send_with("GET", HTTP_AUTHORITY, "/", Bytes::new(), &SMUGGLED)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-seen-weft-headers"], expected.as_str());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_cannot_smuggle_the_proxys_headers_either() {
+    let mesh = Mesh::start("24h").await;
+    // A genuine peer of the trust domain speaking HTTP/2 straight to the inbound port, without
+    // the client proxy that would have cleaned its request.
+    let mallory = "spiffe://cluster.local/ns/shop/sa/mallory";
+    let certs = mesh.cp.credential(mallory).await;
+    let config =
+        weft_certs::client_config(&mesh.cp.anchors(), certs, &[weft_certs::ALPN_WEFT]).unwrap();
+    let server: weft_certs::Identity = crate::SERVER_ID.parse().unwrap();
+    let tcp = tokio::net::TcpStream::connect(mesh.server.inbound)
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from(server.dns_name()).unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let mut request = http::Request::builder()
+        .uri(format!("http://{HTTP_AUTHORITY}/"))
+        .header("weft-client-id", CLIENT_ID);
+    for (name, value) in SMUGGLED {
+        request = request.header(name.to_ascii_lowercase(), value);
+    }
+    let request = request.body(http_body_util::Empty::<Bytes>::new()).unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["x-seen-weft-headers"],
+        format!("weft-client-id={mallory}").as_str()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_passes_through_as_http2() {
     let mesh = Mesh::start("24h").await;

@@ -65,22 +65,42 @@ fn resolves_service_names_in_their_usual_forms() {
         "api.shop.svc.cluster.local:8080",
         "API.Shop:8080",
     ] {
-        let snapshot = outbound_snapshot(&state, destination);
+        let snapshot = outbound_snapshot(&state, &ClusterDomain::default(), destination);
         assert!(snapshot.found, "{destination}");
         assert_eq!(snapshot.service, "shop/api:8080");
     }
     assert!(
-        !outbound_snapshot(&state, "api.shop:9090").found,
+        !outbound_snapshot(&state, &ClusterDomain::default(), "api.shop:9090").found,
         "no such port"
     );
-    assert!(!outbound_snapshot(&state, "api.other:8080").found);
+    assert!(!outbound_snapshot(&state, &ClusterDomain::default(), "api.other:8080").found);
     // An address no workload has (workload addresses: a_workload_address_resolves_…).
-    assert!(!outbound_snapshot(&state, "10.9.9.9:8080").found);
+    assert!(!outbound_snapshot(&state, &ClusterDomain::default(), "10.9.9.9:8080").found);
+}
+
+#[test]
+fn a_service_name_followed_by_anything_else_is_not_that_service() {
+    let state = state(MESH);
+    for destination in [
+        "api.shop.svc.evil.example:8080",
+        "api.shop.svc.cluster.local.evil.example:8080",
+        "api.shop.svc.cluster:8080",
+        "api.shop.svc.cluster.local..:8080",
+        "api.shop.evil:8080",
+        "api.shop.svc.svc:8080",
+        ".api.shop:8080",
+        "api..shop:8080",
+    ] {
+        assert!(
+            !outbound_snapshot(&state, &ClusterDomain::default(), destination).found,
+            "{destination} must not reach shop/api"
+        );
+    }
 }
 
 #[test]
 fn endpoints_are_the_selected_workloads() {
-    let snapshot = outbound_snapshot(&state(MESH), "api.shop:8080");
+    let snapshot = outbound_snapshot(&state(MESH), &ClusterDomain::default(), "api.shop:8080");
     let api = &snapshot.backends[0];
     assert_eq!(api.name, "shop/api:8080");
     let mut addresses: Vec<&str> = api.endpoints.iter().map(|e| e.address.as_str()).collect();
@@ -94,7 +114,7 @@ fn endpoints_are_the_selected_workloads() {
 #[test]
 fn a_workload_address_resolves_to_that_workload_alone() {
     let state = state(MESH);
-    let snapshot = outbound_snapshot(&state, "10.0.0.2:8080");
+    let snapshot = outbound_snapshot(&state, &ClusterDomain::default(), "10.0.0.2:8080");
     assert!(snapshot.found);
     // The first Service (by namespace and name) that selects the workload on that port.
     assert_eq!(snapshot.service, "shop/api:8080");
@@ -108,11 +128,11 @@ fn a_workload_address_resolves_to_that_workload_alone() {
     assert!(snapshot.routes.is_empty());
     assert_eq!(snapshot.backends.len(), 1);
     // Dialed through its proxy port when it has one.
-    let via_proxy = outbound_snapshot(&state, "10.0.0.1:8080");
+    let via_proxy = outbound_snapshot(&state, &ClusterDomain::default(), "10.0.0.1:8080");
     assert_eq!(via_proxy.backends[0].endpoints[0].address, "10.0.0.1:7143");
     // Not a workload, or a port no Service targets: outside the mesh.
-    assert!(!outbound_snapshot(&state, "10.0.0.9:8080").found);
-    assert!(!outbound_snapshot(&state, "10.0.0.2:9999").found);
+    assert!(!outbound_snapshot(&state, &ClusterDomain::default(), "10.0.0.9:8080").found);
+    assert!(!outbound_snapshot(&state, &ClusterDomain::default(), "10.0.0.2:9999").found);
 }
 
 #[test]
@@ -122,7 +142,7 @@ fn an_opaque_service_port_makes_its_workload_addresses_opaque() {
         "metadata: {name: api, namespace: shop}\nspec: {selector: {app: api}, ports: [{port: 5432, targetPort: 8080, appProtocol: tcp}]}",
     );
     assert_ne!(opaque, MESH);
-    let snapshot = outbound_snapshot(&state(&opaque), "10.0.0.2:8080");
+    let snapshot = outbound_snapshot(&state(&opaque), &ClusterDomain::default(), "10.0.0.2:8080");
     assert!(snapshot.found);
     assert_eq!(snapshot.service, "shop/api:5432");
     assert!(snapshot.opaque);
@@ -150,7 +170,11 @@ spec:
   - matches: [{path: {type: PathPrefix, value: /tie}}]
     backendRefs: [{name: api, port: 8080}]
 "#;
-    let snapshot = outbound_snapshot(&state(&format!("{MESH}{tie}")), "api.shop:8080");
+    let snapshot = outbound_snapshot(
+        &state(&format!("{MESH}{tie}")),
+        &ClusterDomain::default(),
+        "api.shop:8080",
+    );
     let tied: Vec<&str> = snapshot
         .routes
         .iter()
@@ -167,7 +191,7 @@ spec:
 
 #[test]
 fn routes_are_flattened_in_precedence_order() {
-    let snapshot = outbound_snapshot(&state(MESH), "api.shop:8080");
+    let snapshot = outbound_snapshot(&state(MESH), &ClusterDomain::default(), "api.shop:8080");
     let paths: Vec<String> = snapshot
         .routes
         .iter()
@@ -220,7 +244,7 @@ spec:
     backendRefs: [{name: api-v2, port: 8080}]
 "#
     );
-    let snapshot = outbound_snapshot(&state(&yaml), "api.shop:8080");
+    let snapshot = outbound_snapshot(&state(&yaml), &ClusterDomain::default(), "api.shop:8080");
     let grpc = snapshot
         .routes
         .iter()
@@ -246,7 +270,7 @@ spec:
     backendRefs: [{name: api-v2, port: 8080}]
 "#
     );
-    let snapshot = outbound_snapshot(&state(&yaml), "api.shop:8080");
+    let snapshot = outbound_snapshot(&state(&yaml), &ClusterDomain::default(), "api.shop:8080");
     let m = &snapshot
         .routes
         .iter()
