@@ -9,7 +9,7 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 
 pub use self::types::*;
-pub use self::validate::{duration, grpc_code};
+pub use self::validate::{duration, format_duration, grpc_code};
 
 /// The namespace of a manifest that names none.
 pub const DEFAULT_NAMESPACE: &str = "default";

@@ -131,3 +131,167 @@ spec:
             .contains("spec.rules[0].matches[0].method.service")
     );
 }
+
+/// Every numeric field of every kind, with the values that could crash or stall a proxy: each
+/// is refused, naming the field and the range allowed. (`{}` is replaced by the value.)
+#[test]
+fn extreme_values_are_refused_naming_the_field_and_range() {
+    let policy = |field: &str| {
+        format!(
+            "apiVersion: policy.weft.io/v1alpha1\nkind: ServicePolicy\nmetadata: {{name: p}}\nspec:\n  targetRef: {{name: api}}\n  {field}\n"
+        )
+    };
+    let route = |rule: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r}}\nspec:\n  parentRefs: [{{name: api}}]\n  rules:\n  - {rule}\n"
+        )
+    };
+    let workload = |field: &str| {
+        format!(
+            "apiVersion: policy.weft.io/v1alpha1\nkind: Workload\nmetadata: {{name: w}}\nspec: {{address: 10.0.0.1, identity: \"spiffe://cluster.local/ns/a/sa/b\", {field}}}\n"
+        )
+    };
+    let durations = [
+        "9223372036854775807s",
+        "100000h",
+        "-1s",
+        "1 day",
+        "1d",
+        "1.5s",
+        "10us",
+        "1h1m1s1ms1h",
+        "",
+    ];
+    let counts = ["4294967295", "-1"];
+    let mut cases: Vec<(String, &str)> = Vec::new();
+    for d in durations {
+        let d = format!("\"{d}\"");
+        cases.extend([
+            (
+                route(&format!("timeouts: {{request: {d}}}")),
+                "spec.rules[0].timeouts.request",
+            ),
+            (
+                route(&format!("timeouts: {{backendRequest: {d}}}")),
+                "spec.rules[0].timeouts.backendRequest",
+            ),
+            (
+                route(&format!("retry: {{attempts: 1, backoff: {d}}}")),
+                "spec.rules[0].retry.backoff",
+            ),
+            (
+                policy(&format!("retryBudget: {{window: {d}}}")),
+                "spec.retryBudget.window",
+            ),
+            (
+                policy(&format!(
+                    "circuitBreaker: {{successRate: {{minimum: 0.5, window: {d}}}}}"
+                )),
+                "spec.circuitBreaker.successRate.window",
+            ),
+            (
+                policy(&format!("circuitBreaker: {{ejection: {{base: {d}}}}}")),
+                "spec.circuitBreaker.ejection.base",
+            ),
+            (
+                policy(&format!("circuitBreaker: {{ejection: {{max: {d}}}}}")),
+                "spec.circuitBreaker.ejection.max",
+            ),
+            (
+                policy(&format!("connectTimeout: {d}")),
+                "spec.connectTimeout",
+            ),
+        ]);
+    }
+    for n in counts {
+        cases.extend([
+            (workload(&format!("weight: {n}")), "spec.weight"),
+            (route(&format!("backendRefs: [{{name: api, weight: {n}}}]")), "spec.rules[0].backendRefs[0].weight"),
+            (route(&format!("retry: {{attempts: {n}}}")), "spec.rules[0].retry.attempts"),
+            (route(&format!("filters: [{{type: RequestMirror, requestMirror: {{backendRef: {{name: api}}, percent: {n}}}}}]")), "spec.rules[0].filters[0].requestMirror.percent"),
+            (policy(&format!("retryBudget: {{minRetriesPerSecond: {n}}}")), "spec.retryBudget.minRetriesPerSecond"),
+            (policy(&format!("circuitBreaker: {{consecutiveFailures: {n}}}")), "spec.circuitBreaker.consecutiveFailures"),
+            (policy(&format!("circuitBreaker: {{successRate: {{minimum: 0.5, minRequests: {n}}}}}")), "spec.circuitBreaker.successRate.minRequests"),
+            (policy(&format!("rateLimit: {{requestsPerSecond: {n}}}")), "spec.rateLimit.requestsPerSecond"),
+            (policy(&format!("rateLimit: {{requestsPerSecond: 10, burst: {n}}}")), "spec.rateLimit.burst"),
+            (policy(&format!("opaquePorts: [{n}]")), "spec.opaquePorts[0]"),
+        ]);
+    }
+    for ratio in ["1e308", "-0.5", "1.0000001e1"] {
+        cases.push((
+            policy(&format!("retryBudget: {{ratio: {ratio}}}")),
+            "spec.retryBudget.ratio",
+        ));
+        cases.push((
+            policy(&format!(
+                "circuitBreaker: {{successRate: {{minimum: {ratio}}}}}"
+            )),
+            "spec.circuitBreaker.successRate.minimum",
+        ));
+    }
+    cases.extend([
+        (
+            policy("circuitBreaker: {consecutiveFailures: 0}"),
+            "spec.circuitBreaker.consecutiveFailures",
+        ),
+        (
+            policy("rateLimit: {requestsPerSecond: 0}"),
+            "spec.rateLimit.requestsPerSecond",
+        ),
+        (
+            policy("rateLimit: {requestsPerSecond: 10, burst: 0}"),
+            "spec.rateLimit.burst",
+        ),
+    ]);
+    for (yaml, field) in &cases {
+        let doc: serde_json::Value = serde_saphyr::from_str(yaml).unwrap();
+        let error = Resource::parse(&doc, "document 1").expect_err(yaml);
+        assert_eq!(&error.field, field, "{yaml}: {error}");
+        // A type error (a negative count) says what type; a value out of range says the range.
+        assert!(
+            error.reason.contains("between")
+                || error.reason.contains("at least")
+                || error.reason.contains("at most")
+                || error.reason.contains("invalid value")
+                || error.reason.contains("not a duration")
+                || error.reason.contains("is not a port"),
+            "{field}: {}",
+            error.reason
+        );
+    }
+}
+
+#[test]
+fn durations_follow_the_gateway_api_grammar() {
+    for (text, ms) in [
+        ("0s", 0),
+        ("500ms", 500),
+        ("1h30m", 5_400_000),
+        ("1h30m30s500ms", 5_430_500),
+        ("00060m", 3_600_000),
+        ("1s1s", 2_000),
+    ] {
+        assert_eq!(
+            duration(text).unwrap(),
+            std::time::Duration::from_millis(ms),
+            "{text}"
+        );
+    }
+    for text in [
+        "1 day",
+        "1d",
+        "1.5s",
+        "-1s",
+        "10us",
+        "1ns",
+        "1h1m1s1ms1h",
+        "123456s",
+        "s",
+        "",
+        " 1s",
+        "1S",
+        "1h ",
+    ] {
+        assert!(duration(text).is_err(), "{text:?} must be refused");
+    }
+}

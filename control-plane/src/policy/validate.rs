@@ -16,6 +16,37 @@ pub(super) type Failure = (String, String);
 const REGEX_SIZE_LIMIT: usize = 64 * 1024;
 /// More retries than this per request only amplify an outage.
 const MAX_RETRY_ATTEMPTS: u32 = 10;
+/// The largest weight of a backend or workload: shares stay exact in 32-bit sums.
+const MAX_WEIGHT: u32 = 1_000_000;
+
+/// The durations each field allows. Every bound keeps a proxy's arithmetic (deadlines, ejection
+/// backoff doubling, token buckets) far from overflow, and none is shorter than anything useful.
+mod bounds {
+    use std::time::Duration;
+
+    /// (min, max, whether 0s means "none").
+    pub type Range = (Duration, Duration, bool);
+
+    const MS: Duration = Duration::from_millis(1);
+    const SECOND: Duration = Duration::from_secs(1);
+    const MINUTE: Duration = Duration::from_secs(60);
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// `timeouts.request` and `timeouts.backendRequest`.
+    pub const TIMEOUT: Range = (MS, Duration::from_secs(24 * 3600), true);
+    /// `retry.backoff`.
+    pub const RETRY_BACKOFF: Range = (MS, MINUTE, true);
+    /// `retryBudget.window`: the proxy counts requests over it.
+    pub const BUDGET_WINDOW: Range = (SECOND, MINUTE, false);
+    /// `circuitBreaker.successRate.window`.
+    pub const RATE_WINDOW: Range = (SECOND, HOUR, false);
+    /// `circuitBreaker.ejection.base`: doubled on each ejection in a row.
+    pub const EJECTION_BASE: Range = (MS, HOUR, false);
+    /// `circuitBreaker.ejection.max`.
+    pub const EJECTION_MAX: Range = (MS, Duration::from_secs(24 * 3600), false);
+    /// `connectTimeout`.
+    pub const CONNECT_TIMEOUT: Range = (MS, Duration::from_secs(300), false);
+}
 /// The gRPC status names, by code.
 const GRPC_CODES: [&str; 17] = [
     "OK",
@@ -37,9 +68,59 @@ const GRPC_CODES: [&str; 17] = [
     "UNAUTHENTICATED",
 ];
 
-/// Parses a Gateway API duration ("10s", "250ms", "1m30s").
+/// Parses a Gateway API duration (GEP-2257): one to four components, each one to five decimal
+/// digits followed by `h`, `m`, `s` or `ms` ("1h30m", "500ms"), added up; nothing else.
 pub fn duration(value: &str) -> Result<Duration, String> {
-    humantime::parse_duration(value.trim()).map_err(|e| format!("{value:?} is not a duration: {e}"))
+    let invalid = || {
+        format!(
+            "{value:?} is not a duration: write whole h, m, s and ms, as in 1h30m or 500ms (Gateway API GEP-2257)"
+        )
+    };
+    let mut rest = value;
+    let mut total = Duration::ZERO;
+    let mut components = 0;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || digits > 5 {
+            return Err(invalid());
+        }
+        let count: u64 = rest[..digits].parse().map_err(|_| invalid())?;
+        rest = &rest[digits..];
+        let (unit_ms, unit_len) = if rest.starts_with("ms") {
+            (1, 2)
+        } else {
+            match rest.as_bytes().first() {
+                Some(b'h') => (3_600_000, 1),
+                Some(b'm') => (60_000, 1),
+                Some(b's') => (1_000, 1),
+                _ => return Err(invalid()),
+            }
+        };
+        rest = &rest[unit_len..];
+        // At most 99999h per component and four components: no overflow.
+        total += Duration::from_millis(count * unit_ms);
+        components += 1;
+    }
+    if components == 0 || components > 4 {
+        return Err(invalid());
+    }
+    Ok(total)
+}
+
+/// A duration as the Gateway API writes it: "1h30m", "500ms", "0s".
+pub fn format_duration(duration: Duration) -> String {
+    let mut ms = duration.as_millis();
+    if ms == 0 {
+        return "0s".to_string();
+    }
+    let mut text = String::new();
+    for (unit, size) in [("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)] {
+        if ms >= size {
+            text.push_str(&format!("{}{unit}", ms / size));
+            ms %= size;
+        }
+    }
+    text
 }
 
 /// A gRPC status code by name (`UNAVAILABLE`) or number (14).
@@ -103,6 +184,9 @@ pub(super) fn check(resource: &Resource) -> Result<(), Failure> {
             }
             for (i, port) in spec.ports.iter().enumerate() {
                 check_port(&format!("spec.ports[{i}].port"), port.port)?;
+            }
+            if let Some(weight) = spec.weight {
+                check_count("spec.weight", weight, 0, MAX_WEIGHT)?;
             }
             Ok(())
         }
@@ -255,8 +339,42 @@ fn check_port(field: &str, port: u32) -> Result<(), Failure> {
     Ok(())
 }
 
-fn check_duration(field: &str, value: &str) -> Result<Duration, Failure> {
-    duration(value).map_err(|reason| (field.to_string(), reason))
+/// A duration within `range`, naming the range when it is not.
+fn check_duration(field: &str, value: &str, range: bounds::Range) -> Result<Duration, Failure> {
+    let parsed = duration(value).map_err(|reason| (field.to_string(), reason))?;
+    let (min, max, zero_means_none) = range;
+    if (zero_means_none && parsed.is_zero()) || (min..=max).contains(&parsed) {
+        return Ok(parsed);
+    }
+    let none = if zero_means_none {
+        " (or 0s for none)"
+    } else {
+        ""
+    };
+    fail(
+        field,
+        &format!(
+            "{value:?} must be between {} and {}{none}",
+            format_duration(min),
+            format_duration(max)
+        ),
+    )
+}
+
+/// A count within `min..=max`.
+fn check_count(field: &str, value: u32, min: u32, max: u32) -> Result<(), Failure> {
+    if (min..=max).contains(&value) {
+        return Ok(());
+    }
+    fail(field, &format!("{value} must be between {min} and {max}"))
+}
+
+/// A fraction within `min..=max` (which NaN never is).
+fn check_fraction(field: &str, value: f64, min: f64, max: f64) -> Result<(), Failure> {
+    if (min..=max).contains(&value) {
+        return Ok(());
+    }
+    fail(field, &format!("{value} must be between {min} and {max}"))
 }
 
 fn check_regex(field: &str, pattern: &str) -> Result<(), Failure> {
@@ -413,8 +531,8 @@ fn check_rule_common(
         if let Some(port) = backend.port {
             check_port(&format!("{field}.port"), port)?;
         }
-        if backend.weight.is_some_and(|w| w > 1_000_000) {
-            return fail(&format!("{field}.weight"), "must be at most 1000000");
+        if let Some(weight) = backend.weight {
+            check_count(&format!("{field}.weight"), weight, 0, MAX_WEIGHT)?;
         }
     }
     if !backends.is_empty() && backends.iter().all(|b| b.weight == Some(0)) {
@@ -451,11 +569,8 @@ fn check_rule_common(
                         "must be set for this type".to_string(),
                     )
                 })?;
-                if mirror.percent.is_some_and(|p| p > 100) {
-                    return fail(
-                        &format!("{field}.requestMirror.percent"),
-                        "must be at most 100",
-                    );
+                if let Some(percent) = mirror.percent {
+                    check_count(&format!("{field}.requestMirror.percent"), percent, 0, 100)?;
                 }
             }
             other => {
@@ -472,14 +587,15 @@ fn check_rule_common(
         let request = timeouts
             .request
             .as_deref()
-            .map(|t| check_duration(&format!("{at}.timeouts.request"), t))
+            .map(|t| check_duration(&format!("{at}.timeouts.request"), t, bounds::TIMEOUT))
             .transpose()?;
         let backend = timeouts
             .backend_request
             .as_deref()
-            .map(|t| check_duration(&format!("{at}.timeouts.backendRequest"), t))
+            .map(|t| check_duration(&format!("{at}.timeouts.backendRequest"), t, bounds::TIMEOUT))
             .transpose()?;
         if let (Some(request), Some(backend)) = (request, backend)
+            && !request.is_zero()
             && backend > request
         {
             return fail(
@@ -539,14 +655,11 @@ fn check_retry(at: &str, retry: &RouteRetry, grpc: bool) -> Result<(), Failure> 
             );
         }
     }
-    if retry.attempts.is_some_and(|a| a > MAX_RETRY_ATTEMPTS) {
-        return fail(
-            &format!("{at}.attempts"),
-            &format!("must be at most {MAX_RETRY_ATTEMPTS}"),
-        );
+    if let Some(attempts) = retry.attempts {
+        check_count(&format!("{at}.attempts"), attempts, 0, MAX_RETRY_ATTEMPTS)?;
     }
     if let Some(backoff) = &retry.backoff {
-        check_duration(&format!("{at}.backoff"), backoff)?;
+        check_duration(&format!("{at}.backoff"), backoff, bounds::RETRY_BACKOFF)?;
     }
     Ok(())
 }
@@ -561,11 +674,19 @@ fn check_service_policy(spec: &ServicePolicySpec) -> Result<(), Failure> {
         );
     }
     if let Some(budget) = &spec.retry_budget {
-        if budget.ratio.is_some_and(|r| !(0.0..=10.0).contains(&r)) {
-            return fail("spec.retryBudget.ratio", "must be between 0 and 10");
+        if let Some(ratio) = budget.ratio {
+            check_fraction("spec.retryBudget.ratio", ratio, 0.0, 10.0)?;
+        }
+        if let Some(per_second) = budget.min_retries_per_second {
+            check_count(
+                "spec.retryBudget.minRetriesPerSecond",
+                per_second,
+                0,
+                100_000,
+            )?;
         }
         if let Some(window) = &budget.window {
-            check_duration("spec.retryBudget.window", window)?;
+            check_duration("spec.retryBudget.window", window, bounds::BUDGET_WINDOW)?;
         }
     }
     if let Some(lb) = &spec.load_balancer
@@ -577,33 +698,56 @@ fn check_service_policy(spec: &ServicePolicySpec) -> Result<(), Failure> {
         );
     }
     if let Some(breaker) = &spec.circuit_breaker {
-        if breaker.consecutive_failures == Some(0) {
-            return fail(
+        if let Some(failures) = breaker.consecutive_failures {
+            check_count(
                 "spec.circuitBreaker.consecutiveFailures",
-                "must be at least 1 (omit it to turn it off)",
-            );
+                failures,
+                1,
+                100_000,
+            )
+            .map_err(|(field, reason)| (field, format!("{reason} (omit it to turn it off)")))?;
         }
         if let Some(rate) = &breaker.success_rate {
-            if !(0.0..=1.0).contains(&rate.minimum) {
-                return fail(
-                    "spec.circuitBreaker.successRate.minimum",
-                    "must be between 0 and 1",
-                );
+            check_fraction(
+                "spec.circuitBreaker.successRate.minimum",
+                rate.minimum,
+                0.0,
+                1.0,
+            )?;
+            if let Some(min_requests) = rate.min_requests {
+                check_count(
+                    "spec.circuitBreaker.successRate.minRequests",
+                    min_requests,
+                    1,
+                    1_000_000,
+                )?;
             }
             if let Some(window) = &rate.window {
-                check_duration("spec.circuitBreaker.successRate.window", window)?;
+                check_duration(
+                    "spec.circuitBreaker.successRate.window",
+                    window,
+                    bounds::RATE_WINDOW,
+                )?;
             }
         }
         if let Some(ejection) = &breaker.ejection {
             let base = ejection
                 .base
                 .as_deref()
-                .map(|d| check_duration("spec.circuitBreaker.ejection.base", d))
+                .map(|d| {
+                    check_duration(
+                        "spec.circuitBreaker.ejection.base",
+                        d,
+                        bounds::EJECTION_BASE,
+                    )
+                })
                 .transpose()?;
             let max = ejection
                 .max
                 .as_deref()
-                .map(|d| check_duration("spec.circuitBreaker.ejection.max", d))
+                .map(|d| {
+                    check_duration("spec.circuitBreaker.ejection.max", d, bounds::EJECTION_MAX)
+                })
                 .transpose()?;
             if let (Some(base), Some(max)) = (base, max)
                 && base > max
@@ -616,12 +760,18 @@ fn check_service_policy(spec: &ServicePolicySpec) -> Result<(), Failure> {
         }
     }
     if let Some(timeout) = &spec.connect_timeout {
-        check_duration("spec.connectTimeout", timeout)?;
+        check_duration("spec.connectTimeout", timeout, bounds::CONNECT_TIMEOUT)?;
     }
-    if let Some(limit) = &spec.rate_limit
-        && limit.requests_per_second == 0
-    {
-        return fail("spec.rateLimit.requestsPerSecond", "must be at least 1");
+    if let Some(limit) = &spec.rate_limit {
+        check_count(
+            "spec.rateLimit.requestsPerSecond",
+            limit.requests_per_second,
+            1,
+            1_000_000,
+        )?;
+        if let Some(burst) = limit.burst {
+            check_count("spec.rateLimit.burst", burst, 1, 10_000_000)?;
+        }
     }
     for (i, port) in spec.opaque_ports.iter().enumerate() {
         check_port(&format!("spec.opaquePorts[{i}]"), *port)?;

@@ -426,9 +426,20 @@ fn circuit_breaker(at: &str, b: &pb::CircuitBreaker) -> Result<CircuitBreaker, C
     })
 }
 
+/// No duration in a snapshot may exceed this: far above anything the control plane accepts, and
+/// far below what would overflow a deadline computed from it.
+const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
 /// A duration; zero means "none" wherever a timeout is optional (as the Gateway API says).
 fn duration(at: &str, d: prost_types::Duration) -> Result<Duration, CompileError> {
-    Duration::try_from(d).map_err(|_| error(at, "not a positive duration"))
+    let d = Duration::try_from(d).map_err(|_| error(at, "not a positive duration"))?;
+    if d > MAX_DURATION {
+        return Err(error(
+            at,
+            format!("must be at most {}s", MAX_DURATION.as_secs()),
+        ));
+    }
+    Ok(d)
 }
 
 #[cfg(test)]
@@ -490,6 +501,35 @@ mod tests {
         });
         let destination = Destination::try_from(&zero).unwrap();
         assert_eq!(destination.routes[0].rule.request_timeout, None);
+    }
+
+    #[test]
+    fn durations_beyond_any_policy_are_refused() {
+        let forever = prost_types::Duration {
+            seconds: i64::MAX,
+            nanos: 0,
+        };
+        let mut bad = snapshot();
+        bad.routes[0].rules[0].request_timeout = Some(forever);
+        let err = Destination::try_from(&bad).unwrap_err().to_string();
+        assert!(
+            err.starts_with("routes[0].rules[0].request_timeout: must be at most"),
+            "{err}"
+        );
+        let mut bad = snapshot();
+        bad.policy = Some(pb::ServicePolicy {
+            circuit_breaker: Some(pb::CircuitBreaker {
+                consecutive_failures: 1,
+                base_ejection: Some(forever),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let err = Destination::try_from(&bad).unwrap_err().to_string();
+        assert!(
+            err.starts_with("policy.circuit_breaker.base_ejection: must be at most"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -28,6 +28,9 @@ use super::{HttpRequest, HttpResponse, ProxyError};
 use crate::destination::{CircuitBreaker, EndpointSpec, LoadBalancerKind};
 use crate::outbound::{Peer, PeerPool};
 
+/// No ejection lasts longer, whatever the policy says.
+const MAX_EJECTION: Duration = Duration::from_secs(366 * 24 * 3600);
+
 /// Latency assumed for an endpoint with no history: low, so new endpoints get tried.
 const DEFAULT_RTT: Duration = Duration::from_millis(1);
 /// How fast the latency estimate decays back after a peak.
@@ -381,7 +384,10 @@ impl Endpoint {
             .base_ejection
             .saturating_mul(factor)
             .min(breaker.max_ejection);
-        health.ejected_until = Some(now + duration);
+        // `compile` bounds policy durations; capped and checked anyway, as an overflow here
+        // would abort the proxy.
+        let until = now.checked_add(duration.min(MAX_EJECTION)).unwrap_or(now);
+        health.ejected_until = Some(until);
         health.ejections_in_a_row += 1;
         health.probing = false;
         health.consecutive_failures = 0;
@@ -446,6 +452,25 @@ mod tests {
         e.start_probe_if_due(later);
         assert_eq!(e.record(&b, false, later), None);
         assert_eq!(e.health.lock().ejections_in_a_row, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_absurd_ejection_time_is_survived() {
+        // What `ejection.base: 9223372036854775807s` once made of every proxy: an Instant
+        // overflow at the first ejection, aborting the process.
+        let e = endpoint();
+        let forever = Duration::from_secs(i64::MAX as u64);
+        let b = CircuitBreaker {
+            base_ejection: forever,
+            max_ejection: forever,
+            ..breaker()
+        };
+        let now = Instant::now();
+        for _ in 0..2 {
+            assert_eq!(e.record(&b, true, now), None);
+        }
+        assert!(e.record(&b, true, now).is_some());
+        assert!(!e.is_eligible(now + Duration::from_secs(3600)));
     }
 
     #[tokio::test(start_paused = true)]

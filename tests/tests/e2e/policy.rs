@@ -597,6 +597,25 @@ async fn bad_policy_is_refused_naming_the_field_and_nothing_changes() {
             ),
             "HTTPRoute shop/split: spec.rules[0].matches[0].path.value: regular expression does not compile",
         ),
+        (
+            "apiVersion: policy.weft.io/v1alpha1\nkind: ServicePolicy\nmetadata: {name: p, namespace: shop}\nspec: {targetRef: {name: api}, circuitBreaker: {consecutiveFailures: 1, ejection: {base: 9223372036854775807s}}}\n",
+            "ServicePolicy shop/p: spec.circuitBreaker.ejection.base: \"9223372036854775807s\" is not a duration",
+        ),
+        (
+            "apiVersion: policy.weft.io/v1alpha1\nkind: ServicePolicy\nmetadata: {name: p, namespace: shop}\nspec: {targetRef: {name: api}, circuitBreaker: {consecutiveFailures: 1, ejection: {base: 99999h}}}\n",
+            "ServicePolicy shop/p: spec.circuitBreaker.ejection.base: \"99999h\" must be between 1ms and 1h",
+        ),
+        (
+            &split(90, 10).replace("weight: 90", "weight: 4294967295") as &str,
+            "HTTPRoute shop/split: spec.rules[0].backendRefs[0].weight: 4294967295 must be between 0 and 1000000",
+        ),
+        (
+            &split(90, 10).replace(
+                "- backendRefs",
+                "- timeouts: {request: 1 day}\n    backendRefs",
+            ),
+            "HTTPRoute shop/split: spec.rules[0].timeouts.request: \"1 day\" is not a duration",
+        ),
     ];
     for (yaml, expected) in cases {
         let (status, _, stderr) = cp.apply(yaml);
