@@ -23,6 +23,8 @@ pub mod tls_incoming;
 
 /// The exit code for bad configuration or usage (BSD `EX_USAGE`).
 pub const EXIT_USAGE: i32 = 64;
+/// The exit code for a damaged store (BSD `EX_DATAERR`): restarting will not help.
+pub const EXIT_DATA: i32 = 65;
 
 /// Parses the command line; `--help` and `--version` print and exit 0, anything wrong prints
 /// one line naming the problem and exits [`EXIT_USAGE`].

@@ -121,20 +121,16 @@ impl PolicyStore {
                         .map(|r| (r.without_version(), version))
                         .map_err(|e| e.to_string())
                 });
-            match parsed {
-                Ok((resource, resource_version)) => {
-                    resources.insert(
-                        resource.key(),
-                        Stored {
-                            resource: Arc::new(resource),
-                            resource_version,
-                        },
-                    );
-                }
-                Err(error) => {
-                    tracing::error!(%key, %error, "skipping a stored resource that no longer parses")
-                }
-            }
+            // A record skipped would be policy silently lost (a route, an authorization rule).
+            let (resource, resource_version) =
+                parsed.map_err(|reason| StoreError::Unparsable { key, reason })?;
+            resources.insert(
+                resource.key(),
+                Stored {
+                    resource: Arc::new(resource),
+                    resource_version,
+                },
+            );
         }
         let (state, _) = watch::channel(Arc::new(PolicyState {
             revision,

@@ -23,9 +23,29 @@ pub type RawRecords = Vec<(String, Vec<u8>)>;
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The file could not be opened: damaged, not a store, or held by another process.
+    #[error(
+        "store {path}: {source}: the file is damaged or not a Weft store; restore it from a backup, or move it aside to start with an empty one"
+    )]
+    Open {
+        /// The file.
+        path: std::path::PathBuf,
+        /// redb's reason.
+        source: redb::DatabaseError,
+    },
     /// redb failed (I/O, corruption, or another process holding the file).
     #[error("store: {0}")]
     Db(#[from] redb::Error),
+    /// A stored resource no longer parses as one.
+    #[error(
+        "store: stored resource {key} no longer parses ({reason}); the store is damaged or was written by a newer weft-control"
+    )]
+    Unparsable {
+        /// The record's key.
+        key: String,
+        /// Why it does not parse.
+        reason: String,
+    },
     /// A stored value could not be decoded.
     #[error("store: corrupt record {key}: {source}")]
     Corrupt {
@@ -62,15 +82,26 @@ impl std::fmt::Debug for Store {
 // === impl Store ===
 
 impl Store {
-    /// Opens (or creates) the store file at `path`.
+    /// Opens (or creates) the store file at `path`. Every page of the file is checked first: a
+    /// damaged store is refused, never trusted (a plain open may panic on one, or read garbage).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(redb::Error::from)?;
-        let txn = db.begin_write().map_err(redb::Error::from)?;
+        let db = Database::builder()
+            .set_check_integrity_on_open(true)
+            .create(path)
+            .map_err(|source| StoreError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let txn = write(&db)?;
         txn.open_table(JOIN_TOKENS).map_err(redb::Error::from)?;
         txn.open_table(RESOURCES).map_err(redb::Error::from)?;
         txn.open_table(META).map_err(redb::Error::from)?;
         txn.commit().map_err(redb::Error::from)?;
         Ok(Self { db: Arc::new(db) })
+    }
+
+    fn write(&self) -> Result<redb::WriteTransaction, StoreError> {
+        write(&self.db)
     }
 
     /// Every stored resource (key and JSON bytes), and the revision they were read at.
@@ -99,7 +130,7 @@ impl Store {
         puts: &[(String, Vec<u8>)],
         deletes: &[String],
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        let txn = self.write()?;
         {
             let mut table = txn.open_table(RESOURCES).map_err(redb::Error::from)?;
             for (key, value) in puts {
@@ -123,7 +154,7 @@ impl Store {
             key: hash.to_string(),
             source,
         })?;
-        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        let txn = self.write()?;
         {
             let mut table = txn.open_table(JOIN_TOKENS).map_err(redb::Error::from)?;
             table
@@ -159,7 +190,7 @@ impl Store {
     /// Removes every token whose hash starts with `prefix` and those that expired before `now`;
     /// returns how many matched `prefix`.
     pub fn remove_join_tokens(&self, prefix: Option<&str>, now: u64) -> Result<usize, StoreError> {
-        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        let txn = self.write()?;
         let mut matched = 0;
         {
             let mut table = txn.open_table(JOIN_TOKENS).map_err(redb::Error::from)?;
@@ -177,6 +208,15 @@ impl Store {
         txn.commit().map_err(redb::Error::from)?;
         Ok(matched)
     }
+}
+
+/// A write transaction committed in two phases: the commit slot it writes is itself made durable
+/// before the file points at it, so a damaged page of the newest commit is reported as damage
+/// instead of quietly falling back to the commit before it (losing the last change).
+fn write(db: &Database) -> Result<redb::WriteTransaction, StoreError> {
+    let mut txn = db.begin_write().map_err(redb::Error::from)?;
+    txn.set_two_phase_commit(true);
+    Ok(txn)
 }
 
 fn decode(key: &str, value: &[u8]) -> Result<JoinTokenRecord, StoreError> {
@@ -209,6 +249,45 @@ mod tests {
         let store = Store::open(&path).unwrap();
         assert_eq!(store.join_token("abc").unwrap(), Some(record(100)));
         assert_eq!(store.join_token("missing").unwrap(), None);
+    }
+
+    /// A store holding a few records, and its bytes.
+    fn written(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
+        let path = dir.join("store.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            store.put_join_token("abc", &record(100)).unwrap();
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        (path, bytes)
+    }
+
+    #[test]
+    fn a_bit_flipped_file_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, mut bytes) = written(dir.path());
+        // Flip one bit inside a stored record, where a plain open would not look.
+        let needle = b"spiffe://cluster.local";
+        let at = bytes
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .unwrap();
+        bytes[at + 3] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        let error = Store::open(&path).unwrap_err().to_string();
+        assert!(error.contains(&path.display().to_string()), "{error}");
+        assert!(error.contains("damaged"), "{error}");
+    }
+
+    #[test]
+    fn a_truncated_file_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, bytes) = written(dir.path());
+        for len in [bytes.len() / 2, 100] {
+            std::fs::write(&path, &bytes[..len]).unwrap();
+            let error = Store::open(&path).unwrap_err().to_string();
+            assert!(error.contains(&path.display().to_string()), "{error}");
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `weft-control`: see `weft_control_plane::server`.
 
 use weft_control_plane::config::Config;
-use weft_control_plane::{EXIT_USAGE, server};
+use weft_control_plane::{EXIT_DATA, EXIT_USAGE, server};
 use weft_telemetry::Drain;
 
 fn main() {
@@ -22,7 +22,10 @@ fn main() {
         let drain = Drain::new();
         if let Err(error) = server::start(&config, &drain).await {
             eprintln!("weft-control: {error}");
-            return EXIT_USAGE;
+            return match error {
+                server::StartError::Store(_) => EXIT_DATA,
+                _ => EXIT_USAGE,
+            };
         }
         if let Err(error) = weft_telemetry::wait_for_signal().await {
             eprintln!("weft-control: cannot listen for signals: {error}");

@@ -199,3 +199,18 @@ fn watch_events_resume_from_a_revision() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].revision, 2);
 }
+
+#[test]
+fn a_stored_record_that_no_longer_parses_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = Store::open(&dir.path().join("store.redb")).unwrap();
+    for bad in [
+        b"{not json".to_vec(),
+        br#"{"apiVersion": "v1", "kind": "Service"}"#.to_vec(),
+    ] {
+        raw.commit_resources(1, &[("Service/shop/api".to_string(), bad)], &[])
+            .unwrap();
+        let error = PolicyStore::load(raw.clone()).unwrap_err().to_string();
+        assert!(error.contains("Service/shop/api"), "{error}");
+    }
+}

@@ -11,6 +11,7 @@ mod policy;
 mod readiness;
 mod refusals;
 mod rotation;
+mod store_damage;
 mod traffic;
 
 use weft_tests::apps::{App, start_echo_app};
