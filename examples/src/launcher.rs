@@ -53,6 +53,32 @@ impl Ports {
         }
     }
 
+    /// Checks that every port is free, naming the first that is not and what it is for.
+    pub fn ensure_free(&self) -> Result<(), PortTaken> {
+        for (addr, what) in self.described() {
+            if let Err(error) = TcpListener::bind(addr) {
+                return Err(PortTaken { addr, what, error });
+            }
+        }
+        Ok(())
+    }
+
+    fn described(&self) -> [(SocketAddr, &'static str); 11] {
+        [
+            (self.control_proxy_api, "weft-control's proxy API"),
+            (self.control_admin, "weft-control's admin API"),
+            (self.control_metrics, "weft-control's metrics"),
+            (self.frontend_app, "the frontend app"),
+            (self.frontend_inbound, "the frontend proxy's inbound"),
+            (self.frontend_outbound, "the frontend proxy's outbound"),
+            (self.frontend_admin, "the frontend proxy's admin"),
+            (self.backend_app, "the backend app"),
+            (self.backend_inbound, "the backend proxy's inbound"),
+            (self.backend_outbound, "the backend proxy's outbound"),
+            (self.backend_admin, "the backend proxy's admin"),
+        ]
+    }
+
     /// Free random ports, for a run that must not collide with anything (CI's smoke run).
     pub fn random() -> anyhow::Result<Self> {
         // Hold every listener until all are chosen, so no port is handed out twice.
@@ -77,6 +103,20 @@ impl Ports {
             backend_admin: next()?,
         })
     }
+}
+
+/// A port the demo needs is taken.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{addr} ({what}) is already in use ({error}): is another demo running? Stop it with Ctrl-C, or run this one with --random-ports"
+)]
+pub struct PortTaken {
+    /// The address.
+    pub addr: SocketAddr,
+    /// What the demo uses it for.
+    pub what: &'static str,
+    /// The bind error.
+    pub error: std::io::Error,
 }
 
 /// A child process, killed when dropped.
@@ -328,5 +368,22 @@ async fn wait_http(addr: SocketAddr, path: &str, what: &str) -> anyhow::Result<S
             bail!("{what} not ready at http://{addr}{path} after 30s");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_taken_port_is_named_with_what_it_is_for() {
+        let mut ports = Ports::random().unwrap();
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        ports.backend_admin = taken.local_addr().unwrap();
+        let error = ports.ensure_free().unwrap_err().to_string();
+        assert!(error.contains("the backend proxy's admin"), "{error}");
+        assert!(error.contains("another demo running"), "{error}");
+        drop(taken);
+        ports.ensure_free().unwrap();
     }
 }

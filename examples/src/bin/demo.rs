@@ -5,6 +5,7 @@
 
 #![allow(clippy::print_stdout)] // A CLI that talks to its user.
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -17,25 +18,41 @@ struct Args {
     /// Start on random ports, check traffic flows, then stop (what CI runs).
     #[arg(long)]
     smoke: bool,
+    /// Start on random ports instead of the documented ones.
+    #[arg(long)]
+    random_ports: bool,
+    /// Do not build the mesh's binaries first (they must be beside this one).
+    #[arg(long)]
+    no_build: bool,
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
     let exe = std::env::current_exe()?;
     let bin_dir = exe
         .parent()
         .context("demo binary has no directory")?
         .to_path_buf();
-    println!("building weft-control, weft-proxy and weftctl (the first time takes a few minutes)…");
-    launcher::build_binaries(&bin_dir)?;
-
-    let work_dir = tempfile::Builder::new().prefix("weft-demo-").tempdir()?;
-    let ports = if args.smoke {
+    let ports = if args.smoke || args.random_ports {
         Ports::random()?
     } else {
-        Ports::fixed()
+        let ports = Ports::fixed();
+        // The documented ports taken means, nearly always, a demo already running.
+        if let Err(taken) = ports.ensure_free() {
+            eprintln!("demo: {taken}");
+            return Ok(ExitCode::FAILURE);
+        }
+        ports
     };
+    if !args.no_build {
+        println!(
+            "building weft-control, weft-proxy and weftctl (the first time takes a few minutes)…"
+        );
+        launcher::build_binaries(&bin_dir)?;
+    }
+
+    let work_dir = tempfile::Builder::new().prefix("weft-demo-").tempdir()?;
     let mesh = match launcher::start(&bin_dir, work_dir.path(), ports).await {
         Ok(mesh) => mesh,
         Err(error) => {
@@ -50,28 +67,35 @@ async fn main() -> anyhow::Result<()> {
     };
     if args.smoke {
         println!("smoke: frontend → weft-proxy → mTLS → weft-proxy → backend works");
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     print_guide(&ports, &bin_dir, &mesh.work_dir);
     let mut mesh = mesh;
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
-    loop {
+    let code = loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = terminate.recv() => break,
-            _ = hangup.recv() => break,
-            () = tokio::time::sleep(Duration::from_secs(1)) => {
+            _ = tokio::signal::ctrl_c() => break ExitCode::SUCCESS,
+            _ = terminate.recv() => break ExitCode::SUCCESS,
+            _ = hangup.recv() => break ExitCode::SUCCESS,
+            () = tokio::time::sleep(Duration::from_millis(200)) => {
                 if let Some(name) = mesh.exited() {
-                    eprintln!("{name} exited; see its log in {}", mesh.work_dir.display());
-                    std::process::exit(1);
+                    eprintln!(
+                        "{name} exited; stopping the rest of the mesh. Its log: {}",
+                        mesh.work_dir.join(format!("{}.log", name.replace(' ', "-"))).display()
+                    );
+                    // The logs outlive the mesh, for the user to read.
+                    let _ = work_dir.keep();
+                    break ExitCode::FAILURE;
                 }
             }
         }
-    }
+    };
     println!("\nstopping the mesh");
-    Ok(())
+    // Every part is stopped (and reaped) here, whatever ended the demo.
+    drop(mesh);
+    Ok(code)
 }
 
 fn print_guide(ports: &Ports, bin_dir: &std::path::Path, work_dir: &std::path::Path) {
