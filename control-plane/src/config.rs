@@ -6,6 +6,11 @@ use std::time::Duration;
 
 use weft_certs::TrustDomain;
 
+/// The private and shared address ranges Kubernetes clusters take pod and service addresses
+/// from (RFC 1918, RFC 6598, and IPv6 unique local addresses).
+pub const DEFAULT_MESH_NETWORKS: &str =
+    "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8";
+
 /// weft-control: signs proxy certificates and serves the admin API.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "weft-control", version, about)]
@@ -33,6 +38,17 @@ pub struct Config {
         default_value = "cluster.local"
     )]
     pub cluster_domain: crate::discovery::ClusterDomain,
+
+    /// The networks (CIDRs) of the mesh's workloads and services, pushed to every proxy: a
+    /// connection to an address inside them is never sent in plaintext, even while discovery
+    /// cannot place it. The default covers the private ranges clusters use.
+    #[arg(
+        long,
+        env = "WEFT_CONTROL_MESH_NETWORKS",
+        value_delimiter = ',',
+        default_value = DEFAULT_MESH_NETWORKS
+    )]
+    pub mesh_networks: Vec<ipnet::IpNet>,
 
     /// Address of the proxy API (Identity, Discovery), served over TLS.
     #[arg(

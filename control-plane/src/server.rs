@@ -127,6 +127,7 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
             policy.clone(),
             proxies.clone(),
             config.cluster_domain.clone(),
+            &config.mesh_networks,
             drain.clone(),
         )))
         .serve_with_incoming_shutdown(

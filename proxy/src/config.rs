@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use weft_certs::{Identity, TrustAnchors};
 
+use crate::destination::MeshNetworks;
 use crate::static_routes::StaticRoutes;
 
 /// host:port of the control plane's proxy API.
@@ -43,6 +44,9 @@ pub const ENV_DETECT_TIMEOUT: &str = "WEFT_PROXY_DETECT_TIMEOUT";
 /// Ports whose traffic is opaque TCP: no detection outbound, and the only ports inbound that
 /// accept opaque streams.
 pub const ENV_OPAQUE_PORTS: &str = "WEFT_PROXY_OPAQUE_PORTS";
+
+/// CIDRs of the mesh's networks, until the control plane pushes its own.
+pub const ENV_MESH_NETWORKS: &str = "WEFT_PROXY_MESH_NETWORKS";
 
 /// The largest request body kept for retries and mirroring.
 pub const ENV_MAX_REPLAY_BYTES: &str = "WEFT_PROXY_MAX_REPLAY_BYTES";
@@ -96,6 +100,9 @@ pub struct Config {
     pub opaque_ports: BTreeSet<u16>,
     /// Request bodies up to this size may be retried.
     pub max_replay_bytes: usize,
+    /// The mesh's networks before the control plane says; `None`: every address may be in the
+    /// mesh, so none is sent in plaintext without discovery's word.
+    pub mesh_networks: Option<MeshNetworks>,
 }
 
 impl Config {
@@ -183,6 +190,14 @@ impl Config {
             opaque_ports: ports(
                 &var(ENV_OPAQUE_PORTS).unwrap_or_else(|| DEFAULT_OPAQUE_PORTS.to_string()),
             )?,
+            mesh_networks: var(ENV_MESH_NETWORKS)
+                .map(|list| {
+                    MeshNetworks::parse(list.split(',')).map_err(|e| ConfigError {
+                        var: ENV_MESH_NETWORKS,
+                        reason: e.to_string(),
+                    })
+                })
+                .transpose()?,
         })
     }
 }
@@ -346,6 +361,11 @@ mod tests {
                 Env::valid().with(ENV_OPAQUE_PORTS, "5432,x"),
                 ENV_OPAQUE_PORTS,
                 "\"x\"",
+            ),
+            (
+                Env::valid().with(ENV_MESH_NETWORKS, "10.0.0.0/8,10.0.0.0/40"),
+                ENV_MESH_NETWORKS,
+                "\"10.0.0.0/40\" is not a CIDR",
             ),
         ];
         for (env, var, reason) in cases {

@@ -28,6 +28,7 @@ mod transport_header;
 use weft_telemetry::Drain;
 
 pub use config::{Config, ConfigError};
+pub use destination::{MeshNetworks, NetworkError};
 
 /// Hot-path internals, public only for the micro-benchmarks in `weft-bench`; not an API.
 #[doc(hidden)]

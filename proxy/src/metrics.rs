@@ -27,6 +27,26 @@ impl Direction {
     }
 }
 
+/// Why the outbound side refused to send something anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The destination is inside the mesh's networks and discovery has not placed it: sending
+    /// it in plaintext could leak what the mesh must encrypt.
+    DiscoveryUnavailable,
+    /// Discovery knows the destination but it has no endpoint to send to.
+    NoEndpoint,
+}
+
+impl Refusal {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DiscoveryUnavailable => "discovery_unavailable",
+            Self::NoEndpoint => "no_endpoint",
+        }
+    }
+}
+
 /// Every metric family the proxy exports.
 #[derive(Debug, Clone)]
 pub struct ProxyMetrics {
@@ -43,6 +63,7 @@ pub struct ProxyMetrics {
     endpoint_ejections: IntCounterVec,
     endpoints_ejected: IntGaugeVec,
     discovery_updates: IntCounterVec,
+    outbound_refused: IntCounterVec,
     /// When the current leaf expires, in Unix seconds.
     pub cert_expiry: IntGauge,
     /// Certificate requests by result.
@@ -138,6 +159,12 @@ impl ProxyMetrics {
                 "Discovery snapshots received, by result (applied or rejected).",
                 &["result"],
             )?,
+            outbound_refused: metrics::counter_vec(
+                registry,
+                "weft_outbound_refused_total",
+                "Outbound connections and requests refused rather than sent, by reason.",
+                &["reason"],
+            )?,
             tls_handshakes: metrics::counter_vec(
                 registry,
                 "weft_tls_handshakes_total",
@@ -209,6 +236,13 @@ impl ProxyMetrics {
     pub fn discovery_update(&self, applied: bool) {
         let result = if applied { "applied" } else { "rejected" };
         self.discovery_updates.with_label_values(&[result]).inc();
+    }
+
+    /// Counts an outbound connection or request refused for `reason`.
+    pub fn refused(&self, reason: Refusal) {
+        self.outbound_refused
+            .with_label_values(&[reason.as_str()])
+            .inc();
     }
 
     /// Counts a new connection as open until the returned guard drops.

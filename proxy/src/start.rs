@@ -111,7 +111,9 @@ pub async fn start(config: Config, drain: &Drain) -> Result<Listening, StartErro
         metrics.clone(),
         drain.clone(),
         config.max_replay_bytes,
+        config.mesh_networks.clone(),
     );
+    drain.spawn(discovery.clone().watch_mesh());
     let inbound = Inbound::new(
         Arc::new(peer_server),
         policy,

@@ -25,6 +25,8 @@ pub struct ControlPlane {
     pub admin: SocketAddr,
     pub metrics: SocketAddr,
     pub leaf_lifetime: String,
+    /// Flags beyond the harness's own, kept for restarts.
+    pub args: Vec<String>,
     /// While killed: its ports, held so `restart` finds them free (see [`hold_port`]).
     held: Vec<std::os::fd::OwnedFd>,
 }
@@ -32,18 +34,25 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts a control plane signing leaves valid for `leaf_lifetime` (e.g. "24h", "10s").
     pub async fn start(leaf_lifetime: &str) -> Self {
+        Self::start_with(leaf_lifetime, &[]).await
+    }
+
+    /// Like [`ControlPlane::start`], with more flags.
+    pub async fn start_with(leaf_lifetime: &str, args: &[&str]) -> Self {
+        let args: Vec<String> = args.iter().map(ToString::to_string).collect();
         let dir = Arc::new(tempfile::tempdir().unwrap());
         for attempt in 1..=PORT_RACE_ATTEMPTS {
             let proxy_api = SocketAddr::from(([127, 0, 0, 1], free_port()));
             let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
             let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            let proc = Self::spawn(&dir, proxy_api, admin, metrics, leaf_lifetime);
+            let proc = Self::spawn(&dir, proxy_api, admin, metrics, leaf_lifetime, &args);
             let mut cp = Self {
                 dir: dir.clone(),
                 proxy_api,
                 admin,
                 metrics,
                 leaf_lifetime: leaf_lifetime.to_string(),
+                args: args.clone(),
                 proc,
                 held: Vec::new(),
             };
@@ -63,6 +72,7 @@ impl ControlPlane {
         admin: SocketAddr,
         metrics: SocketAddr,
         lifetime: &str,
+        args: &[String],
     ) -> Proc {
         let mut command = Command::new(bin("weft-control"));
         command
@@ -76,6 +86,7 @@ impl ControlPlane {
             .arg(metrics.to_string())
             .arg("--leaf-lifetime")
             .arg(lifetime)
+            .args(args)
             .env("WEFT_CONTROL_LOG", "info");
         Proc::spawn("weft-control", command, dir.path().join("weft-control.log"))
     }
@@ -225,6 +236,7 @@ impl ControlPlane {
             self.admin,
             self.metrics,
             &self.leaf_lifetime,
+            &self.args,
         );
         self.wait_ready().await;
     }

@@ -10,8 +10,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use weft_api::discovery::discovery_server::Discovery;
 use weft_api::discovery::{
-    ConfigStatus, InboundSnapshot, OutboundSnapshot, ReportStatusResponse, WatchInboundRequest,
-    WatchOutboundRequest,
+    ConfigStatus, InboundSnapshot, MeshSnapshot, OutboundSnapshot, ReportStatusResponse,
+    WatchInboundRequest, WatchMeshRequest, WatchOutboundRequest,
 };
 use weft_telemetry::Drain;
 
@@ -22,6 +22,8 @@ use crate::tls_incoming::PeerInfo;
 
 /// Snapshots queued per watch before the sender waits for the proxy.
 const STREAM_BUFFER: usize = 4;
+/// How the mesh watch appears in `weftctl proxy-status`.
+pub const MESH_RESOURCE: &str = "mesh";
 /// The longest destination accepted (a DNS name and a port).
 const MAX_DESTINATION_LEN: usize = 261;
 
@@ -31,6 +33,8 @@ pub struct DiscoveryApi {
     store: Arc<PolicyStore>,
     cache: Arc<SnapshotCache>,
     registry: Arc<ProxyRegistry>,
+    /// What every proxy learns of the mesh as a whole.
+    mesh: MeshSnapshot,
     drain: Drain,
 }
 
@@ -39,17 +43,22 @@ pub type SnapshotStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send
 
 impl DiscoveryApi {
     /// Serves `store`'s policy, recording proxies in `registry`; Service names resolve under
-    /// `cluster_domain`; streams end on `drain`.
+    /// `cluster_domain`; `mesh_networks` are pushed to every proxy; streams end on `drain`.
     pub fn new(
         store: Arc<PolicyStore>,
         registry: Arc<ProxyRegistry>,
         cluster_domain: ClusterDomain,
+        mesh_networks: &[ipnet::IpNet],
         drain: Drain,
     ) -> Self {
         Self {
             store,
             cache: Arc::new(SnapshotCache::new(cluster_domain)),
             registry,
+            mesh: MeshSnapshot {
+                version: String::new(),
+                networks: mesh_networks.iter().map(ToString::to_string).collect(),
+            },
             drain,
         }
     }
@@ -100,6 +109,12 @@ pub trait Versioned {
 }
 
 impl Versioned for OutboundSnapshot {
+    fn set_version(&mut self, version: String) {
+        self.version = version;
+    }
+}
+
+impl Versioned for MeshSnapshot {
     fn set_version(&mut self, version: String) {
         self.version = version;
     }
@@ -171,6 +186,18 @@ impl Discovery for DiscoveryApi {
         let stream = self.watch(caller, format!("inbound:{port}"), move |state| {
             inbound_snapshot(state, &identity, port)
         });
+        Ok(Response::new(stream))
+    }
+
+    type WatchMeshStream = SnapshotStream<MeshSnapshot>;
+
+    async fn watch_mesh(
+        &self,
+        request: Request<WatchMeshRequest>,
+    ) -> Result<Response<Self::WatchMeshStream>, Status> {
+        let caller = caller(&request)?;
+        let mesh = self.mesh.clone();
+        let stream = self.watch(caller, MESH_RESOURCE.to_string(), move |_| mesh.clone());
         Ok(Response::new(stream))
     }
 

@@ -7,24 +7,29 @@
 //! snapshot is reported back as applied or rejected, with the reason.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 use weft_api::discovery::discovery_client::DiscoveryClient as DiscoveryGrpc;
 use weft_api::discovery::{
-    ConfigStatus, OutboundSnapshot, WatchInboundRequest, WatchOutboundRequest,
+    ConfigStatus, MeshSnapshot, OutboundSnapshot, WatchInboundRequest, WatchMeshRequest,
+    WatchOutboundRequest,
 };
 use weft_certs::CertStore;
 use weft_telemetry::Drain;
 
-use super::Destination;
+use super::{Destination, MeshNetworks};
 use crate::metrics::ProxyMetrics;
 use crate::outbound::PeerPool;
 use crate::stack::{DestinationRuntime, DestinationStack};
 
+/// How the mesh watch is reported to the control plane (`weftctl proxy-status`).
+const MESH_RESOURCE: &str = "mesh";
 /// How long a request waits for a destination's first snapshot.
 const FIRST_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A watch nobody used for this long is closed.
@@ -67,6 +72,8 @@ struct Inner {
     drain: Drain,
     replay_limit: usize,
     watches: Mutex<HashMap<String, Arc<Watch>>>,
+    /// The mesh's networks as last pushed (or configured); `None` while unknown.
+    mesh: ArcSwapOption<MeshNetworks>,
     /// Whether each local port is opaque, by inbound policy.
     inbound: Mutex<HashMap<u16, watch::Receiver<Option<bool>>>>,
 }
@@ -96,7 +103,8 @@ struct Watch {
 }
 
 impl DiscoveryClient {
-    /// A client over `channel`, which presents the certificate in `certs`.
+    /// A client over `channel`, which presents the certificate in `certs`; `mesh` is what the
+    /// proxy knows of the mesh's networks before the control plane says.
     pub fn new(
         channel: Channel,
         certs: Arc<CertStore>,
@@ -104,6 +112,7 @@ impl DiscoveryClient {
         metrics: ProxyMetrics,
         drain: Drain,
         replay_limit: usize,
+        mesh: Option<MeshNetworks>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -114,9 +123,25 @@ impl DiscoveryClient {
                 drain,
                 replay_limit,
                 watches: Mutex::new(HashMap::new()),
+                mesh: ArcSwapOption::from(mesh.map(Arc::new)),
                 inbound: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Whether `ip` may belong to the mesh: inside its networks, or any address while the proxy
+    /// knows of none. Such a destination is never sent in plaintext without discovery's word.
+    pub fn in_mesh(&self, ip: IpAddr) -> bool {
+        self.inner
+            .mesh
+            .load()
+            .as_ref()
+            .is_none_or(|mesh| mesh.contains(ip))
+    }
+
+    /// Keeps the mesh's networks as the control plane pushes them, until drained.
+    pub async fn watch_mesh(self) {
+        self.inner.run_mesh().await;
     }
 
     /// Whether inbound policy makes local `port` opaque (a Service port with appProtocol tcp,
@@ -305,6 +330,67 @@ impl Inner {
         }
     }
 
+    /// Watches the mesh snapshot until drained, applying each one (or keeping the last).
+    async fn run_mesh(&self) {
+        let mut backoff = MIN_BACKOFF;
+        if !self.certified().await {
+            return;
+        }
+        loop {
+            if let Ok(response) = self.grpc.clone().watch_mesh(WatchMeshRequest {}).await {
+                let mut stream = response.into_inner();
+                loop {
+                    tokio::select! {
+                        message = stream.message() => match message {
+                            Ok(Some(snapshot)) => {
+                                backoff = MIN_BACKOFF;
+                                self.apply_mesh(&snapshot);
+                            }
+                            _ => break,
+                        },
+                        () = self.drain.signaled() => return,
+                    }
+                }
+            }
+            if !self.back_off(&mut backoff).await {
+                return;
+            }
+        }
+    }
+
+    fn apply_mesh(&self, snapshot: &MeshSnapshot) {
+        let parsed = MeshNetworks::parse(snapshot.networks.iter().map(String::as_str));
+        let error = match parsed {
+            Ok(networks) => {
+                self.mesh.store(Some(Arc::new(networks)));
+                self.metrics.discovery_update(true);
+                String::new()
+            }
+            Err(error) => {
+                self.metrics.discovery_update(false);
+                tracing::warn!(version = %snapshot.version, %error, "rejected mesh snapshot; keeping the last one");
+                format!("networks: {error}")
+            }
+        };
+        self.report(MESH_RESOURCE, &snapshot.version, error);
+    }
+
+    /// Tells the control plane `version` of `resource` was applied (`error` empty) or rejected.
+    fn report(&self, resource: &str, version: &str, error: String) {
+        let mut grpc = self.grpc.clone();
+        let status = ConfigStatus {
+            resource: resource.to_string(),
+            version: version.to_string(),
+            error,
+        };
+        // Reporting must not hold up applying the next snapshot.
+        tokio::spawn(async move {
+            if let Err(status) = grpc.report_status(status).await {
+                tracing::debug!(code = ?status.code(), "cannot report config status");
+            }
+        });
+    }
+
     /// Turns a snapshot into the destination's new stack, or rejects it (keeping the last).
     fn apply(
         &self,
@@ -332,18 +418,7 @@ impl Inner {
                 error.to_string()
             }
         };
-        let mut grpc = self.grpc.clone();
-        let status = ConfigStatus {
-            resource: destination.to_string(),
-            version: snapshot.version.clone(),
-            error,
-        };
-        // Reporting must not hold up applying the next snapshot.
-        tokio::spawn(async move {
-            if let Err(status) = grpc.report_status(status).await {
-                tracing::debug!(code = ?status.code(), "cannot report config status");
-            }
-        });
+        self.report(destination, &snapshot.version, error);
     }
 }
 

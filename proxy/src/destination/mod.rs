@@ -5,6 +5,7 @@
 mod compile;
 pub mod discovery;
 mod matcher;
+mod networks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use weft_certs::Identity;
 
 pub use self::matcher::{PathMatch, RequestMatch, ValueMatch};
+pub use self::networks::{MeshNetworks, NetworkError};
 
 /// A destination's whole configuration.
 #[derive(Debug, Clone, PartialEq)]

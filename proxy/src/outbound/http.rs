@@ -17,11 +17,11 @@ use parking_lot::Mutex;
 
 use super::peer::{Peer, PeerPool};
 use crate::destination::Destination;
-use crate::destination::discovery::{DiscoveryClient, Resolution, Resolved};
+use crate::destination::discovery::{DiscoveryClient, Resolution, Resolved, Unavailable};
 use crate::http_util::{
     Body, ORIG_PROTO, boxed, error_response, remove_weft_headers, strip_connection_headers,
 };
-use crate::metrics::{Direction, ProxyMetrics, RequestMetrics};
+use crate::metrics::{Direction, ProxyMetrics, Refusal, RequestMetrics};
 use crate::plain_http::PlainHttp;
 use crate::stack::{DestinationRuntime, DestinationStack};
 use crate::static_routes::{Route, StaticRoutes, normalize_authority};
@@ -42,8 +42,21 @@ pub struct OutboundHttp {
     /// Static routes by normalized authority.
     targets: HashMap<Arc<str>, Arc<RouteTarget>>,
     discovery: Option<DiscoveryClient>,
+    metrics: ProxyMetrics,
     unrouted: RequestMetrics,
     unmeshed: RequestMetrics,
+}
+
+/// Where discovery places an intercepted connection's destination address.
+#[derive(Debug)]
+pub enum Placement {
+    /// A meshed workload, reached over mTLS through its stack.
+    Meshed(Arc<DestinationStack>),
+    /// Outside the mesh: discovery says so, or cannot be asked and the address is outside the
+    /// mesh's networks. Plaintext is what the app asked for.
+    Outside,
+    /// Inside the mesh's networks and discovery has not answered: never sent in plaintext.
+    Unplaced,
 }
 
 /// What one app connection knows before its first request.
@@ -55,6 +68,9 @@ pub struct ConnContext {
     pub orig_target: Option<Arc<RouteTarget>>,
     /// What discovery knows of that destination, when it is a meshed workload's address.
     pub discovered: Option<Arc<DestinationStack>>,
+    /// Whether what no route claims may go to `orig_dst` in plaintext: only when that
+    /// destination is placed outside the mesh.
+    pub plaintext_ok: bool,
     /// Clients for a destination outside the mesh, made on first use.
     passthrough: OnceLock<PlainHttp>,
     /// Where the last request led.
@@ -99,16 +115,23 @@ impl LastDestination {
 }
 
 impl ConnContext {
-    /// The context of a connection headed for `orig_dst`.
+    /// The context of a connection headed for `orig_dst`, placed as `placement` when it has no
+    /// static route.
     pub fn new(
         orig_dst: Option<SocketAddr>,
         orig_target: Option<Arc<RouteTarget>>,
-        discovered: Option<Arc<DestinationStack>>,
+        placement: Option<Placement>,
     ) -> Self {
+        let (discovered, plaintext_ok) = match placement {
+            Some(Placement::Meshed(stack)) => (Some(stack), false),
+            Some(Placement::Outside) => (None, true),
+            Some(Placement::Unplaced) | None => (None, false),
+        };
         Self {
             orig_dst,
             orig_target,
             discovered,
+            plaintext_ok,
             passthrough: OnceLock::new(),
             last: Mutex::new(None),
         }
@@ -160,6 +183,7 @@ impl OutboundHttp {
         Ok(Self {
             targets,
             discovery,
+            metrics: metrics.clone(),
             unrouted: metrics.requests(Direction::Outbound, "", "unknown"),
             unmeshed: metrics.requests(Direction::Outbound, "", "unmeshed"),
         })
@@ -174,16 +198,18 @@ impl OutboundHttp {
             .or_else(|| self.targets.get(normalize_authority(authority)?.as_str()))
     }
 
-    /// What discovery knows of an intercepted connection's destination address. Not meshed,
-    /// no discovery, or no answer (the control plane is away): `None`, and the connection is
-    /// handled as before discovery existed.
-    pub async fn discover(&self, dst: SocketAddr) -> Option<Arc<DestinationStack>> {
-        match self.discovery.as_ref()?.resolve(&dst.to_string()).await {
-            Ok(Resolved::Found(stack)) => Some(stack),
-            Ok(Resolved::NotFound | Resolved::Pending) => None,
-            Err(unavailable) => {
-                tracing::info!(%unavailable, "treating the destination as outside the mesh");
-                None
+    /// Where discovery places an intercepted connection's destination address.
+    pub async fn place(&self, dst: SocketAddr) -> Placement {
+        let Some(discovery) = &self.discovery else {
+            return Placement::Outside;
+        };
+        match discovery.resolve(&dst.to_string()).await {
+            Ok(Resolved::Found(stack)) => Placement::Meshed(stack),
+            Ok(Resolved::NotFound) => Placement::Outside,
+            Ok(Resolved::Pending) | Err(_) if discovery.in_mesh(dst.ip()) => Placement::Unplaced,
+            Ok(Resolved::Pending) | Err(_) => {
+                tracing::debug!(%dst, "discovery has no answer; outside the mesh's networks");
+                Placement::Outside
             }
         }
     }
@@ -209,6 +235,7 @@ impl OutboundHttp {
             );
             return forward(&target.stack, authority, request).await;
         }
+        let mut unavailable = None;
         if let (Some(discovery), Some(authority)) = (&self.discovery, &authority)
             && let Some(key) = normalize_authority(authority.as_str())
         {
@@ -218,17 +245,29 @@ impl OutboundHttp {
                     return forward(&stack, authority.clone(), request).await;
                 }
                 Ok((Resolved::NotFound | Resolved::Pending, _)) => {}
-                Err(unavailable) => {
-                    let started = Instant::now();
-                    let response =
-                        error_response(StatusCode::SERVICE_UNAVAILABLE, unavailable.to_string());
-                    self.unrouted.record(response.status(), started.elapsed());
-                    return response;
-                }
+                Err(error) => unavailable = Some(error),
             }
         }
+        self.not_a_service(request, authority, conn, unavailable)
+            .await
+    }
+
+    /// A request whose authority names no Service: it goes where the connection was headed —
+    /// the meshed workload there over mTLS, or in plaintext only where that cannot leak out of
+    /// the mesh — or it is refused.
+    async fn not_a_service(
+        &self,
+        request: Request<Incoming>,
+        authority: Option<Authority>,
+        conn: &ConnContext,
+        unavailable: Option<Unavailable>,
+    ) -> Response<Body> {
         let started = Instant::now();
-        if let Some(dst) = conn.orig_dst {
+        if let Some(stack) = &conn.discovered {
+            let authority = authority.unwrap_or_else(|| stack_authority(conn));
+            return forward(stack, authority, request).await;
+        }
+        if let (Some(dst), true) = (conn.orig_dst, conn.plaintext_ok) {
             let response = pass_through(
                 conn.passthrough.get_or_init(|| PlainHttp::new(dst)),
                 request,
@@ -237,18 +276,35 @@ impl OutboundHttp {
             self.unmeshed.record(response.status(), started.elapsed());
             return response;
         }
-        let response = match authority {
-            Some(authority) => {
-                error_response(StatusCode::BAD_GATEWAY, format!("no route to {authority}"))
-            }
-            None => error_response(
+        let response = if let Some(dst) = conn.orig_dst {
+            self.metrics.refused(Refusal::DiscoveryUnavailable);
+            error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{dst} is inside the mesh's networks and discovery has not placed it: not sent in plaintext"
+                ),
+            )
+        } else if let Some(unavailable) = unavailable {
+            self.metrics.refused(Refusal::DiscoveryUnavailable);
+            error_response(StatusCode::SERVICE_UNAVAILABLE, unavailable.to_string())
+        } else if let Some(authority) = authority {
+            error_response(StatusCode::BAD_GATEWAY, format!("no route to {authority}"))
+        } else {
+            error_response(
                 StatusCode::BAD_REQUEST,
                 "request has no authority (Host header)",
-            ),
+            )
         };
         self.unrouted.record(response.status(), started.elapsed());
         response
     }
+}
+
+/// The authority of a request that named none, sent to the workload its connection was for.
+fn stack_authority(conn: &ConnContext) -> Authority {
+    conn.orig_dst
+        .and_then(|dst| Authority::try_from(dst.to_string()).ok())
+        .unwrap_or_else(|| Authority::from_static("unknown"))
 }
 
 async fn forward(

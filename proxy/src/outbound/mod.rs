@@ -22,7 +22,7 @@ pub use self::peer::test_support;
 pub use self::peer::{Peer, PeerError, PeerPool};
 use crate::destination::discovery::DiscoveryClient;
 use crate::detect::{self, Protocol};
-use crate::metrics::{Direction, ProxyMetrics};
+use crate::metrics::{Direction, ProxyMetrics, Refusal};
 use crate::orig_dst::original_dst;
 use crate::prefixed::Prefixed;
 use crate::serve::{accept_loop, serve_http};
@@ -78,14 +78,14 @@ impl Outbound {
         // Resolved once per connection, not per request: a static route, else what discovery
         // knows of the address (a workload's, found through the Service that selects it).
         let orig_target = orig_dst.and_then(|dst| inner.http.target(&dst.to_string()).cloned());
-        let discovered = match (&orig_target, orig_dst) {
-            (None, Some(dst)) => inner.http.discover(dst).await,
+        let placement = match (&orig_target, orig_dst) {
+            (None, Some(dst)) => Some(inner.http.place(dst).await),
             _ => None,
         };
-        let known_opaque = orig_target.as_ref().is_some_and(|t| t.route.opaque)
-            || discovered.as_ref().is_some_and(|stack| stack.opaque)
+        let conn = ConnContext::new(orig_dst, orig_target, placement);
+        let known_opaque = conn.orig_target.as_ref().is_some_and(|t| t.route.opaque)
+            || conn.discovered.as_ref().is_some_and(|stack| stack.opaque)
             || orig_dst.is_some_and(|dst| inner.opaque_ports.contains(&dst.port()));
-        let conn = ConnContext::new(orig_dst, orig_target, discovered);
         if known_opaque {
             let _open = inner.metrics.open_connection(Direction::Outbound, "opaque");
             self.forward_opaque(tcp, &conn).await;
@@ -133,10 +133,17 @@ impl Outbound {
             (None, Some(stack), _) => match stack.opaque_peer() {
                 Some(peer) => tcp::forward_to_peer(io, &peer, &stack.service, metrics).await,
                 None => {
+                    metrics.refused(Refusal::NoEndpoint);
                     tracing::info!(service = %stack.service, "no endpoint for an opaque connection")
                 }
             },
-            (None, None, Some(dst)) => tcp::pass_through(io, dst, metrics).await,
+            (None, None, Some(dst)) if conn.plaintext_ok => {
+                tcp::pass_through(io, dst, metrics).await
+            }
+            (None, None, Some(dst)) => {
+                metrics.refused(Refusal::DiscoveryUnavailable);
+                tracing::info!(%dst, "refused: inside the mesh's networks and discovery has not placed it");
+            }
             (None, None, None) => {
                 tracing::info!(
                     "opaque connection with no original destination: nowhere to send it"

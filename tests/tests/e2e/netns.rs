@@ -177,3 +177,133 @@ fn a_workload_address_is_found_through_discovery_and_its_opaque_port_carried_ove
         assert_eq!(outbound, Some(2.0));
     });
 }
+
+/// An address of the mesh's networks and one outside them, on the namespace's loopback.
+const MESHED_IP: &str = "10.10.0.1";
+const OUTSIDE_IP: &str = "10.20.0.1";
+const HTTP_PORT: u16 = 8080;
+/// On WEFT_PROXY_OPAQUE_PORTS' default list: no protocol detection.
+const TCP_PORT: u16 = 5432;
+
+/// What an app gets from a TCP server at `ip:port` through interception: its greeting, or
+/// nothing when the proxy closed the connection instead.
+async fn greeting(ip: &str, port: u16) -> Option<Vec<u8>> {
+    let stream = TcpStream::connect((ip, port)).await.ok()?;
+    let mut greeting = Vec::new();
+    // The server greets, then echoes until the client closes: read the greeting, or EOF.
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        stream.take(6).read_to_end(&mut greeting),
+    )
+    .await
+    .expect("the proxy must answer or close, not hang")
+    .ok()?;
+    Some(greeting)
+}
+
+#[test]
+fn with_discovery_away_the_mesh_networks_are_never_reached_in_plaintext() {
+    weft_tests::init();
+    let ns = NetNs::create();
+    for ip in [MESHED_IP, OUTSIDE_IP] {
+        ns.exec(&["ip", "addr", "add", &format!("{ip}/32"), "dev", "lo"]);
+    }
+    ns.run(|| async {
+        let mut cp = ControlPlane::start_with("24h", &["--mesh-networks", "10.10.0.0/16"]).await;
+        // Plaintext servers at both addresses: whoever reaches the one inside the mesh's
+        // networks without discovery's word has leaked what the mesh must encrypt.
+        let meshed_http = start_echo_app_on(&format!("{MESHED_IP}:{HTTP_PORT}")).await;
+        let outside_http = start_echo_app_on(&format!("{OUTSIDE_IP}:{HTTP_PORT}")).await;
+        let _meshed_tcp = start_tcp_echo(&format!("{MESHED_IP}:{TCP_PORT}")).await;
+        let _outside_tcp = start_tcp_echo(&format!("{OUTSIDE_IP}:{TCP_PORT}")).await;
+        let client = Proxy::start(&cp, ProxySpec::new(CLIENT_ID).uid(PROXY_UID)).await;
+        weft_tests::eventually(
+            "the proxy to learn the mesh's networks",
+            Duration::from_secs(20),
+            || {
+                let client = &client;
+                async move {
+                    (client
+                        .metric("weft_discovery_updates_total{result=\"applied\"}")
+                        .await
+                        >= Some(1.0))
+                    .then_some(())
+                }
+            },
+        )
+        .await;
+        iptables(&[
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-m",
+            "owner",
+            "--uid-owner",
+            &PROXY_UID.to_string(),
+            "-j",
+            "RETURN",
+        ]);
+        iptables(&[
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            "10.0.0.0/8",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            &client.outbound.port().to_string(),
+        ]);
+        cp.kill9();
+
+        // Inside the mesh's networks: refused, HTTP with a reason, TCP by closing.
+        let app = MeshClient::http1(std::net::SocketAddr::from(([10, 10, 0, 1], HTTP_PORT)));
+        let refused = app
+            .send(
+                "GET",
+                &format!("{MESHED_IP}:{HTTP_PORT}"),
+                "/",
+                Bytes::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 503);
+        assert!(
+            refused.headers()["weft-proxy-error"]
+                .to_str()
+                .unwrap()
+                .contains("not sent in plaintext")
+        );
+        assert_eq!(greeting(MESHED_IP, TCP_PORT).await.unwrap_or_default(), b"");
+        assert_eq!(
+            meshed_http.request_count(),
+            0,
+            "plaintext reached a meshed address"
+        );
+
+        // Outside them: passed through as the app asked.
+        let app = MeshClient::http1(std::net::SocketAddr::from(([10, 20, 0, 1], HTTP_PORT)));
+        let passed = app
+            .send(
+                "GET",
+                &format!("{OUTSIDE_IP}:{HTTP_PORT}"),
+                "/",
+                Bytes::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(passed.status(), 200);
+        assert_eq!(outside_http.request_count(), 1);
+        assert_eq!(
+            greeting(OUTSIDE_IP, TCP_PORT).await.unwrap_or_default(),
+            b"hello\n"
+        );
+
+        let refused = client
+            .metric("weft_outbound_refused_total{reason=\"discovery_unavailable\"}")
+            .await;
+        assert_eq!(refused, Some(2.0));
+    });
+}
