@@ -29,7 +29,7 @@ pub use store::{CertStore, Credential};
 pub use tls::{ALPN_H2, ALPN_WEFT, ClientAuth, client_config, server_config};
 pub use verify::{
     PeerClientVerifier, PeerServerVerifier, TrustAnchorError, TrustAnchors, VerifyError,
-    identity_of, not_after_of, verify_client, verify_peer,
+    identity_of, not_after_of, serial_of, verify_client, verify_peer,
 };
 
 /// The one rustls crypto provider of the whole workspace: aws-lc-rs, which offers the

@@ -180,6 +180,18 @@ pub fn not_after_of(cert: &CertificateDer<'_>) -> Option<SystemTime> {
     Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs))
 }
 
+/// A certificate's serial number, as lowercase hex, if it parses.
+pub fn serial_of(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    Some(
+        parsed
+            .raw_serial()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
+}
+
 /// The `spiffe://` URI SANs of a certificate.
 pub(crate) fn spiffe_ids_of<'a>(cert: &'a X509Certificate<'_>) -> Vec<&'a str> {
     let Ok(Some(san)) = cert.subject_alternative_name() else {

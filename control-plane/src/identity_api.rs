@@ -8,31 +8,32 @@ use weft_api::identity::identity_server::Identity as IdentityService;
 use weft_api::identity::{CertifyRequest, CertifyResponse};
 use weft_certs::{AuthorityError, CertificateRequest, CsrError, Identity, Issuer};
 
-use crate::join_tokens::{self, JoinTokenError};
+use crate::join_tokens::JoinTokenError;
+use crate::lineage::{Issue, Lineage, LineageError, Proof};
 use crate::metrics::Metrics;
-use crate::store::Store;
 use crate::tls_incoming::PeerInfo;
 
 /// The Identity service.
 #[derive(Debug, Clone)]
 pub struct IdentityApi {
     issuer: Arc<Issuer>,
-    store: Store,
+    lineage: Lineage,
     leaf_lifetime: Duration,
     metrics: Metrics,
 }
 
 impl IdentityApi {
-    /// Signs with `issuer` for `leaf_lifetime`, checking join tokens in `store`.
+    /// Signs with `issuer` for `leaf_lifetime`, checking proofs against `lineage` and recording
+    /// every certificate there.
     pub fn new(
         issuer: Arc<Issuer>,
-        store: Store,
+        lineage: Lineage,
         leaf_lifetime: Duration,
         metrics: Metrics,
     ) -> Self {
         Self {
             issuer,
-            store,
+            lineage,
             leaf_lifetime,
             metrics,
         }
@@ -61,7 +62,8 @@ impl IdentityApi {
             )));
         }
         let now = SystemTime::now();
-        let proven = self.proven_identity(peer, &req.token, now).await?;
+        let proof = proof(peer, req.token, now)?;
+        let proven = self.lineage.check(&proof, now).await.map_err(refusal)?;
         csr.require_identity(&proven).map_err(|e| match e {
             CsrError::NotProven { .. } => Status::permission_denied(e.to_string()),
             other => Status::invalid_argument(other.to_string()),
@@ -73,47 +75,63 @@ impl IdentityApi {
                 AuthorityError::IssuerExpired(_) => Status::failed_precondition(e.to_string()),
                 other => Status::permission_denied(other.to_string()),
             })?;
+        let serial = issued
+            .chain
+            .first()
+            .and_then(weft_certs::serial_of)
+            .ok_or_else(|| Status::internal("the issued certificate has no readable serial"))?;
+        // Handed out only once its lineage is on disk: a revocation must reach it.
+        let issue = Issue {
+            identity: proven.clone(),
+            proof,
+            serial,
+            not_after: issued.not_after,
+        };
+        self.lineage.record(issue, now).await.map_err(refusal)?;
         tracing::info!(identity = %proven, valid_until = ?issued.not_after, "certified");
         Ok(CertifyResponse {
             chain: issued.chain.into_iter().map(|cert| cert.to_vec()).collect(),
             valid_until: Some(prost_types::Timestamp::from(issued.not_after)),
         })
     }
+}
 
-    /// Who the caller is: its current certificate if it presented a still-valid one (renewal),
-    /// otherwise its join token.
-    async fn proven_identity(
-        &self,
-        peer: Option<&PeerInfo>,
-        token: &str,
-        now: SystemTime,
-    ) -> Result<Identity, Status> {
-        if let Some(PeerInfo {
-            identity: Some(identity),
-            not_after: Some(not_after),
-            ..
-        }) = peer
-            && *not_after > now
-        {
-            return Ok(identity.clone());
+/// How the caller proves who it is: its current certificate if it presented a still-valid one
+/// (renewal), otherwise its join token.
+fn proof(peer: Option<&PeerInfo>, token: String, now: SystemTime) -> Result<Proof, Status> {
+    if let Some(PeerInfo {
+        identity: Some(identity),
+        not_after: Some(not_after),
+        serial: Some(serial),
+        ..
+    }) = peer
+        && *not_after > now
+    {
+        return Ok(Proof::Certificate {
+            serial: serial.clone(),
+            identity: identity.clone(),
+        });
+    }
+    if token.is_empty() {
+        return Err(Status::unauthenticated(
+            "no join token and no valid client certificate: prove the identity with a token",
+        ));
+    }
+    Ok(Proof::Token(token))
+}
+
+/// The gRPC status of a refusal: an unproven caller is UNAUTHENTICATED (a proxy then falls back
+/// to its token), a proven one that may not have a certificate PERMISSION_DENIED.
+fn refusal(error: LineageError) -> Status {
+    match error {
+        LineageError::Token(JoinTokenError::Corrupt(_) | JoinTokenError::Store(_))
+        | LineageError::Store(_) => Status::internal(error.to_string()),
+        LineageError::Token(_) | LineageError::NoLineage { .. } => {
+            Status::unauthenticated(error.to_string())
         }
-        if token.is_empty() {
-            return Err(Status::unauthenticated(
-                "no join token and no valid client certificate: prove the identity with a token",
-            ));
+        LineageError::IdentityRevoked { .. } | LineageError::TokenRevoked { .. } => {
+            Status::permission_denied(error.to_string())
         }
-        let store = self.store.clone();
-        let token = token.to_string();
-        let verified =
-            tokio::task::spawn_blocking(move || join_tokens::verify(&store, &token, now))
-                .await
-                .map_err(|e| Status::internal(format!("token check failed: {e}")))?;
-        verified.map_err(|e| match e {
-            JoinTokenError::Unknown | JoinTokenError::Expired => {
-                Status::unauthenticated(e.to_string())
-            }
-            other => Status::internal(other.to_string()),
-        })
     }
 }
 

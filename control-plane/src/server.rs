@@ -11,14 +11,18 @@ use weft_api::identity::identity_server::IdentityServer;
 use weft_certs::{ALPN_H2, CertStore, ClientAuth, TrustDomain};
 use weft_telemetry::Drain;
 
-use crate::admin_api::{AdminApi, RequireAdmin, ResourceAdmin, TokenAdmin};
+use crate::admin_api::{AdminApi, IdentityAdmin, RequireAdmin, ResourceAdmin, TokenAdmin};
 use crate::admin_credential::{ADMIN_TOKEN_FILE, AdminCredential};
 use crate::config::Config;
 use crate::discovery::{DiscoveryApi, ProxyRegistry};
+use crate::lineage::Lineage;
 use crate::metrics::Metrics;
 use crate::policy_store::PolicyStore;
 use crate::store::Store;
 use crate::{pki, serving_cert, tls_incoming};
+
+/// How often records of expired certificates, lapsed revocations and spent tokens are purged.
+const RECORD_PURGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Why weft-control could not start. Every variant is a configuration or environment problem
 /// the operator must fix, reported in one line.
@@ -115,9 +119,16 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
     .map_err(|e| StartError::Setup(e.to_string()))?;
     let acceptor = tls_incoming::acceptor(tls);
 
+    let lineage = Lineage::new(store.clone())
+        .map_err(|e| StartError::Setup(format!("cannot start the lineage writer: {e}")))?;
+    drain.spawn(
+        lineage
+            .clone()
+            .purge_periodically(RECORD_PURGE_INTERVAL, drain.clone()),
+    );
     let identity = crate::identity_api::IdentityApi::new(
         issuer,
-        store.clone(),
+        lineage.clone(),
         config.leaf_lifetime,
         metrics.clone(),
     );
@@ -137,7 +148,8 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
     spawn_server(drain, "proxy API", proxy_api);
 
     let tokens = TokenAdmin::new(store, trust_domain.clone(), config.join_token_ttl, metrics);
-    let admin = AdminApi::new(tokens, ResourceAdmin::new(policy), proxies);
+    let identities = IdentityAdmin::new(lineage, trust_domain.clone());
+    let admin = AdminApi::new(tokens, identities, ResourceAdmin::new(policy), proxies);
     let admin_identities = if config.admin_identities.is_empty() {
         vec![admin_identity(&trust_domain)]
     } else {

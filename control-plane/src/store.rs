@@ -6,10 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
-/// Join tokens by the hex SHA-256 of the token; the token itself is never stored.
-const JOIN_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("join_tokens");
 /// Policy resources by `<Kind>/<namespace>/<name>`, as JSON manifests.
 const RESOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("resources");
 /// Counters: the policy revision.
@@ -19,6 +18,54 @@ const REVISION: &str = "revision";
 
 /// Stored records: key and bytes.
 pub type RawRecords = Vec<(String, Vec<u8>)>;
+
+/// The tables of JSON records the control plane keeps beside its policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Records {
+    /// Join tokens by the hex SHA-256 of the token; the token itself is never stored.
+    JoinTokens,
+    /// Every certificate issued to a workload, by serial: the lineage revocation follows.
+    Certificates,
+    /// Revoked identities, by SPIFFE id.
+    RevokedIdentities,
+}
+
+impl Records {
+    const ALL: [Records; 3] = [
+        Records::JoinTokens,
+        Records::Certificates,
+        Records::RevokedIdentities,
+    ];
+
+    fn table(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+        TableDefinition::new(match self {
+            Records::JoinTokens => "join_tokens",
+            Records::Certificates => "certificates",
+            Records::RevokedIdentities => "revoked_identities",
+        })
+    }
+}
+
+/// Reading records, from the store or inside a transaction (which sees its own writes).
+pub trait ReadRecords {
+    /// The record under `key` in `records`, if any.
+    fn read<T: DeserializeOwned>(
+        &self,
+        records: Records,
+        key: &str,
+    ) -> Result<Option<T>, StoreError>;
+}
+
+/// One write transaction over the record tables, committed (durably) as a whole.
+pub struct Txn<'a> {
+    txn: &'a redb::WriteTransaction,
+}
+
+impl std::fmt::Debug for Txn<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Txn")
+    }
+}
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,17 +103,6 @@ pub enum StoreError {
     },
 }
 
-/// A join token as stored: who it proves and until when.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JoinTokenRecord {
-    /// The SPIFFE identity the token proves.
-    pub identity: String,
-    /// Expiry, in seconds since the Unix epoch.
-    pub expires_at: u64,
-    /// Creation, in seconds since the Unix epoch.
-    pub created_at: u64,
-}
-
 /// The control plane's durable state.
 #[derive(Clone)]
 pub struct Store {
@@ -93,7 +129,9 @@ impl Store {
                 source,
             })?;
         let txn = write(&db)?;
-        txn.open_table(JOIN_TOKENS).map_err(redb::Error::from)?;
+        for records in Records::ALL {
+            txn.open_table(records.table()).map_err(redb::Error::from)?;
+        }
         txn.open_table(RESOURCES).map_err(redb::Error::from)?;
         txn.open_table(META).map_err(redb::Error::from)?;
         txn.commit().map_err(redb::Error::from)?;
@@ -148,65 +186,132 @@ impl Store {
         Ok(())
     }
 
-    /// Stores a join token record under its hash.
-    pub fn put_join_token(&self, hash: &str, record: &JoinTokenRecord) -> Result<(), StoreError> {
+    /// Runs `f` in one write transaction and commits it durably; nothing of it is kept when
+    /// `f` or the commit fails.
+    pub fn transact<T>(
+        &self,
+        f: impl FnOnce(&Txn<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let txn = self.write()?;
+        let result = f(&Txn { txn: &txn })?;
+        txn.commit().map_err(redb::Error::from)?;
+        Ok(result)
+    }
+
+    /// Every record in `records`, by key. One that no longer decodes is an error, never skipped.
+    pub fn list<T: DeserializeOwned>(
+        &self,
+        records: Records,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let table = txn.open_table(records.table()).map_err(redb::Error::from)?;
+        let mut all = Vec::new();
+        for entry in table.iter().map_err(redb::Error::from)? {
+            let (key, value) = entry.map_err(redb::Error::from)?;
+            all.push((key.value().to_string(), decode(key.value(), value.value())?));
+        }
+        Ok(all)
+    }
+
+    /// Stores `record` under `key` in `records`, in a transaction of its own.
+    pub fn put<T: Serialize>(
+        &self,
+        records: Records,
+        key: &str,
+        record: &T,
+    ) -> Result<(), StoreError> {
+        self.transact(|txn| txn.put(records, key, record))
+    }
+}
+
+impl ReadRecords for Store {
+    fn read<T: DeserializeOwned>(
+        &self,
+        records: Records,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let table = txn.open_table(records.table()).map_err(redb::Error::from)?;
+        let Some(value) = table.get(key).map_err(redb::Error::from)? else {
+            return Ok(None);
+        };
+        decode(key, value.value()).map(Some)
+    }
+}
+
+// === impl Txn ===
+
+impl ReadRecords for Txn<'_> {
+    fn read<T: DeserializeOwned>(
+        &self,
+        records: Records,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let table = self
+            .txn
+            .open_table(records.table())
+            .map_err(redb::Error::from)?;
+        let Some(value) = table.get(key).map_err(redb::Error::from)? else {
+            return Ok(None);
+        };
+        decode(key, value.value()).map(Some)
+    }
+}
+
+impl Txn<'_> {
+    /// Stores `record` under `key`.
+    pub fn put<T: Serialize>(
+        &self,
+        records: Records,
+        key: &str,
+        record: &T,
+    ) -> Result<(), StoreError> {
         let value = serde_json::to_vec(record).map_err(|source| StoreError::Corrupt {
-            key: hash.to_string(),
+            key: key.to_string(),
             source,
         })?;
-        let txn = self.write()?;
-        {
-            let mut table = txn.open_table(JOIN_TOKENS).map_err(redb::Error::from)?;
-            table
-                .insert(hash, value.as_slice())
-                .map_err(redb::Error::from)?;
-        }
-        txn.commit().map_err(redb::Error::from)?;
+        let mut table = self
+            .txn
+            .open_table(records.table())
+            .map_err(redb::Error::from)?;
+        table
+            .insert(key, value.as_slice())
+            .map_err(redb::Error::from)?;
         Ok(())
     }
 
-    /// The record stored under `hash`, if any.
-    pub fn join_token(&self, hash: &str) -> Result<Option<JoinTokenRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(redb::Error::from)?;
-        let table = txn.open_table(JOIN_TOKENS).map_err(redb::Error::from)?;
-        let Some(value) = table.get(hash).map_err(redb::Error::from)? else {
-            return Ok(None);
-        };
-        decode(hash, value.value()).map(Some)
+    /// Removes the record under `key`; true if there was one.
+    pub fn remove(&self, records: Records, key: &str) -> Result<bool, StoreError> {
+        let mut table = self
+            .txn
+            .open_table(records.table())
+            .map_err(redb::Error::from)?;
+        Ok(table.remove(key).map_err(redb::Error::from)?.is_some())
     }
 
-    /// Every stored join token, by hash.
-    pub fn join_tokens(&self) -> Result<Vec<(String, JoinTokenRecord)>, StoreError> {
-        let txn = self.db.begin_read().map_err(redb::Error::from)?;
-        let table = txn.open_table(JOIN_TOKENS).map_err(redb::Error::from)?;
-        let mut tokens = Vec::new();
+    /// Keeps only the records for which `keep` says yes; returns how many went. A record that
+    /// no longer decodes is an error, never silently kept or dropped.
+    pub fn retain<T: DeserializeOwned>(
+        &self,
+        records: Records,
+        mut keep: impl FnMut(&str, &T) -> bool,
+    ) -> Result<usize, StoreError> {
+        let mut table = self
+            .txn
+            .open_table(records.table())
+            .map_err(redb::Error::from)?;
+        let mut doomed = Vec::new();
         for entry in table.iter().map_err(redb::Error::from)? {
             let (key, value) = entry.map_err(redb::Error::from)?;
-            tokens.push((key.value().to_string(), decode(key.value(), value.value())?));
+            let record: T = decode(key.value(), value.value())?;
+            if !keep(key.value(), &record) {
+                doomed.push(key.value().to_string());
+            }
         }
-        Ok(tokens)
-    }
-
-    /// Removes every token whose hash starts with `prefix` and those that expired before `now`;
-    /// returns how many matched `prefix`.
-    pub fn remove_join_tokens(&self, prefix: Option<&str>, now: u64) -> Result<usize, StoreError> {
-        let txn = self.write()?;
-        let mut matched = 0;
-        {
-            let mut table = txn.open_table(JOIN_TOKENS).map_err(redb::Error::from)?;
-            table
-                .retain(|hash, value| {
-                    let revoked = prefix.is_some_and(|p| hash.starts_with(p));
-                    matched += usize::from(revoked);
-                    let expired = serde_json::from_slice::<JoinTokenRecord>(value)
-                        .map(|record| record.expires_at <= now)
-                        .unwrap_or(false);
-                    !revoked && !expired
-                })
-                .map_err(redb::Error::from)?;
+        for key in &doomed {
+            table.remove(key.as_str()).map_err(redb::Error::from)?;
         }
-        txn.commit().map_err(redb::Error::from)?;
-        Ok(matched)
+        Ok(doomed.len())
     }
 }
 
@@ -219,7 +324,7 @@ fn write(db: &Database) -> Result<redb::WriteTransaction, StoreError> {
     Ok(txn)
 }
 
-fn decode(key: &str, value: &[u8]) -> Result<JoinTokenRecord, StoreError> {
+fn decode<T: DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(value).map_err(|source| StoreError::Corrupt {
         key: key.to_string(),
         source,
@@ -230,11 +335,16 @@ fn decode(key: &str, value: &[u8]) -> Result<JoinTokenRecord, StoreError> {
 mod tests {
     use super::*;
 
-    fn record(expires_at: u64) -> JoinTokenRecord {
-        JoinTokenRecord {
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Record {
+        identity: String,
+        expires_at: u64,
+    }
+
+    fn record(expires_at: u64) -> Record {
+        Record {
             identity: "spiffe://cluster.local/ns/a/sa/b".to_string(),
             expires_at,
-            created_at: 1,
         }
     }
 
@@ -244,11 +354,19 @@ mod tests {
         let path = dir.path().join("store.redb");
         {
             let store = Store::open(&path).unwrap();
-            store.put_join_token("abc", &record(100)).unwrap();
+            store.put(Records::JoinTokens, "abc", &record(100)).unwrap();
         }
         let store = Store::open(&path).unwrap();
-        assert_eq!(store.join_token("abc").unwrap(), Some(record(100)));
-        assert_eq!(store.join_token("missing").unwrap(), None);
+        assert_eq!(
+            store.read(Records::JoinTokens, "abc").unwrap(),
+            Some(record(100))
+        );
+        assert_eq!(
+            store
+                .read::<Record>(Records::JoinTokens, "missing")
+                .unwrap(),
+            None
+        );
     }
 
     /// A store holding a few records, and its bytes.
@@ -256,7 +374,7 @@ mod tests {
         let path = dir.join("store.redb");
         {
             let store = Store::open(&path).unwrap();
-            store.put_join_token("abc", &record(100)).unwrap();
+            store.put(Records::JoinTokens, "abc", &record(100)).unwrap();
         }
         let bytes = std::fs::read(&path).unwrap();
         (path, bytes)
@@ -291,19 +409,49 @@ mod tests {
     }
 
     #[test]
-    fn removal_by_prefix_also_purges_expired_tokens() {
+    fn a_transaction_is_all_or_nothing_and_retain_keeps_what_it_says() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("store.redb")).unwrap();
-        store.put_join_token("aa11", &record(100)).unwrap();
-        store.put_join_token("bb22", &record(10)).unwrap();
-        store.put_join_token("cc33", &record(100)).unwrap();
-        assert_eq!(store.remove_join_tokens(Some("aa"), 50).unwrap(), 1);
+        for (key, expiry) in [("aa11", 100), ("bb22", 10), ("cc33", 100)] {
+            store
+                .put(Records::JoinTokens, key, &record(expiry))
+                .unwrap();
+        }
+        let failed: Result<(), StoreError> = store.transact(|txn| {
+            txn.remove(Records::JoinTokens, "aa11")?;
+            Err(StoreError::Unparsable {
+                key: "x".to_string(),
+                reason: "abandoned".to_string(),
+            })
+        });
+        assert!(failed.is_err());
+        assert_eq!(store.list::<Record>(Records::JoinTokens).unwrap().len(), 3);
+        let removed = store
+            .transact(|txn| {
+                txn.retain(Records::JoinTokens, |key, r: &Record| {
+                    r.expires_at > 50 && key != "aa11"
+                })
+            })
+            .unwrap();
+        assert_eq!(removed, 2);
         let left: Vec<String> = store
-            .join_tokens()
+            .list::<Record>(Records::JoinTokens)
             .unwrap()
             .into_iter()
             .map(|(k, _)| k)
             .collect();
         assert_eq!(left, vec!["cc33".to_string()]);
+    }
+
+    #[test]
+    fn a_record_that_no_longer_decodes_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        store
+            .put(Records::Certificates, "ab", &"not a record")
+            .unwrap();
+        assert!(store.list::<Record>(Records::Certificates).is_err());
+        let kept = store.transact(|txn| txn.retain(Records::Certificates, |_, _: &Record| true));
+        assert!(kept.is_err());
     }
 }

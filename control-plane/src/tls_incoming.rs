@@ -33,6 +33,8 @@ pub struct PeerInfo {
     pub identity: Option<Identity>,
     /// That certificate's notAfter: a long-lived connection may outlive it.
     pub not_after: Option<SystemTime>,
+    /// That certificate's serial (hex), which names it in the lineage of issued certificates.
+    pub serial: Option<String>,
 }
 
 /// A server-side TLS connection that knows its peer.
@@ -98,6 +100,7 @@ fn peer_info(stream: &TlsStream<TcpStream>, remote: SocketAddr) -> PeerInfo {
         // The verifier already checked the chain and trust domain; this only reads the result.
         identity: leaf.and_then(|cert| weft_certs::identity_of(cert).ok()),
         not_after: leaf.and_then(weft_certs::not_after_of),
+        serial: leaf.and_then(weft_certs::serial_of),
     }
 }
 

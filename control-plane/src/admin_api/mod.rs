@@ -1,5 +1,6 @@
 //! `weft.admin.v1.Admin`: the operator API behind `weftctl`.
 
+mod identities;
 mod resources;
 mod tokens;
 
@@ -13,10 +14,13 @@ use weft_api::admin::admin_server::Admin;
 use weft_api::admin::{
     ApplyRequest, ApplyResponse, CreateJoinTokenRequest, CreateJoinTokenResponse, DeleteRequest,
     DeleteResponse, GetRequest, ListJoinTokensRequest, ListJoinTokensResponse, ListRequest,
-    ListResponse, ProxyStatusRequest, ProxyStatusResponse, Resource, RevokeJoinTokenRequest,
-    RevokeJoinTokenResponse, WatchEvent, WatchRequest,
+    ListResponse, ListRevokedIdentitiesRequest, ListRevokedIdentitiesResponse, ProxyStatusRequest,
+    ProxyStatusResponse, Resource, RevokeIdentityRequest, RevokeIdentityResponse,
+    RevokeJoinTokenRequest, RevokeJoinTokenResponse, UnrevokeIdentityRequest,
+    UnrevokeIdentityResponse, WatchEvent, WatchRequest,
 };
 
+pub use self::identities::IdentityAdmin;
 pub use self::resources::ResourceAdmin;
 pub use self::tokens::TokenAdmin;
 use std::time::SystemTime;
@@ -31,6 +35,7 @@ use crate::tls_incoming::PeerInfo;
 #[derive(Debug, Clone)]
 pub struct AdminApi {
     tokens: TokenAdmin,
+    identities: IdentityAdmin,
     resources: ResourceAdmin,
     proxies: Arc<ProxyRegistry>,
 }
@@ -90,10 +95,16 @@ impl Interceptor for RequireAdmin {
 // === impl AdminApi ===
 
 impl AdminApi {
-    /// The admin API over its three parts.
-    pub fn new(tokens: TokenAdmin, resources: ResourceAdmin, proxies: Arc<ProxyRegistry>) -> Self {
+    /// The admin API over its parts.
+    pub fn new(
+        tokens: TokenAdmin,
+        identities: IdentityAdmin,
+        resources: ResourceAdmin,
+        proxies: Arc<ProxyRegistry>,
+    ) -> Self {
         Self {
             tokens,
+            identities,
             resources,
             proxies,
         }
@@ -145,9 +156,20 @@ impl Admin for AdminApi {
         &self,
         _request: Request<ProxyStatusRequest>,
     ) -> Result<Response<ProxyStatusResponse>, Status> {
-        Ok(Response::new(ProxyStatusResponse {
-            proxies: self.proxies.status(),
-        }))
+        let revoked = self.identities.revoked().await?;
+        let mut proxies = self.proxies.status();
+        for proxy in &mut proxies {
+            if let Some((_, record)) = revoked.iter().find(|(id, _)| *id == proxy.identity) {
+                proxy.revoked = match record.until {
+                    Some(until) => format!(
+                        "revoked until {}",
+                        humantime::format_rfc3339_seconds(identities::at(until))
+                    ),
+                    None => "revoked".to_string(),
+                };
+            }
+        }
+        Ok(Response::new(ProxyStatusResponse { proxies }))
     }
 
     async fn create_join_token(
@@ -165,6 +187,29 @@ impl Admin for AdminApi {
         _request: Request<ListJoinTokensRequest>,
     ) -> Result<Response<ListJoinTokensResponse>, Status> {
         self.tokens.list().await.map(Response::new)
+    }
+
+    async fn revoke_identity(
+        &self,
+        request: Request<RevokeIdentityRequest>,
+    ) -> Result<Response<RevokeIdentityResponse>, Status> {
+        self.identities.revoke(request.into_inner()).await?;
+        Ok(Response::new(RevokeIdentityResponse {}))
+    }
+
+    async fn unrevoke_identity(
+        &self,
+        request: Request<UnrevokeIdentityRequest>,
+    ) -> Result<Response<UnrevokeIdentityResponse>, Status> {
+        self.identities.unrevoke(request.into_inner()).await?;
+        Ok(Response::new(UnrevokeIdentityResponse {}))
+    }
+
+    async fn list_revoked_identities(
+        &self,
+        _request: Request<ListRevokedIdentitiesRequest>,
+    ) -> Result<Response<ListRevokedIdentitiesResponse>, Status> {
+        self.identities.list().await.map(Response::new)
     }
 
     async fn revoke_join_token(

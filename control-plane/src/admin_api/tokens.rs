@@ -77,8 +77,11 @@ impl TokenAdmin {
             secs => Duration::from_secs(secs),
         };
         let namespace = identity.namespace().to_string();
+        let max_uses = (req.max_uses > 0).then_some(req.max_uses);
         let new = self
-            .blocking(move |store| join_tokens::create(store, &identity, ttl, SystemTime::now()))
+            .blocking(move |store| {
+                join_tokens::create(store, &identity, ttl, max_uses, SystemTime::now())
+            })
             .await?;
         self.metrics
             .join_tokens_created
@@ -102,6 +105,9 @@ impl TokenAdmin {
                     id: t.id,
                     identity: t.identity,
                     expires_at: Some(t.expires_at.into()),
+                    uses: t.uses,
+                    max_uses: t.max_uses.unwrap_or(0),
+                    revoked_at: t.revoked_at.map(Into::into),
                 })
                 .collect(),
         })

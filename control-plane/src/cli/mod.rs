@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 mod admin_client;
 mod certs;
+mod identity;
 mod manifests;
 mod proxy_status;
 mod resources;
@@ -76,6 +77,9 @@ pub enum Command {
     /// Issue, list and revoke join tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Revoke, unrevoke and list revoked identities.
+    #[command(subcommand)]
+    Identity(identity::IdentityCommand),
     /// Create or update policy resources from YAML or JSON files (all or none).
     Apply(resources::ApplyArgs),
     /// Show policy resources.
@@ -110,6 +114,10 @@ pub async fn run(cli: Cli, out: &mut impl std::io::Write) -> Result<(), CliError
         Command::Token(ref command) => {
             let client = AdminClient::connect(&cli).await?;
             token::run(command, client, out).await
+        }
+        Command::Identity(ref command) => {
+            let client = AdminClient::connect(&cli).await?;
+            identity::run(command, client, out).await
         }
         Command::Apply(ref args) => {
             // Read and parse the files first: a YAML mistake needs no server.

@@ -27,23 +27,33 @@ pub(super) async fn run(
             .and_then(|t| SystemTime::try_from(t).ok())
             .map(|t| humantime::format_rfc3339_seconds(t).to_string())
             .unwrap_or_default();
+        // A revoked identity is the first thing an operator must see about a proxy.
+        let revoked = if proxy.revoked.is_empty() {
+            String::new()
+        } else {
+            format!("IDENTITY {}", proxy.revoked.to_uppercase())
+        };
         if proxy.watches.is_empty() {
             let _ = writeln!(
                 out,
-                "{:<48} {:<22} {expiry:<21}",
-                proxy.identity, proxy.remote
+                "{:<48} {:<22} {expiry:<21} {:<32} {:>8} {:>8} {revoked}",
+                proxy.identity, proxy.remote, "", "", ""
             );
         }
         for watch in proxy.watches {
+            let error = [watch.error.as_str(), revoked.as_str()]
+                .into_iter()
+                .filter(|e| !e.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ");
             let _ = writeln!(
                 out,
-                "{:<48} {:<22} {expiry:<21} {:<32} {:>8} {:>8} {}",
+                "{:<48} {:<22} {expiry:<21} {:<32} {:>8} {:>8} {error}",
                 proxy.identity,
                 proxy.remote,
                 watch.resource,
                 watch.sent_version,
                 watch.applied_version,
-                watch.error
             );
         }
     }

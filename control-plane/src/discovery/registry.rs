@@ -125,6 +125,7 @@ impl ProxyRegistry {
                         error: watch.error.clone(),
                     })
                     .collect(),
+                revoked: String::new(),
             })
             .collect();
         status.sort_by(|a, b| (&a.identity, &a.remote).cmp(&(&b.identity, &b.remote)));

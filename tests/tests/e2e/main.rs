@@ -10,6 +10,7 @@ mod outage;
 mod policy;
 mod readiness;
 mod refusals;
+mod revocation;
 mod rotation;
 mod store_damage;
 mod traffic;
