@@ -96,6 +96,15 @@ impl Echo for Echoer {
     ) -> Result<tonic::Response<Self::ServerStreamStream>, tonic::Status> {
         Ok(tonic::Response::new(futures_util::stream::empty()))
     }
+
+    type HoldStream = futures_util::stream::Empty<Result<EchoReply, tonic::Status>>;
+
+    async fn hold(
+        &self,
+        _request: tonic::Request<EchoRequest>,
+    ) -> Result<tonic::Response<Self::HoldStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("the benchmark holds no streams"))
+    }
 }
 
 /// Binds `addr` and serves.

@@ -15,10 +15,24 @@ use crate::detect::Protocol;
 use crate::http_util::Body;
 use crate::metrics::Direction;
 
-/// Serves `io` as `protocol` (HTTP/1 or HTTP/2) with `service`. When `drain` triggers, the
-/// connection stops taking new requests, finishes those in flight, then closes.
-pub async fn serve_http<I, S, F>(io: I, protocol: Protocol, service: S, drain: &Drain)
-where
+/// Concurrent streams a peer proxy may open on one connection: more than it ever opens
+/// ([`crate::shared_h2::MAX_STREAMS`]; past that it opens another connection), few enough that
+/// one connection cannot hold the proxy's memory hostage.
+pub const PEER_MAX_STREAMS: u32 = 2 * crate::shared_h2::MAX_STREAMS as u32;
+/// Concurrent streams the local app may open on one connection: an app multiplexing all its
+/// calls (gRPC) on one connection must not be capped by the proxy.
+pub const APP_MAX_STREAMS: u32 = 10_000;
+
+/// Serves `io` as `protocol` (HTTP/1 or HTTP/2) with `service`, allowing `max_streams`
+/// concurrent HTTP/2 streams. When `drain` triggers, the connection stops taking new requests,
+/// finishes those in flight, then closes.
+pub async fn serve_http<I, S, F>(
+    io: I,
+    protocol: Protocol,
+    max_streams: u32,
+    service: S,
+    drain: &Drain,
+) where
     I: Read + Write + Unpin + Send + 'static,
     S: hyper::service::Service<
             Request<Incoming>,
@@ -52,6 +66,7 @@ where
                 .initial_stream_window_size(crate::http_util::H2_STREAM_WINDOW)
                 .initial_connection_window_size(crate::http_util::H2_CONNECTION_WINDOW)
                 .max_frame_size(crate::http_util::H2_MAX_FRAME)
+                .max_concurrent_streams(max_streams)
                 .serve_connection(io, service);
             drive!(conn)
         }

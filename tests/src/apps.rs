@@ -238,7 +238,34 @@ impl Echo for EchoService {
             replies,
         ))))
     }
+
+    type HoldStream = HoldStream;
+
+    async fn hold(
+        &self,
+        request: tonic::Request<EchoRequest>,
+    ) -> Result<tonic::Response<HoldStream>, tonic::Status> {
+        Ok(tonic::Response::new(Self::hold(request)))
+    }
 }
+
+impl EchoService {
+    /// One reply, then nothing until the caller cancels.
+    fn hold(request: tonic::Request<EchoRequest>) -> HoldStream {
+        let reply = EchoReply {
+            client_id: client_id(&request),
+            message: request.into_inner().message,
+            index: 0,
+        };
+        let first = futures_util::stream::once(async move { Ok(reply) });
+        Box::pin(futures_util::StreamExt::chain(
+            first,
+            futures_util::stream::pending(),
+        ))
+    }
+}
+
+type HoldStream = Pin<Box<dyn Stream<Item = Result<EchoReply, tonic::Status>> + Send>>;
 
 fn client_id<T>(request: &tonic::Request<T>) -> String {
     request

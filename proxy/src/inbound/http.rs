@@ -13,7 +13,7 @@ use weft_certs::Identity;
 
 use crate::http_util::{Body, CLIENT_ID, ORIG_PROTO, boxed, error_response, remove_weft_headers};
 use crate::metrics::{Direction, ProxyMetrics, RequestMetrics};
-use crate::plain_http::PlainHttp;
+use crate::plain_http::{PlainHttp, PlainHttpError};
 
 /// Clients to the local app, one pool per app address.
 #[derive(Debug)]
@@ -89,6 +89,10 @@ impl InboundConnection {
                 *response.version_mut() = Version::HTTP_2;
                 response
             }
+            Err(error @ PlainHttpError::Saturated(_)) => error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("app busy: {error}"),
+            ),
             Err(error) => {
                 tracing::info!(%error, "app request failed");
                 error_response(StatusCode::BAD_GATEWAY, format!("app unreachable: {error}"))

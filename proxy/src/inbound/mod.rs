@@ -24,7 +24,7 @@ use crate::detect::Protocol;
 use crate::metrics::{Direction, ProxyMetrics};
 use crate::orig_dst::original_dst;
 use crate::prefixed::Prefixed;
-use crate::serve::{accept_loop, serve_http};
+use crate::serve::{PEER_MAX_STREAMS, accept_loop, serve_http};
 use crate::transport_header::{self, Stream};
 
 /// A peer that has not completed its handshake and header by then is dropped.
@@ -145,7 +145,14 @@ impl Inbound {
                     async move { Ok::<_, std::convert::Infallible>(conn.handle(request).await) }
                 });
                 let io = Prefixed::new(prefix.into(), tls);
-                serve_http(TokioIo::new(io), Protocol::Http2, service, &drain).await;
+                serve_http(
+                    TokioIo::new(io),
+                    Protocol::Http2,
+                    PEER_MAX_STREAMS,
+                    service,
+                    &drain,
+                )
+                .await;
             }
             Stream::Opaque if !self.accepts_opaque(app.port()).await => {
                 tracing::info!(peer = %peer, port = app.port(), "refused: opaque stream to a port that is not opaque (WEFT_PROXY_OPAQUE_PORTS, or policy)");

@@ -25,7 +25,7 @@ use crate::detect::{self, Protocol};
 use crate::metrics::{Direction, ProxyMetrics, Refusal};
 use crate::orig_dst::original_dst;
 use crate::prefixed::Prefixed;
-use crate::serve::{accept_loop, serve_http};
+use crate::serve::{APP_MAX_STREAMS, accept_loop, serve_http};
 use crate::static_routes::StaticRoutes;
 
 /// The outbound proxy.
@@ -115,7 +115,7 @@ impl Outbound {
                         )
                     }
                 });
-                serve_http(TokioIo::new(io), protocol, service, &drain).await;
+                serve_http(TokioIo::new(io), protocol, APP_MAX_STREAMS, service, &drain).await;
             }
             Protocol::Opaque => self.forward_opaque(io, &conn).await,
         }

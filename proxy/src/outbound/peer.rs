@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
@@ -51,6 +50,13 @@ pub enum PeerError {
         addr: SocketAddr,
         /// hyper's error.
         reason: Arc<str>,
+    },
+    /// Every connection to the peer carries as many streams as it may, and none freed up in
+    /// time: the request was not sent.
+    #[error("{addr} is saturated: every connection to it is full of streams")]
+    Saturated {
+        /// The peer's address.
+        addr: SocketAddr,
     },
 }
 
@@ -133,13 +139,14 @@ impl PeerPool {
 // === impl Peer ===
 
 impl Peer {
-    /// Sends `request` over the peer's HTTP/2 connection. A request the connection refused
-    /// before sending anything (it was closing) is sent once more on a fresh connection.
+    /// Sends `request` over one of the peer's HTTP/2 connections (see `SharedH2`). A request the
+    /// connection refused before sending anything (it was closing) is sent once more on a fresh
+    /// connection.
     pub async fn send(
         &self,
         request: Request<Body>,
         connect_timeout: Option<Duration>,
-    ) -> Result<Response<Incoming>, PeerError> {
+    ) -> Result<Response<Body>, PeerError> {
         let dial = |waited_since| self.dial_unless_failed_since(waited_since, connect_timeout);
         self.connection
             .send(request, dial)
@@ -147,6 +154,7 @@ impl Peer {
             .map_err(|error| match error {
                 SendError::Dial(error) => error,
                 SendError::Http(error) => self.http_error(&error),
+                SendError::Saturated => PeerError::Saturated { addr: self.addr },
             })
     }
 

@@ -8,7 +8,7 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::TokioIo;
 
 use super::{PlainHttpError, connect};
-use crate::http_util::{Body, boxed, h2_client};
+use crate::http_util::{Body, h2_client};
 use crate::shared_h2::{SendError, SharedH2};
 
 /// The connection to one address, if one is up.
@@ -32,9 +32,10 @@ impl Connection {
         request: Request<Body>,
     ) -> Result<Response<Body>, PlainHttpError> {
         match self.shared.send(request, |_| self.dial()).await {
-            Ok(response) => Ok(response.map(boxed)),
+            Ok(response) => Ok(response),
             Err(SendError::Dial(error)) => Err(error),
             Err(SendError::Http(error)) => Err(error.into()),
+            Err(SendError::Saturated) => Err(PlainHttpError::Saturated(self.addr)),
         }
     }
 

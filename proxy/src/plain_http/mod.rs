@@ -37,6 +37,9 @@ pub enum PlainHttpError {
     /// The HTTP exchange failed (handshake, send, or the response head).
     #[error("{0}")]
     Http(#[from] hyper::Error),
+    /// Every HTTP/2 connection to the address is full of streams, and none freed up in time.
+    #[error("{0} is saturated: every connection to it is full of streams")]
+    Saturated(SocketAddr),
 }
 
 /// HTTP/1 and HTTP/2 (prior knowledge) clients to one address.

@@ -25,6 +25,8 @@ enum App {
     Close,
     /// Streams a body that never ends.
     Endless,
+    /// Sends one chunk, then holds the stream open, idle (a long-lived gRPC stream).
+    Hold,
 }
 
 /// An app on a random loopback port, speaking HTTP/1 or, with `h2`, HTTP/2 only; returns its
@@ -90,6 +92,13 @@ fn respond(kind: App, request: &Request<Incoming>) -> Response<Body> {
                 Ok::<_, crate::http_util::BoxError>(Frame::data(Bytes::from_static(&[0; 1024])))
             });
             Response::new(StreamBody::new(chunks).boxed_unsync())
+        }
+        App::Hold => {
+            let first = futures_util::stream::once(async {
+                Ok::<_, crate::http_util::BoxError>(Frame::data(Bytes::from_static(b"held")))
+            });
+            let held = futures_util::StreamExt::chain(first, futures_util::stream::pending());
+            Response::new(StreamBody::new(held).boxed_unsync())
         }
     }
 }
@@ -204,4 +213,68 @@ async fn an_unreachable_address_is_a_connect_error_naming_it() {
         assert!(matches!(error, PlainHttpError::Connect { .. }), "{error}");
         assert!(error.to_string().contains(&addr.to_string()), "{error}");
     }
+}
+
+#[tokio::test]
+async fn long_lived_http2_streams_beyond_one_connections_limit_open_more_connections() {
+    // hyper's server allows 200 streams per connection: the 201st used to wait forever.
+    let (addr, accepted) = app(App::Hold, true).await;
+    let client = Arc::new(PlainHttp::new(addr));
+    let mut streams = Vec::new();
+    for _ in 0..350 {
+        let client = client.clone();
+        streams.push(tokio::spawn(async move {
+            let response = client.send(get("/", Version::HTTP_2)).await.unwrap();
+            let mut body = response.into_body();
+            body.frame().await.unwrap().unwrap();
+            // Kept open (never read to the end) until the test is done.
+            body
+        }));
+    }
+    let mut open = Vec::new();
+    for stream in streams {
+        let body = tokio::time::timeout(std::time::Duration::from_secs(30), stream)
+            .await
+            .expect("every stream gets its response")
+            .unwrap();
+        open.push(body);
+    }
+    assert_eq!(open.len(), 350);
+    let connections = accepted.load(Ordering::SeqCst);
+    assert!((4..=16).contains(&connections), "{connections} connections");
+}
+
+#[tokio::test]
+async fn a_full_destination_answers_saturated_after_a_bounded_wait() {
+    let (addr, _) = app(App::Hold, true).await;
+    let shared = crate::shared_h2::SharedH2::new(1, std::time::Duration::from_millis(200));
+    let dial = |_| async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let (sender, connection) = crate::http_util::h2_client()
+            .handshake(TokioIo::new(tcp))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(connection);
+        Ok::<_, std::io::Error>(sender)
+    };
+    let mut held = Vec::new();
+    for _ in 0..crate::shared_h2::MAX_STREAMS {
+        let response = shared
+            .send(get(&format!("http://{addr}/"), Version::HTTP_2), dial)
+            .await
+            .unwrap();
+        held.push(response);
+    }
+    assert_eq!(shared.open_streams(), [crate::shared_h2::MAX_STREAMS]);
+    let refused = shared
+        .send(get(&format!("http://{addr}/"), Version::HTTP_2), dial)
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, crate::shared_h2::SendError::Saturated));
+    // A stream that ends frees its place at once.
+    held.pop();
+    shared
+        .send(get(&format!("http://{addr}/"), Version::HTTP_2), dial)
+        .await
+        .unwrap();
 }

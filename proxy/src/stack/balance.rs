@@ -165,7 +165,6 @@ impl Balancer {
                 self.inner.connect_timeout,
             )
             .await
-            .map(|response| response.map(crate::http_util::boxed))
             .map_err(ProxyError::from);
         attempt.failed = Some(match &result {
             Ok(response) => response.status().is_server_error(),

@@ -18,6 +18,10 @@ pub enum ProxyError {
     /// The exchange failed after the request may have been sent (reset, connection lost).
     #[error("{0}")]
     Stream(PeerError),
+    /// The endpoint's connections are full: the request was not sent, but the endpoint is
+    /// healthy.
+    #[error("{0}")]
+    Saturated(PeerError),
     /// The backend has no endpoints (all removed, or none registered).
     #[error("no endpoints for {0}")]
     NoEndpoints(Arc<str>),
@@ -38,7 +42,7 @@ pub enum ProxyError {
 impl ProxyError {
     /// The request never reached the endpoint: any request may be retried.
     pub fn is_connect_failure(&self) -> bool {
-        matches!(self, Self::Connect(_))
+        matches!(self, Self::Connect(_) | Self::Saturated(_))
     }
 
     /// The endpoint may have seen the request (reset, timeout): only idempotent requests may be
@@ -59,7 +63,7 @@ impl ProxyError {
     pub fn into_response(self) -> HttpResponse {
         let status = match &self {
             Self::Connect(_) | Self::Stream(_) => StatusCode::BAD_GATEWAY,
-            Self::NoEndpoints(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoEndpoints(_) | Self::Saturated(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::NoBackends(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -74,6 +78,7 @@ impl From<PeerError> for ProxyError {
         match error {
             PeerError::Dial { .. } => Self::Connect(error),
             PeerError::Http { .. } => Self::Stream(error),
+            PeerError::Saturated { .. } => Self::Saturated(error),
         }
     }
 }

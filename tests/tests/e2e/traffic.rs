@@ -1,5 +1,7 @@
 //! HTTP/1.1, HTTP/2 and gRPC through client proxy → mTLS → server proxy → app.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use weft_tests::client::{MeshClient, grpc_client};
 use weft_tests::echo::EchoRequest;
@@ -340,4 +342,46 @@ async fn a_peer_that_is_not_the_expected_identity_is_not_sent_the_request() {
         .to_string();
     assert!(reason.contains("not valid for name"), "{reason}");
     assert_eq!(mesh.app.request_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_long_lived_grpc_streams_to_one_endpoint_all_open() {
+    let mesh = Mesh::start("24h").await;
+    // One client connection from the app, one endpoint behind the server proxy: every stream
+    // is open at once, well past one HTTP/2 connection's stream limit.
+    let client = grpc_client(mesh.client.outbound, GRPC_AUTHORITY).await;
+    let mut streams = Vec::new();
+    for i in 0..1000 {
+        let mut client = client.clone();
+        streams.push(tokio::spawn(async move {
+            let request = EchoRequest {
+                message: format!("held {i}"),
+                count: 0,
+            };
+            let mut stream = client.hold(request).await?.into_inner();
+            let first = stream.message().await?;
+            Ok::<_, tonic::Status>((first, stream))
+        }));
+    }
+    let mut held = Vec::new();
+    for (i, stream) in streams.into_iter().enumerate() {
+        let (first, stream) = tokio::time::timeout(Duration::from_secs(60), stream)
+            .await
+            .expect("every stream opens")
+            .unwrap()
+            .unwrap();
+        let first = first.expect("a first message");
+        assert_eq!(first.message, format!("held {i}"));
+        assert_eq!(first.client_id, CLIENT_ID);
+        held.push(stream);
+    }
+    let peer_connections = mesh
+        .server
+        .metric("weft_tcp_connections_total{direction=\"inbound\",protocol=\"http2\"}")
+        .await
+        .unwrap_or_default();
+    assert!(
+        peer_connections >= 5.0,
+        "1000 streams need several connections, got {peer_connections}"
+    );
 }
