@@ -103,7 +103,9 @@ impl Echo for Echoer {
         &self,
         _request: tonic::Request<EchoRequest>,
     ) -> Result<tonic::Response<Self::HoldStream>, tonic::Status> {
-        Err(tonic::Status::unimplemented("the benchmark holds no streams"))
+        Err(tonic::Status::unimplemented(
+            "the benchmark holds no streams",
+        ))
     }
 }
 

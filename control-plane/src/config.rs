@@ -50,6 +50,19 @@ pub struct Config {
     )]
     pub mesh_networks: Vec<ipnet::IpNet>,
 
+    /// Discovery watch streams one proxy identity may hold open at once (all its replicas
+    /// together); more are refused with RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "WEFT_CONTROL_MAX_WATCHES_PER_IDENTITY",
+        default_value_t = 10_000
+    )]
+    pub max_watches_per_identity: usize,
+
+    /// Discovery watch streams open at once, all proxies together.
+    #[arg(long, env = "WEFT_CONTROL_MAX_WATCHES", default_value_t = 100_000)]
+    pub max_watches: usize,
+
     /// Address of the proxy API (Identity, Discovery), served over TLS.
     #[arg(
         long,

@@ -14,6 +14,10 @@ pub struct Metrics {
     pub join_tokens_created: IntCounterVec,
     /// When the issuer expires.
     pub issuer_expiry: IntGauge,
+    /// Discovery watch requests, by result (`opened`, `exhausted`, `invalid`).
+    pub discovery_watches: IntCounterVec,
+    /// Discovery watch streams open now.
+    pub discovery_watches_open: IntGauge,
 }
 
 impl Metrics {
@@ -41,6 +45,17 @@ impl Metrics {
                 registry,
                 "weft_control_issuer_expiry_timestamp_seconds",
                 "When the issuer certificate expires, in seconds since the Unix epoch.",
+            )?,
+            discovery_watches: metrics::counter_vec(
+                registry,
+                "weft_control_discovery_watches_total",
+                "Discovery watch requests, by result (opened, exhausted, invalid).",
+                &["result"],
+            )?,
+            discovery_watches_open: metrics::gauge(
+                registry,
+                "weft_control_discovery_watches_open",
+                "Discovery watch streams open now.",
             )?,
         })
     }

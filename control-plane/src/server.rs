@@ -14,7 +14,7 @@ use weft_telemetry::Drain;
 use crate::admin_api::{AdminApi, IdentityAdmin, RequireAdmin, ResourceAdmin, TokenAdmin};
 use crate::admin_credential::{ADMIN_TOKEN_FILE, AdminCredential};
 use crate::config::Config;
-use crate::discovery::{DiscoveryApi, ProxyRegistry};
+use crate::discovery::{DiscoveryApi, DiscoveryOptions, ProxyRegistry};
 use crate::lineage::Lineage;
 use crate::metrics::Metrics;
 use crate::policy_store::PolicyStore;
@@ -137,8 +137,13 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
         .add_service(DiscoveryServer::new(DiscoveryApi::new(
             policy.clone(),
             proxies.clone(),
-            config.cluster_domain.clone(),
-            &config.mesh_networks,
+            DiscoveryOptions {
+                cluster_domain: config.cluster_domain.clone(),
+                mesh_networks: config.mesh_networks.clone(),
+                max_watches_per_identity: config.max_watches_per_identity,
+                max_watches: config.max_watches,
+            },
+            metrics.clone(),
             drain.clone(),
         )))
         .serve_with_incoming_shutdown(

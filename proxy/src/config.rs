@@ -45,6 +45,8 @@ pub const ENV_DETECT_TIMEOUT: &str = "WEFT_PROXY_DETECT_TIMEOUT";
 /// accept opaque streams.
 pub const ENV_OPAQUE_PORTS: &str = "WEFT_PROXY_OPAQUE_PORTS";
 
+/// Destinations whose discovery watch is kept at most (the least recently used goes first).
+pub const ENV_MAX_DESTINATIONS: &str = "WEFT_PROXY_MAX_DESTINATIONS";
 /// CIDRs of the mesh's networks, until the control plane pushes its own.
 pub const ENV_MESH_NETWORKS: &str = "WEFT_PROXY_MESH_NETWORKS";
 
@@ -103,6 +105,8 @@ pub struct Config {
     /// The mesh's networks before the control plane says; `None`: every address may be in the
     /// mesh, so none is sent in plaintext without discovery's word.
     pub mesh_networks: Option<MeshNetworks>,
+    /// Destinations watched at most.
+    pub max_destinations: usize,
 }
 
 impl Config {
@@ -190,6 +194,18 @@ impl Config {
             opaque_ports: ports(
                 &var(ENV_OPAQUE_PORTS).unwrap_or_else(|| DEFAULT_OPAQUE_PORTS.to_string()),
             )?,
+            max_destinations: match var(ENV_MAX_DESTINATIONS) {
+                Some(value) => match parse::<usize>(ENV_MAX_DESTINATIONS, &value)? {
+                    0 => {
+                        return Err(ConfigError {
+                            var: ENV_MAX_DESTINATIONS,
+                            reason: "must be at least 1".to_string(),
+                        });
+                    }
+                    max => max,
+                },
+                None => crate::destination::discovery::DEFAULT_MAX_WATCHES,
+            },
             mesh_networks: var(ENV_MESH_NETWORKS)
                 .map(|list| {
                     MeshNetworks::parse(list.split(',')).map_err(|e| ConfigError {

@@ -11,7 +11,7 @@ use weft_certs::{ALPN_H2, ALPN_WEFT, CertStore, ClientAuth};
 use weft_telemetry::{AdminServer, Drain};
 
 use crate::config::{self, Config};
-use crate::destination::discovery::DiscoveryClient;
+use crate::destination::discovery::{DiscoveryClient, DiscoverySettings};
 use crate::identity::IdentityDaemon;
 use crate::inbound::{Inbound, InboundPolicy};
 use crate::metrics::ProxyMetrics;
@@ -110,10 +110,13 @@ pub async fn start(config: Config, drain: &Drain) -> Result<Listening, StartErro
         pool.clone(),
         metrics.clone(),
         drain.clone(),
-        config.max_replay_bytes,
-        config.mesh_networks.clone(),
+        DiscoverySettings {
+            replay_limit: config.max_replay_bytes,
+            mesh: config.mesh_networks.clone(),
+            max_watches: config.max_destinations,
+        },
     );
-    drain.spawn(discovery.clone().watch_mesh());
+    drain.spawn(discovery.clone().watch_proxy_wide());
     let inbound = Inbound::new(
         Arc::new(peer_server),
         policy,

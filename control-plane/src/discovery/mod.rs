@@ -1,6 +1,7 @@
 //! `weft.discovery.v1.Discovery`: the endpoints and policy of each destination, streamed to the
 //! proxies that watch it, and what each proxy reports back.
 
+mod limits;
 mod names;
 mod registry;
 mod server;
@@ -8,5 +9,5 @@ mod snapshot;
 
 pub use self::names::{ClusterDomain, ClusterDomainError};
 pub use self::registry::ProxyRegistry;
-pub use self::server::DiscoveryApi;
+pub use self::server::{DiscoveryApi, DiscoveryOptions};
 pub use self::snapshot::{SnapshotCache, inbound_snapshot, outbound_snapshot};

@@ -15,8 +15,10 @@ use weft_api::discovery::{
 };
 use weft_telemetry::Drain;
 
+use super::limits::WatchLimits;
 use super::registry::Caller;
 use super::{ClusterDomain, ProxyRegistry, SnapshotCache, inbound_snapshot};
+use crate::metrics::Metrics;
 use crate::policy_store::PolicyStore;
 use crate::tls_incoming::PeerInfo;
 
@@ -35,47 +37,89 @@ pub struct DiscoveryApi {
     registry: Arc<ProxyRegistry>,
     /// What every proxy learns of the mesh as a whole.
     mesh: MeshSnapshot,
+    limits: Arc<WatchLimits>,
+    metrics: Metrics,
     drain: Drain,
+}
+
+/// How discovery answers and what it holds at most.
+#[derive(Debug, Clone)]
+pub struct DiscoveryOptions {
+    /// Service names resolve under it.
+    pub cluster_domain: ClusterDomain,
+    /// Pushed to every proxy.
+    pub mesh_networks: Vec<ipnet::IpNet>,
+    /// Watch streams one proxy identity may hold.
+    pub max_watches_per_identity: usize,
+    /// Watch streams in all.
+    pub max_watches: usize,
 }
 
 /// A stream of snapshots.
 pub type SnapshotStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl DiscoveryApi {
-    /// Serves `store`'s policy, recording proxies in `registry`; Service names resolve under
-    /// `cluster_domain`; `mesh_networks` are pushed to every proxy; streams end on `drain`.
+    /// Serves `store`'s policy as `options` say, recording proxies in `registry`; streams end on
+    /// `drain`.
     pub fn new(
         store: Arc<PolicyStore>,
         registry: Arc<ProxyRegistry>,
-        cluster_domain: ClusterDomain,
-        mesh_networks: &[ipnet::IpNet],
+        options: DiscoveryOptions,
+        metrics: Metrics,
         drain: Drain,
     ) -> Self {
         Self {
             store,
-            cache: Arc::new(SnapshotCache::new(cluster_domain)),
+            cache: Arc::new(SnapshotCache::new(options.cluster_domain)),
             registry,
             mesh: MeshSnapshot {
                 version: String::new(),
-                networks: mesh_networks.iter().map(ToString::to_string).collect(),
+                networks: options
+                    .mesh_networks
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
             },
+            limits: WatchLimits::new(options.max_watches_per_identity, options.max_watches),
+            metrics,
             drain,
         }
     }
 
     /// Runs one watch: sends what `compute` makes of each new state, when it changed, until the
     /// proxy goes away or the control plane drains.
-    fn watch<T, F>(&self, caller: Caller, resource: String, compute: F) -> SnapshotStream<T>
+    fn watch<T, F>(
+        &self,
+        caller: Caller,
+        resource: String,
+        compute: F,
+    ) -> Result<SnapshotStream<T>, Status>
     where
         T: PartialEq + Clone + Send + 'static + Versioned,
         F: Fn(&crate::policy_store::PolicyState) -> T + Send + 'static,
     {
+        let permit = self.limits.admit(&caller.identity).inspect_err(|_| {
+            self.metrics
+                .discovery_watches
+                .with_label_values(&["exhausted"])
+                .inc();
+        })?;
+        self.metrics
+            .discovery_watches
+            .with_label_values(&["opened"])
+            .inc();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let mut states = self.store.subscribe_state();
         let registry = self.registry.clone();
         let drain = self.drain.clone();
+        let (limits, open) = (
+            self.limits.clone(),
+            self.metrics.discovery_watches_open.clone(),
+        );
+        open.set(limits.open() as i64);
         registry.opened(&caller, &resource);
         tokio::spawn(async move {
+            let held = permit;
             let mut last: Option<T> = None;
             loop {
                 let state = states.borrow_and_update().clone();
@@ -97,8 +141,10 @@ impl DiscoveryApi {
                 }
             }
             registry.closed(&caller, &resource);
+            drop(held);
+            open.set(limits.open() as i64);
         });
-        Box::pin(ReceiverStream::new(rx))
+        Ok(Box::pin(ReceiverStream::new(rx)))
     }
 }
 
@@ -157,15 +203,20 @@ impl Discovery for DiscoveryApi {
                 .rsplit_once(':')
                 .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
         if !valid {
+            self.metrics
+                .discovery_watches
+                .with_label_values(&["invalid"])
+                .inc();
             return Err(Status::invalid_argument(format!(
-                "destination: {destination:?} is not host:port"
+                "destination: {:?} is not host:port",
+                destination.chars().take(64).collect::<String>()
             )));
         }
         let cache = self.cache.clone();
         let key = destination.clone();
         let stream = self.watch(caller, destination, move |state| {
             (*cache.outbound(state, &key)).clone()
-        });
+        })?;
         Ok(Response::new(stream))
     }
 
@@ -177,15 +228,19 @@ impl Discovery for DiscoveryApi {
     ) -> Result<Response<Self::WatchInboundStream>, Status> {
         let caller = caller(&request)?;
         let port = request.into_inner().port;
-        if port == 0 || port > 65535 {
+        if port > 65535 {
             return Err(Status::invalid_argument(format!(
-                "port: {port} is not a port"
+                "port: {port} is not a port (or 0 for all)"
             )));
         }
         let identity = caller.identity.to_string();
-        let stream = self.watch(caller, format!("inbound:{port}"), move |state| {
+        let resource = match port {
+            0 => "inbound".to_string(),
+            port => format!("inbound:{port}"),
+        };
+        let stream = self.watch(caller, resource, move |state| {
             inbound_snapshot(state, &identity, port)
-        });
+        })?;
         Ok(Response::new(stream))
     }
 
@@ -197,7 +252,7 @@ impl Discovery for DiscoveryApi {
     ) -> Result<Response<Self::WatchMeshStream>, Status> {
         let caller = caller(&request)?;
         let mesh = self.mesh.clone();
-        let stream = self.watch(caller, MESH_RESOURCE.to_string(), move |_| mesh.clone());
+        let stream = self.watch(caller, MESH_RESOURCE.to_string(), move |_| mesh.clone())?;
         Ok(Response::new(stream))
     }
 

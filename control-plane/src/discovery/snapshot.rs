@@ -16,6 +16,9 @@ use crate::policy::{
 };
 use crate::policy_store::PolicyState;
 
+/// Destinations whose snapshot is kept per revision at most: a proxy naming ever new destinations
+/// cannot grow the cache without bound (past it, snapshots are computed but not kept).
+const MAX_CACHED: usize = 10_000;
 /// Backoff before the first retry when a route names none.
 const DEFAULT_RETRY_BACKOFF_MS: u64 = 25;
 
@@ -53,7 +56,7 @@ impl SnapshotCache {
             *entries = (state.revision, HashMap::new());
         }
         // A watcher still on an older state must not replace the newer cache.
-        if state.revision == entries.0 {
+        if state.revision == entries.0 && entries.1.len() < MAX_CACHED {
             entries.1.insert(destination.to_string(), snapshot.clone());
         }
         snapshot
@@ -182,29 +185,51 @@ pub fn outbound_snapshot(
     }
 }
 
-/// The inbound policy of `port` on the workloads `identity` runs as.
+/// The inbound policy of `port` (0: every port) on the workloads `identity` runs as.
 pub fn inbound_snapshot(state: &PolicyState, identity: &str, port: u32) -> pb::InboundSnapshot {
-    let opaque = state.of_kind(Kind::Workload).any(|workload| {
-        let Spec::Workload(spec) = &workload.resource.spec else {
-            return false;
-        };
-        spec.identity == identity
-            && state.of_kind(Kind::Service).any(|service| {
-                let Spec::Service(svc) = &service.resource.spec else {
-                    return false;
-                };
-                service.resource.namespace() == workload.resource.namespace()
-                    && selects(&svc.selector, &workload.resource.meta.labels)
-                    && svc.ports.iter().any(|p| {
-                        p.target_port.unwrap_or(p.port) == port
-                            && p.app_protocol.as_deref() == Some("tcp")
-                    })
-            })
-    });
+    let opaque_ports = opaque_target_ports(state, identity);
     pb::InboundSnapshot {
         version: String::new(),
-        opaque,
+        opaque: port != 0 && opaque_ports.contains(&port),
+        opaque_ports: if port == 0 {
+            opaque_ports.into_iter().collect()
+        } else {
+            Vec::new()
+        },
     }
+}
+
+/// The workload ports, of the workloads `identity` runs as, that the Services selecting them
+/// make opaque: `appProtocol: tcp`, or listed in the Service's ServicePolicy `opaquePorts`.
+fn opaque_target_ports(state: &PolicyState, identity: &str) -> std::collections::BTreeSet<u32> {
+    let mut ports = std::collections::BTreeSet::new();
+    for workload in state.of_kind(Kind::Workload) {
+        let Spec::Workload(spec) = &workload.resource.spec else {
+            continue;
+        };
+        if spec.identity != identity {
+            continue;
+        }
+        for service in state.of_kind(Kind::Service) {
+            let Spec::Service(svc) = &service.resource.spec else {
+                continue;
+            };
+            if service.resource.namespace() != workload.resource.namespace()
+                || !selects(&svc.selector, &workload.resource.meta.labels)
+            {
+                continue;
+            }
+            let policy = policy_for(state, &service.resource.key());
+            for port in &svc.ports {
+                let opaque = port.app_protocol.as_deref() == Some("tcp")
+                    || policy.is_some_and(|p| p.opaque_ports.contains(&port.port));
+                if opaque {
+                    ports.insert(port.target_port.unwrap_or(port.port));
+                }
+            }
+        }
+    }
+    ports
 }
 
 /// The Service port a destination names: `<name>.<namespace>[.svc[.<cluster domain>]]:<port>`.

@@ -5,6 +5,7 @@
 mod bad_config;
 mod drain;
 mod identity_api;
+mod limits;
 mod netns;
 mod outage;
 mod policy;
