@@ -11,6 +11,7 @@ use std::time::Duration;
 use weft_certs::{Identity, TrustAnchors};
 
 use crate::destination::MeshNetworks;
+use crate::inbound::InboundLimits;
 use crate::static_routes::StaticRoutes;
 
 /// host:port of the control plane's proxy API.
@@ -45,6 +46,15 @@ pub const ENV_DETECT_TIMEOUT: &str = "WEFT_PROXY_DETECT_TIMEOUT";
 /// accept opaque streams.
 pub const ENV_OPAQUE_PORTS: &str = "WEFT_PROXY_OPAQUE_PORTS";
 
+/// TLS handshakes in progress at once on the inbound port; more connections are closed.
+pub const ENV_INBOUND_MAX_HANDSHAKES: &str = "WEFT_PROXY_INBOUND_MAX_HANDSHAKES";
+/// Connections one peer identity may hold at once on the inbound port.
+pub const ENV_INBOUND_MAX_CONNECTIONS_PER_IDENTITY: &str =
+    "WEFT_PROXY_INBOUND_MAX_CONNECTIONS_PER_IDENTITY";
+/// An inbound HTTP connection on which no request started for this long is closed.
+pub const ENV_INBOUND_IDLE_TIMEOUT: &str = "WEFT_PROXY_INBOUND_IDLE_TIMEOUT";
+/// Every inbound connection ends after this long (gracefully for HTTP).
+pub const ENV_INBOUND_MAX_CONNECTION_AGE: &str = "WEFT_PROXY_INBOUND_MAX_CONNECTION_AGE";
 /// Destinations whose discovery watch is kept at most (the least recently used goes first).
 pub const ENV_MAX_DESTINATIONS: &str = "WEFT_PROXY_MAX_DESTINATIONS";
 /// CIDRs of the mesh's networks, until the control plane pushes its own.
@@ -107,6 +117,8 @@ pub struct Config {
     pub mesh_networks: Option<MeshNetworks>,
     /// Destinations watched at most.
     pub max_destinations: usize,
+    /// What one peer can make the inbound side hold.
+    pub inbound_limits: InboundLimits,
 }
 
 impl Config {
@@ -194,6 +206,7 @@ impl Config {
             opaque_ports: ports(
                 &var(ENV_OPAQUE_PORTS).unwrap_or_else(|| DEFAULT_OPAQUE_PORTS.to_string()),
             )?,
+            inbound_limits: inbound_limits(&var)?,
             max_destinations: match var(ENV_MAX_DESTINATIONS) {
                 Some(value) => match parse::<usize>(ENV_MAX_DESTINATIONS, &value)? {
                     0 => {
@@ -216,6 +229,50 @@ impl Config {
                 .transpose()?,
         })
     }
+}
+
+fn inbound_limits(
+    var: &impl Fn(&'static str) -> Option<String>,
+) -> Result<InboundLimits, ConfigError> {
+    let defaults = InboundLimits::default();
+    let count = |name: &'static str, default: usize| -> Result<usize, ConfigError> {
+        match var(name) {
+            None => Ok(default),
+            Some(value) => match parse::<usize>(name, &value)? {
+                0 => Err(ConfigError {
+                    var: name,
+                    reason: "must be at least 1".to_string(),
+                }),
+                n => Ok(n),
+            },
+        }
+    };
+    let positive = |name: &'static str, default: Duration| -> Result<Duration, ConfigError> {
+        let value = match var(name) {
+            None => return Ok(default),
+            Some(value) => value,
+        };
+        match humantime::parse_duration(value.trim()) {
+            Ok(d) if !d.is_zero() => Ok(d),
+            Ok(_) => Err(ConfigError {
+                var: name,
+                reason: "must be longer than 0s".to_string(),
+            }),
+            Err(e) => Err(ConfigError {
+                var: name,
+                reason: format!("{value:?}: {e}"),
+            }),
+        }
+    };
+    Ok(InboundLimits {
+        max_handshakes: count(ENV_INBOUND_MAX_HANDSHAKES, defaults.max_handshakes)?,
+        max_connections_per_identity: count(
+            ENV_INBOUND_MAX_CONNECTIONS_PER_IDENTITY,
+            defaults.max_connections_per_identity,
+        )?,
+        idle_timeout: positive(ENV_INBOUND_IDLE_TIMEOUT, defaults.idle_timeout)?,
+        max_connection_age: positive(ENV_INBOUND_MAX_CONNECTION_AGE, defaults.max_connection_age)?,
+    })
 }
 
 fn parse<T>(var: &'static str, value: &str) -> Result<T, ConfigError>

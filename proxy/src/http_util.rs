@@ -18,8 +18,17 @@ pub const H2_CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 /// writes per byte on large transfers (the default, 16 KiB, is the protocol's minimum).
 pub const H2_MAX_FRAME: u32 = 256 * 1024;
 
-/// An HTTP/2 client handshake with the proxy's windows, frame size and timer, for every HTTP/2
-/// connection it makes (to peers, and to apps that speak it).
+/// The largest header block the proxy takes, on every hop and in both directions: an HTTP/1
+/// request's head (its read buffer may grow to this), and (with [`MAX_HEADER_LIST_SIZE`]) an
+/// HTTP/2 one. What the app's side accepts, the peer's side accepts too, so a request is never
+/// let in at one end only to be refused at the other.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// [`MAX_HEADER_BYTES`] as HTTP/2 counts a header list: 32 bytes more per header, for the
+/// at most 100 headers HTTP/1 allows.
+pub const MAX_HEADER_LIST_SIZE: u32 = (MAX_HEADER_BYTES + 100 * 32) as u32;
+
+/// An HTTP/2 client handshake with the proxy's windows, frame size, header limit and timer, for
+/// every HTTP/2 connection it makes (to peers, and to apps that speak it).
 pub fn h2_client() -> hyper::client::conn::http2::Builder<hyper_util::rt::TokioExecutor> {
     let mut builder =
         hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
@@ -27,7 +36,8 @@ pub fn h2_client() -> hyper::client::conn::http2::Builder<hyper_util::rt::TokioE
         .timer(hyper_util::rt::TokioTimer::new())
         .initial_stream_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONNECTION_WINDOW)
-        .max_frame_size(H2_MAX_FRAME);
+        .max_frame_size(H2_MAX_FRAME)
+        .max_header_list_size(MAX_HEADER_LIST_SIZE);
     builder
 }
 

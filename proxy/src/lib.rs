@@ -29,6 +29,7 @@ use weft_telemetry::Drain;
 
 pub use config::{Config, ConfigError};
 pub use destination::{MeshNetworks, NetworkError};
+pub use inbound::InboundLimits;
 
 /// Hot-path internals, public only for the micro-benchmarks in `weft-bench`; not an API.
 #[doc(hidden)]

@@ -35,6 +35,10 @@ pub enum Refusal {
     DiscoveryUnavailable,
     /// Discovery knows the destination but it has no endpoint to send to.
     NoEndpoint,
+    /// The endpoint (or, outside the mesh, the destination) could not be reached.
+    PeerUnreachable,
+    /// An opaque connection came with no original destination.
+    NoDestination,
 }
 
 impl Refusal {
@@ -43,6 +47,48 @@ impl Refusal {
         match self {
             Self::DiscoveryUnavailable => "discovery_unavailable",
             Self::NoEndpoint => "no_endpoint",
+            Self::PeerUnreachable => "unreachable",
+            Self::NoDestination => "no_destination",
+        }
+    }
+}
+
+/// Why the inbound side refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundRefusal {
+    /// Too many handshakes were in progress.
+    Handshakes,
+    /// The handshake (TLS and transport header) took too long.
+    HandshakeTimeout,
+    /// The peer's identity holds its limit of connections.
+    IdentityConnections,
+    /// The peer presented no identity.
+    NoIdentity,
+    /// The peer did not speak Weft's ALPN.
+    Alpn,
+    /// An opaque stream to a port that is not opaque.
+    NotOpaque,
+    /// No app port and no original destination.
+    NoTarget,
+    /// The original destination is one of the proxy's own ports.
+    OwnPort,
+    /// The original destination is not one of the pod's addresses.
+    NotLocal,
+}
+
+impl InboundRefusal {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Handshakes => "handshakes",
+            Self::HandshakeTimeout => "handshake_timeout",
+            Self::IdentityConnections => "identity_connections",
+            Self::NoIdentity => "no_identity",
+            Self::Alpn => "alpn",
+            Self::NotOpaque => "not_opaque",
+            Self::NoTarget => "no_target",
+            Self::OwnPort => "own_port",
+            Self::NotLocal => "not_local",
         }
     }
 }
@@ -64,6 +110,7 @@ pub struct ProxyMetrics {
     endpoints_ejected: IntGaugeVec,
     discovery_updates: IntCounterVec,
     outbound_refused: IntCounterVec,
+    inbound_refused: IntCounterVec,
     /// When the current leaf expires, in Unix seconds.
     pub cert_expiry: IntGauge,
     /// Certificate requests by result.
@@ -165,6 +212,12 @@ impl ProxyMetrics {
                 "Outbound connections and requests refused rather than sent, by reason.",
                 &["reason"],
             )?,
+            inbound_refused: metrics::counter_vec(
+                registry,
+                "weft_inbound_refused_total",
+                "Inbound connections refused before reaching the app, by reason.",
+                &["reason"],
+            )?,
             tls_handshakes: metrics::counter_vec(
                 registry,
                 "weft_tls_handshakes_total",
@@ -241,6 +294,13 @@ impl ProxyMetrics {
     /// Counts an outbound connection or request refused for `reason`.
     pub fn refused(&self, reason: Refusal) {
         self.outbound_refused
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    /// Counts an inbound connection refused for `reason`.
+    pub fn inbound_refused(&self, reason: InboundRefusal) {
+        self.inbound_refused
             .with_label_values(&[reason.as_str()])
             .inc();
     }

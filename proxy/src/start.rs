@@ -120,6 +120,7 @@ pub async fn start(config: Config, drain: &Drain) -> Result<Listening, StartErro
     let inbound = Inbound::new(
         Arc::new(peer_server),
         policy,
+        config.inbound_limits,
         metrics.clone(),
         Some(discovery.clone()),
     );

@@ -110,3 +110,39 @@ pub async fn grpc_client(
         .unwrap();
     EchoClient::new(channel)
 }
+
+/// An HTTP/2 connection to a proxy's inbound port as a peer proxy makes it (mTLS, ALPN weft/1),
+/// presenting `certs` and expecting the server to prove `server`: a test playing a peer.
+pub async fn peer_h2(
+    inbound: SocketAddr,
+    anchors: &weft_certs::TrustAnchors,
+    certs: std::sync::Arc<weft_certs::CertStore>,
+    server: &str,
+) -> anyhow::Result<hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>> {
+    let config = weft_certs::client_config(anchors, certs, &[weft_certs::ALPN_WEFT])?;
+    let server: weft_certs::Identity = server.parse()?;
+    let tcp = TcpStream::connect(inbound).await?;
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from(server.dns_name())?,
+            tcp,
+        )
+        .await?;
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+/// A GET of `authority` on a peer connection; its status, or an error if the connection failed.
+pub async fn peer_get(
+    sender: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
+    authority: &str,
+) -> anyhow::Result<u16> {
+    let request = Request::builder()
+        .uri(format!("http://{authority}/"))
+        .body(http_body_util::Empty::new())?;
+    let response =
+        tokio::time::timeout(Duration::from_secs(10), sender.send_request(request)).await??;
+    Ok(response.status().as_u16())
+}

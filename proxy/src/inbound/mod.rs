@@ -1,14 +1,20 @@
 //! The inbound side: mTLS from other proxies of the trust domain, forwarded to the local app.
 //!
-//! accept → TLS (client certificate required, chain to the anchor, identity of our trust domain)
-//! → read the peer's identity → transport header → HTTP/2 server or opaque TCP to the app.
+//! accept → a place among the handshakes in progress → the app's address (one of the pod's
+//! own) → TLS (client certificate required, chain to the anchor, identity of our trust domain)
+//! → read the peer's identity → transport header → a place among that identity's connections
+//! → HTTP/2 server or opaque TCP to the app, until the connection's age or the peer's
+//! certificate runs out. Refusals are counted by reason and logged at debug: a peer must not be
+//! able to flood the log.
 
 mod http;
+mod limits;
+mod local_addrs;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -19,12 +25,15 @@ use weft_certs::{ALPN_WEFT, Identity};
 use weft_telemetry::Drain;
 
 use self::http::InboundHttp;
+use self::limits::Admission;
+pub use self::limits::InboundLimits;
+use self::local_addrs::LocalAddrs;
 use crate::destination::discovery::DiscoveryClient;
 use crate::detect::Protocol;
-use crate::metrics::{Direction, ProxyMetrics};
+use crate::metrics::{Direction, InboundRefusal, ProxyMetrics};
 use crate::orig_dst::original_dst;
 use crate::prefixed::Prefixed;
-use crate::serve::{PEER_MAX_STREAMS, accept_loop, serve_http};
+use crate::serve::{PEER_MAX_STREAMS, ServeOptions, accept_loop, serve_http};
 use crate::transport_header::{self, Stream};
 
 /// A peer that has not completed its handshake and header by then is dropped.
@@ -50,6 +59,18 @@ enum TargetError {
     NoTarget,
     #[error("port {0} is the proxy's own")]
     OwnPort(u16),
+    #[error("{0} is not one of the pod's addresses")]
+    NotLocal(std::net::IpAddr),
+}
+
+impl TargetError {
+    fn refusal(&self) -> InboundRefusal {
+        match self {
+            Self::NoTarget => InboundRefusal::NoTarget,
+            Self::OwnPort(_) => InboundRefusal::OwnPort,
+            Self::NotLocal(_) => InboundRefusal::NotLocal,
+        }
+    }
 }
 
 /// The inbound proxy.
@@ -65,13 +86,16 @@ struct Inner {
     http: InboundHttp,
     metrics: ProxyMetrics,
     discovery: Option<DiscoveryClient>,
+    admission: Admission,
+    local: LocalAddrs,
 }
 
 impl Inbound {
-    /// Accepts with `tls` and forwards as `policy` allows.
+    /// Accepts with `tls` and forwards as `policy` allows, within `limits`.
     pub fn new(
         tls: Arc<rustls::ServerConfig>,
         policy: InboundPolicy,
+        limits: InboundLimits,
         metrics: ProxyMetrics,
         discovery: Option<DiscoveryClient>,
     ) -> Self {
@@ -82,6 +106,8 @@ impl Inbound {
                 http: InboundHttp::new(metrics.clone()),
                 metrics,
                 discovery,
+                admission: Admission::new(limits),
+                local: LocalAddrs::new(),
             }),
         }
     }
@@ -96,10 +122,18 @@ impl Inbound {
 
     async fn handle(self, tcp: TcpStream, drain: Drain) {
         let inner = &self.inner;
+        let Some(handshake) = inner.admission.handshake() else {
+            inner.refused(
+                InboundRefusal::Handshakes,
+                "too many handshakes in progress",
+            );
+            return;
+        };
+        limits::keepalive(&tcp);
         let app = match self.target(&tcp) {
             Ok(app) => app,
             Err(error) => {
-                tracing::info!(%error, "refused");
+                inner.refused(error.refusal(), &error.to_string());
                 return;
             }
         };
@@ -115,6 +149,7 @@ impl Inbound {
             Ok::<_, std::io::Error>((tls, header))
         })
         .await;
+        drop(handshake);
         let (tls, (stream, prefix)) = match accepted {
             Ok(Ok(accepted)) => accepted,
             Ok(Err(error)) => {
@@ -122,19 +157,27 @@ impl Inbound {
                 return;
             }
             Err(_) => {
-                tracing::debug!("peer handshake timed out");
+                inner.refused(InboundRefusal::HandshakeTimeout, "handshake timed out");
                 return;
             }
         };
-        let Some(peer) = peer_identity(&tls) else {
+        let Some((peer, not_after)) = peer_certificate(&tls) else {
             // Unreachable with client auth required; refuse rather than forward anonymously.
-            tracing::warn!("peer presented no identity");
+            inner.refused(InboundRefusal::NoIdentity, "peer presented no identity");
             return;
         };
         if tls.get_ref().1.alpn_protocol() != Some(ALPN_WEFT) {
-            tracing::info!(peer = %peer, "refused: peer did not negotiate ALPN weft/1");
+            inner.refused(InboundRefusal::Alpn, "peer did not negotiate ALPN weft/1");
             return;
         }
+        let Some(_connection) = inner.admission.connection(&peer) else {
+            inner.refused(
+                InboundRefusal::IdentityConnections,
+                &format!("{peer} holds as many connections as it may"),
+            );
+            return;
+        };
+        let deadline = inner.admission.deadline(not_after);
         tracing::debug!(peer = %peer, "peer authenticated");
         match stream {
             Stream::Http2 => {
@@ -145,21 +188,29 @@ impl Inbound {
                     async move { Ok::<_, std::convert::Infallible>(conn.handle(request).await) }
                 });
                 let io = Prefixed::new(prefix.into(), tls);
-                serve_http(
-                    TokioIo::new(io),
-                    Protocol::Http2,
-                    PEER_MAX_STREAMS,
-                    service,
-                    &drain,
-                )
-                .await;
+                let limits = inner.admission.limits();
+                let options = ServeOptions {
+                    max_streams: PEER_MAX_STREAMS,
+                    keepalive: Some((limits::KEEPALIVE_INTERVAL, limits::KEEPALIVE_TIMEOUT)),
+                    idle_timeout: Some(limits.idle_timeout),
+                    deadline: Some(deadline),
+                };
+                serve_http(TokioIo::new(io), Protocol::Http2, options, service, &drain).await;
             }
             Stream::Opaque if !self.accepts_opaque(app.port()).await => {
-                tracing::info!(peer = %peer, port = app.port(), "refused: opaque stream to a port that is not opaque (WEFT_PROXY_OPAQUE_PORTS, or policy)");
+                inner.refused(
+                    InboundRefusal::NotOpaque,
+                    &format!("opaque stream to port {} (not opaque by WEFT_PROXY_OPAQUE_PORTS or policy)", app.port()),
+                );
             }
             Stream::Opaque => {
                 let _open = inner.metrics.open_connection(Direction::Inbound, "opaque");
-                forward_opaque(tls, app, &inner.metrics).await;
+                tokio::select! {
+                    () = forward_opaque(tls, app, &inner.metrics) => {}
+                    () = tokio::time::sleep_until(deadline) => {
+                        tracing::debug!(peer = %peer, "opaque stream ended: its time or the peer's certificate ran out");
+                    }
+                }
             }
         }
     }
@@ -191,13 +242,30 @@ impl Inbound {
         if policy.own_ports.contains(&target.port()) {
             return Err(TargetError::OwnPort(target.port()));
         }
+        // The original destination is the peer's to choose: only the pod's own addresses are
+        // the app's, anything else would make us a relay.
+        if !target.ip().is_loopback() && !self.inner.local.contains(target.ip()) {
+            return Err(TargetError::NotLocal(target.ip()));
+        }
         Ok(target)
     }
 }
 
-fn peer_identity(tls: &tokio_rustls::server::TlsStream<TcpStream>) -> Option<Identity> {
-    let certs = tls.get_ref().1.peer_certificates()?;
-    weft_certs::identity_of(certs.first()?).ok()
+impl Inner {
+    /// Counts a refused connection; logged at debug only, as peers choose how often.
+    fn refused(&self, reason: InboundRefusal, why: &str) {
+        self.metrics.inbound_refused(reason);
+        tracing::debug!(reason = reason.as_str(), why, "inbound connection refused");
+    }
+}
+
+/// The peer's identity and its certificate's notAfter.
+fn peer_certificate(
+    tls: &tokio_rustls::server::TlsStream<TcpStream>,
+) -> Option<(Identity, Option<SystemTime>)> {
+    let leaf = tls.get_ref().1.peer_certificates()?.first()?;
+    let identity = weft_certs::identity_of(leaf).ok()?;
+    Some((identity, weft_certs::not_after_of(leaf)))
 }
 
 async fn forward_opaque(
@@ -208,7 +276,7 @@ async fn forward_opaque(
     let mut upstream = match TcpStream::connect(app).await {
         Ok(upstream) => upstream,
         Err(error) => {
-            tracing::info!(%error, %app, "cannot reach the app");
+            tracing::debug!(%error, %app, "cannot reach the app");
             return;
         }
     };

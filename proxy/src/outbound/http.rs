@@ -330,7 +330,7 @@ async fn pass_through(client: &PlainHttp, request: Request<Incoming>) -> Respons
     match client.send(Request::from_parts(parts, boxed(body))).await {
         Ok(response) => response,
         Err(error) => {
-            tracing::info!(%error, "unmeshed destination failed");
+            tracing::debug!(%error, "unmeshed destination failed");
             error_response(
                 StatusCode::BAD_GATEWAY,
                 format!("unmeshed destination: {error}"),

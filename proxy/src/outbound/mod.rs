@@ -25,7 +25,7 @@ use crate::detect::{self, Protocol};
 use crate::metrics::{Direction, ProxyMetrics, Refusal};
 use crate::orig_dst::original_dst;
 use crate::prefixed::Prefixed;
-use crate::serve::{APP_MAX_STREAMS, accept_loop, serve_http};
+use crate::serve::{ServeOptions, accept_loop, serve_http};
 use crate::static_routes::StaticRoutes;
 
 /// The outbound proxy.
@@ -115,7 +115,14 @@ impl Outbound {
                         )
                     }
                 });
-                serve_http(TokioIo::new(io), protocol, APP_MAX_STREAMS, service, &drain).await;
+                serve_http(
+                    TokioIo::new(io),
+                    protocol,
+                    ServeOptions::app(),
+                    service,
+                    &drain,
+                )
+                .await;
             }
             Protocol::Opaque => self.forward_opaque(io, &conn).await,
         }
@@ -134,7 +141,7 @@ impl Outbound {
                 Some(peer) => tcp::forward_to_peer(io, &peer, &stack.service, metrics).await,
                 None => {
                     metrics.refused(Refusal::NoEndpoint);
-                    tracing::info!(service = %stack.service, "no endpoint for an opaque connection")
+                    tracing::debug!(service = %stack.service, "no endpoint for an opaque connection")
                 }
             },
             (None, None, Some(dst)) if conn.plaintext_ok => {
@@ -142,10 +149,11 @@ impl Outbound {
             }
             (None, None, Some(dst)) => {
                 metrics.refused(Refusal::DiscoveryUnavailable);
-                tracing::info!(%dst, "refused: inside the mesh's networks and discovery has not placed it");
+                tracing::debug!(%dst, "refused: inside the mesh's networks and discovery has not placed it");
             }
             (None, None, None) => {
-                tracing::info!(
+                metrics.refused(Refusal::NoDestination);
+                tracing::debug!(
                     "opaque connection with no original destination: nowhere to send it"
                 );
             }

@@ -7,7 +7,7 @@ use tokio::io::{AsyncRead, AsyncWrite, copy_bidirectional};
 use tokio::net::TcpStream;
 
 use super::peer::Peer;
-use crate::metrics::{Direction, ProxyMetrics};
+use crate::metrics::{Direction, ProxyMetrics, Refusal};
 use crate::transport_header;
 
 /// Forwards `app` to `peer` over mTLS; `destination` names it in logs.
@@ -18,12 +18,15 @@ where
     let mut peer = match peer.connect_stream().await {
         Ok(peer) => peer,
         Err(error) => {
-            tracing::info!(%error, destination, "cannot open opaque stream to peer");
+            // Counted, and logged at debug: a peer that is down would fill the log otherwise.
+            metrics.refused(Refusal::PeerUnreachable);
+            tracing::debug!(%error, destination, "cannot open opaque stream to peer");
             return;
         }
     };
     if let Err(error) = transport_header::write_opaque(&mut peer).await {
-        tracing::info!(%error, destination, "cannot write transport header");
+        metrics.refused(Refusal::PeerUnreachable);
+        tracing::debug!(%error, destination, "cannot write transport header");
         return;
     }
     copy(&mut app, &mut peer, metrics).await;
@@ -39,7 +42,10 @@ where
             let _ = upstream.set_nodelay(true);
             copy(&mut app, &mut upstream, metrics).await;
         }
-        Err(error) => tracing::info!(%error, %dst, "cannot reach unmeshed destination"),
+        Err(error) => {
+            metrics.refused(Refusal::PeerUnreachable);
+            tracing::debug!(%error, %dst, "cannot reach unmeshed destination");
+        }
     }
 }
 

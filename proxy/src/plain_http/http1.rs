@@ -86,7 +86,11 @@ impl Pool {
 
     async fn dial(&self) -> Result<SendRequest<Body>, PlainHttpError> {
         let tcp = connect(self.addr).await?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+        // Response heads are bounded as request heads are, on every hop.
+        let (sender, connection) = hyper::client::conn::http1::Builder::new()
+            .max_buf_size(crate::http_util::MAX_HEADER_BYTES)
+            .handshake(TokioIo::new(tcp))
+            .await?;
         let addr = self.addr;
         // Ends when the app closes the connection, or once idle with its sender dropped.
         tokio::spawn(async move {

@@ -5,6 +5,7 @@
 mod bad_config;
 mod drain;
 mod identity_api;
+mod inbound_limits;
 mod limits;
 mod netns;
 mod outage;

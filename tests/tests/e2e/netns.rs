@@ -307,3 +307,78 @@ fn with_discovery_away_the_mesh_networks_are_never_reached_in_plaintext() {
         assert_eq!(refused, Some(2.0));
     });
 }
+
+/// An address of the pod's, and one routed through it that is not.
+const POD_IP: &str = "10.30.0.1";
+const ELSEWHERE_IP: &str = "10.99.0.1";
+
+#[test]
+fn inbound_forwards_only_to_the_pods_own_addresses() {
+    weft_tests::init();
+    let ns = NetNs::create();
+    ns.exec(&["ip", "addr", "add", &format!("{POD_IP}/32"), "dev", "lo"]);
+    ns.exec(&[
+        "ip",
+        "route",
+        "add",
+        &format!("{ELSEWHERE_IP}/32"),
+        "dev",
+        "lo",
+    ]);
+    ns.run(|| async {
+        let cp = ControlPlane::start("24h").await;
+        let _app = start_echo_app_on(&format!("{POD_IP}:{HTTP_PORT}")).await;
+        let server = Proxy::start(&cp, ProxySpec::new(SERVER_ID).uid(PROXY_UID)).await;
+        // Inbound interception, as in a pod: peers' connections to the app's port go to the
+        // inbound listener, which learns where they were headed from the original destination.
+        for ip in [POD_IP, ELSEWHERE_IP] {
+            iptables(&[
+                "-A",
+                "OUTPUT",
+                "-p",
+                "tcp",
+                "-d",
+                ip,
+                "--dport",
+                &HTTP_PORT.to_string(),
+                "-m",
+                "owner",
+                "!",
+                "--uid-owner",
+                &PROXY_UID.to_string(),
+                "-j",
+                "REDIRECT",
+                "--to-ports",
+                &server.inbound.port().to_string(),
+            ]);
+        }
+        let certs = cp
+            .credential("spiffe://cluster.local/ns/shop/sa/mallory")
+            .await;
+        let ours = std::net::SocketAddr::from(([10, 30, 0, 1], HTTP_PORT));
+        let mut sender = weft_tests::client::peer_h2(ours, &cp.anchors(), certs.clone(), SERVER_ID)
+            .await
+            .unwrap();
+        assert_eq!(
+            weft_tests::client::peer_get(&mut sender, "app:8080")
+                .await
+                .unwrap(),
+            200
+        );
+
+        // A destination that is not the pod's: never relayed.
+        let elsewhere = std::net::SocketAddr::from(([10, 99, 0, 1], HTTP_PORT));
+        let relayed =
+            match weft_tests::client::peer_h2(elsewhere, &cp.anchors(), certs, SERVER_ID).await {
+                Ok(mut sender) => weft_tests::client::peer_get(&mut sender, "app:8080")
+                    .await
+                    .ok(),
+                Err(_) => None,
+            };
+        assert_eq!(relayed, None);
+        let refused = server
+            .metric("weft_inbound_refused_total{reason=\"not_local\"}")
+            .await;
+        assert_eq!(refused, Some(1.0));
+    });
+}

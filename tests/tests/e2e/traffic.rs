@@ -133,26 +133,14 @@ async fn a_peer_cannot_smuggle_the_proxys_headers_either() {
     // the client proxy that would have cleaned its request.
     let mallory = "spiffe://cluster.local/ns/shop/sa/mallory";
     let certs = mesh.cp.credential(mallory).await;
-    let config =
-        weft_certs::client_config(&mesh.cp.anchors(), certs, &[weft_certs::ALPN_WEFT]).unwrap();
-    let server: weft_certs::Identity = crate::SERVER_ID.parse().unwrap();
-    let tcp = tokio::net::TcpStream::connect(mesh.server.inbound)
-        .await
-        .unwrap();
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(
-            rustls::pki_types::ServerName::try_from(server.dns_name()).unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
+    let mut sender = weft_tests::client::peer_h2(
+        mesh.server.inbound,
+        &mesh.cp.anchors(),
+        certs,
+        crate::SERVER_ID,
     )
     .await
     .unwrap();
-    tokio::spawn(connection);
     let mut request = http::Request::builder()
         .uri(format!("http://{HTTP_AUTHORITY}/"))
         .header("weft-client-id", CLIENT_ID);
