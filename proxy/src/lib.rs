@@ -67,9 +67,10 @@ pub fn main() -> ! {
         Err(error) => exit_with(1, &format!("cannot start the runtime: {error}")),
     };
     let grace = config.shutdown_grace;
+    let app_port = config.app_port;
     let code = runtime.block_on(async move {
-        let drain = Drain::new();
-        if let Err(error) = start(config, &drain).await {
+        let (drain, inbound) = (Drain::new(), Drain::new());
+        if let Err(error) = start(config, &drain, &inbound).await {
             let code = if matches!(error, StartError::Bind { .. }) {
                 EXIT_USAGE
             } else {
@@ -84,17 +85,47 @@ pub fn main() -> ! {
                     eprintln!("weft-proxy: cannot listen for signals: {error}");
                     return 1;
                 }
+                // The pod is terminating: take nothing new in, but let the app's own calls out
+                // (its shutdown may need them) until the grace period ends, or the app is gone.
+                tracing::info!(grace = ?grace, "draining: inbound stopped, outbound serves the app until the grace period ends");
+                inbound.trigger();
+                tokio::select! {
+                    () = tokio::time::sleep(grace) => {}
+                    () = app_gone(app_port) => tracing::info!("the app has exited; stopping"),
+                    () = drain.signaled() => {}
+                }
             }
-            () = drain.signaled() => {}
+            // POST /shutdown: the job is done, stop now.
+            () = drain.signaled() => inbound.trigger(),
         }
-        tracing::info!(grace = ?grace, "draining");
         drain.trigger();
-        if tokio::time::timeout(grace, drain.wait()).await.is_err() {
+        let finished = async { tokio::join!(drain.wait(), inbound.wait()) };
+        if tokio::time::timeout(FINAL_DRAIN, finished).await.is_err() {
             tracing::warn!("drain deadline passed; exiting with requests in flight");
         }
         0
     });
     std::process::exit(code)
+}
+
+/// After the grace period (or /shutdown), what is still in flight gets this long to finish.
+const FINAL_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Completes once the local app no longer accepts connections on `app_port` (never, without
+/// one): then nothing in the pod needs its outbound side any more.
+async fn app_gone(app_port: Option<u16>) {
+    let Some(port) = app_port else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
 }
 
 fn exit_with(code: i32, error: &dyn std::fmt::Display) -> ! {

@@ -46,8 +46,14 @@ pub struct Listening {
     pub admin: SocketAddr,
 }
 
-/// Binds every listener and spawns the proxy's tasks on `drain`.
-pub async fn start(config: Config, drain: &Drain) -> Result<Listening, StartError> {
+/// Binds every listener and spawns the proxy's tasks on `drain`, the inbound side's on
+/// `inbound_drain`: a terminating pod stops taking traffic (and reports not ready) first, while
+/// its app's own outgoing calls still go out until `drain` ends everything.
+pub async fn start(
+    config: Config,
+    drain: &Drain,
+    inbound_drain: &Drain,
+) -> Result<Listening, StartError> {
     let inbound_listener = bind(config::ENV_INBOUND_ADDR, config.inbound_addr).await?;
     let outbound_listener = bind(config::ENV_OUTBOUND_ADDR, config.outbound_addr).await?;
     let admin_listener = bind(config::ENV_ADMIN_ADDR, config.admin_addr).await?;
@@ -124,7 +130,7 @@ pub async fn start(config: Config, drain: &Drain) -> Result<Listening, StartErro
         metrics.clone(),
         Some(discovery.clone()),
     );
-    drain.spawn(inbound.serve(inbound_listener, drain.clone()));
+    inbound_drain.spawn(inbound.serve(inbound_listener, inbound_drain.clone()));
     let outbound = Outbound::new(
         config.static_routes.clone(),
         pool,
@@ -137,9 +143,10 @@ pub async fn start(config: Config, drain: &Drain) -> Result<Listening, StartErro
     drain.spawn(outbound.serve(outbound_listener, drain.clone()));
 
     let ready_certs = certs.clone();
+    let stopping = inbound_drain.clone();
     let admin = AdminServer::new(
         registry,
-        Arc::new(move || ready_certs.is_ready_at(SystemTime::now())),
+        Arc::new(move || ready_certs.is_ready_at(SystemTime::now()) && !stopping.is_draining()),
         drain.clone(),
     )
     .with_shutdown_endpoint(config.shutdown_endpoint);

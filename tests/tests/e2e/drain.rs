@@ -95,3 +95,44 @@ async fn shutdown_endpoint_is_off_by_default_and_ends_the_proxy_when_on() {
         Some(0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_draining_the_app_still_reaches_out_but_no_one_reaches_in() {
+    weft_tests::init();
+    let cp = weft_tests::mesh::ControlPlane::start("24h").await;
+    let app = weft_tests::apps::start_echo_app().await;
+    let server = Proxy::start(&cp, ProxySpec::new(crate::SERVER_ID).app_port(app.port)).await;
+    let spec = ProxySpec::new(CLIENT_ID)
+        .route(HTTP_AUTHORITY, &server)
+        .app_port(app.port)
+        .env("WEFT_PROXY_SHUTDOWN_GRACE", "4s");
+    let mut client = Proxy::start(&cp, spec).await;
+
+    client.proc.signal(Signal::SIGTERM);
+    weft_tests::eventually("/ready to turn 503", Duration::from_secs(5), || async {
+        let status = weft_tests::client::http_get(client.admin, "/ready").await;
+        status.is_some_and(|(status, _)| status == 503).then_some(())
+    })
+    .await;
+    // The pod's own app, shutting down, still calls out: on new connections, for seconds.
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < until {
+        let response = MeshClient::http1(client.outbound)
+            .send("GET", HTTP_AUTHORITY, "/", Bytes::new())
+            .await
+            .expect("outbound serves while draining");
+        assert_eq!(response.status(), 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Nobody new gets in.
+    assert!(
+        tokio::net::TcpStream::connect(client.inbound).await.is_err(),
+        "inbound still accepts while draining"
+    );
+    assert_eq!(
+        client.proc.wait(Duration::from_secs(15)).await.code(),
+        Some(0),
+        "{}",
+        client.proc.log()
+    );
+}
