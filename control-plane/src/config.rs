@@ -63,6 +63,10 @@ pub struct Config {
     #[arg(long, env = "WEFT_CONTROL_MAX_WATCHES", default_value_t = 100_000)]
     pub max_watches: usize,
 
+    /// What anyone reaching the API ports can make the control plane hold.
+    #[command(flatten)]
+    pub limits: crate::limits::ListenerLimits,
+
     /// Address of the proxy API (Identity, Discovery), served over TLS.
     #[arg(
         long,

@@ -9,6 +9,7 @@ use weft_api::identity::{CertifyRequest, CertifyResponse};
 use weft_certs::{AuthorityError, CertificateRequest, CsrError, Identity, Issuer};
 
 use crate::join_tokens::JoinTokenError;
+use crate::limits::RateLimit;
 use crate::lineage::{Issue, Lineage, LineageError, Proof};
 use crate::metrics::Metrics;
 use crate::tls_incoming::PeerInfo;
@@ -19,22 +20,25 @@ pub struct IdentityApi {
     issuer: Arc<Issuer>,
     lineage: Lineage,
     leaf_lifetime: Duration,
+    rate: Arc<RateLimit>,
     metrics: Metrics,
 }
 
 impl IdentityApi {
     /// Signs with `issuer` for `leaf_lifetime`, checking proofs against `lineage` and recording
-    /// every certificate there.
+    /// every certificate there; callers beyond `rate` are told to come back later.
     pub fn new(
         issuer: Arc<Issuer>,
         lineage: Lineage,
         leaf_lifetime: Duration,
+        rate: RateLimit,
         metrics: Metrics,
     ) -> Self {
         Self {
             issuer,
             lineage,
             leaf_lifetime,
+            rate: Arc::new(rate),
             metrics,
         }
     }
@@ -44,6 +48,14 @@ impl IdentityApi {
         peer: Option<&PeerInfo>,
         req: CertifyRequest,
     ) -> Result<CertifyResponse, Status> {
+        if let Some(peer) = peer {
+            // Before any work: signing is what an attacker would make us do.
+            self.rate.take(peer.remote.ip()).map_err(|exceeded| {
+                Status::resource_exhausted(format!(
+                    "Certify rate limit of {exceeded} reached; retry later"
+                ))
+            })?;
+        }
         let asked: Identity = req
             .identity
             .parse()
@@ -181,6 +193,7 @@ pub fn code_name(code: tonic::Code) -> &'static str {
         tonic::Code::NotFound => "not_found",
         tonic::Code::Internal => "internal",
         tonic::Code::Unavailable => "unavailable",
+        tonic::Code::ResourceExhausted => "resource_exhausted",
         _ => "other",
     }
 }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod discovery;
 pub mod identity_api;
 pub mod join_tokens;
+pub mod limits;
 pub mod lineage;
 pub mod metrics;
 pub mod pki;

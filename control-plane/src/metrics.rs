@@ -18,6 +18,8 @@ pub struct Metrics {
     pub discovery_watches: IntCounterVec,
     /// Discovery watch streams open now.
     pub discovery_watches_open: IntGauge,
+    /// Connections closed before their handshake, by the bound they hit.
+    pub connections_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -56,6 +58,12 @@ impl Metrics {
                 registry,
                 "weft_control_discovery_watches_open",
                 "Discovery watch streams open now.",
+            )?,
+            connections_refused: metrics::counter_vec(
+                registry,
+                "weft_control_connections_refused_total",
+                "Connections to the API ports closed before or at their handshake, by reason.",
+                &["reason"],
             )?,
         })
     }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
 use weft_api::admin::admin_server::AdminServer;
 use weft_api::discovery::discovery_server::DiscoveryServer;
 use weft_api::identity::identity_server::IdentityServer;
@@ -15,6 +16,10 @@ use crate::admin_api::{AdminApi, IdentityAdmin, RequireAdmin, ResourceAdmin, Tok
 use crate::admin_credential::{ADMIN_TOKEN_FILE, AdminCredential};
 use crate::config::Config;
 use crate::discovery::{DiscoveryApi, DiscoveryOptions, ProxyRegistry};
+use crate::limits::{
+    Admission, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_ADMIN_MESSAGE, MAX_HEADER_LIST,
+    MAX_LOCAL_RESETS, MAX_PENDING_RESETS, MAX_PROXY_MESSAGE, RateLimit,
+};
 use crate::lineage::Lineage;
 use crate::metrics::Metrics;
 use crate::policy_store::PolicyStore;
@@ -126,32 +131,43 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
             .clone()
             .purge_periodically(RECORD_PURGE_INTERVAL, drain.clone()),
     );
+    let limits = config.limits;
     let identity = crate::identity_api::IdentityApi::new(
         issuer,
         lineage.clone(),
         config.leaf_lifetime,
+        RateLimit::new(limits.certify_rate, limits.certify_rate_per_ip),
         metrics.clone(),
     );
-    let proxy_api = tonic::transport::Server::builder()
-        .add_service(IdentityServer::new(identity))
-        .add_service(DiscoveryServer::new(DiscoveryApi::new(
-            policy.clone(),
-            proxies.clone(),
-            DiscoveryOptions {
-                cluster_domain: config.cluster_domain.clone(),
-                mesh_networks: config.mesh_networks.clone(),
-                max_watches_per_identity: config.max_watches_per_identity,
-                max_watches: config.max_watches,
-            },
-            metrics.clone(),
-            drain.clone(),
-        )))
+    let discovery = DiscoveryServer::new(DiscoveryApi::new(
+        policy.clone(),
+        proxies.clone(),
+        DiscoveryOptions {
+            cluster_domain: config.cluster_domain.clone(),
+            mesh_networks: config.mesh_networks.clone(),
+            max_watches_per_identity: config.max_watches_per_identity,
+            max_watches: config.max_watches,
+        },
+        metrics.clone(),
+        drain.clone(),
+    ))
+    .max_decoding_message_size(MAX_PROXY_MESSAGE);
+    let proxy_api = grpc_server(limits.max_streams)
+        .add_service(IdentityServer::new(identity).max_decoding_message_size(MAX_PROXY_MESSAGE))
+        .add_service(discovery)
         .serve_with_incoming_shutdown(
-            tls_incoming::incoming(proxy_listener, acceptor.clone(), drain.clone()),
+            tls_incoming::incoming(
+                proxy_listener,
+                acceptor.clone(),
+                Admission::new(limits),
+                metrics.connections_refused.clone(),
+                drain.clone(),
+            ),
             drain_signal(drain.clone()),
         );
     spawn_server(drain, "proxy API", proxy_api);
 
+    let refused = metrics.connections_refused.clone();
     let tokens = TokenAdmin::new(store, trust_domain.clone(), config.join_token_ttl, metrics);
     let identities = IdentityAdmin::new(lineage, trust_domain.clone());
     let admin = AdminApi::new(tokens, identities, ResourceAdmin::new(policy), proxies);
@@ -160,13 +176,19 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
     } else {
         config.admin_identities.clone()
     };
-    let admin_api = tonic::transport::Server::builder()
-        .add_service(AdminServer::with_interceptor(
-            admin,
+    let admin_api = grpc_server(ADMIN_MAX_STREAMS)
+        .add_service(InterceptedService::new(
+            AdminServer::new(admin).max_decoding_message_size(MAX_ADMIN_MESSAGE),
             RequireAdmin::new(credential, admin_identities),
         ))
         .serve_with_incoming_shutdown(
-            tls_incoming::incoming(admin_listener, acceptor, drain.clone()),
+            tls_incoming::incoming(
+                admin_listener,
+                acceptor,
+                Admission::new(limits),
+                refused,
+                drain.clone(),
+            ),
             drain_signal(drain.clone()),
         );
     spawn_server(drain, "admin API", admin_api);
@@ -182,6 +204,22 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
         "weft-control started"
     );
     Ok(running)
+}
+
+/// Concurrent streams on one admin connection: weftctl makes a call or a watch at a time.
+const ADMIN_MAX_STREAMS: u32 = 100;
+
+/// A gRPC server with the listeners' protections: bounded streams and header lists, pings that
+/// drop silent clients, and the HTTP/2 reset-flood bounds.
+fn grpc_server(max_streams: u32) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(max_streams)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
+        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_RESETS))
+        .http2_max_header_list_size(MAX_HEADER_LIST)
+        .tcp_nodelay(true)
 }
 
 /// The identity an operator's admin certificate carries by default (`weftctl certs admin`).

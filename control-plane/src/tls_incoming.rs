@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
+use prometheus::IntCounterVec;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -17,6 +18,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 use weft_certs::Identity;
 use weft_telemetry::Drain;
+
+use crate::limits::{Admission, Admitted, IDLE_TIMEOUT};
 
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,13 +45,20 @@ pub struct PeerInfo {
 pub struct TlsConnection {
     stream: TlsStream<TcpStream>,
     peer: PeerInfo,
+    /// Its place among the connections, given back when it closes.
+    _admitted: Admitted,
+    /// When it is closed for silence; pushed back by every read.
+    idle: Pin<Box<tokio::time::Sleep>>,
 }
 
-/// Accepts on `listener` and yields connections whose handshake succeeded. Handshakes run
+/// Accepts on `listener` and yields connections whose handshake succeeded, within `admission`'s
+/// bounds (a connection past them is closed at once and counted in `refused`). Handshakes run
 /// concurrently, so a slow client cannot hold up the others. Stops when `drain` triggers.
 pub fn incoming(
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    admission: Arc<Admission>,
+    refused: IntCounterVec,
     drain: Drain,
 ) -> ReceiverStream<Result<TlsConnection, io::Error>> {
     let (tx, rx) = mpsc::channel(BACKLOG);
@@ -66,17 +76,35 @@ pub fn incoming(
                     continue;
                 }
             };
+            let mut admitted = match admission.admit(remote.ip()) {
+                Ok(admitted) => admitted,
+                Err(full) => {
+                    refused.with_label_values(&[full.as_str()]).inc();
+                    tracing::debug!(%remote, limit = full.as_str(), "connection refused");
+                    continue;
+                }
+            };
             let acceptor = acceptor.clone();
-            let tx = tx.clone();
+            let (tx, refused) = (tx.clone(), refused.clone());
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
+                        admitted.handshaken();
                         let peer = peer_info(&stream, remote);
-                        let _ = tx.send(Ok(TlsConnection { stream, peer })).await;
+                        let connection = TlsConnection {
+                            stream,
+                            peer,
+                            _admitted: admitted,
+                            idle: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
+                        };
+                        let _ = tx.send(Ok(connection)).await;
                     }
                     Ok(Err(error)) => tracing::debug!(%remote, %error, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                    Err(_) => {
+                        refused.with_label_values(&["handshake_timeout"]).inc();
+                        tracing::debug!(%remote, "TLS handshake timed out");
+                    }
                 }
             });
         }
@@ -120,7 +148,20 @@ impl AsyncRead for TlsConnection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    let next = tokio::time::Instant::now() + IDLE_TIMEOUT;
+                    self.idle.as_mut().reset(next);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if self.idle.as_mut().poll(cx).is_ready() => Poll::Ready(Err(
+                io::Error::new(io::ErrorKind::TimedOut, "nothing read for too long"),
+            )),
+            other => other,
+        }
     }
 }
 

@@ -111,7 +111,9 @@ async fn while_draining_the_app_still_reaches_out_but_no_one_reaches_in() {
     client.proc.signal(Signal::SIGTERM);
     weft_tests::eventually("/ready to turn 503", Duration::from_secs(5), || async {
         let status = weft_tests::client::http_get(client.admin, "/ready").await;
-        status.is_some_and(|(status, _)| status == 503).then_some(())
+        status
+            .is_some_and(|(status, _)| status == 503)
+            .then_some(())
     })
     .await;
     // The pod's own app, shutting down, still calls out: on new connections, for seconds.
@@ -126,7 +128,9 @@ async fn while_draining_the_app_still_reaches_out_but_no_one_reaches_in() {
     }
     // Nobody new gets in.
     assert!(
-        tokio::net::TcpStream::connect(client.inbound).await.is_err(),
+        tokio::net::TcpStream::connect(client.inbound)
+            .await
+            .is_err(),
         "inbound still accepts while draining"
     );
     assert_eq!(
