@@ -63,12 +63,12 @@ pub struct IssuedCertificate {
 }
 
 /// A self-signed root certificate and its key: the trust anchor every proxy trusts.
-#[derive(Debug)]
 pub struct TrustAnchor {
-    params: CertificateParams,
+    signer: rcgen::Issuer<'static, KeyPair>,
     cert: CertificateDer<'static>,
-    key: KeyPair,
+    key_pem: String,
     trust_domain: TrustDomain,
+    not_after: SystemTime,
 }
 
 /// The intermediate CA that signs leaf certificates.
@@ -94,12 +94,57 @@ impl TrustAnchor {
         )?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let cert = params.self_signed(&key)?.der().clone();
+        let key_pem = key.serialize_pem();
         Ok(Self {
-            params,
+            not_after: SystemTime::from(params.not_after),
+            signer: rcgen::Issuer::new(params, key),
             cert,
-            key,
+            key_pem,
             trust_domain: trust_domain.clone(),
         })
+    }
+
+    /// Loads an anchor from its certificate and private key in PEM, to sign a new issuer.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, AuthorityError> {
+        use rustls_pki_types::pem::PemObject;
+        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| {
+            AuthorityError::Pem {
+                what: "trust anchor certificate",
+                reason: e.to_string(),
+            }
+        })?;
+        let key = KeyPair::from_pem(key_pem).map_err(|e| AuthorityError::Pem {
+            what: "trust anchor key",
+            reason: e.to_string(),
+        })?;
+        let (trust_domain, not_after) =
+            ca_trust_domain_and_expiry(&cert, "trust anchor certificate")?;
+        let public_matches = x509_parser::parse_x509_certificate(&cert).is_ok_and(|(_, parsed)| {
+            *parsed.public_key().subject_public_key.data == *key.public_key_raw()
+        });
+        if !public_matches {
+            return Err(AuthorityError::Pem {
+                what: "trust anchor key",
+                reason: "it is not the key of this trust anchor".to_string(),
+            });
+        }
+        let signer =
+            rcgen::Issuer::from_ca_cert_der(&cert, key).map_err(|e| AuthorityError::Pem {
+                what: "trust anchor certificate",
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            signer,
+            cert,
+            key_pem: key_pem.to_string(),
+            trust_domain,
+            not_after,
+        })
+    }
+
+    /// When the anchor expires.
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
     }
 
     /// The anchor's certificate.
@@ -114,7 +159,7 @@ impl TrustAnchor {
 
     /// The anchor's private key as PEM; keep it offline.
     pub fn key_pem(&self) -> String {
-        self.key.serialize_pem()
+        self.key_pem.clone()
     }
 
     /// The trust domain the anchor was made for.
@@ -127,8 +172,7 @@ impl TrustAnchor {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = ca_params(&self.trust_domain, "weft issuer", now, ISSUER_LIFETIME)?;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        let anchor = rcgen::Issuer::from_params(&self.params, &self.key);
-        let cert = params.signed_by(&key, &anchor)?.der().clone();
+        let cert = params.signed_by(&key, &self.signer)?.der().clone();
         let key_pem = key.serialize_pem();
         Ok(Issuer {
             not_after: SystemTime::from(params.not_after),
@@ -138,6 +182,24 @@ impl TrustAnchor {
             trust_domain: self.trust_domain.clone(),
         })
     }
+}
+
+impl std::fmt::Debug for TrustAnchor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrustAnchor")
+            .field("trust_domain", &self.trust_domain)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A short, stable name for a certificate: the first 16 hex digits of its SHA-256.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.as_ref());
+    digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 // === impl Issuer ===

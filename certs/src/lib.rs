@@ -20,16 +20,19 @@ mod verify;
 
 pub use authority::{
     AuthorityError, DEFAULT_LEAF_LIFETIME, ISSUER_LIFETIME, IssuedCertificate, Issuer,
-    TRUST_ANCHOR_LIFETIME, TrustAnchor, ca_trust_domain_and_expiry, pem_encode,
+    TRUST_ANCHOR_LIFETIME, TrustAnchor, ca_trust_domain_and_expiry, fingerprint, pem_encode,
 };
 pub use csr::{CertificateRequest, CsrError, KeyError, LeafKey};
 pub use identity::{Identity, IdentityError, TrustDomain};
 pub use rotation::renew_after;
 pub use store::{CertStore, Credential};
-pub use tls::{ALPN_H2, ALPN_WEFT, ClientAuth, client_config, server_config};
+pub use tls::{
+    ALPN_H2, ALPN_WEFT, ClientAuth, client_config, client_config_with, server_config,
+    server_config_with,
+};
 pub use verify::{
-    PeerClientVerifier, PeerServerVerifier, TrustAnchorError, TrustAnchors, VerifyError,
-    identity_of, not_after_of, serial_of, verify_client, verify_peer,
+    PeerClientVerifier, PeerServerVerifier, TrustAnchorError, TrustAnchors, TrustStore,
+    VerifyError, identity_of, not_after_of, serial_of, verify_client, verify_peer,
 };
 
 /// The one rustls crypto provider of the whole workspace: aws-lc-rs, which offers the

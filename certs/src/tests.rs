@@ -426,3 +426,58 @@ fn an_expired_issuer_refuses_to_sign() {
         .unwrap_err();
     assert!(matches!(err, AuthorityError::IssuerExpired(_)), "{err}");
 }
+
+#[test]
+fn a_rotated_trust_store_applies_to_the_next_verification() {
+    let (old, new) = (pki("cluster.local"), pki("cluster.local"));
+    let web = id("spiffe://cluster.local/ns/shop/sa/web");
+    let now = SystemTime::now();
+    let (under_old, _) = leaf(&old, &web, DEFAULT_LEAF_LIFETIME, now);
+    let (under_new, _) = leaf(&new, &web, DEFAULT_LEAF_LIFETIME, now);
+    let trust = TrustStore::new(old.anchors.clone());
+    let verifier = PeerClientVerifier::new(trust.clone(), old.anchor.trust_domain().clone(), true);
+    let verify = |chain: &[rustls::pki_types::CertificateDer<'static>]| {
+        use rustls::server::danger::ClientCertVerifier;
+        verifier
+            .verify_client_cert(&chain[0], &chain[1..], rustls::pki_types::UnixTime::now())
+            .is_ok()
+    };
+    assert!(verify(&under_old.chain) && !verify(&under_new.chain));
+    // The bundle of both, as during an anchor rotation.
+    let bundle = format!(
+        "{}{}",
+        old.anchor.certificate_pem(),
+        new.anchor.certificate_pem()
+    );
+    trust.set(TrustAnchors::from_pem(bundle.as_bytes()).unwrap());
+    assert!(verify(&under_old.chain) && verify(&under_new.chain));
+    trust.set(new.anchors.clone());
+    assert!(!verify(&under_old.chain) && verify(&under_new.chain));
+}
+
+#[test]
+fn an_anchor_loaded_from_pem_signs_issuers_its_anchors_trust() {
+    let original = pki("cluster.local");
+    let loaded = TrustAnchor::from_pem(
+        &original.anchor.certificate_pem(),
+        &original.anchor.key_pem(),
+    )
+    .unwrap();
+    let issuer = loaded.generate_issuer(SystemTime::now()).unwrap();
+    let web = id("spiffe://cluster.local/ns/shop/sa/web");
+    let key = LeafKey::generate().unwrap();
+    let issued = issuer
+        .issue(
+            key.public_key(),
+            &web,
+            DEFAULT_LEAF_LIFETIME,
+            SystemTime::now(),
+        )
+        .unwrap();
+    verify_peer(&original.anchors, &issued.chain, &web, SystemTime::now()).unwrap();
+    // Another anchor's key does not go with this certificate.
+    let other = pki("cluster.local");
+    let mismatch =
+        TrustAnchor::from_pem(&original.anchor.certificate_pem(), &other.anchor.key_pem());
+    assert!(mismatch.is_err());
+}

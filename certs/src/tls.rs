@@ -7,7 +7,7 @@ use rustls::{ClientConfig, ServerConfig};
 
 use crate::identity::TrustDomain;
 use crate::store::CertStore;
-use crate::verify::{PeerClientVerifier, PeerServerVerifier, TrustAnchors};
+use crate::verify::{PeerClientVerifier, PeerServerVerifier, TrustAnchors, TrustStore};
 
 /// ALPN protocol spoken between proxies.
 pub const ALPN_WEFT: &[u8] = b"weft/1";
@@ -31,10 +31,19 @@ pub fn client_config(
     certs: Arc<CertStore>,
     alpn: &[&[u8]],
 ) -> Result<ClientConfig, rustls::Error> {
+    client_config_with(TrustStore::new(anchors.clone()), certs, alpn)
+}
+
+/// Like [`client_config`], with the anchors in force in `trust` (which may rotate).
+pub fn client_config_with(
+    trust: Arc<TrustStore>,
+    certs: Arc<CertStore>,
+    alpn: &[&[u8]],
+) -> Result<ClientConfig, rustls::Error> {
     let mut config = ClientConfig::builder_with_provider(crate::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PeerServerVerifier::new(anchors)))
+        .with_custom_certificate_verifier(Arc::new(PeerServerVerifier::new(trust)))
         .with_client_cert_resolver(certs);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     // A resumed session skips the client certificate, so the server would see the identity (or
@@ -51,8 +60,25 @@ pub fn server_config(
     client_auth: ClientAuth,
     alpn: &[&[u8]],
 ) -> Result<ServerConfig, rustls::Error> {
+    server_config_with(
+        TrustStore::new(anchors.clone()),
+        trust_domain,
+        certs,
+        client_auth,
+        alpn,
+    )
+}
+
+/// Like [`server_config`], with the anchors in force in `trust` (which may rotate).
+pub fn server_config_with(
+    trust: Arc<TrustStore>,
+    trust_domain: &TrustDomain,
+    certs: Arc<CertStore>,
+    client_auth: ClientAuth,
+    alpn: &[&[u8]],
+) -> Result<ServerConfig, rustls::Error> {
     let verifier = PeerClientVerifier::new(
-        anchors,
+        trust,
         trust_domain.clone(),
         client_auth == ClientAuth::Required,
     );

@@ -7,6 +7,8 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use arc_swap::ArcSwap;
+
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -64,20 +66,81 @@ pub struct TrustAnchors {
     trust_domain: Option<TrustDomain>,
 }
 
+/// The trust anchors in force. A rotation replaces them as a whole ([`TrustStore::set`]); the
+/// verifiers read the current ones on every handshake (one atomic load), so a new bundle applies
+/// from the next handshake on and no live connection is touched.
+#[derive(Debug)]
+pub struct TrustStore {
+    current: ArcSwap<Roots>,
+}
+
+/// Anchors with the WebPKI verifiers built over them once.
+#[derive(Debug)]
+struct Roots {
+    anchors: TrustAnchors,
+    server: Arc<WebPkiServerVerifier>,
+    client: Arc<dyn ClientCertVerifier>,
+}
+
 /// Client-side verifier: the server must chain to the anchors and be the identity encoded in the
 /// TLS server name (see [`Identity::dns_name`]). One `ClientConfig` then serves every peer.
 #[derive(Debug)]
 pub struct PeerServerVerifier {
-    inner: Arc<WebPkiServerVerifier>,
+    trust: Arc<TrustStore>,
 }
 
 /// Server-side verifier: the client must chain to the anchors and carry an identity of our trust
 /// domain, which the connection later reads for authorization.
 #[derive(Debug)]
 pub struct PeerClientVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
+    trust: Arc<TrustStore>,
     trust_domain: TrustDomain,
     mandatory: bool,
+}
+
+// === impl TrustStore ===
+
+impl TrustStore {
+    /// A store holding `anchors`.
+    pub fn new(anchors: TrustAnchors) -> Arc<Self> {
+        Arc::new(Self {
+            current: ArcSwap::from_pointee(Roots::new(anchors)),
+        })
+    }
+
+    /// Makes `anchors` the ones in force from the next handshake on.
+    pub fn set(&self, anchors: TrustAnchors) {
+        self.current.store(Arc::new(Roots::new(anchors)));
+    }
+
+    /// The anchors in force.
+    pub fn anchors(&self) -> TrustAnchors {
+        self.current.load().anchors.clone()
+    }
+
+    fn roots(&self) -> Arc<Roots> {
+        self.current.load_full()
+    }
+}
+
+impl Roots {
+    fn new(anchors: TrustAnchors) -> Self {
+        // The builders fail only for an empty root store, which `TrustAnchors` rules out.
+        let server =
+            WebPkiServerVerifier::builder_with_provider(anchors.roots(), crate::provider())
+                .build()
+                .unwrap_or_else(|e| unreachable!("trust anchors are never empty: {e}"));
+        let client =
+            WebPkiClientVerifier::builder_with_provider(anchors.roots(), crate::provider())
+                .allow_unauthenticated()
+                .build()
+                .unwrap_or_else(|e| unreachable!("trust anchors are never empty: {e}"));
+        Self {
+            anchors,
+            server,
+            client,
+        }
+    }
 }
 
 // === impl TrustAnchors ===
@@ -135,7 +198,7 @@ pub fn verify_peer(
     now: SystemTime,
 ) -> Result<Identity, VerifyError> {
     let (end_entity, intermediates) = chain.split_first().ok_or(VerifyError::NoIdentity)?;
-    let verifier = PeerServerVerifier::new(anchors);
+    let verifier = PeerServerVerifier::new(TrustStore::new(anchors.clone()));
     verifier.verify(
         end_entity,
         intermediates,
@@ -154,7 +217,8 @@ pub fn verify_client(
     now: SystemTime,
 ) -> Result<Identity, VerifyError> {
     let (end_entity, intermediates) = chain.split_first().ok_or(VerifyError::NoIdentity)?;
-    let verifier = PeerClientVerifier::new(anchors, trust_domain.clone(), true);
+    let verifier =
+        PeerClientVerifier::new(TrustStore::new(anchors.clone()), trust_domain.clone(), true);
     verifier.verify(
         end_entity,
         intermediates,
@@ -226,13 +290,9 @@ fn to_rustls(err: VerifyError) -> rustls::Error {
 // === impl PeerServerVerifier ===
 
 impl PeerServerVerifier {
-    /// A verifier over `anchors`.
-    pub fn new(anchors: &TrustAnchors) -> Self {
-        let inner = WebPkiServerVerifier::builder_with_provider(anchors.roots(), crate::provider())
-            .build()
-            // The builder fails only for an empty root store, which `TrustAnchors` rules out.
-            .unwrap_or_else(|e| unreachable!("trust anchors are never empty: {e}"));
-        Self { inner }
+    /// A verifier over the anchors in `trust`.
+    pub fn new(trust: Arc<TrustStore>) -> Self {
+        Self { trust }
     }
 
     fn verify(
@@ -244,7 +304,9 @@ impl PeerServerVerifier {
     ) -> Result<(), VerifyError> {
         let server_name =
             ServerName::try_from(expected.dns_name()).map_err(|_| VerifyError::NoIdentity)?;
-        self.inner
+        self.trust
+            .roots()
+            .server
             .verify_server_cert(end_entity, intermediates, &server_name, &[], now)
             .map_err(VerifyError::Chain)?;
         let actual = identity_of(end_entity)?;
@@ -285,7 +347,10 @@ impl ServerCertVerifier for PeerServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        self.trust
+            .roots()
+            .server
+            .verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -294,27 +359,25 @@ impl ServerCertVerifier for PeerServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        self.trust
+            .roots()
+            .server
+            .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.trust.roots().server.supported_verify_schemes()
     }
 }
 
 // === impl PeerClientVerifier ===
 
 impl PeerClientVerifier {
-    /// A verifier over `anchors` accepting any identity of `trust_domain`; when `mandatory` is
-    /// false a client without a certificate is let through (and has no identity).
-    pub fn new(anchors: &TrustAnchors, trust_domain: TrustDomain, mandatory: bool) -> Self {
-        let inner = WebPkiClientVerifier::builder_with_provider(anchors.roots(), crate::provider())
-            .allow_unauthenticated()
-            .build()
-            // The builder fails only for an empty root store, which `TrustAnchors` rules out.
-            .unwrap_or_else(|e| unreachable!("trust anchors are never empty: {e}"));
+    /// A verifier over the anchors in `trust` accepting any identity of `trust_domain`; when
+    /// `mandatory` is false a client without a certificate is let through (and has no identity).
+    pub fn new(trust: Arc<TrustStore>, trust_domain: TrustDomain, mandatory: bool) -> Self {
         Self {
-            inner,
+            trust,
             trust_domain,
             mandatory,
         }
@@ -326,7 +389,9 @@ impl PeerClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<Identity, VerifyError> {
-        self.inner
+        self.trust
+            .roots()
+            .client
             .verify_client_cert(end_entity, intermediates, now)
             .map_err(VerifyError::Chain)?;
         let actual = identity_of(end_entity)?;
@@ -367,7 +432,10 @@ impl ClientCertVerifier for PeerClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        self.trust
+            .roots()
+            .client
+            .verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -376,10 +444,13 @@ impl ClientCertVerifier for PeerClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        self.trust
+            .roots()
+            .client
+            .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.trust.roots().client.supported_verify_schemes()
     }
 }

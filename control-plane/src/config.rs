@@ -25,6 +25,12 @@ pub struct Config {
     #[arg(long, env = "WEFT_CONTROL_PKI_DIR")]
     pub pki_dir: Option<PathBuf>,
 
+    /// Where to write the trust anchor's key when a PKI is generated on first start [default:
+    /// <pki-dir>/trust-anchor-key.pem]; elsewhere, `weftctl certs rotate-issuer` needs it given
+    /// back with --anchor-key.
+    #[arg(long, env = "WEFT_CONTROL_ANCHOR_KEY_OUT")]
+    pub anchor_key_out: Option<PathBuf>,
+
     /// Trust domain; must match the issuer's. Used to generate a PKI on first start
     /// (default cluster.local).
     #[arg(long, env = "WEFT_CONTROL_TRUST_DOMAIN")]

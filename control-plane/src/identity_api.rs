@@ -6,18 +6,19 @@ use std::time::{Duration, Instant, SystemTime};
 use tonic::{Request, Response, Status};
 use weft_api::identity::identity_server::Identity as IdentityService;
 use weft_api::identity::{CertifyRequest, CertifyResponse};
-use weft_certs::{AuthorityError, CertificateRequest, CsrError, Identity, Issuer};
+use weft_certs::{AuthorityError, CertificateRequest, CsrError, Identity};
 
 use crate::join_tokens::JoinTokenError;
 use crate::limits::RateLimit;
 use crate::lineage::{Issue, Lineage, LineageError, Proof};
 use crate::metrics::Metrics;
 use crate::tls_incoming::PeerInfo;
+use crate::trust::Trust;
 
 /// The Identity service.
 #[derive(Debug, Clone)]
 pub struct IdentityApi {
-    issuer: Arc<Issuer>,
+    trust: Arc<Trust>,
     lineage: Lineage,
     leaf_lifetime: Duration,
     rate: Arc<RateLimit>,
@@ -25,17 +26,18 @@ pub struct IdentityApi {
 }
 
 impl IdentityApi {
-    /// Signs with `issuer` for `leaf_lifetime`, checking proofs against `lineage` and recording
-    /// every certificate there; callers beyond `rate` are told to come back later.
+    /// Signs with the issuer in force in `trust` for `leaf_lifetime`, checking proofs against
+    /// `lineage` and recording every certificate there; callers beyond `rate` are told to come
+    /// back later.
     pub fn new(
-        issuer: Arc<Issuer>,
+        trust: Arc<Trust>,
         lineage: Lineage,
         leaf_lifetime: Duration,
         rate: RateLimit,
         metrics: Metrics,
     ) -> Self {
         Self {
-            issuer,
+            trust,
             lineage,
             leaf_lifetime,
             rate: Arc::new(rate),
@@ -81,7 +83,8 @@ impl IdentityApi {
             other => Status::invalid_argument(other.to_string()),
         })?;
         let issued = self
-            .issuer
+            .trust
+            .issuer()
             .sign(&csr, self.leaf_lifetime, now)
             .map_err(|e| match e {
                 AuthorityError::IssuerExpired(_) => Status::failed_precondition(e.to_string()),

@@ -22,6 +22,7 @@ pub mod server;
 pub mod serving_cert;
 pub mod store;
 pub mod tls_incoming;
+pub mod trust;
 
 /// The exit code for bad configuration or usage (BSD `EX_USAGE`).
 pub const EXIT_USAGE: i32 = 64;

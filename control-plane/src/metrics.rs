@@ -14,6 +14,8 @@ pub struct Metrics {
     pub join_tokens_created: IntCounterVec,
     /// When the issuer expires.
     pub issuer_expiry: IntGauge,
+    /// When the earliest trust anchor of the bundle expires.
+    pub trust_anchor_expiry: IntGauge,
     /// Discovery watch requests, by result (`opened`, `exhausted`, `invalid`).
     pub discovery_watches: IntCounterVec,
     /// Discovery watch streams open now.
@@ -47,6 +49,11 @@ impl Metrics {
                 registry,
                 "weft_control_issuer_expiry_timestamp_seconds",
                 "When the issuer certificate expires, in seconds since the Unix epoch.",
+            )?,
+            trust_anchor_expiry: metrics::gauge(
+                registry,
+                "weft_control_trust_anchor_expiry_timestamp_seconds",
+                "When the earliest trust anchor of the bundle expires, in seconds since the Unix epoch.",
             )?,
             discovery_watches: metrics::counter_vec(
                 registry,

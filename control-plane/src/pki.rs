@@ -9,7 +9,8 @@ use weft_certs::{Identity, Issuer, LeafKey, TrustAnchor, TrustAnchors, TrustDoma
 
 /// The trust anchor certificate every proxy is given.
 pub const TRUST_ANCHOR_FILE: &str = "trust-anchor.pem";
-/// The trust anchor's key, written only by `weftctl certs init`; keep it offline.
+/// The trust anchor's key (mode 0600): where weft-control finds it to rotate the issuer, unless
+/// the operator keeps it offline (`weftctl certs init`, `weft-control --anchor-key-out`).
 pub const TRUST_ANCHOR_KEY_FILE: &str = "trust-anchor-key.pem";
 /// The issuer certificate.
 pub const ISSUER_FILE: &str = "issuer.pem";
@@ -61,13 +62,13 @@ pub struct Pki {
     pub anchor_pem: String,
 }
 
-/// Writes a new trust anchor and issuer into `dir`. The anchor's key is written only when
-/// `keep_anchor_key` is set (`weftctl certs init`); otherwise it is dropped, so no copy of it
-/// exists and the issuer can only be replaced by a new anchor.
+/// Writes a new trust anchor and issuer into `dir`, and the anchor's key to `anchor_key` (mode
+/// 0600): in `dir` for a control plane that rotates its own issuer, or anywhere the operator
+/// keeps it offline. Without it, the issuer can only be replaced by a new anchor.
 pub fn write_new(
     dir: &Path,
     trust_domain: &TrustDomain,
-    keep_anchor_key: bool,
+    anchor_key: &Path,
 ) -> Result<(), PkiError> {
     let now = SystemTime::now();
     let invalid = |reason: String| PkiError::Invalid {
@@ -82,15 +83,10 @@ pub fn write_new(
         path: dir.to_path_buf(),
         source,
     })?;
-    for name in [
-        TRUST_ANCHOR_FILE,
-        TRUST_ANCHOR_KEY_FILE,
-        ISSUER_FILE,
-        ISSUER_KEY_FILE,
-    ] {
-        let path = dir.join(name);
+    let files = [TRUST_ANCHOR_FILE, ISSUER_FILE, ISSUER_KEY_FILE].map(|name| dir.join(name));
+    for path in files.iter().chain([&anchor_key.to_path_buf()]) {
         if path.exists() {
-            return Err(PkiError::Exists(path));
+            return Err(PkiError::Exists(path.clone()));
         }
     }
     write_file(
@@ -98,9 +94,7 @@ pub fn write_new(
         &anchor.certificate_pem(),
         false,
     )?;
-    if keep_anchor_key {
-        write_file(&dir.join(TRUST_ANCHOR_KEY_FILE), &anchor.key_pem(), true)?;
-    }
+    write_file(anchor_key, &anchor.key_pem(), true)?;
     write_file(&dir.join(ISSUER_FILE), &issuer.certificate_pem(), false)?;
     write_file(&dir.join(ISSUER_KEY_FILE), issuer.key_pem(), true)?;
     Ok(())
@@ -216,6 +210,18 @@ fn read(path: &Path) -> Result<String, PkiError> {
     })
 }
 
+/// Replaces `path` with `contents` atomically (a new file renamed over it): a crash leaves the
+/// old file or the new, never half of one.
+pub fn replace_file(path: &Path, contents: &str, secret: bool) -> Result<(), PkiError> {
+    let staged = path.with_extension("new");
+    let _ = fs::remove_file(&staged);
+    write_file(&staged, contents, secret)?;
+    fs::rename(&staged, path).map_err(|source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), PkiError> {
     use std::os::unix::fs::OpenOptionsExt;
     let io = |source| PkiError::Io {
@@ -241,12 +247,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let td: TrustDomain = "prod.example".parse().unwrap();
         assert!(is_empty(dir.path()));
-        write_new(dir.path(), &td, true).unwrap();
+        write_new(dir.path(), &td, &dir.path().join(TRUST_ANCHOR_KEY_FILE)).unwrap();
         assert!(dir.path().join(TRUST_ANCHOR_KEY_FILE).exists());
         let pki = load(dir.path(), Some(&td)).unwrap();
         assert_eq!(pki.issuer.trust_domain(), &td);
         assert!(matches!(
-            write_new(dir.path(), &td, true),
+            write_new(dir.path(), &td, &dir.path().join("elsewhere-key.pem")),
             Err(PkiError::Exists(_))
         ));
         let other: TrustDomain = "cluster.local".parse().unwrap();
@@ -261,8 +267,9 @@ mod tests {
         let a = tempfile::tempdir().unwrap();
         let b = tempfile::tempdir().unwrap();
         let td = TrustDomain::cluster_local();
-        write_new(a.path(), &td, false).unwrap();
-        write_new(b.path(), &td, false).unwrap();
+        let keys = tempfile::tempdir().unwrap();
+        write_new(a.path(), &td, &keys.path().join("a.pem")).unwrap();
+        write_new(b.path(), &td, &keys.path().join("b.pem")).unwrap();
         assert!(!a.path().join(TRUST_ANCHOR_KEY_FILE).exists());
         fs::copy(b.path().join(TRUST_ANCHOR_FILE), a.path().join("other.pem")).unwrap();
         fs::rename(a.path().join("other.pem"), a.path().join(TRUST_ANCHOR_FILE)).unwrap();

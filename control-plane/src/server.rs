@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
@@ -24,6 +23,7 @@ use crate::lineage::Lineage;
 use crate::metrics::Metrics;
 use crate::policy_store::PolicyStore;
 use crate::store::Store;
+use crate::trust::Trust;
 use crate::{pki, serving_cert, tls_incoming};
 
 /// How often records of expired certificates, lapsed revocations and spent tokens are purged.
@@ -103,19 +103,30 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
 
     let registry = weft_telemetry::metrics::new_registry();
     let metrics = Metrics::register(&registry).map_err(|e| StartError::Setup(e.to_string()))?;
-    metrics.issuer_expiry.set(unix(pki.issuer.not_after()));
 
-    let issuer = Arc::new(pki.issuer);
     let serving = CertStore::new();
-    let not_after = serving_cert::issue(&issuer, &serving).map_err(StartError::Setup)?;
+    let not_after = serving_cert::issue(&pki.issuer, &serving).map_err(StartError::Setup)?;
+    let networks = config
+        .mesh_networks
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let trust = Trust::load(
+        config.pki_dir(),
+        pki,
+        networks,
+        serving.clone(),
+        metrics.clone(),
+    )?;
     drain.spawn(serving_cert::keep_fresh(
-        issuer.clone(),
+        trust.clone(),
         serving.clone(),
         not_after,
         drain.clone(),
     ));
-    let tls = weft_certs::server_config(
-        &pki.anchors,
+    drain.spawn(trust.clone().warn_before_expiry(drain.clone()));
+    let tls = weft_certs::server_config_with(
+        trust.anchors(),
         &trust_domain,
         serving,
         ClientAuth::Optional,
@@ -133,7 +144,7 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
     );
     let limits = config.limits;
     let identity = crate::identity_api::IdentityApi::new(
-        issuer,
+        trust.clone(),
         lineage.clone(),
         config.leaf_lifetime,
         RateLimit::new(limits.certify_rate, limits.certify_rate_per_ip),
@@ -142,9 +153,9 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
     let discovery = DiscoveryServer::new(DiscoveryApi::new(
         policy.clone(),
         proxies.clone(),
+        trust.mesh(),
         DiscoveryOptions {
             cluster_domain: config.cluster_domain.clone(),
-            mesh_networks: config.mesh_networks.clone(),
             max_watches_per_identity: config.max_watches_per_identity,
             max_watches: config.max_watches,
         },
@@ -170,7 +181,13 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
     let refused = metrics.connections_refused.clone();
     let tokens = TokenAdmin::new(store, trust_domain.clone(), config.join_token_ttl, metrics);
     let identities = IdentityAdmin::new(lineage, trust_domain.clone());
-    let admin = AdminApi::new(tokens, identities, ResourceAdmin::new(policy), proxies);
+    let admin = AdminApi::new(
+        tokens,
+        identities,
+        ResourceAdmin::new(policy),
+        proxies,
+        trust,
+    );
     let admin_identities = if config.admin_identities.is_empty() {
         vec![admin_identity(&trust_domain)]
     } else {
@@ -235,9 +252,14 @@ fn load_pki(config: &Config) -> Result<pki::Pki, StartError> {
             .trust_domain
             .clone()
             .unwrap_or_else(TrustDomain::cluster_local);
-        pki::write_new(&dir, &trust_domain, false)?;
+        let anchor_key = config
+            .anchor_key_out
+            .clone()
+            .unwrap_or_else(|| dir.join(pki::TRUST_ANCHOR_KEY_FILE));
+        pki::write_new(&dir, &trust_domain, &anchor_key)?;
         tracing::warn!(
             dir = %dir.display(),
+            anchor_key = %anchor_key.display(),
             "generated a new trust anchor and issuer; for production, create them with `weftctl certs init` and pass --pki-dir"
         );
     }
@@ -271,10 +293,4 @@ where
             tracing::error!(%error, server = name, "server failed");
         }
     });
-}
-
-fn unix(time: SystemTime) -> i64 {
-    time.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }

@@ -6,6 +6,8 @@ use std::time::{Duration, SystemTime};
 use weft_certs::{CertStore, Credential, Identity, Issuer, LeafKey, TrustDomain};
 use weft_telemetry::Drain;
 
+use crate::trust::Trust;
+
 /// Lifetime of the control plane's serving certificate.
 const LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// Retry delay when renewal fails (it only fails if the issuer is unusable).
@@ -34,20 +36,23 @@ pub fn issue(issuer: &Issuer, store: &CertStore) -> Result<SystemTime, String> {
     Ok(issued.not_after)
 }
 
-/// Renews the serving certificate on the usual schedule until `drain` triggers.
+/// Renews the serving certificate on the usual schedule, from the issuer in force in `trust`,
+/// until `drain` triggers. (A rotation reissues it at once, besides.)
 pub async fn keep_fresh(
-    issuer: Arc<Issuer>,
+    trust: Arc<Trust>,
     store: Arc<CertStore>,
     mut not_after: SystemTime,
     drain: Drain,
 ) {
     loop {
+        let current = store.current().map_or(not_after, |c| c.not_after);
+        not_after = not_after.max(current);
         let wait = weft_certs::renew_after(SystemTime::now(), not_after, rand::random());
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = drain.signaled() => return,
         }
-        match issue(&issuer, &store) {
+        match issue(&trust.issuer(), &store) {
             Ok(renewed) => not_after = renewed,
             Err(error) => {
                 tracing::error!(%error, "cannot renew the control plane's serving certificate");

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use weft_api::client::ControlPlaneTarget;
 use weft_api::identity::CertifyRequest;
 use weft_api::identity::identity_client::IdentityClient;
-use weft_certs::{CertStore, Credential, Identity, LeafKey, TrustAnchors};
+use weft_certs::{CertStore, Credential, Identity, LeafKey, TrustStore};
 use weft_telemetry::Drain;
 
 use crate::metrics::ProxyMetrics;
@@ -58,7 +58,7 @@ pub struct IdentityDaemon {
     target: ControlPlaneTarget,
     identity: Identity,
     token_path: PathBuf,
-    anchors: TrustAnchors,
+    trust: Arc<TrustStore>,
     certs: Arc<CertStore>,
     metrics: ProxyMetrics,
 }
@@ -69,7 +69,7 @@ impl IdentityDaemon {
         target: ControlPlaneTarget,
         identity: Identity,
         token_path: PathBuf,
-        anchors: TrustAnchors,
+        trust: Arc<TrustStore>,
         certs: Arc<CertStore>,
         metrics: ProxyMetrics,
     ) -> Self {
@@ -77,7 +77,7 @@ impl IdentityDaemon {
             target,
             identity,
             token_path,
-            anchors,
+            trust,
             certs,
             metrics,
         }
@@ -144,7 +144,7 @@ impl IdentityDaemon {
             .map(rustls::pki_types::CertificateDer::from)
             .collect();
         let now = SystemTime::now();
-        weft_certs::verify_peer(&self.anchors, &chain, &self.identity, now)
+        weft_certs::verify_peer(&self.trust.anchors(), &chain, &self.identity, now)
             .map_err(|e| CertifyError::Unverifiable(e.to_string()))?;
         let not_after = chain
             .first()

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use tokio::net::TcpListener;
 use weft_api::client::ControlPlaneTarget;
-use weft_certs::{ALPN_H2, ALPN_WEFT, CertStore, ClientAuth};
+use weft_certs::{ALPN_H2, ALPN_WEFT, CertStore, ClientAuth, TrustStore};
 use weft_telemetry::{AdminServer, Drain};
 
 use crate::config::{self, Config};
@@ -68,11 +68,13 @@ pub async fn start(
         ProxyMetrics::register(&registry).map_err(|e| StartError::Setup(e.to_string()))?;
     let certs = CertStore::new();
     let setup = |e: rustls::Error| StartError::Setup(format!("TLS setup: {e}"));
-    let anchors = &config.trust_anchors;
-    let peer_client =
-        weft_certs::client_config(anchors, certs.clone(), &[ALPN_WEFT]).map_err(setup)?;
-    let peer_server = weft_certs::server_config(
-        anchors,
+    // The anchors from the file until the control plane pushes its bundle; every TLS config
+    // reads the current ones, so a rotated bundle applies from the next handshake on.
+    let trust = TrustStore::new(config.trust_anchors.clone());
+    let peer_client = weft_certs::client_config_with(trust.clone(), certs.clone(), &[ALPN_WEFT])
+        .map_err(setup)?;
+    let peer_server = weft_certs::server_config_with(
+        trust.clone(),
         config.identity.trust_domain(),
         certs.clone(),
         ClientAuth::Required,
@@ -80,7 +82,7 @@ pub async fn start(
     )
     .map_err(setup)?;
     let control_tls =
-        weft_certs::client_config(anchors, certs.clone(), &[ALPN_H2]).map_err(setup)?;
+        weft_certs::client_config_with(trust.clone(), certs.clone(), &[ALPN_H2]).map_err(setup)?;
 
     let target = ControlPlaneTarget {
         addr: config.control_plane_addr.clone(),
@@ -91,7 +93,7 @@ pub async fn start(
         target.clone(),
         config.identity.clone(),
         config.token_path.clone(),
-        anchors.clone(),
+        trust.clone(),
         certs.clone(),
         metrics.clone(),
     );
@@ -120,6 +122,7 @@ pub async fn start(
             replay_limit: config.max_replay_bytes,
             mesh: config.mesh_networks.clone(),
             max_watches: config.max_destinations,
+            trust,
         },
     );
     drain.spawn(discovery.clone().watch_proxy_wide());

@@ -16,8 +16,8 @@ use weft_api::admin::{
     DeleteResponse, GetRequest, ListJoinTokensRequest, ListJoinTokensResponse, ListRequest,
     ListResponse, ListRevokedIdentitiesRequest, ListRevokedIdentitiesResponse, ProxyStatusRequest,
     ProxyStatusResponse, Resource, RevokeIdentityRequest, RevokeIdentityResponse,
-    RevokeJoinTokenRequest, RevokeJoinTokenResponse, UnrevokeIdentityRequest,
-    UnrevokeIdentityResponse, WatchEvent, WatchRequest,
+    RevokeJoinTokenRequest, RevokeJoinTokenResponse, RotateRequest, RotateResponse,
+    UnrevokeIdentityRequest, UnrevokeIdentityResponse, WatchEvent, WatchRequest,
 };
 
 pub use self::identities::IdentityAdmin;
@@ -30,6 +30,7 @@ use weft_certs::Identity;
 use crate::admin_credential::AdminCredential;
 use crate::discovery::ProxyRegistry;
 use crate::tls_incoming::PeerInfo;
+use crate::trust::{RotationError, Trust};
 
 /// The Admin service.
 #[derive(Debug, Clone)]
@@ -38,6 +39,7 @@ pub struct AdminApi {
     identities: IdentityAdmin,
     resources: ResourceAdmin,
     proxies: Arc<ProxyRegistry>,
+    trust: Arc<Trust>,
 }
 
 /// Rejects calls that prove neither an admin identity (a client certificate) nor the admin
@@ -101,13 +103,26 @@ impl AdminApi {
         identities: IdentityAdmin,
         resources: ResourceAdmin,
         proxies: Arc<ProxyRegistry>,
+        trust: Arc<Trust>,
     ) -> Self {
         Self {
             tokens,
             identities,
             resources,
             proxies,
+            trust,
         }
+    }
+}
+
+/// The gRPC status of a rotation not done.
+fn rotation_status(error: RotationError) -> Status {
+    match error {
+        RotationError::Precondition(message) => Status::failed_precondition(message),
+        RotationError::InvalidKey(message) => {
+            Status::invalid_argument(format!("anchor_key: {message}"))
+        }
+        RotationError::Internal(message) => Status::internal(message),
     }
 }
 
@@ -210,6 +225,31 @@ impl Admin for AdminApi {
         _request: Request<ListRevokedIdentitiesRequest>,
     ) -> Result<Response<ListRevokedIdentitiesResponse>, Status> {
         self.identities.list().await.map(Response::new)
+    }
+
+    async fn rotate_issuer(
+        &self,
+        request: Request<RotateRequest>,
+    ) -> Result<Response<RotateResponse>, Status> {
+        let key = Some(request.into_inner().anchor_key_pem).filter(|key| !key.is_empty());
+        let message = self
+            .trust
+            .rotate_issuer(key)
+            .await
+            .map_err(rotation_status)?;
+        Ok(Response::new(RotateResponse { message }))
+    }
+
+    async fn rotate_anchor(
+        &self,
+        _request: Request<RotateRequest>,
+    ) -> Result<Response<RotateResponse>, Status> {
+        let message = self
+            .trust
+            .rotate_anchor(&self.proxies)
+            .await
+            .map_err(rotation_status)?;
+        Ok(Response::new(RotateResponse { message }))
     }
 
     async fn revoke_join_token(

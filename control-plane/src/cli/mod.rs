@@ -110,6 +110,10 @@ impl From<tonic::Status> for CliError {
 /// Runs one command, writing its output to `out`.
 pub async fn run(cli: Cli, out: &mut impl std::io::Write) -> Result<(), CliError> {
     match cli.command {
+        Command::Certs(ref command) if command.needs_server() => {
+            let client = AdminClient::connect(&cli).await?;
+            certs::run_online(command, client, out).await
+        }
         Command::Certs(command) => certs::run(command, out),
         Command::Token(ref command) => {
             let client = AdminClient::connect(&cli).await?;

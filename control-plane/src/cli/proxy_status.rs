@@ -18,8 +18,8 @@ pub(super) async fn run(
         .proxies;
     let _ = writeln!(
         out,
-        "{:<48} {:<22} {:<21} {:<32} {:>8} {:>8} ERROR",
-        "IDENTITY", "REMOTE", "CERT EXPIRY", "WATCHING", "SENT", "APPLIED"
+        "{:<48} {:<22} {:<21} {:<16} {:<32} {:>8} {:>8} ERROR",
+        "IDENTITY", "REMOTE", "CERT EXPIRY", "CERT ISSUER", "WATCHING", "SENT", "APPLIED"
     );
     for proxy in proxies {
         let expiry = proxy
@@ -36,8 +36,8 @@ pub(super) async fn run(
         if proxy.watches.is_empty() {
             let _ = writeln!(
                 out,
-                "{:<48} {:<22} {expiry:<21} {:<32} {:>8} {:>8} {revoked}",
-                proxy.identity, proxy.remote, "", "", ""
+                "{:<48} {:<22} {expiry:<21} {:<16} {:<32} {:>8} {:>8} {revoked}",
+                proxy.identity, proxy.remote, proxy.cert_issuer, "", "", ""
             );
         }
         for watch in proxy.watches {
@@ -48,9 +48,10 @@ pub(super) async fn run(
                 .join("; ");
             let _ = writeln!(
                 out,
-                "{:<48} {:<22} {expiry:<21} {:<32} {:>8} {:>8} {error}",
+                "{:<48} {:<22} {expiry:<21} {:<16} {:<32} {:>8} {:>8} {error}",
                 proxy.identity,
                 proxy.remote,
+                proxy.cert_issuer,
                 watch.resource,
                 watch.sent_version,
                 watch.applied_version,

@@ -21,7 +21,14 @@ struct ProxyEntry {
     connected_at: SystemTime,
     open_streams: usize,
     watches: BTreeMap<String, WatchEntry>,
+    /// The fingerprint of its certificate's issuer, as it last reported it.
+    cert_issuer: String,
 }
+
+/// What a proxy reports its certificate under (the version is its issuer's fingerprint).
+pub const CERTIFICATE_RESOURCE: &str = "certificate";
+/// The mesh snapshot's resource name.
+const MESH_RESOURCE: &str = "mesh";
 
 #[derive(Debug, Default)]
 struct WatchEntry {
@@ -50,6 +57,7 @@ impl ProxyRegistry {
             connected_at: SystemTime::now(),
             open_streams: 0,
             watches: BTreeMap::new(),
+            cert_issuer: String::new(),
         });
         entry.open_streams += 1;
         entry
@@ -90,12 +98,15 @@ impl ProxyRegistry {
 
     /// The proxy reported `version` of `resource` applied (`error` empty) or rejected.
     pub fn reported(&self, caller: &Caller, resource: &str, version: &str, error: &str) {
-        if let Some(watch) = self
-            .proxies
-            .lock()
-            .get_mut(&caller.remote)
-            .and_then(|entry| entry.watches.get_mut(resource))
-        {
+        let mut proxies = self.proxies.lock();
+        let Some(entry) = proxies.get_mut(&caller.remote) else {
+            return;
+        };
+        if resource == CERTIFICATE_RESOURCE {
+            entry.cert_issuer = version.chars().take(64).collect();
+            return;
+        }
+        if let Some(watch) = entry.watches.get_mut(resource) {
             if error.is_empty() {
                 watch.applied = version.to_string();
                 watch.error.clear();
@@ -103,6 +114,34 @@ impl ProxyRegistry {
                 watch.error = format!("version {version} rejected: {error}");
             }
         }
+    }
+
+    /// The connected proxies that have not applied mesh snapshot `version` (or a later one).
+    pub fn mesh_laggards(&self, version: u64) -> Vec<String> {
+        self.laggards(|entry| {
+            entry
+                .watches
+                .get(MESH_RESOURCE)
+                .and_then(|watch| watch.applied.parse::<u64>().ok())
+                .is_some_and(|applied| applied >= version)
+        })
+    }
+
+    /// The connected proxies whose certificate is not (as far as they reported) of `issuer`.
+    pub fn issuer_laggards(&self, issuer: &str) -> Vec<String> {
+        self.laggards(|entry| entry.cert_issuer == issuer)
+    }
+
+    fn laggards(&self, caught_up: impl Fn(&ProxyEntry) -> bool) -> Vec<String> {
+        let mut lagging: Vec<String> = self
+            .proxies
+            .lock()
+            .iter()
+            .filter(|(_, entry)| !caught_up(entry))
+            .map(|(remote, entry)| format!("{} at {remote}", entry.identity))
+            .collect();
+        lagging.sort();
+        lagging
     }
 
     /// Every connected proxy, by identity then address.
@@ -126,6 +165,7 @@ impl ProxyRegistry {
                     })
                     .collect(),
                 revoked: String::new(),
+                cert_issuer: entry.cert_issuer.clone(),
             })
             .collect();
         status.sort_by(|a, b| (&a.identity, &a.remote).cmp(&(&b.identity, &b.remote)));

@@ -35,8 +35,8 @@ pub struct DiscoveryApi {
     store: Arc<PolicyStore>,
     cache: Arc<SnapshotCache>,
     registry: Arc<ProxyRegistry>,
-    /// What every proxy learns of the mesh as a whole.
-    mesh: MeshSnapshot,
+    /// What every proxy learns of the mesh as a whole, as it changes.
+    mesh: tokio::sync::watch::Receiver<Arc<MeshSnapshot>>,
     limits: Arc<WatchLimits>,
     metrics: Metrics,
     drain: Drain,
@@ -47,8 +47,6 @@ pub struct DiscoveryApi {
 pub struct DiscoveryOptions {
     /// Service names resolve under it.
     pub cluster_domain: ClusterDomain,
-    /// Pushed to every proxy.
-    pub mesh_networks: Vec<ipnet::IpNet>,
     /// Watch streams one proxy identity may hold.
     pub max_watches_per_identity: usize,
     /// Watch streams in all.
@@ -59,11 +57,12 @@ pub struct DiscoveryOptions {
 pub type SnapshotStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl DiscoveryApi {
-    /// Serves `store`'s policy as `options` say, recording proxies in `registry`; streams end on
-    /// `drain`.
+    /// Serves `store`'s policy and the `mesh` snapshot as `options` say, recording proxies in
+    /// `registry`; streams end on `drain`.
     pub fn new(
         store: Arc<PolicyStore>,
         registry: Arc<ProxyRegistry>,
+        mesh: tokio::sync::watch::Receiver<Arc<MeshSnapshot>>,
         options: DiscoveryOptions,
         metrics: Metrics,
         drain: Drain,
@@ -72,14 +71,7 @@ impl DiscoveryApi {
             store,
             cache: Arc::new(SnapshotCache::new(options.cluster_domain)),
             registry,
-            mesh: MeshSnapshot {
-                version: String::new(),
-                networks: options
-                    .mesh_networks
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect(),
-            },
+            mesh,
             limits: WatchLimits::new(options.max_watches_per_identity, options.max_watches),
             metrics,
             drain,
@@ -98,6 +90,26 @@ impl DiscoveryApi {
         T: PartialEq + Clone + Send + 'static + Versioned,
         F: Fn(&crate::policy_store::PolicyState) -> T + Send + 'static,
     {
+        let states = self.store.subscribe_state();
+        self.follow(caller, resource, states, move |state| {
+            (compute(state), state.revision.to_string())
+        })
+    }
+
+    /// Runs one watch of `states`: sends what `compute` makes of each (a snapshot and its
+    /// version), when it changed.
+    fn follow<S, T, F>(
+        &self,
+        caller: Caller,
+        resource: String,
+        mut states: tokio::sync::watch::Receiver<S>,
+        compute: F,
+    ) -> Result<SnapshotStream<T>, Status>
+    where
+        S: Clone + Send + Sync + 'static,
+        T: PartialEq + Clone + Send + 'static + Versioned,
+        F: Fn(&S) -> (T, String) + Send + 'static,
+    {
         let permit = self.limits.admit(&caller.identity).inspect_err(|_| {
             self.metrics
                 .discovery_watches
@@ -109,7 +121,6 @@ impl DiscoveryApi {
             .with_label_values(&["opened"])
             .inc();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let mut states = self.store.subscribe_state();
         let registry = self.registry.clone();
         let drain = self.drain.clone();
         let (limits, open) = (
@@ -123,9 +134,8 @@ impl DiscoveryApi {
             let mut last: Option<T> = None;
             loop {
                 let state = states.borrow_and_update().clone();
-                let snapshot = compute(&state);
+                let (snapshot, version) = compute(&state);
                 if last.as_ref() != Some(&snapshot) {
-                    let version = state.revision.to_string();
                     let mut message = snapshot.clone();
                     message.set_version(version.clone());
                     if tx.send(Ok(message)).await.is_err() {
@@ -251,8 +261,12 @@ impl Discovery for DiscoveryApi {
         request: Request<WatchMeshRequest>,
     ) -> Result<Response<Self::WatchMeshStream>, Status> {
         let caller = caller(&request)?;
-        let mesh = self.mesh.clone();
-        let stream = self.watch(caller, MESH_RESOURCE.to_string(), move |_| mesh.clone())?;
+        let stream = self.follow(
+            caller,
+            MESH_RESOURCE.to_string(),
+            self.mesh.clone(),
+            |mesh: &Arc<MeshSnapshot>| ((**mesh).clone(), mesh.version.clone()),
+        )?;
         Ok(Response::new(stream))
     }
 

@@ -16,6 +16,7 @@ mod revocation;
 mod rotation;
 mod store_damage;
 mod traffic;
+mod trust_rotation;
 
 use weft_tests::apps::{App, start_echo_app};
 use weft_tests::mesh::{ControlPlane, Proxy, ProxySpec};

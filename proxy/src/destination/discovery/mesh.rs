@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use weft_api::discovery::{MeshSnapshot, WatchMeshRequest};
+use weft_certs::TrustAnchors;
 
 use super::Inner;
 use crate::destination::MeshNetworks;
@@ -24,19 +25,45 @@ impl Inner {
     }
 
     fn apply_mesh(&self, snapshot: &MeshSnapshot) {
-        let parsed = MeshNetworks::parse(snapshot.networks.iter().map(String::as_str));
-        let error = match parsed {
-            Ok(networks) => {
+        let error = match self.parse_mesh(snapshot) {
+            Ok((networks, anchors)) => {
                 self.mesh.store(Some(Arc::new(networks)));
+                if let Some(anchors) = anchors {
+                    self.trust.set(anchors);
+                }
                 self.metrics.discovery_update(true);
                 String::new()
             }
             Err(error) => {
                 self.metrics.discovery_update(false);
                 tracing::warn!(version = %snapshot.version, %error, "rejected mesh snapshot; keeping the last one");
-                format!("networks: {error}")
+                error
             }
         };
         self.report(MESH_RESOURCE, &snapshot.version, error);
+    }
+
+    /// The snapshot's networks, and its trust bundle if it carries one: anchors of our own
+    /// trust domain (a bundle of another would cut the proxy off from the whole mesh).
+    fn parse_mesh(
+        &self,
+        snapshot: &MeshSnapshot,
+    ) -> Result<(MeshNetworks, Option<TrustAnchors>), String> {
+        let networks = MeshNetworks::parse(snapshot.networks.iter().map(String::as_str))
+            .map_err(|e| format!("networks: {e}"))?;
+        if snapshot.trust_anchors_pem.is_empty() {
+            return Ok((networks, None));
+        }
+        let anchors = TrustAnchors::from_pem(snapshot.trust_anchors_pem.as_bytes())
+            .map_err(|e| format!("trust_anchors_pem: {e}"))?;
+        let ours = self.trust.anchors();
+        if anchors.trust_domain().is_some() && anchors.trust_domain() != ours.trust_domain() {
+            return Err(format!(
+                "trust_anchors_pem: anchors of trust domain {:?}, not ours ({:?})",
+                anchors.trust_domain().map(ToString::to_string),
+                ours.trust_domain().map(ToString::to_string)
+            ));
+        }
+        Ok((networks, Some(anchors)))
     }
 }

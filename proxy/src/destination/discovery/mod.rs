@@ -9,6 +9,7 @@
 //! bounded: at most `max_watches` destinations (the least recently used goes first), and a
 //! destination the control plane refused is not asked again for a while.
 
+mod certificate;
 mod inbound;
 mod mesh;
 mod outbound;
@@ -25,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use weft_api::discovery::ConfigStatus;
 use weft_api::discovery::discovery_client::DiscoveryClient as DiscoveryGrpc;
-use weft_certs::CertStore;
+use weft_certs::{CertStore, TrustStore};
 use weft_telemetry::Drain;
 
 use super::MeshNetworks;
@@ -80,6 +81,9 @@ pub struct DiscoverySettings {
     pub mesh: Option<MeshNetworks>,
     /// Destinations watched at most.
     pub max_watches: usize,
+    /// The anchors every TLS config of the proxy reads; replaced by the bundle the control plane
+    /// pushes.
+    pub trust: Arc<TrustStore>,
 }
 
 #[derive(Debug)]
@@ -96,6 +100,7 @@ struct Inner {
     refused: Mutex<HashMap<String, tokio::time::Instant>>,
     /// The mesh's networks as last pushed (or configured); `None` while unknown.
     mesh: ArcSwapOption<MeshNetworks>,
+    trust: Arc<TrustStore>,
     /// The local ports inbound policy makes opaque; `None` until the control plane answers.
     inbound: watch::Receiver<Option<Arc<BTreeSet<u16>>>>,
     inbound_tx: watch::Sender<Option<Arc<BTreeSet<u16>>>>,
@@ -150,6 +155,7 @@ impl DiscoveryClient {
                 watches: Mutex::new(HashMap::new()),
                 refused: Mutex::new(HashMap::new()),
                 mesh: ArcSwapOption::from(settings.mesh.map(Arc::new)),
+                trust: settings.trust,
                 inbound,
                 inbound_tx,
             }),
@@ -169,7 +175,11 @@ impl DiscoveryClient {
     /// Keeps what every proxy must know — the mesh's networks and its own inbound policy — as
     /// the control plane pushes it, until drained.
     pub async fn watch_proxy_wide(self) {
-        tokio::join!(self.inner.run_mesh(), self.inner.run_inbound());
+        tokio::join!(
+            self.inner.run_mesh(),
+            self.inner.run_inbound(),
+            self.inner.report_certificate()
+        );
     }
 
     /// What discovery says of `destination` (`host:port`), waiting for the first snapshot.
@@ -385,10 +395,17 @@ mod tests {
         let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
         let pool = crate::outbound::test_support::pool();
         let metrics = ProxyMetrics::register(&prometheus::Registry::new()).unwrap();
+        let anchor = weft_certs::TrustAnchor::generate(
+            &weft_certs::TrustDomain::cluster_local(),
+            SystemTime::now(),
+        )
+        .unwrap();
+        let anchors = weft_certs::TrustAnchors::from_pem(anchor.certificate_pem().as_bytes());
         let settings = DiscoverySettings {
             replay_limit: 0,
             mesh: None,
             max_watches,
+            trust: TrustStore::new(anchors.unwrap()),
         };
         DiscoveryClient::new(
             channel,
