@@ -57,6 +57,8 @@ pub const ENV_INBOUND_IDLE_TIMEOUT: &str = "WEFT_PROXY_INBOUND_IDLE_TIMEOUT";
 pub const ENV_INBOUND_MAX_CONNECTION_AGE: &str = "WEFT_PROXY_INBOUND_MAX_CONNECTION_AGE";
 /// Destinations whose discovery watch is kept at most (the least recently used goes first).
 pub const ENV_MAX_DESTINATIONS: &str = "WEFT_PROXY_MAX_DESTINATIONS";
+/// Endpoints one destination may have; a discovery snapshot with more is rejected.
+pub const ENV_MAX_ENDPOINTS: &str = "WEFT_PROXY_MAX_ENDPOINTS";
 /// CIDRs of the mesh's networks, until the control plane pushes its own.
 pub const ENV_MESH_NETWORKS: &str = "WEFT_PROXY_MESH_NETWORKS";
 
@@ -117,6 +119,8 @@ pub struct Config {
     pub mesh_networks: Option<MeshNetworks>,
     /// Destinations watched at most.
     pub max_destinations: usize,
+    /// Endpoints of one destination at most.
+    pub max_endpoints: usize,
     /// What one peer can make the inbound side hold.
     pub inbound_limits: InboundLimits,
 }
@@ -207,18 +211,16 @@ impl Config {
                 &var(ENV_OPAQUE_PORTS).unwrap_or_else(|| DEFAULT_OPAQUE_PORTS.to_string()),
             )?,
             inbound_limits: inbound_limits(&var)?,
-            max_destinations: match var(ENV_MAX_DESTINATIONS) {
-                Some(value) => match parse::<usize>(ENV_MAX_DESTINATIONS, &value)? {
-                    0 => {
-                        return Err(ConfigError {
-                            var: ENV_MAX_DESTINATIONS,
-                            reason: "must be at least 1".to_string(),
-                        });
-                    }
-                    max => max,
-                },
-                None => crate::destination::discovery::DEFAULT_MAX_WATCHES,
-            },
+            max_destinations: at_least_one(
+                &var,
+                ENV_MAX_DESTINATIONS,
+                crate::destination::discovery::DEFAULT_MAX_WATCHES,
+            )?,
+            max_endpoints: at_least_one(
+                &var,
+                ENV_MAX_ENDPOINTS,
+                crate::destination::discovery::DEFAULT_MAX_ENDPOINTS,
+            )?,
             mesh_networks: var(ENV_MESH_NETWORKS)
                 .map(|list| {
                     MeshNetworks::parse(list.split(',')).map_err(|e| ConfigError {
@@ -231,22 +233,29 @@ impl Config {
     }
 }
 
+/// A count of at least 1, `default` when unset.
+fn at_least_one(
+    var: &impl Fn(&'static str) -> Option<String>,
+    name: &'static str,
+    default: usize,
+) -> Result<usize, ConfigError> {
+    match var(name) {
+        None => Ok(default),
+        Some(value) => match parse::<usize>(name, &value)? {
+            0 => Err(ConfigError {
+                var: name,
+                reason: "must be at least 1".to_string(),
+            }),
+            n => Ok(n),
+        },
+    }
+}
+
 fn inbound_limits(
     var: &impl Fn(&'static str) -> Option<String>,
 ) -> Result<InboundLimits, ConfigError> {
     let defaults = InboundLimits::default();
-    let count = |name: &'static str, default: usize| -> Result<usize, ConfigError> {
-        match var(name) {
-            None => Ok(default),
-            Some(value) => match parse::<usize>(name, &value)? {
-                0 => Err(ConfigError {
-                    var: name,
-                    reason: "must be at least 1".to_string(),
-                }),
-                n => Ok(n),
-            },
-        }
-    };
+    let count = |name: &'static str, default: usize| at_least_one(var, name, default);
     let positive = |name: &'static str, default: Duration| -> Result<Duration, ConfigError> {
         let value = match var(name) {
             None => return Ok(default),

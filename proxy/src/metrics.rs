@@ -191,14 +191,14 @@ impl ProxyMetrics {
             endpoint_ejections: metrics::counter_vec(
                 registry,
                 "weft_endpoint_ejections_total",
-                "Endpoints ejected by circuit breaking, by backend.",
-                &["backend"],
+                "Endpoints ejected by circuit breaking, by backend and by the route whose own breaker did it (empty: the service's).",
+                &["backend", "route"],
             )?,
             endpoints_ejected: metrics::gauge_vec(
                 registry,
                 "weft_endpoints_ejected",
-                "Endpoints ejected now, by backend.",
-                &["backend"],
+                "Endpoints ejected now, by backend and breaker (route, or empty for the service's).",
+                &["backend", "route"],
             )?,
             discovery_updates: metrics::counter_vec(
                 registry,
@@ -275,14 +275,17 @@ impl ProxyMetrics {
             .with_label_values(&[destination, route])
     }
 
-    /// Ejections in one backend.
-    pub fn endpoint_ejections(&self, backend: &str) -> IntCounter {
-        self.endpoint_ejections.with_label_values(&[backend])
+    /// Ejections in one backend, by the breaker of `route` (when the route has its own) or of
+    /// the service.
+    pub fn endpoint_ejections(&self, backend: &str, route: Option<&str>) -> IntCounter {
+        self.endpoint_ejections
+            .with_label_values(&[backend, route.unwrap_or("")])
     }
 
-    /// Endpoints ejected now in one backend.
-    pub fn endpoints_ejected(&self, backend: &str) -> IntGauge {
-        self.endpoints_ejected.with_label_values(&[backend])
+    /// Endpoints ejected now in one backend, by the breaker of `route` or of the service.
+    pub fn endpoints_ejected(&self, backend: &str, route: Option<&str>) -> IntGauge {
+        self.endpoints_ejected
+            .with_label_values(&[backend, route.unwrap_or("")])
     }
 
     /// A discovery snapshot applied (`true`) or rejected.

@@ -122,6 +122,7 @@ pub async fn start(
             replay_limit: config.max_replay_bytes,
             mesh: config.mesh_networks.clone(),
             max_watches: config.max_destinations,
+            max_endpoints: config.max_endpoints,
             trust,
         },
     );

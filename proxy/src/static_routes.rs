@@ -100,9 +100,15 @@ impl StaticRoutes {
 
     /// Parses routes from YAML text; `path` only names the source in errors.
     pub fn parse(path: &str, text: &str) -> Result<Self, RoutesError> {
-        let file: RoutesFile = serde_saphyr::from_str(text).map_err(|e| RoutesError::Parse {
-            path: path.to_string(),
-            reason: e.to_string(),
+        let file: RoutesFile = serde_saphyr::from_str(text).map_err(|e| {
+            // The parser's first line says where and what; the rest draws the input, and a
+            // configuration error is one line.
+            let message = e.to_string();
+            let first = message.lines().next().unwrap_or(&message);
+            RoutesError::Parse {
+                path: path.to_string(),
+                reason: first.trim_start_matches("error: ").trim().to_string(),
+            }
         })?;
         let mut by_authority = HashMap::new();
         for (index, entry) in file.routes.into_iter().enumerate() {

@@ -53,6 +53,16 @@ pub async fn start_echo_app() -> App {
 
 /// Starts the HTTP + gRPC echo app on `bind`.
 pub async fn start_echo_app_on(bind: &str) -> App {
+    start_app(bind, Duration::ZERO).await
+}
+
+/// Starts the echo app on a random loopback port, answering every request `delay` late: a
+/// slow endpoint.
+pub async fn start_slow_echo_app(delay: Duration) -> App {
+    start_app("127.0.0.1:0", delay).await
+}
+
+async fn start_app(bind: &str, delay: Duration) -> App {
     let listener = TcpListener::bind(bind).await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let requests = Arc::new(AtomicUsize::new(0));
@@ -69,7 +79,10 @@ pub async fn start_echo_app_on(bind: &str) -> App {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let served = counter.fetch_add(1, Ordering::SeqCst) + 1;
                     let grpc = grpc.clone();
-                    async move { Ok::<_, Infallible>(route(req, grpc, served).await) }
+                    async move {
+                        tokio::time::sleep(delay).await;
+                        Ok::<_, Infallible>(route(req, grpc, served).await)
+                    }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tcp), service)

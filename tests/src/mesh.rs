@@ -457,7 +457,7 @@ fn routes_yaml(routes: &[RouteSpec]) -> String {
     let mut yaml = String::from("routes:\n");
     for route in routes {
         yaml.push_str(&format!(
-            "  - authority: {}\n    address: {}\n    identity: {}\n    opaque: {}\n",
+            "  - authority: \"{}\"\n    address: \"{}\"\n    identity: {}\n    opaque: {}\n",
             route.authority, route.address, route.identity, route.opaque
         ));
     }

@@ -32,6 +32,26 @@ fn error(field: impl Into<String>, reason: impl Into<String>) -> CompileError {
     }
 }
 
+impl Destination {
+    /// Compiles `snapshot`, refusing one with more than `max_endpoints` endpoints in all: what a
+    /// destination may make the proxy hold (balancers, peers, connections) is bounded.
+    pub fn compile(
+        snapshot: &pb::OutboundSnapshot,
+        max_endpoints: usize,
+    ) -> Result<Self, CompileError> {
+        let endpoints: usize = snapshot.backends.iter().map(|b| b.endpoints.len()).sum();
+        if endpoints > max_endpoints {
+            return Err(error(
+                "backends",
+                format!(
+                    "{endpoints} endpoints, more than this proxy takes ({max_endpoints}, WEFT_PROXY_MAX_ENDPOINTS)"
+                ),
+            ));
+        }
+        Self::try_from(snapshot)
+    }
+}
+
 impl TryFrom<&pb::OutboundSnapshot> for Destination {
     type Error = CompileError;
 

@@ -262,8 +262,8 @@ impl DestinationRuntime {
             return existing.clone();
         }
         let metrics = BalancerMetrics {
-            ejections: self.metrics.endpoint_ejections(&key.0),
-            ejected: self.metrics.endpoints_ejected(&key.0),
+            ejections: self.metrics.endpoint_ejections(&key.0, key.1.as_deref()),
+            ejected: self.metrics.endpoints_ejected(&key.0, key.1.as_deref()),
         };
         let balancer = Balancer::new(
             key.0.clone(),

@@ -107,6 +107,15 @@ fn missing_required_variable_and_bad_routes_file() {
         .set("WEFT_PROXY_STATIC_ROUTES", routes.to_str().unwrap())
         .run();
     assert_usage_error(code, &stderr, "routes[0].address");
+
+    // YAML that does not parse is one line too, not the parser's drawing of the input.
+    let env = Env::valid();
+    let routes = env.dir.path().join("routes.yaml");
+    std::fs::write(&routes, "routes:\n  - authority: [::1]:9006\n").unwrap();
+    let (code, stderr) = env
+        .set("WEFT_PROXY_STATIC_ROUTES", routes.to_str().unwrap())
+        .run();
+    assert_usage_error(code, &stderr, "WEFT_PROXY_STATIC_ROUTES");
 }
 
 #[test]

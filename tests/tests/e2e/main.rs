@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod bad_config;
+mod cluster;
 mod drain;
 mod identity_api;
 mod inbound_limits;
@@ -10,6 +11,7 @@ mod limits;
 mod netns;
 mod outage;
 mod policy;
+mod policy_features;
 mod readiness;
 mod refusals;
 mod revocation;

@@ -382,3 +382,62 @@ fn inbound_forwards_only_to_the_pods_own_addresses() {
         assert_eq!(refused, Some(1.0));
     });
 }
+
+fn ip6tables(args: &[&str]) {
+    let status = Command::new("ip6tables")
+        .args(["-t", "nat"])
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(status.success(), "ip6tables {args:?}");
+}
+
+/// A meshed opaque destination and an unmeshed HTTP one, both on IPv6 loopback.
+const V6_OPAQUE_PORT: u16 = 9006;
+const V6_HTTP_PORT: u16 = 9007;
+
+#[test]
+fn an_ipv6_intercepted_connection_finds_its_original_destination() {
+    weft_tests::init();
+    let ns = NetNs::create();
+    ns.run(|| async {
+        let cp = ControlPlane::start("24h").await;
+        let echo = start_tcp_echo("127.0.0.1:0").await;
+        let unmeshed = start_echo_app_on(&format!("[::1]:{V6_HTTP_PORT}")).await;
+        let server = Proxy::start(&cp, ProxySpec::new(SERVER_ID).app_port(echo.port)).await;
+        // The client proxy's outbound listens on both stacks, as in a dual-stack pod.
+        let outbound_port = weft_tests::free_port();
+        let client_spec = ProxySpec::new(CLIENT_ID)
+            .opaque_route(&format!("[::1]:{V6_OPAQUE_PORT}"), &server)
+            .env("WEFT_PROXY_OUTBOUND_ADDR", &format!("[::]:{outbound_port}"))
+            .env("WEFT_PROXY_OPAQUE_PORTS", &format!("{}", echo.port))
+            .uid(PROXY_UID);
+        let _client = Proxy::start(&cp, client_spec).await;
+        ip6tables(&["-A", "OUTPUT", "-p", "tcp", "-m", "owner", "--uid-owner", &PROXY_UID.to_string(), "-j", "RETURN"]);
+        ip6tables(&["-A", "OUTPUT", "-p", "tcp", "-d", "::1", "--dport", &format!("{V6_OPAQUE_PORT}:{V6_HTTP_PORT}"), "-j", "REDIRECT", "--to-ports", &outbound_port.to_string()]);
+        // The server's inbound must take the echo port as opaque.
+        cp.apply_ok(&format!(
+            "apiVersion: policy.weft.io/v1alpha1\nkind: Service\nmetadata: {{name: echo, namespace: shop}}\nspec: {{selector: {{app: echo}}, ports: [{{port: 9000, targetPort: {port}, appProtocol: tcp}}]}}\n---\napiVersion: policy.weft.io/v1alpha1\nkind: Workload\nmetadata: {{name: echo-1, namespace: shop, labels: {{app: echo}}}}\nspec: {{address: 127.0.0.1, proxyPort: {proxy}, identity: \"{SERVER_ID}\"}}\n",
+            port = echo.port,
+            proxy = server.inbound.port(),
+        ));
+
+        // Through the mesh: the route names the IPv6 original destination.
+        let mut stream = TcpStream::connect(("::1", V6_OPAQUE_PORT)).await.unwrap();
+        let mut greeting = [0u8; 6];
+        tokio::time::timeout(Duration::from_secs(20), stream.read_exact(&mut greeting)).await.expect("greeting").unwrap();
+        assert_eq!(&greeting, b"hello\n");
+        stream.write_all(b"over v6").await.unwrap();
+        let mut echoed = [0u8; 7];
+        tokio::time::timeout(Duration::from_secs(20), stream.read_exact(&mut echoed)).await.expect("echo").unwrap();
+        assert_eq!(&echoed, b"over v6");
+        let inbound = server.metric("weft_tcp_connections_total{direction=\"inbound\",protocol=\"opaque\"}").await;
+        assert_eq!(inbound, Some(1.0));
+
+        // Outside the mesh: passed through to the IPv6 destination.
+        let app = MeshClient::http1(std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, V6_HTTP_PORT)));
+        let response = app.send("GET", &format!("[::1]:{V6_HTTP_PORT}"), "/v6", Bytes::new()).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(unmeshed.request_count(), 1);
+    });
+}

@@ -2,146 +2,17 @@
 //! the client proxy's routing, retries, timeouts, balancing and circuit breaking.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use weft_tests::apps::{App, start_echo_app};
-use weft_tests::client::{MeshClient, grpc_client};
+use weft_tests::client::grpc_client;
 use weft_tests::echo::EchoRequest;
 use weft_tests::eventually;
-use weft_tests::mesh::{ControlPlane, Proxy, ProxySpec};
+use weft_tests::mesh::ControlPlane;
 
 use crate::CLIENT_ID;
-
-const API_ID: &str = "spiffe://cluster.local/ns/shop/sa/api";
-const AUTHORITY: &str = "api.shop:8080";
-
-/// The Services every test uses: `api` over every version, `api-v1` and `api-v2` over one each.
-const SERVICES: &str = r#"
-apiVersion: policy.weft.io/v1alpha1
-kind: Service
-metadata: {name: api, namespace: shop}
-spec: {selector: {app: api}, ports: [{port: 8080}]}
----
-apiVersion: policy.weft.io/v1alpha1
-kind: Service
-metadata: {name: api-v1, namespace: shop}
-spec: {selector: {app: api, version: v1}, ports: [{port: 8080}]}
----
-apiVersion: policy.weft.io/v1alpha1
-kind: Service
-metadata: {name: api-v2, namespace: shop}
-spec: {selector: {app: api, version: v2}, ports: [{port: 8080}]}
-"#;
-
-/// An app behind its proxy, registered as a Workload.
-struct Backend {
-    app: App,
-    proxy: Proxy,
-    name: String,
-}
-
-impl Backend {
-    async fn start(cp: &ControlPlane, name: &str, version: &str) -> Self {
-        let app = start_echo_app().await;
-        let proxy = Proxy::start(cp, ProxySpec::new(API_ID).app_port(app.port)).await;
-        let backend = Self {
-            app,
-            proxy,
-            name: name.to_string(),
-        };
-        cp.apply_ok(&backend.workload(version));
-        backend
-    }
-
-    fn workload(&self, version: &str) -> String {
-        format!(
-            "apiVersion: policy.weft.io/v1alpha1\nkind: Workload\nmetadata: {{name: {}, namespace: shop, labels: {{app: api, version: {version}}}}}\nspec: {{address: 127.0.0.1, proxyPort: {}, identity: \"{API_ID}\"}}\n",
-            self.name,
-            self.proxy.inbound.port()
-        )
-    }
-}
-
-/// A control plane, two versions of `api`, and a client proxy that knows nothing but discovery.
-struct Cluster {
-    cp: ControlPlane,
-    v1: Backend,
-    v2: Backend,
-    client: Proxy,
-}
-
-impl Cluster {
-    async fn start() -> Self {
-        weft_tests::init();
-        let cp = ControlPlane::start("24h").await;
-        cp.apply_ok(SERVICES);
-        let v1 = Backend::start(&cp, "api-1", "v1").await;
-        let v2 = Backend::start(&cp, "api-2", "v2").await;
-        let client = Proxy::start(&cp, ProxySpec::new(CLIENT_ID)).await;
-        Self { cp, v1, v2, client }
-    }
-
-    fn http(&self) -> MeshClient {
-        MeshClient::http1(self.client.outbound)
-    }
-}
-
-/// Sends `total` GETs of `path`, `concurrency` at a time; returns the statuses (0: transport
-/// error). Bounded in count, and each request in time by the client.
-async fn load(
-    client: &MeshClient,
-    total: usize,
-    concurrency: usize,
-    path: &str,
-    headers: &'static [(&'static str, &'static str)],
-) -> Vec<u16> {
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut workers = Vec::new();
-    for _ in 0..concurrency {
-        let client = client.clone();
-        let next = next.clone();
-        let path = path.to_string();
-        workers.push(tokio::spawn(async move {
-            let mut statuses = Vec::new();
-            while next.fetch_add(1, Ordering::SeqCst) < total {
-                let status = match client
-                    .send_with("GET", AUTHORITY, &path, Bytes::new(), headers)
-                    .await
-                {
-                    Ok(response) => response.status().as_u16(),
-                    Err(_) => 0,
-                };
-                statuses.push(status);
-            }
-            statuses
-        }));
-    }
-    let mut statuses = Vec::new();
-    for worker in workers {
-        statuses.extend(worker.await.unwrap());
-    }
-    statuses
-}
-
-fn split(v1: u32, v2: u32) -> String {
-    format!(
-        r#"
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: split, namespace: shop}}
-spec:
-  parentRefs: [{{name: api, kind: Service, port: 8080}}]
-  rules:
-  - backendRefs: [{{name: api-v1, port: 8080, weight: {v1}}}, {{name: api-v2, port: 8080, weight: {v2}}}]
-"#
-    )
-}
-
-fn share(of: usize, total: usize) -> f64 {
-    of as f64 * 100.0 / total as f64
-}
+use crate::cluster::{AUTHORITY, Cluster, SERVICES, load, load_until, share, split};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_90_10_split_holds_and_changes_without_a_failed_request() {
@@ -466,10 +337,10 @@ async fn killing_an_endpoint_under_load_fails_nothing_and_the_breaker_ejects_it(
     let mut cluster = Cluster::start().await;
     cluster.cp.apply_ok(RESILIENT);
     let client = cluster.http();
-    let running = tokio::spawn({
-        let client = client.clone();
-        async move { load(&client, 2000, 6, "/", &[]).await }
-    });
+    // Load runs until the breaker has acted, however fast the build: a fixed count could end
+    // before the dead endpoint failed enough times.
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = load_until(&client, 6, "/", stop.clone(), Duration::from_secs(60));
     eventually(
         "traffic on both endpoints",
         Duration::from_secs(10),
@@ -480,20 +351,36 @@ async fn killing_an_endpoint_under_load_fails_nothing_and_the_breaker_ejects_it(
     )
     .await;
     cluster.v2.proxy.proc.kill9();
+    let metric = "weft_endpoint_ejections_total{backend=\"shop/api:8080\",route=\"\"}";
+    eventually(
+        "the dead endpoint to be ejected",
+        Duration::from_secs(30),
+        || async { (cluster.client.metric(metric).await >= Some(1.0)).then_some(()) },
+    )
+    .await;
+    // And some more load after the ejection.
+    let served = cluster.v1.app.request_count();
+    eventually(
+        "more requests after the ejection",
+        Duration::from_secs(30),
+        || {
+            let now = cluster.v1.app.request_count();
+            async move { (now > served + 100).then_some(()) }
+        },
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
     let statuses = running.await.unwrap();
     let failed = statuses.iter().filter(|s| **s != 200).count();
-    assert_eq!(failed, 0, "{failed} requests failed after an endpoint died");
-    let ejections = cluster
-        .client
-        .metric("weft_endpoint_ejections_total{backend=\"shop/api:8080\"}")
-        .await;
-    assert!(
-        ejections >= Some(1.0),
-        "the dead endpoint was not ejected: {ejections:?}"
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed after an endpoint died",
+        statuses.len()
     );
     let ejected = cluster
         .client
-        .metric("weft_endpoints_ejected{backend=\"shop/api:8080\"}")
+        .metric("weft_endpoints_ejected{backend=\"shop/api:8080\",route=\"\"}")
         .await;
     assert_eq!(ejected, Some(1.0));
 }

@@ -111,3 +111,66 @@ async fn a_peer_cannot_skip_the_http_path_by_announcing_an_opaque_stream() {
     assert_no_answer(stream, forged).await;
     assert_eq!(mesh.app.request_count(), 0);
 }
+
+/// A TLS 1.2 client (no 1.3), verifying nothing: only whether the server will speak to it.
+fn tls12_only() -> Arc<rustls::ClientConfig> {
+    #[derive(Debug)]
+    struct AcceptAnything;
+    impl rustls::client::danger::ServerCertVerifier for AcceptAnything {
+        fn verify_server_cert(
+            &self,
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &[rustls::pki_types::CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            weft_certs::provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(weft_certs::provider())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnything))
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_1_2_client_is_refused_by_the_proxy_and_by_the_control_plane() {
+    let mesh = Mesh::start("24h").await;
+    for addr in [mesh.server.inbound, mesh.cp.proxy_api, mesh.cp.admin] {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let handshake = tokio_rustls::TlsConnector::from(tls12_only())
+            .connect(ServerName::try_from("weft.test").unwrap(), tcp)
+            .await;
+        let error = handshake.expect_err("a TLS 1.2 handshake succeeded");
+        assert!(
+            error.to_string().contains("ProtocolVersion")
+                || error.to_string().contains("protocol version"),
+            "{addr}: {error}"
+        );
+    }
+}

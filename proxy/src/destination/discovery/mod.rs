@@ -49,6 +49,8 @@ const REFUSED_TTL: Duration = Duration::from_secs(60);
 const MAX_REFUSED: usize = 1024;
 /// Destinations watched at most, by default.
 pub const DEFAULT_MAX_WATCHES: usize = 1000;
+/// Endpoints of one destination at most, by default.
+pub const DEFAULT_MAX_ENDPOINTS: usize = 10_000;
 
 /// What discovery knows of a destination.
 #[derive(Debug, Clone)]
@@ -81,6 +83,8 @@ pub struct DiscoverySettings {
     pub mesh: Option<MeshNetworks>,
     /// Destinations watched at most.
     pub max_watches: usize,
+    /// Endpoints one destination may have; a snapshot with more is rejected.
+    pub max_endpoints: usize,
     /// The anchors every TLS config of the proxy reads; replaced by the bundle the control plane
     /// pushes.
     pub trust: Arc<TrustStore>,
@@ -95,6 +99,7 @@ struct Inner {
     drain: Drain,
     replay_limit: usize,
     max_watches: usize,
+    max_endpoints: usize,
     watches: Mutex<HashMap<String, Arc<Watch>>>,
     /// Destinations the control plane refused, and when.
     refused: Mutex<HashMap<String, tokio::time::Instant>>,
@@ -152,6 +157,7 @@ impl DiscoveryClient {
                 drain,
                 replay_limit: settings.replay_limit,
                 max_watches: settings.max_watches.max(1),
+                max_endpoints: settings.max_endpoints,
                 watches: Mutex::new(HashMap::new()),
                 refused: Mutex::new(HashMap::new()),
                 mesh: ArcSwapOption::from(settings.mesh.map(Arc::new)),
@@ -405,6 +411,7 @@ mod tests {
             replay_limit: 0,
             mesh: None,
             max_watches,
+            max_endpoints: DEFAULT_MAX_ENDPOINTS,
             trust: TrustStore::new(anchors.unwrap()),
         };
         DiscoveryClient::new(

@@ -76,7 +76,7 @@ impl Inner {
         tx: &watch::Sender<Resolved>,
     ) {
         let outcome = if snapshot.found {
-            Destination::try_from(snapshot)
+            Destination::compile(snapshot, self.max_endpoints)
                 .map(|compiled| Resolved::Found(Arc::new(runtime.build(&compiled, ""))))
         } else {
             Ok(Resolved::NotFound)
