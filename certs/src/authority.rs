@@ -106,39 +106,18 @@ impl TrustAnchor {
 
     /// Loads an anchor from its certificate and private key in PEM, to sign a new issuer.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, AuthorityError> {
-        use rustls_pki_types::pem::PemObject;
-        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| {
-            AuthorityError::Pem {
-                what: "trust anchor certificate",
-                reason: e.to_string(),
-            }
-        })?;
-        let key = KeyPair::from_pem(key_pem).map_err(|e| AuthorityError::Pem {
-            what: "trust anchor key",
-            reason: e.to_string(),
-        })?;
-        let (trust_domain, not_after) =
-            ca_trust_domain_and_expiry(&cert, "trust anchor certificate")?;
-        let public_matches = x509_parser::parse_x509_certificate(&cert).is_ok_and(|(_, parsed)| {
-            *parsed.public_key().subject_public_key.data == *key.public_key_raw()
-        });
-        if !public_matches {
-            return Err(AuthorityError::Pem {
-                what: "trust anchor key",
-                reason: "it is not the key of this trust anchor".to_string(),
-            });
-        }
-        let signer =
-            rcgen::Issuer::from_ca_cert_der(&cert, key).map_err(|e| AuthorityError::Pem {
-                what: "trust anchor certificate",
-                reason: e.to_string(),
-            })?;
+        let ca = LoadedCa::from_pem(
+            cert_pem,
+            key_pem,
+            "trust anchor certificate",
+            "trust anchor key",
+        )?;
         Ok(Self {
-            signer,
-            cert,
+            signer: ca.signer,
+            cert: ca.cert,
             key_pem: key_pem.to_string(),
-            trust_domain,
-            not_after,
+            trust_domain: ca.trust_domain,
+            not_after: ca.not_after,
         })
     }
 
@@ -193,6 +172,49 @@ impl std::fmt::Debug for TrustAnchor {
     }
 }
 
+/// A CA (anchor or issuer) read back from PEM, ready to sign.
+struct LoadedCa {
+    signer: rcgen::Issuer<'static, KeyPair>,
+    cert: CertificateDer<'static>,
+    trust_domain: TrustDomain,
+    not_after: SystemTime,
+}
+
+impl LoadedCa {
+    /// Parses `cert_pem` and `key_pem` (named `cert_what` and `key_what` in errors), checking
+    /// the key is the certificate's.
+    fn from_pem(
+        cert_pem: &str,
+        key_pem: &str,
+        cert_what: &'static str,
+        key_what: &'static str,
+    ) -> Result<Self, AuthorityError> {
+        use rustls_pki_types::pem::PemObject;
+        let invalid = |what: &'static str, reason: String| AuthorityError::Pem { what, reason };
+        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|e| invalid(cert_what, e.to_string()))?;
+        let key = KeyPair::from_pem(key_pem).map_err(|e| invalid(key_what, e.to_string()))?;
+        let (trust_domain, not_after) = ca_trust_domain_and_expiry(&cert, cert_what)?;
+        let matches = x509_parser::parse_x509_certificate(&cert).is_ok_and(|(_, parsed)| {
+            *parsed.public_key().subject_public_key.data == *key.public_key_raw()
+        });
+        if !matches {
+            return Err(invalid(
+                key_what,
+                format!("it is not the key of the {cert_what}"),
+            ));
+        }
+        let signer = rcgen::Issuer::from_ca_cert_der(&cert, key)
+            .map_err(|e| invalid(cert_what, e.to_string()))?;
+        Ok(Self {
+            signer,
+            cert,
+            trust_domain,
+            not_after,
+        })
+    }
+}
+
 /// A short, stable name for a certificate: the first 16 hex digits of its SHA-256.
 pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.as_ref());
@@ -217,29 +239,13 @@ impl Issuer {
     /// Loads an issuer from its certificate and private key in PEM. The trust domain is read from
     /// the certificate's `spiffe://<trust-domain>` URI SAN.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, AuthorityError> {
-        use rustls_pki_types::pem::PemObject;
-        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| {
-            AuthorityError::Pem {
-                what: "issuer certificate",
-                reason: e.to_string(),
-            }
-        })?;
-        let key = KeyPair::from_pem(key_pem).map_err(|e| AuthorityError::Pem {
-            what: "issuer key",
-            reason: e.to_string(),
-        })?;
-        let (trust_domain, not_after) = ca_trust_domain_and_expiry(&cert, "issuer certificate")?;
-        let signer =
-            rcgen::Issuer::from_ca_cert_der(&cert, key).map_err(|e| AuthorityError::Pem {
-                what: "issuer certificate",
-                reason: e.to_string(),
-            })?;
+        let ca = LoadedCa::from_pem(cert_pem, key_pem, "issuer certificate", "issuer key")?;
         Ok(Self {
-            signer,
-            cert,
+            signer: ca.signer,
+            cert: ca.cert,
             key_pem: key_pem.to_string(),
-            trust_domain,
-            not_after,
+            trust_domain: ca.trust_domain,
+            not_after: ca.not_after,
         })
     }
 

@@ -232,10 +232,7 @@ impl ReadRecords for Store {
     ) -> Result<Option<T>, StoreError> {
         let txn = self.db.begin_read().map_err(redb::Error::from)?;
         let table = txn.open_table(records.table()).map_err(redb::Error::from)?;
-        let Some(value) = table.get(key).map_err(redb::Error::from)? else {
-            return Ok(None);
-        };
-        decode(key, value.value()).map(Some)
+        read_from(&table, key)
     }
 }
 
@@ -251,11 +248,19 @@ impl ReadRecords for Txn<'_> {
             .txn
             .open_table(records.table())
             .map_err(redb::Error::from)?;
-        let Some(value) = table.get(key).map_err(redb::Error::from)? else {
-            return Ok(None);
-        };
-        decode(key, value.value()).map(Some)
+        read_from(&table, key)
     }
+}
+
+/// The record under `key` in `table`, decoded.
+fn read_from<T: DeserializeOwned>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    let Some(value) = table.get(key).map_err(redb::Error::from)? else {
+        return Ok(None);
+    };
+    decode(key, value.value()).map(Some)
 }
 
 impl Txn<'_> {

@@ -83,16 +83,7 @@ impl IdentityAdmin {
     }
 
     fn identity(&self, value: &str) -> Result<Identity, Status> {
-        let identity: Identity = value
-            .parse()
-            .map_err(|e| Status::invalid_argument(format!("identity: {e}")))?;
-        if identity.trust_domain() != &self.trust_domain {
-            return Err(Status::invalid_argument(format!(
-                "identity: {identity} is outside this control plane's trust domain {}",
-                self.trust_domain
-            )));
-        }
-        Ok(identity)
+        super::identity_in(value, &self.trust_domain)
     }
 }
 

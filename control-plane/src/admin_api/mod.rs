@@ -115,6 +115,19 @@ impl AdminApi {
     }
 }
 
+/// `value` as an identity of `trust_domain`, or INVALID_ARGUMENT naming the field.
+fn identity_in(value: &str, trust_domain: &weft_certs::TrustDomain) -> Result<Identity, Status> {
+    let identity: Identity = value
+        .parse()
+        .map_err(|e| Status::invalid_argument(format!("identity: {e}")))?;
+    if identity.trust_domain() != trust_domain {
+        return Err(Status::invalid_argument(format!(
+            "identity: {identity} is outside this control plane's trust domain {trust_domain}"
+        )));
+    }
+    Ok(identity)
+}
+
 /// The gRPC status of a rotation not done.
 fn rotation_status(error: RotationError) -> Status {
     match error {

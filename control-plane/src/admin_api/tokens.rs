@@ -7,7 +7,7 @@ use weft_api::admin::{
     CreateJoinTokenRequest, CreateJoinTokenResponse, JoinTokenInfo, ListJoinTokensResponse,
     RevokeJoinTokenRequest,
 };
-use weft_certs::{Identity, TrustDomain};
+use weft_certs::TrustDomain;
 
 use crate::identity_api::{RESERVED_NAMESPACE, is_reserved};
 use crate::join_tokens::{self, JoinTokenError};
@@ -57,16 +57,7 @@ impl TokenAdmin {
         &self,
         req: CreateJoinTokenRequest,
     ) -> Result<CreateJoinTokenResponse, Status> {
-        let identity: Identity = req
-            .identity
-            .parse()
-            .map_err(|e| Status::invalid_argument(format!("identity: {e}")))?;
-        if identity.trust_domain() != &self.trust_domain {
-            return Err(Status::invalid_argument(format!(
-                "identity: {identity} is outside this control plane's trust domain {}",
-                self.trust_domain
-            )));
-        }
+        let identity = super::identity_in(&req.identity, &self.trust_domain)?;
         if is_reserved(&identity) {
             return Err(Status::invalid_argument(format!(
                 "identity: namespace {RESERVED_NAMESPACE} is reserved for the control plane"

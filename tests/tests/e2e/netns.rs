@@ -29,12 +29,21 @@ const DISCOVERED_PORT: u16 = 9004;
 const PAYLOAD_LEN: usize = 256 * 1024;
 
 fn iptables(args: &[&str]) {
-    let status = Command::new("iptables")
+    nat("iptables", args);
+}
+
+fn ip6tables(args: &[&str]) {
+    nat("ip6tables", args);
+}
+
+/// Adds a rule to the nat table with `tool` (iptables or ip6tables).
+fn nat(tool: &str, args: &[&str]) {
+    let status = Command::new(tool)
         .args(["-t", "nat"])
         .args(args)
         .status()
         .unwrap();
-    assert!(status.success(), "iptables {args:?}");
+    assert!(status.success(), "{tool} {args:?}");
 }
 
 /// Sends the app's outgoing TCP to `ports` (`first:last`) to `outbound`, except the proxy's own.
@@ -381,15 +390,6 @@ fn inbound_forwards_only_to_the_pods_own_addresses() {
             .await;
         assert_eq!(refused, Some(1.0));
     });
-}
-
-fn ip6tables(args: &[&str]) {
-    let status = Command::new("ip6tables")
-        .args(["-t", "nat"])
-        .args(args)
-        .status()
-        .unwrap();
-    assert!(status.success(), "ip6tables {args:?}");
 }
 
 /// A meshed opaque destination and an unmeshed HTTP one, both on IPv6 loopback.
