@@ -328,12 +328,8 @@ impl Trust {
     pub async fn warn_before_expiry(self: Arc<Self>, drain: Drain) {
         loop {
             let (issuer, anchor) = self.expiries();
-            let soon = SystemTime::now() + EXPIRY_WARNING;
-            if issuer < soon {
-                tracing::warn!(expires = %humantime::format_rfc3339_seconds(issuer), "the issuer expires within 30 days: rotate it (weftctl certs rotate-issuer)");
-            }
-            if let Some(anchor) = anchor.filter(|anchor| *anchor < soon) {
-                tracing::warn!(expires = %humantime::format_rfc3339_seconds(anchor), "a trust anchor expires within 30 days: rotate it (weftctl certs rotate-anchor)");
+            for warning in expiry_warnings(issuer, anchor, SystemTime::now()) {
+                tracing::warn!("{warning}");
             }
             tokio::select! {
                 () = tokio::time::sleep(EXPIRY_CHECK) => {}
@@ -341,6 +337,26 @@ impl Trust {
             }
         }
     }
+}
+
+/// What to warn of at `now`, given when the issuer and the earliest anchor expire.
+fn expiry_warnings(issuer: SystemTime, anchor: Option<SystemTime>, now: SystemTime) -> Vec<String> {
+    let soon = now + EXPIRY_WARNING;
+    let at = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    let mut warnings = Vec::new();
+    if issuer < soon {
+        warnings.push(format!(
+            "the issuer expires within 30 days, at {}: rotate it (weftctl certs rotate-issuer)",
+            at(issuer)
+        ));
+    }
+    if let Some(anchor) = anchor.filter(|anchor| *anchor < soon) {
+        warnings.push(format!(
+            "a trust anchor expires within 30 days, at {}: rotate it (weftctl certs rotate-anchor)",
+            at(anchor)
+        ));
+    }
+    warnings
 }
 
 fn anchor_expiries(bundle: &str) -> Vec<SystemTime> {
@@ -363,4 +379,20 @@ fn unix(time: SystemTime) -> i64 {
     time.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_is_warned_of_from_thirty_days_before() {
+        let now = SystemTime::now();
+        let day = Duration::from_secs(24 * 3600);
+        assert!(expiry_warnings(now + 31 * day, Some(now + 3000 * day), now).is_empty());
+        let warnings = expiry_warnings(now + 29 * day, Some(now + 10 * day), now);
+        assert_eq!(warnings.len(), 2);
+        assert!(warnings[0].contains("rotate-issuer"), "{warnings:?}");
+        assert!(warnings[1].contains("rotate-anchor"), "{warnings:?}");
+    }
 }

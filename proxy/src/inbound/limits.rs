@@ -145,6 +145,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn peer_connections_keep_tcp_alive() {
+        use nix::sys::socket::{getsockopt, sockopt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        keepalive(&client);
+        assert!(getsockopt(&client, sockopt::KeepAlive).unwrap());
+        assert_eq!(getsockopt(&client, sockopt::TcpKeepIdle).unwrap(), 60);
+    }
+
+    #[tokio::test]
     async fn a_connection_ends_with_its_peers_certificate_if_that_comes_first() {
         let admission = Admission::new(InboundLimits::default());
         let soon = SystemTime::now() + Duration::from_secs(5);

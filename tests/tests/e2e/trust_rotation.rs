@@ -172,3 +172,45 @@ async fn a_full_anchor_rotation_under_steady_traffic_loses_no_request() {
         .unwrap();
     assert_eq!(response.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anchor_key_moved_out_is_given_back_for_an_issuer_rotation() {
+    weft_tests::init();
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("anchor-key.pem");
+    let cp = ControlPlane::start_with("24h", &["--anchor-key-out", key.to_str().unwrap()]).await;
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "the anchor key must be private");
+    assert!(!cp.data_dir().join("pki/trust-anchor-key.pem").exists());
+
+    let (status, _, stderr) = cp.weftctl(&["certs", "rotate-issuer"]);
+    assert_eq!(status.code(), Some(1));
+    assert!(stderr.contains("--anchor-key"), "{stderr}");
+    let (status, stdout, stderr) = cp.weftctl(&[
+        "certs",
+        "rotate-issuer",
+        "--anchor-key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains("new issuer"), "{stdout}");
+    // Given once, never kept.
+    assert!(!cp.data_dir().join("pki/trust-anchor-key.pem").exists());
+    // Another anchor's key is refused, naming why.
+    let other = weft_certs::TrustAnchor::generate(
+        &weft_certs::TrustDomain::cluster_local(),
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    let wrong = keys.path().join("wrong.pem");
+    std::fs::write(&wrong, other.key_pem()).unwrap();
+    let (status, _, stderr) = cp.weftctl(&[
+        "certs",
+        "rotate-issuer",
+        "--anchor-key",
+        wrong.to_str().unwrap(),
+    ]);
+    assert_eq!(status.code(), Some(1));
+    assert!(stderr.contains("not the key"), "{stderr}");
+}
