@@ -103,7 +103,8 @@ impl IdentityApi {
             not_after: issued.not_after,
         };
         self.lineage.record(issue, now).await.map_err(refusal)?;
-        tracing::info!(identity = %proven, valid_until = ?issued.not_after, "certified");
+        // Counted by result; logged at debug only, as callers decide how often.
+        tracing::debug!(identity = %proven, valid_until = ?issued.not_after, "certified");
         Ok(CertifyResponse {
             chain: issued.chain.into_iter().map(|cert| cert.to_vec()).collect(),
             valid_until: Some(prost_types::Timestamp::from(issued.not_after)),
@@ -171,7 +172,7 @@ impl IdentityService for IdentityApi {
             .with_label_values(&[label])
             .inc();
         if let Err(status) = &result {
-            tracing::info!(remote = ?peer.map(|p| p.remote), code = label, message = status.message(), "certify refused");
+            tracing::debug!(remote = ?peer.map(|p| p.remote), code = label, message = status.message(), "certify refused");
         }
         result.map(Response::new)
     }

@@ -279,7 +279,8 @@ impl Discovery for DiscoveryApi {
         self.registry
             .reported(&caller, &status.resource, &status.version, &status.error);
         if !status.error.is_empty() {
-            tracing::warn!(proxy = %caller.identity, resource = %status.resource, version = %status.version, error = %status.error, "proxy rejected a snapshot");
+            // Shown by `weftctl proxy-status`; a proxy decides how often it reports.
+            tracing::debug!(proxy = %caller.identity, resource = %status.resource, version = %status.version, error = %status.error, "proxy rejected a snapshot");
         }
         Ok(Response::new(ReportStatusResponse {}))
     }

@@ -217,6 +217,22 @@ fn extreme_values_are_refused_naming_the_field_and_range() {
             (policy(&format!("opaquePorts: [{n}]")), "spec.opaquePorts[0]"),
         ]);
     }
+    let service = |ports: &str| {
+        format!(
+            "apiVersion: policy.weft.io/v1alpha1\nkind: Service\nmetadata: {{name: s}}\nspec: {{ports: [{ports}]}}\n"
+        )
+    };
+    for port in ["0", "65536", "4294967295", "-1"] {
+        cases.extend([
+            (service(&format!("{{port: {port}}}")), "spec.ports[0].port"),
+            (service(&format!("{{port: 80, targetPort: {port}}}")), "spec.ports[0].targetPort"),
+            (workload(&format!("proxyPort: {port}")), "spec.proxyPort"),
+            (workload(&format!("ports: [{{port: {port}}}]")), "spec.ports[0].port"),
+            (route(&format!("backendRefs: [{{name: api, port: {port}}}]")), "spec.rules[0].backendRefs[0].port"),
+            (route("backendRefs: [{name: api}]").replace("[{name: api}]\n  rules", &format!("[{{name: api, port: {port}}}]\n  rules")), "spec.parentRefs[0].port"),
+            (route(&format!("filters: [{{type: RequestMirror, requestMirror: {{backendRef: {{name: api, port: {port}}}}}}}]")), "spec.rules[0].filters[0].requestMirror.backendRef.port"),
+        ]);
+    }
     for ratio in ["1e308", "-0.5", "1.0000001e1"] {
         cases.push((
             policy(&format!("retryBudget: {{ratio: {ratio}}}")),

@@ -572,6 +572,9 @@ fn check_rule_common(
                 if let Some(percent) = mirror.percent {
                     check_count(&format!("{field}.requestMirror.percent"), percent, 0, 100)?;
                 }
+                if let Some(port) = mirror.backend_ref.port {
+                    check_port(&format!("{field}.requestMirror.backendRef.port"), port)?;
+                }
             }
             other => {
                 return fail(

@@ -274,6 +274,7 @@ async fn certify_beyond_its_rate_is_told_to_come_back_later() {
     };
     let mut identity =
         weft_api::identity::identity_client::IdentityClient::new(target.channel().await.unwrap());
+    let log_before = cp.proc.log().lines().count();
     let mut codes = Vec::new();
     for _ in 0..30 {
         let request = weft_api::identity::CertifyRequest {
@@ -293,4 +294,7 @@ async fn certify_beyond_its_rate_is_told_to_come_back_later() {
         "{}",
         limited.1
     );
+    // Refusals are counted, not logged line by line: a caller cannot flood the log.
+    let grown = cp.proc.log().lines().count() - log_before;
+    assert!(grown <= 3, "{grown} log lines for 30 refused calls");
 }
