@@ -64,6 +64,9 @@ pub const ENV_MESH_NETWORKS: &str = "WEFT_PROXY_MESH_NETWORKS";
 
 /// The largest request body kept for retries and mirroring.
 pub const ENV_MAX_REPLAY_BYTES: &str = "WEFT_PROXY_MAX_REPLAY_BYTES";
+/// Request bodies up to this size are kept for a retry or a mirror, by default: enough for the
+/// small JSON and gRPC messages retries are for, small enough to hold many in flight.
+pub const DEFAULT_MAX_REPLAY_BYTES: usize = 64 * 1024;
 
 /// Server-first and common non-HTTP protocols: SMTP, MySQL, Galera, PostgreSQL, Redis,
 /// Elasticsearch transport, memcached (the same defaults as Linkerd).
@@ -204,7 +207,7 @@ impl Config {
                 .map_or(Ok(false), |v| parse(ENV_SHUTDOWN_ENDPOINT, &v))?,
             detect_timeout: duration(&var, ENV_DETECT_TIMEOUT, "1s")?,
             max_replay_bytes: var(ENV_MAX_REPLAY_BYTES)
-                .map_or(Ok(crate::stack::DEFAULT_REPLAY_LIMIT), |v| {
+                .map_or(Ok(DEFAULT_MAX_REPLAY_BYTES), |v| {
                     parse(ENV_MAX_REPLAY_BYTES, &v)
                 })?,
             opaque_ports: ports(

@@ -19,11 +19,10 @@ mod outbound;
 mod plain_http;
 mod prefixed;
 mod serve;
-mod shared_h2;
 mod stack;
 mod start;
 pub mod static_routes;
-mod transport_header;
+mod transport;
 
 use weft_telemetry::Drain;
 

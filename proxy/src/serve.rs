@@ -19,9 +19,9 @@ use crate::http_util::{Body, MAX_HEADER_BYTES, MAX_HEADER_LIST_SIZE};
 use crate::metrics::Direction;
 
 /// Concurrent streams a peer proxy may open on one connection: more than it ever opens
-/// ([`crate::shared_h2::MAX_STREAMS`]; past that it opens another connection), few enough that
+/// ([`crate::transport::shared_h2::MAX_STREAMS`]; past that it opens another connection), few enough that
 /// one connection cannot hold the proxy's memory hostage.
-pub const PEER_MAX_STREAMS: u32 = 2 * crate::shared_h2::MAX_STREAMS as u32;
+pub const PEER_MAX_STREAMS: u32 = 2 * crate::transport::shared_h2::MAX_STREAMS as u32;
 /// Concurrent streams the local app may open on one connection: an app multiplexing all its
 /// calls (gRPC) on one connection must not be capped by the proxy.
 pub const APP_MAX_STREAMS: u32 = 10_000;

@@ -13,9 +13,10 @@ use weft_telemetry::{AdminServer, Drain};
 use crate::config::{self, Config};
 use crate::destination::discovery::{DiscoveryClient, DiscoverySettings};
 use crate::identity::IdentityDaemon;
-use crate::inbound::{Inbound, InboundPolicy};
+use crate::inbound::{Inbound, InboundPorts, Policy};
 use crate::metrics::ProxyMetrics;
-use crate::outbound::{Outbound, PeerPool};
+use crate::outbound::{Outbound, OutboundSettings};
+use crate::transport::PeerPool;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +100,7 @@ pub async fn start(
     );
     drain.spawn(identity.run(drain.clone()));
 
-    let policy = InboundPolicy {
+    let ports = InboundPorts {
         app_port: config.app_port,
         opaque_ports: config.opaque_ports.clone(),
         own_ports: vec![
@@ -115,11 +116,9 @@ pub async fn start(
     let discovery = DiscoveryClient::new(
         discovery_channel,
         certs.clone(),
-        pool.clone(),
         metrics.clone(),
         drain.clone(),
         DiscoverySettings {
-            replay_limit: config.max_replay_bytes,
             mesh: config.mesh_networks.clone(),
             max_watches: config.max_destinations,
             max_endpoints: config.max_endpoints,
@@ -127,12 +126,12 @@ pub async fn start(
         },
     );
     drain.spawn(discovery.clone().watch_proxy_wide());
+    let policy = Policy::new(ports, Some(discovery.inbound_policy()));
     let inbound = Inbound::new(
         Arc::new(peer_server),
         policy,
         config.inbound_limits,
         metrics.clone(),
-        Some(discovery.clone()),
     );
     inbound_drain.spawn(inbound.serve(inbound_listener, inbound_drain.clone()));
     let outbound = Outbound::new(
@@ -140,8 +139,12 @@ pub async fn start(
         pool,
         Some(discovery),
         metrics,
-        config.detect_timeout,
-        config.opaque_ports.clone(),
+        OutboundSettings {
+            detect_timeout: config.detect_timeout,
+            opaque_ports: config.opaque_ports.clone(),
+            replay_limit: config.max_replay_bytes,
+            max_destinations: config.max_destinations,
+        },
     )
     .map_err(|e| StartError::Setup(format!("static routes: {e}")))?;
     drain.spawn(outbound.serve(outbound_listener, drain.clone()));

@@ -4,6 +4,7 @@
 
 mod compile;
 pub mod discovery;
+mod inbound;
 mod matcher;
 mod networks;
 
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use weft_certs::Identity;
 
+pub use self::inbound::InboundPolicy;
 pub use self::matcher::{PathMatch, RequestMatch, ValueMatch};
 pub use self::networks::{MeshNetworks, NetworkError};
 

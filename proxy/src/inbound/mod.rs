@@ -10,8 +10,8 @@
 mod http;
 mod limits;
 mod local_addrs;
+mod policy;
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -28,29 +28,16 @@ use self::http::InboundHttp;
 use self::limits::Admission;
 pub use self::limits::InboundLimits;
 use self::local_addrs::LocalAddrs;
-use crate::destination::discovery::DiscoveryClient;
+pub use self::policy::{InboundPorts, Policy};
 use crate::detect::Protocol;
 use crate::metrics::{Direction, InboundRefusal, ProxyMetrics};
 use crate::orig_dst::original_dst;
 use crate::prefixed::Prefixed;
 use crate::serve::{PEER_MAX_STREAMS, ServeOptions, accept_loop, serve_http};
-use crate::transport_header::{self, Stream};
+use crate::transport::header::{self as transport_header, Stream};
 
 /// A peer that has not completed its handshake and header by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Where inbound traffic may go, and how it must arrive.
-#[derive(Debug, Clone, Default)]
-pub struct InboundPolicy {
-    /// The app's port, for connections that came to the inbound port directly.
-    pub app_port: Option<u16>,
-    /// Ports that take opaque TCP. Every other port takes only HTTP, so every request reaches
-    /// the app through the path that stamps `weft-client-id`: a peer cannot skip it by
-    /// announcing an opaque stream and speaking HTTP inside.
-    pub opaque_ports: BTreeSet<u16>,
-    /// The proxy's own ports, which a peer must never reach through us.
-    pub own_ports: Vec<u16>,
-}
 
 /// Why a connection has nowhere to go.
 #[derive(Debug, thiserror::Error)]
@@ -82,10 +69,9 @@ pub struct Inbound {
 #[derive(Debug)]
 struct Inner {
     tls: Arc<rustls::ServerConfig>,
-    policy: InboundPolicy,
+    policy: Policy,
     http: InboundHttp,
     metrics: ProxyMetrics,
-    discovery: Option<DiscoveryClient>,
     admission: Admission,
     local: LocalAddrs,
 }
@@ -94,10 +80,9 @@ impl Inbound {
     /// Accepts with `tls` and forwards as `policy` allows, within `limits`.
     pub fn new(
         tls: Arc<rustls::ServerConfig>,
-        policy: InboundPolicy,
+        policy: Policy,
         limits: InboundLimits,
         metrics: ProxyMetrics,
-        discovery: Option<DiscoveryClient>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -105,7 +90,6 @@ impl Inbound {
                 policy,
                 http: InboundHttp::new(metrics.clone()),
                 metrics,
-                discovery,
                 admission: Admission::new(limits),
                 local: LocalAddrs::new(),
             }),
@@ -197,7 +181,7 @@ impl Inbound {
                 };
                 serve_http(TokioIo::new(io), Protocol::Http2, options, service, &drain).await;
             }
-            Stream::Opaque if !self.accepts_opaque(app.port()).await => {
+            Stream::Opaque if !inner.policy.accepts_opaque(app.port()).await => {
                 inner.refused(
                     InboundRefusal::NotOpaque,
                     &format!("opaque stream to port {} (not opaque by WEFT_PROXY_OPAQUE_PORTS or policy)", app.port()),
@@ -215,23 +199,11 @@ impl Inbound {
         }
     }
 
-    /// Whether `port` takes opaque streams: listed in the configuration, or made opaque by
-    /// policy (asked of discovery).
-    async fn accepts_opaque(&self, port: u16) -> bool {
-        if self.inner.policy.opaque_ports.contains(&port) {
-            return true;
-        }
-        match &self.inner.discovery {
-            Some(discovery) => discovery.inbound_opaque(port).await,
-            None => false,
-        }
-    }
-
     /// Where the app is: an intercepted connection goes to its original destination (the pod's
     /// address, not loopback, so services bound to loopback only stay private); one that came
     /// to us directly goes to the app port on loopback.
     fn target(&self, tcp: &TcpStream) -> Result<SocketAddr, TargetError> {
-        let policy = &self.inner.policy;
+        let policy = &self.inner.policy.ports;
         let target = match original_dst(tcp) {
             Some(dst) => dst,
             None => SocketAddr::from((

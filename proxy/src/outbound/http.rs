@@ -15,9 +15,9 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use parking_lot::Mutex;
 
-use super::peer::{Peer, PeerPool};
+use super::stacks::{Followed, Stacks};
 use crate::destination::Destination;
-use crate::destination::discovery::{DiscoveryClient, Resolution, Resolved, Unavailable};
+use crate::destination::discovery::{DiscoveryClient, Resolved, Unavailable};
 use crate::http_util::{
     Body, ORIG_PROTO, boxed, error_response, remove_weft_headers, strip_connection_headers,
 };
@@ -25,6 +25,7 @@ use crate::metrics::{Direction, ProxyMetrics, Refusal, RequestMetrics};
 use crate::plain_http::PlainHttp;
 use crate::stack::{DestinationRuntime, DestinationStack};
 use crate::static_routes::{Route, StaticRoutes, normalize_authority};
+use crate::transport::{Peer, PeerPool};
 
 /// A static route, ready to send on.
 #[derive(Debug)]
@@ -42,6 +43,8 @@ pub struct OutboundHttp {
     /// Static routes by normalized authority.
     targets: HashMap<Arc<str>, Arc<RouteTarget>>,
     discovery: Option<DiscoveryClient>,
+    /// The stacks of what discovery finds.
+    stacks: Stacks,
     metrics: ProxyMetrics,
     unrouted: RequestMetrics,
     unmeshed: RequestMetrics,
@@ -92,23 +95,20 @@ struct LastDestination {
 enum LastRoute {
     /// A static route's stack, fixed for the proxy's life.
     Static(Arc<DestinationStack>),
-    /// Discovery's watch, read afresh on each request so policy updates apply at once.
-    Discovered(Resolution),
+    /// A discovered destination, followed so policy updates apply at once.
+    Discovered(Followed),
 }
 
 impl LastDestination {
     /// The stack and authority for a request naming `named`, if it is this destination and
     /// discovery still has it.
-    fn hit(&self, named: &[u8]) -> Option<(Arc<DestinationStack>, Authority)> {
+    fn hit(&self, named: &[u8], stacks: &Stacks) -> Option<(Arc<DestinationStack>, Authority)> {
         if *self.named != *named {
             return None;
         }
         let stack = match &self.route {
             LastRoute::Static(stack) => stack.clone(),
-            LastRoute::Discovered(resolution) => match resolution.current()? {
-                Resolved::Found(stack) => stack,
-                Resolved::Pending | Resolved::NotFound => return None,
-            },
+            LastRoute::Discovered(followed) => followed.current(stacks)?,
         };
         Some((stack, self.authority.clone()))
     }
@@ -151,13 +151,14 @@ impl ConnContext {
 }
 
 impl OutboundHttp {
-    /// Forwards by `routes`, then `discovery`, through `pool`.
+    /// Forwards by `routes`, then `discovery`, through `stacks`' pool.
     pub fn new(
         routes: &StaticRoutes,
         discovery: Option<DiscoveryClient>,
+        stacks: Stacks,
         pool: &PeerPool,
         metrics: &ProxyMetrics,
-    ) -> Result<Self, super::PeerError> {
+    ) -> Result<Self, crate::transport::PeerError> {
         let mut targets = HashMap::new();
         for route in routes.iter() {
             let destination = Destination::single(
@@ -166,13 +167,9 @@ impl OutboundHttp {
                 route.identity.clone(),
                 route.opaque,
             );
-            // Static routes carry no retry or mirror, so the replay limit does not matter.
-            let stack = DestinationRuntime::new(
-                pool.clone(),
-                metrics.clone(),
-                crate::stack::DEFAULT_REPLAY_LIMIT,
-            )
-            .build(&destination, &route.identity.to_string());
+            // Static routes carry no retry or mirror: no body is ever kept.
+            let stack = DestinationRuntime::new(pool.clone(), metrics.clone(), 0)
+                .build(&destination, &route.identity.to_string());
             let target = RouteTarget {
                 route: route.clone(),
                 peer: pool.peer(route.address, &route.identity)?,
@@ -183,6 +180,7 @@ impl OutboundHttp {
         Ok(Self {
             targets,
             discovery,
+            stacks,
             metrics: metrics.clone(),
             unrouted: metrics.requests(Direction::Outbound, "", "unknown"),
             unmeshed: metrics.requests(Direction::Outbound, "", "unmeshed"),
@@ -203,8 +201,11 @@ impl OutboundHttp {
         let Some(discovery) = &self.discovery else {
             return Placement::Outside;
         };
-        match discovery.resolve(&dst.to_string()).await {
-            Ok(Resolved::Found(stack)) => Placement::Meshed(stack),
+        let key = dst.to_string();
+        match discovery.resolve(&key).await {
+            Ok(Resolved::Found(destination)) => {
+                Placement::Meshed(self.stacks.stack(&key, &destination))
+            }
             Ok(Resolved::NotFound) => Placement::Outside,
             Ok(Resolved::Pending) | Err(_) if discovery.in_mesh(dst.ip()) => Placement::Unplaced,
             Ok(Resolved::Pending) | Err(_) => {
@@ -216,8 +217,8 @@ impl OutboundHttp {
 
     /// Handles one request from the app.
     pub async fn handle(&self, request: Request<Incoming>, conn: &ConnContext) -> Response<Body> {
-        let last =
-            named_authority(&request).and_then(|named| conn.last.lock().as_ref()?.hit(named));
+        let last = named_authority(&request)
+            .and_then(|named| conn.last.lock().as_ref()?.hit(named, &self.stacks));
         if let Some((stack, authority)) = last {
             return forward(&stack, authority, request).await;
         }
@@ -240,9 +241,13 @@ impl OutboundHttp {
             && let Some(key) = normalize_authority(authority.as_str())
         {
             match discovery.resolve_and_keep(&key).await {
-                Ok((Resolved::Found(stack), resolution)) => {
-                    conn.remember(&request, authority, LastRoute::Discovered(resolution));
-                    return forward(&stack, authority.clone(), request).await;
+                Ok((Resolved::Found(destination), resolution)) => {
+                    let followed = self.stacks.follow(&key, resolution, &destination);
+                    let stack = followed.current(&self.stacks);
+                    conn.remember(&request, authority, LastRoute::Discovered(followed));
+                    if let Some(stack) = stack {
+                        return forward(&stack, authority.clone(), request).await;
+                    }
                 }
                 Ok((Resolved::NotFound | Resolved::Pending, _)) => {}
                 Err(error) => unavailable = Some(error),
@@ -407,7 +412,7 @@ mod tests {
     use super::*;
 
     fn static_stack() -> Arc<DestinationStack> {
-        let pool = crate::outbound::test_support::pool();
+        let pool = crate::transport::test_support::pool();
         let identity: weft_certs::Identity =
             "spiffe://cluster.local/ns/shop/sa/api".parse().unwrap();
         let destination = Destination::single(
@@ -418,7 +423,7 @@ mod tests {
         );
         let metrics = ProxyMetrics::register(&prometheus::Registry::new()).unwrap();
         Arc::new(
-            DestinationRuntime::new(pool, metrics, crate::stack::DEFAULT_REPLAY_LIMIT)
+            DestinationRuntime::new(pool, metrics, 0)
                 .build(&destination, "spiffe://cluster.local/ns/shop/sa/api"),
         )
     }
@@ -430,11 +435,13 @@ mod tests {
             authority: Authority::from_static("api.shop"),
             route: LastRoute::Static(static_stack()),
         };
-        let (_, authority) = last.hit(b"api.shop").unwrap();
+        let metrics = ProxyMetrics::register(&prometheus::Registry::new()).unwrap();
+        let stacks = Stacks::new(crate::transport::test_support::pool(), metrics, 0, 1);
+        let (_, authority) = last.hit(b"api.shop", &stacks).unwrap();
         assert_eq!(authority.as_str(), "api.shop");
         // Another spelling, or another destination, is looked up afresh.
-        assert!(last.hit(b"API.shop").is_none());
-        assert!(last.hit(b"api.shop:80").is_none());
-        assert!(last.hit(b"db.shop").is_none());
+        assert!(last.hit(b"API.shop", &stacks).is_none());
+        assert!(last.hit(b"api.shop:80", &stacks).is_none());
+        assert!(last.hit(b"db.shop", &stacks).is_none());
     }
 }

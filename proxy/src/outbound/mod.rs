@@ -4,7 +4,7 @@
 //! (routed per request) or opaque TCP (routed per connection).
 
 mod http;
-mod peer;
+mod stacks;
 mod tcp;
 
 use std::collections::BTreeSet;
@@ -17,9 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use weft_telemetry::Drain;
 
 use self::http::{ConnContext, OutboundHttp};
-#[cfg(test)]
-pub use self::peer::test_support;
-pub use self::peer::{Peer, PeerError, PeerPool};
+use self::stacks::Stacks;
 use crate::destination::discovery::DiscoveryClient;
 use crate::detect::{self, Protocol};
 use crate::metrics::{Direction, ProxyMetrics, Refusal};
@@ -27,6 +25,7 @@ use crate::orig_dst::original_dst;
 use crate::prefixed::Prefixed;
 use crate::serve::{ServeOptions, accept_loop, serve_http};
 use crate::static_routes::StaticRoutes;
+use crate::transport::{PeerError, PeerPool};
 
 /// The outbound proxy.
 #[derive(Debug, Clone)]
@@ -42,24 +41,41 @@ struct Inner {
     opaque_ports: BTreeSet<u16>,
 }
 
+/// How the outbound side behaves.
+#[derive(Debug, Clone)]
+pub struct OutboundSettings {
+    /// How long to wait for the app's first bytes before treating a connection as opaque.
+    pub detect_timeout: Duration,
+    /// Destinations on these ports skip protocol detection.
+    pub opaque_ports: BTreeSet<u16>,
+    /// Request bodies kept for retries and mirroring.
+    pub replay_limit: usize,
+    /// Discovered destinations whose stacks are kept.
+    pub max_destinations: usize,
+}
+
 impl Outbound {
-    /// Routes by `routes`, then `discovery`, dialing peers through `pool`; destinations on
-    /// `opaque_ports` skip protocol detection.
+    /// Routes by `routes`, then `discovery`, dialing peers through `pool`, as `settings` say.
     pub fn new(
         routes: StaticRoutes,
         pool: PeerPool,
         discovery: Option<DiscoveryClient>,
         metrics: ProxyMetrics,
-        detect_timeout: Duration,
-        opaque_ports: BTreeSet<u16>,
+        settings: OutboundSettings,
     ) -> Result<Self, PeerError> {
-        let http = OutboundHttp::new(&routes, discovery, &pool, &metrics)?;
+        let stacks = Stacks::new(
+            pool.clone(),
+            metrics.clone(),
+            settings.replay_limit,
+            settings.max_destinations,
+        );
+        let http = OutboundHttp::new(&routes, discovery, stacks, &pool, &metrics)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
                 metrics,
-                detect_timeout,
-                opaque_ports,
+                detect_timeout: settings.detect_timeout,
+                opaque_ports: settings.opaque_ports,
             }),
         })
     }

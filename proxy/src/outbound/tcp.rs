@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite, copy_bidirectional};
 use tokio::net::TcpStream;
 
-use super::peer::Peer;
 use crate::metrics::{Direction, ProxyMetrics, Refusal};
-use crate::transport_header;
+use crate::transport::Peer;
+use crate::transport::header as transport_header;
 
 /// Forwards `app` to `peer` over mTLS; `destination` names it in logs.
 pub async fn forward_to_peer<S>(mut app: S, peer: &Peer, destination: &str, metrics: &ProxyMetrics)

@@ -9,7 +9,7 @@ use hyper_util::rt::TokioIo;
 
 use super::{PlainHttpError, connect};
 use crate::http_util::{Body, h2_client};
-use crate::shared_h2::{SendError, SharedH2};
+use crate::transport::shared_h2::{SendError, SharedH2};
 
 /// The connection to one address, if one is up.
 #[derive(Debug)]

@@ -247,7 +247,8 @@ async fn long_lived_http2_streams_beyond_one_connections_limit_open_more_connect
 #[tokio::test]
 async fn a_full_destination_answers_saturated_after_a_bounded_wait() {
     let (addr, _) = app(App::Hold, true).await;
-    let shared = crate::shared_h2::SharedH2::new(1, std::time::Duration::from_millis(200));
+    let shared =
+        crate::transport::shared_h2::SharedH2::new(1, std::time::Duration::from_millis(200));
     let dial = |_| async move {
         let tcp = tokio::net::TcpStream::connect(addr).await?;
         let (sender, connection) = crate::http_util::h2_client()
@@ -258,19 +259,25 @@ async fn a_full_destination_answers_saturated_after_a_bounded_wait() {
         Ok::<_, std::io::Error>(sender)
     };
     let mut held = Vec::new();
-    for _ in 0..crate::shared_h2::MAX_STREAMS {
+    for _ in 0..crate::transport::shared_h2::MAX_STREAMS {
         let response = shared
             .send(get(&format!("http://{addr}/"), Version::HTTP_2), dial)
             .await
             .unwrap();
         held.push(response);
     }
-    assert_eq!(shared.open_streams(), [crate::shared_h2::MAX_STREAMS]);
+    assert_eq!(
+        shared.open_streams(),
+        [crate::transport::shared_h2::MAX_STREAMS]
+    );
     let refused = shared
         .send(get(&format!("http://{addr}/"), Version::HTTP_2), dial)
         .await
         .unwrap_err();
-    assert!(matches!(refused, crate::shared_h2::SendError::Saturated));
+    assert!(matches!(
+        refused,
+        crate::transport::shared_h2::SendError::Saturated
+    ));
     // A stream that ends frees its place at once.
     held.pop();
     shared

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use super::{HttpRequest, HttpResponse, ProxyError};
 use crate::destination::{CircuitBreaker, EndpointSpec, LoadBalancerKind};
-use crate::outbound::{Peer, PeerPool};
+use crate::transport::{Peer, PeerPool};
 
 /// No ejection lasts longer, whatever the policy says.
 const MAX_EJECTION: Duration = Duration::from_secs(366 * 24 * 3600);
@@ -413,7 +413,7 @@ mod tests {
     }
 
     fn endpoint() -> Endpoint {
-        let pool = crate::outbound::test_support::pool();
+        let pool = crate::transport::test_support::pool();
         let spec = EndpointSpec {
             address: "127.0.0.1:1".parse().unwrap(),
             identity: "spiffe://cluster.local/ns/a/sa/b".parse().unwrap(),

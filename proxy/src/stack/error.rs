@@ -7,7 +7,7 @@ use http::StatusCode;
 
 use super::HttpResponse;
 use crate::http_util::error_response;
-use crate::outbound::PeerError;
+use crate::transport::PeerError;
 
 /// A failure inside the stack.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -26,7 +26,7 @@ use http::{Request, Response};
 use tower::util::BoxCloneSyncService;
 
 pub use self::error::ProxyError;
-pub use self::replay::{DEFAULT_REPLAY_LIMIT, ReplayBody};
+pub use self::replay::ReplayBody;
 pub use self::route::{DestinationRuntime, DestinationStack};
 use crate::http_util::Body;
 

@@ -17,8 +17,6 @@ use http_body_util::BodyExt;
 
 use crate::http_util::{Body, BoxError};
 
-/// Request bodies up to this size may be kept for retries.
-pub const DEFAULT_REPLAY_LIMIT: usize = 64 * 1024;
 /// How long a body of declared length may take to arrive before it streams instead.
 const DECLARED_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 

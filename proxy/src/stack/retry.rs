@@ -161,7 +161,7 @@ impl tower::retry::Policy<HttpRequest, HttpResponse, ProxyError> for Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbound::PeerError;
+    use crate::transport::PeerError;
 
     fn policy() -> Policy {
         let config = RetryPolicy {

@@ -22,7 +22,7 @@ use crate::destination::{
 };
 use crate::http_util::Body;
 use crate::metrics::{Direction, ProxyMetrics, RequestMetrics};
-use crate::outbound::{Peer, PeerPool};
+use crate::transport::{Peer, PeerPool};
 
 /// A backend, and the route whose own circuit breaker it uses (if any).
 type BalancerKey = (Arc<str>, Option<Arc<str>>);

@@ -1,24 +1,23 @@
-//! The proxy's own inbound policy: which of its workload's ports take opaque streams. One watch
-//! for every port, so a peer naming ports cannot make the proxy watch (or remember) anything.
+//! The proxy's own inbound policy, for every port of its workload in one watch: a peer naming
+//! ports cannot make the proxy watch (or remember) anything.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use weft_api::discovery::{InboundSnapshot, WatchInboundRequest};
 
-use super::{DiscoveryClient, FIRST_SNAPSHOT_TIMEOUT, Inner};
+use tokio::sync::watch;
+
+use super::{DiscoveryClient, Inner};
+use crate::destination::InboundPolicy;
 
 /// How the inbound watch is reported to the control plane (`weftctl proxy-status`).
 const INBOUND_RESOURCE: &str = "inbound";
 
 impl DiscoveryClient {
-    /// Whether inbound policy makes local `port` opaque (a Service port with appProtocol tcp,
-    /// or a ServicePolicy's opaquePorts). `false` while the control plane has not answered.
-    pub async fn inbound_opaque(&self, port: u16) -> bool {
-        let mut policy = self.inner.inbound.clone();
-        let answered =
-            tokio::time::timeout(FIRST_SNAPSHOT_TIMEOUT, policy.wait_for(Option::is_some)).await;
-        matches!(answered, Ok(Ok(ports)) if ports.as_ref().is_some_and(|p| p.contains(&port)))
+    /// The workload's inbound policy as the control plane pushes it; `None` until it answers.
+    pub fn inbound_policy(&self) -> watch::Receiver<Option<Arc<InboundPolicy>>> {
+        self.inner.inbound.clone()
     }
 }
 
@@ -43,8 +42,9 @@ impl Inner {
             .map(|&port| u16::try_from(port).map_err(|_| port))
             .collect();
         let error = match ports {
-            Ok(ports) => {
-                self.inbound_tx.send_replace(Some(Arc::new(ports)));
+            Ok(opaque_ports) => {
+                let policy = InboundPolicy { opaque_ports };
+                self.inbound_tx.send_replace(Some(Arc::new(policy)));
                 self.metrics.discovery_update(true);
                 String::new()
             }

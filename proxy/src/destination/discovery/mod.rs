@@ -14,7 +14,7 @@ mod inbound;
 mod mesh;
 mod outbound;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -29,10 +29,8 @@ use weft_api::discovery::discovery_client::DiscoveryClient as DiscoveryGrpc;
 use weft_certs::{CertStore, TrustStore};
 use weft_telemetry::Drain;
 
-use super::MeshNetworks;
+use super::{Destination, InboundPolicy, MeshNetworks};
 use crate::metrics::ProxyMetrics;
-use crate::outbound::PeerPool;
-use crate::stack::DestinationStack;
 
 /// How long a request waits for a destination's first snapshot.
 const FIRST_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -59,8 +57,8 @@ pub enum Resolved {
     Pending,
     /// No Service answers to it: it is outside the mesh.
     NotFound,
-    /// Its current stack.
-    Found(Arc<DestinationStack>),
+    /// What it is now.
+    Found(Arc<Destination>),
 }
 
 /// Why a destination could not be resolved.
@@ -77,8 +75,6 @@ pub struct DiscoveryClient {
 /// How the client behaves, and what it holds at most.
 #[derive(Debug, Clone)]
 pub struct DiscoverySettings {
-    /// Request bodies kept for retries and mirroring, per destination stack.
-    pub replay_limit: usize,
     /// The mesh's networks before the control plane says.
     pub mesh: Option<MeshNetworks>,
     /// Destinations watched at most.
@@ -94,10 +90,8 @@ pub struct DiscoverySettings {
 struct Inner {
     grpc: DiscoveryGrpc<Channel>,
     certs: Arc<CertStore>,
-    pool: PeerPool,
     metrics: ProxyMetrics,
     drain: Drain,
-    replay_limit: usize,
     max_watches: usize,
     max_endpoints: usize,
     watches: Mutex<HashMap<String, Arc<Watch>>>,
@@ -106,9 +100,9 @@ struct Inner {
     /// The mesh's networks as last pushed (or configured); `None` while unknown.
     mesh: ArcSwapOption<MeshNetworks>,
     trust: Arc<TrustStore>,
-    /// The local ports inbound policy makes opaque; `None` until the control plane answers.
-    inbound: watch::Receiver<Option<Arc<BTreeSet<u16>>>>,
-    inbound_tx: watch::Sender<Option<Arc<BTreeSet<u16>>>>,
+    /// The workload's inbound policy; `None` until the control plane answers.
+    inbound: watch::Receiver<Option<Arc<InboundPolicy>>>,
+    inbound_tx: watch::Sender<Option<Arc<InboundPolicy>>>,
 }
 
 /// A destination's watch, kept by an app connection so that its next requests read the current
@@ -142,7 +136,6 @@ impl DiscoveryClient {
     pub fn new(
         channel: Channel,
         certs: Arc<CertStore>,
-        pool: PeerPool,
         metrics: ProxyMetrics,
         drain: Drain,
         settings: DiscoverySettings,
@@ -152,10 +145,8 @@ impl DiscoveryClient {
             inner: Arc::new(Inner {
                 grpc: DiscoveryGrpc::new(channel),
                 certs,
-                pool,
                 metrics,
                 drain,
-                replay_limit: settings.replay_limit,
                 max_watches: settings.max_watches.max(1),
                 max_endpoints: settings.max_endpoints,
                 watches: Mutex::new(HashMap::new()),
@@ -399,7 +390,6 @@ mod tests {
     /// A client whose control plane never answers (it holds no certificate to ask with).
     fn unanswered(max_watches: usize) -> DiscoveryClient {
         let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
-        let pool = crate::outbound::test_support::pool();
         let metrics = ProxyMetrics::register(&prometheus::Registry::new()).unwrap();
         let anchor = weft_certs::TrustAnchor::generate(
             &weft_certs::TrustDomain::cluster_local(),
@@ -408,20 +398,12 @@ mod tests {
         .unwrap();
         let anchors = weft_certs::TrustAnchors::from_pem(anchor.certificate_pem().as_bytes());
         let settings = DiscoverySettings {
-            replay_limit: 0,
             mesh: None,
             max_watches,
             max_endpoints: DEFAULT_MAX_ENDPOINTS,
             trust: TrustStore::new(anchors.unwrap()),
         };
-        DiscoveryClient::new(
-            channel,
-            CertStore::new(),
-            pool,
-            metrics,
-            Drain::new(),
-            settings,
-        )
+        DiscoveryClient::new(channel, CertStore::new(), metrics, Drain::new(), settings)
     }
 
     #[tokio::test(start_paused = true)]

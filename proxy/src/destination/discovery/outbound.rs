@@ -1,4 +1,4 @@
-//! One destination's watch: snapshots in, the destination's stack out.
+//! One destination's watch: snapshots in, the destination as a domain value out.
 
 use std::sync::Arc;
 
@@ -7,13 +7,10 @@ use weft_api::discovery::{OutboundSnapshot, WatchOutboundRequest};
 
 use super::{IDLE_CHECK, IDLE_TIMEOUT, Inner, MIN_BACKOFF, Resolved, Watch};
 use crate::destination::Destination;
-use crate::stack::DestinationRuntime;
 
 impl Inner {
     /// Follows `destination` until drained, idle, or refused for good.
     pub(super) async fn run(&self, destination: &str, watch: &Watch, tx: watch::Sender<Resolved>) {
-        let runtime =
-            DestinationRuntime::new(self.pool.clone(), self.metrics.clone(), self.replay_limit);
         let mut backoff = MIN_BACKOFF;
         if !self.certified().await {
             return;
@@ -31,7 +28,7 @@ impl Inner {
                             message = stream.message() => match message {
                                 Ok(Some(snapshot)) => {
                                     backoff = MIN_BACKOFF;
-                                    self.apply(destination, &snapshot, &runtime, &tx);
+                                    self.apply(destination, &snapshot, &tx);
                                 }
                                 Ok(None) => break,
                                 Err(status) => {
@@ -67,17 +64,11 @@ impl Inner {
         }
     }
 
-    /// Turns a snapshot into the destination's new stack, or rejects it (keeping the last).
-    fn apply(
-        &self,
-        destination: &str,
-        snapshot: &OutboundSnapshot,
-        runtime: &DestinationRuntime,
-        tx: &watch::Sender<Resolved>,
-    ) {
+    /// Turns a snapshot into the destination's new value, or rejects it (keeping the last).
+    fn apply(&self, destination: &str, snapshot: &OutboundSnapshot, tx: &watch::Sender<Resolved>) {
         let outcome = if snapshot.found {
             Destination::compile(snapshot, self.max_endpoints)
-                .map(|compiled| Resolved::Found(Arc::new(runtime.build(&compiled, ""))))
+                .map(|compiled| Resolved::Found(Arc::new(compiled)))
         } else {
             Ok(Resolved::NotFound)
         };

@@ -17,7 +17,7 @@ use weft_certs::Identity;
 
 use crate::http_util::Body;
 use crate::metrics::{Direction, ProxyMetrics};
-use crate::shared_h2::{SendError, SharedH2};
+use crate::transport::shared_h2::{SendError, SharedH2};
 
 /// A peer that does not accept the TCP connection by then is unreachable.
 const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
