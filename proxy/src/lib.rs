@@ -13,6 +13,7 @@ mod detect;
 mod http_util;
 mod identity;
 mod inbound;
+pub mod init;
 mod metrics;
 mod orig_dst;
 mod outbound;
@@ -45,6 +46,10 @@ pub const EXIT_USAGE: i32 = 64;
 
 /// The `weft-proxy` binary: validate configuration, run until SIGTERM, drain, exit.
 pub fn main() -> ! {
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("init") {
+        std::process::exit(init::run(args.skip(1)));
+    }
     weft_certs::install_default_provider();
     let config = match Config::from_env(|name| std::env::var(name).ok()) {
         Ok(config) => config,

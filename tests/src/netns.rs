@@ -49,6 +49,13 @@ impl NetNs {
         sh(&full);
     }
 
+    /// A command that runs inside the namespace, for callers that want its output.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name]).arg(program);
+        command
+    }
+
     /// Runs `body` on a thread that has entered the namespace, on a current-thread runtime, so
     /// every socket it opens and every process it spawns lives in the namespace.
     pub fn run<F, Fut>(&self, body: F)

@@ -12,6 +12,7 @@ mod netns;
 mod outage;
 mod policy;
 mod policy_features;
+mod proxy_init;
 mod readiness;
 mod refusals;
 mod revocation;
