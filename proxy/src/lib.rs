@@ -14,6 +14,7 @@ mod http_util;
 mod identity;
 mod inbound;
 pub mod init;
+mod listen;
 mod metrics;
 mod orig_dst;
 mod outbound;

@@ -55,14 +55,26 @@ pub async fn start(
     drain: &Drain,
     inbound_drain: &Drain,
 ) -> Result<Listening, StartError> {
-    let inbound_listener = bind(config::ENV_INBOUND_ADDR, config.inbound_addr).await?;
-    let outbound_listener = bind(config::ENV_OUTBOUND_ADDR, config.outbound_addr).await?;
+    let inbound_listeners = bind_dual_stack(config::ENV_INBOUND_ADDR, config.inbound_addr)?;
+    let outbound_listeners = bind_dual_stack(config::ENV_OUTBOUND_ADDR, config.outbound_addr)?;
     let admin_listener = bind(config::ENV_ADMIN_ADDR, config.admin_addr).await?;
     let listening = Listening {
-        inbound: local_addr(&inbound_listener)?,
-        outbound: local_addr(&outbound_listener)?,
+        inbound: local_addr(&inbound_listeners[0])?,
+        outbound: local_addr(&outbound_listeners[0])?,
         admin: local_addr(&admin_listener)?,
     };
+    let all_addrs = |listeners: &[TcpListener]| {
+        listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let (inbound_addrs, outbound_addrs) = (
+        all_addrs(&inbound_listeners),
+        all_addrs(&outbound_listeners),
+    );
 
     let registry = weft_telemetry::metrics::new_registry();
     let metrics =
@@ -133,7 +145,9 @@ pub async fn start(
         config.inbound_limits,
         metrics.clone(),
     );
-    inbound_drain.spawn(inbound.serve(inbound_listener, inbound_drain.clone()));
+    for listener in inbound_listeners {
+        inbound_drain.spawn(inbound.clone().serve(listener, inbound_drain.clone()));
+    }
     let outbound = Outbound::new(
         config.static_routes.clone(),
         pool,
@@ -147,7 +161,9 @@ pub async fn start(
         },
     )
     .map_err(|e| StartError::Setup(format!("static routes: {e}")))?;
-    drain.spawn(outbound.serve(outbound_listener, drain.clone()));
+    for listener in outbound_listeners {
+        drain.spawn(outbound.clone().serve(listener, drain.clone()));
+    }
 
     let ready_certs = certs.clone();
     let stopping = inbound_drain.clone();
@@ -161,12 +177,17 @@ pub async fn start(
 
     tracing::info!(
         identity = %config.identity,
-        inbound = %listening.inbound,
-        outbound = %listening.outbound,
+        inbound = %inbound_addrs,
+        outbound = %outbound_addrs,
         admin = %listening.admin,
         "weft-proxy started"
     );
     Ok(listening)
+}
+
+/// Binds `addr`, and its IPv6 counterpart where the pod has IPv6 (see `listen`).
+fn bind_dual_stack(var: &'static str, addr: SocketAddr) -> Result<Vec<TcpListener>, StartError> {
+    crate::listen::bind_dual_stack(addr).map_err(|source| StartError::Bind { var, addr, source })
 }
 
 async fn bind(var: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {

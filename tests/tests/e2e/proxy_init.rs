@@ -6,9 +6,18 @@ use std::net::SocketAddr;
 use std::process::Output;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::net::{TcpListener, TcpStream};
+use weft_tests::apps::start_echo_app;
+use weft_tests::client::MeshClient;
+use weft_tests::mesh::{ControlPlane, Proxy, ProxySpec};
 use weft_tests::netns::NetNs;
 use weft_tests::process::bin;
+
+use crate::{CLIENT_ID, SERVER_ID};
+
+/// The proxy's user, exempt from the rules.
+const PROXY_UID: u32 = 7102;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Backend {
@@ -290,6 +299,71 @@ fn installed_rules_redirect_the_apps_connections_and_leave_loopback_alone() {
             .unwrap();
         let (direct, _) = local_app.accept().await.unwrap();
         assert_eq!(original_dst(&direct), None);
+    });
+}
+
+/// The app calls addresses that are not the proxy's, on IPv4 and IPv6, as if there were no
+/// mesh; the rules `weft-proxy init` installed take its connections to the client proxy, whose
+/// outbound listens on both stacks, and the request arrives through the mesh.
+#[test]
+fn an_app_behind_init_rules_reaches_the_mesh_over_ipv4_and_ipv6() {
+    weft_tests::init();
+    let ns = NetNs::create();
+    ok(
+        &ns,
+        &[
+            "ip", "link", "add", "weft0", "type", "veth", "peer", "name", "weft1",
+        ],
+    );
+    ok(&ns, &["ip", "addr", "add", "192.0.2.1/24", "dev", "weft0"]);
+    ok(
+        &ns,
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "2001:db8::1/64",
+            "dev",
+            "weft0",
+            "nodad",
+        ],
+    );
+    ok(&ns, &["ip", "link", "set", "weft0", "up"]);
+    ok(&ns, &["ip", "link", "set", "weft1", "up"]);
+    let proxy_bin = bin("weft-proxy");
+    ns.run(move || async move {
+        let cp = ControlPlane::start("24h").await;
+        let app = start_echo_app().await;
+        let server = Proxy::start(&cp, ProxySpec::new(SERVER_ID).app_port(app.port)).await;
+        let client = Proxy::start(
+            &cp,
+            ProxySpec::new(CLIENT_ID)
+                .route("192.0.2.77:8080", &server)
+                .route("[2001:db8::77]:8080", &server)
+                .uid(PROXY_UID),
+        )
+        .await;
+        // Run where this thread is: inside the namespace.
+        let output = std::process::Command::new(&proxy_bin)
+            .args(["init", "--ipv6", "on", "--outbound-port"])
+            .arg(client.outbound.port().to_string())
+            .args(["--proxy-uid", &PROXY_UID.to_string()])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        for (far, authority) in [
+            ("192.0.2.77:8080", "192.0.2.77:8080"),
+            ("[2001:db8::77]:8080", "[2001:db8::77]:8080"),
+        ] {
+            let response = MeshClient::http1(far.parse().unwrap())
+                .send("GET", authority, "/as-if-no-mesh", Bytes::new())
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "{far}");
+            assert_eq!(response.headers()["x-seen-client-id"], CLIENT_ID, "{far}");
+        }
+        assert_eq!(app.request_count(), 2);
     });
 }
 

@@ -373,3 +373,30 @@ async fn a_thousand_long_lived_grpc_streams_to_one_endpoint_all_open() {
         "1000 streams need several connections, got {peer_connections}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_listeners_take_ipv6_as_well_as_ipv4_on_the_same_port() {
+    let mesh = Mesh::start("24h").await;
+    let v6 = |addr: std::net::SocketAddr| {
+        std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+    };
+    // The app reaches the client proxy's outbound on ::1; the request goes to the server
+    // proxy's inbound on ::1 too.
+    let mut spec = weft_tests::mesh::ProxySpec::new(CLIENT_ID);
+    spec.routes.push(weft_tests::mesh::RouteSpec {
+        authority: "v6.shop:80".to_string(),
+        address: v6(mesh.server.inbound),
+        identity: crate::SERVER_ID.to_string(),
+        opaque: false,
+    });
+    let proxy = weft_tests::mesh::Proxy::start(&mesh.cp, spec).await;
+    for outbound in [proxy.outbound, v6(proxy.outbound)] {
+        let response = MeshClient::http1(outbound)
+            .send("GET", "v6.shop:80", "/both", Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "through {outbound}");
+        assert_eq!(response.headers()["x-seen-client-id"], CLIENT_ID);
+    }
+    assert_eq!(mesh.app.request_count(), 2);
+}
