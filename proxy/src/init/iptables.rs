@@ -24,10 +24,7 @@ pub enum Flavour {
 
 impl Flavour {
     fn tool(self, family: Family, suffix: &str) -> String {
-        let base = match family {
-            Family::V4 => "iptables",
-            Family::V6 => "ip6tables",
-        };
+        let base = base_tool(family);
         let flavour = match self {
             Self::Legacy => "legacy",
             Self::Nft => "nft",
@@ -84,6 +81,14 @@ impl Flavour {
             args.push("--wait");
         }
         run_with_input(&tool, &args, script).map(drop)
+    }
+}
+
+/// `iptables` or `ip6tables`: the command that handles `family`.
+pub fn base_tool(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "iptables",
+        Family::V6 => "ip6tables",
     }
 }
 

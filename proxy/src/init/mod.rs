@@ -151,10 +151,7 @@ fn render(backend: Backend, rules: &Rules) -> String {
             .families()
             .into_iter()
             .map(|family| {
-                let tool = match family {
-                    rules::Family::V4 => "iptables",
-                    rules::Family::V6 => "ip6tables",
-                };
+                let tool = iptables::base_tool(family);
                 format!(
                     "# {} ({}): {tool}-restore --noflush\n{}",
                     backend.name(),

@@ -123,6 +123,34 @@ fn ok(ns: &NetNs, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// A network of the namespace's own (192.0.2.0/24 and 2001:db8::/64 on a veth pair), so that
+/// an address on it is routable but not local: the app's connections there leave through it.
+fn add_far_network(ns: &NetNs) {
+    ok(
+        ns,
+        &[
+            "ip", "link", "add", "weft0", "type", "veth", "peer", "name", "weft1",
+        ],
+    );
+    ok(ns, &["ip", "addr", "add", "192.0.2.1/24", "dev", "weft0"]);
+    ok(
+        ns,
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "2001:db8::1/64",
+            "dev",
+            "weft0",
+            "nodad",
+        ],
+    );
+    for link in ["weft0", "weft1"] {
+        ok(ns, &["ip", "link", "set", link, "up"]);
+    }
+}
+
 fn init(ns: &NetNs, extra: &[&str]) -> Output {
     let proxy = bin("weft-proxy");
     let mut args = vec![proxy.to_str().unwrap(), "init", "--ipv6", "on"];
@@ -269,16 +297,7 @@ fn bad_values_exit_64_naming_them_and_change_nothing() {
 fn installed_rules_redirect_the_apps_connections_and_leave_loopback_alone() {
     weft_tests::init();
     let ns = NetNs::create();
-    // A network of the namespace's own, so that an address on it is routable but not local.
-    ok(
-        &ns,
-        &[
-            "ip", "link", "add", "weft0", "type", "veth", "peer", "name", "weft1",
-        ],
-    );
-    ok(&ns, &["ip", "addr", "add", "192.0.2.1/24", "dev", "weft0"]);
-    ok(&ns, &["ip", "link", "set", "weft0", "up"]);
-    ok(&ns, &["ip", "link", "set", "weft1", "up"]);
+    add_far_network(&ns);
     let outbound = weft_tests::free_port();
     let output = init(&ns, &["--outbound-port", &outbound.to_string()]);
     assert!(output.status.success(), "{output:?}");
@@ -309,28 +328,7 @@ fn installed_rules_redirect_the_apps_connections_and_leave_loopback_alone() {
 fn an_app_behind_init_rules_reaches_the_mesh_over_ipv4_and_ipv6() {
     weft_tests::init();
     let ns = NetNs::create();
-    ok(
-        &ns,
-        &[
-            "ip", "link", "add", "weft0", "type", "veth", "peer", "name", "weft1",
-        ],
-    );
-    ok(&ns, &["ip", "addr", "add", "192.0.2.1/24", "dev", "weft0"]);
-    ok(
-        &ns,
-        &[
-            "ip",
-            "-6",
-            "addr",
-            "add",
-            "2001:db8::1/64",
-            "dev",
-            "weft0",
-            "nodad",
-        ],
-    );
-    ok(&ns, &["ip", "link", "set", "weft0", "up"]);
-    ok(&ns, &["ip", "link", "set", "weft1", "up"]);
+    add_far_network(&ns);
     let proxy_bin = bin("weft-proxy");
     ns.run(move || async move {
         let cp = ControlPlane::start("24h").await;
