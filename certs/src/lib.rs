@@ -27,7 +27,7 @@ pub use identity::{Identity, IdentityError, TrustDomain};
 pub use rotation::renew_after;
 pub use store::{CertStore, Credential};
 pub use tls::{
-    ALPN_H2, ALPN_WEFT, ClientAuth, client_config, client_config_with, server_config,
+    ALPN_H2, ALPN_HTTP1, ALPN_WEFT, ClientAuth, client_config, client_config_with, server_config,
     server_config_with,
 };
 pub use verify::{

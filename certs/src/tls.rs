@@ -13,6 +13,8 @@ use crate::verify::{PeerClientVerifier, PeerServerVerifier, TrustAnchors, TrustS
 pub const ALPN_WEFT: &[u8] = b"weft/1";
 /// ALPN protocol for gRPC with the control plane.
 pub const ALPN_H2: &[u8] = b"h2";
+/// ALPN of HTTP/1.1, which a foreign SPIFFE client may negotiate with a Weft pod.
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 /// Whether a server demands a client certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

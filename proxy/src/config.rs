@@ -11,6 +11,7 @@ use std::time::Duration;
 use weft_certs::{Identity, TrustAnchors};
 
 use crate::destination::MeshNetworks;
+use crate::destination::{DefaultAuthorization, Mode};
 use crate::inbound::InboundLimits;
 use crate::static_routes::StaticRoutes;
 
@@ -42,8 +43,7 @@ pub const ENV_SHUTDOWN_GRACE: &str = "WEFT_PROXY_SHUTDOWN_GRACE";
 pub const ENV_SHUTDOWN_ENDPOINT: &str = "WEFT_PROXY_SHUTDOWN_ENDPOINT";
 /// How long to wait for an app's first bytes before treating a connection as opaque TCP.
 pub const ENV_DETECT_TIMEOUT: &str = "WEFT_PROXY_DETECT_TIMEOUT";
-/// Ports whose traffic is opaque TCP: no detection outbound, and the only ports inbound that
-/// accept opaque streams.
+/// Ports whose traffic is opaque TCP: no detection, outbound or inbound.
 pub const ENV_OPAQUE_PORTS: &str = "WEFT_PROXY_OPAQUE_PORTS";
 
 /// TLS handshakes in progress at once on the inbound port; more connections are closed.
@@ -59,6 +59,13 @@ pub const ENV_INBOUND_MAX_CONNECTION_AGE: &str = "WEFT_PROXY_INBOUND_MAX_CONNECT
 pub const ENV_MAX_DESTINATIONS: &str = "WEFT_PROXY_MAX_DESTINATIONS";
 /// Endpoints one destination may have; a discovery snapshot with more is rejected.
 pub const ENV_MAX_ENDPOINTS: &str = "WEFT_PROXY_MAX_ENDPOINTS";
+/// What inbound ports allow where no AuthorizationPolicy or pushed default says: `deny`,
+/// `all-authenticated` (the default), `cluster-authenticated`, `all-unauthenticated`, `audit`
+/// (the `config.weft.io/default-inbound-policy` annotation).
+pub const ENV_DEFAULT_INBOUND_POLICY: &str = "WEFT_PROXY_DEFAULT_INBOUND_POLICY";
+/// `strict` (mTLS only) or `permissive` (plaintext clients too) where the control plane does
+/// not say; unset: permissive only under `all-unauthenticated` and `audit`.
+pub const ENV_INBOUND_MODE: &str = "WEFT_PROXY_INBOUND_MODE";
 /// CIDRs of the mesh's networks, until the control plane pushes its own.
 pub const ENV_MESH_NETWORKS: &str = "WEFT_PROXY_MESH_NETWORKS";
 
@@ -126,6 +133,10 @@ pub struct Config {
     pub max_endpoints: usize,
     /// What one peer can make the inbound side hold.
     pub inbound_limits: InboundLimits,
+    /// Inbound authorization where nothing pushed says.
+    pub default_inbound_policy: DefaultAuthorization,
+    /// Inbound mode where nothing pushed says.
+    pub inbound_mode: Option<Mode>,
 }
 
 impl Config {
@@ -214,6 +225,13 @@ impl Config {
                 &var(ENV_OPAQUE_PORTS).unwrap_or_else(|| DEFAULT_OPAQUE_PORTS.to_string()),
             )?,
             inbound_limits: inbound_limits(&var)?,
+            default_inbound_policy: var(ENV_DEFAULT_INBOUND_POLICY)
+                .map_or(Ok(DefaultAuthorization::AllAuthenticated), |v| {
+                    parse(ENV_DEFAULT_INBOUND_POLICY, &v)
+                })?,
+            inbound_mode: var(ENV_INBOUND_MODE)
+                .map(|v| parse(ENV_INBOUND_MODE, &v))
+                .transpose()?,
             max_destinations: at_least_one(
                 &var,
                 ENV_MAX_DESTINATIONS,

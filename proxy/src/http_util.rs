@@ -81,7 +81,6 @@ pub fn boxed(body: hyper::body::Incoming) -> Body {
 }
 
 /// A body with nothing in it.
-#[cfg(test)]
 pub fn empty_body() -> Body {
     http_body_util::Empty::new()
         .map_err(|never| match never {})

@@ -64,10 +64,10 @@ pub enum InboundRefusal {
     IdentityConnections,
     /// The peer presented no identity.
     NoIdentity,
-    /// The peer did not speak Weft's ALPN.
-    Alpn,
-    /// An opaque stream to a port that is not opaque.
-    NotOpaque,
+    /// A plaintext client on a strict port.
+    Plaintext,
+    /// A TCP connection authorization denied.
+    Unauthorized,
     /// No app port and no original destination.
     NoTarget,
     /// The original destination is one of the proxy's own ports.
@@ -84,8 +84,8 @@ impl InboundRefusal {
             Self::HandshakeTimeout => "handshake_timeout",
             Self::IdentityConnections => "identity_connections",
             Self::NoIdentity => "no_identity",
-            Self::Alpn => "alpn",
-            Self::NotOpaque => "not_opaque",
+            Self::Plaintext => "plaintext",
+            Self::Unauthorized => "unauthorized",
             Self::NoTarget => "no_target",
             Self::OwnPort => "own_port",
             Self::NotLocal => "not_local",
@@ -111,6 +111,8 @@ pub struct ProxyMetrics {
     discovery_updates: IntCounterVec,
     outbound_refused: IntCounterVec,
     inbound_refused: IntCounterVec,
+    inbound_authz: IntCounterVec,
+    inbound_rate_limited: IntCounterVec,
     /// When the current leaf expires, in Unix seconds.
     pub cert_expiry: IntGauge,
     /// Certificate requests by result.
@@ -163,6 +165,18 @@ impl ProxyMetrics {
                 "weft_tcp_transferred_bytes_total",
                 "Bytes forwarded on opaque TCP connections, by direction of travel.",
                 &["direction", "flow"],
+            )?,
+            inbound_authz: metrics::counter_vec(
+                registry,
+                "weft_inbound_authz_total",
+                "Inbound authorization decisions (allow, deny, audit: allowed but would have been denied), by the AuthorizationPolicy or default that decided.",
+                &["policy", "decision"],
+            )?,
+            inbound_rate_limited: metrics::counter_vec(
+                registry,
+                "weft_inbound_rate_limited_total",
+                "Inbound requests refused (429) by the workload's rate limits, by limit.",
+                &["limit"],
             )?,
             tls_failures: metrics::counter_vec(
                 registry,
@@ -306,6 +320,18 @@ impl ProxyMetrics {
         self.inbound_refused
             .with_label_values(&[reason.as_str()])
             .inc();
+    }
+
+    /// Counts an inbound authorization decision.
+    pub fn inbound_authz(&self, policy: &str, decision: &str) {
+        self.inbound_authz
+            .with_label_values(&[policy, decision])
+            .inc();
+    }
+
+    /// Counts an inbound request refused by the `limit` (`total`, `per_identity`) rate limit.
+    pub fn inbound_rate_limited(&self, limit: &str) {
+        self.inbound_rate_limited.with_label_values(&[limit]).inc();
     }
 
     /// Counts a new connection as open until the returned guard drops.

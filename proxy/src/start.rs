@@ -91,7 +91,7 @@ pub async fn start(
         config.identity.trust_domain(),
         certs.clone(),
         ClientAuth::Required,
-        &[ALPN_WEFT],
+        &Inbound::ALPN,
     )
     .map_err(setup)?;
     let control_tls =
@@ -120,6 +120,8 @@ pub async fn start(
             listening.outbound.port(),
             listening.admin.port(),
         ],
+        default_authorization: config.default_inbound_policy,
+        mode: config.inbound_mode,
     };
     let pool = PeerPool::new(Arc::new(peer_client), metrics.clone());
     let discovery_channel = target
@@ -138,12 +140,17 @@ pub async fn start(
         },
     );
     drain.spawn(discovery.clone().watch_proxy_wide());
-    let policy = Policy::new(ports, Some(discovery.inbound_policy()));
+    let in_cluster = {
+        let discovery = discovery.clone();
+        Arc::new(move |ip| discovery.in_mesh(ip))
+    };
+    let policy = Policy::new(ports, Some(discovery.inbound_policy()), in_cluster);
     let inbound = Inbound::new(
         Arc::new(peer_server),
         policy,
         config.inbound_limits,
         metrics.clone(),
+        config.detect_timeout,
     );
     for listener in inbound_listeners {
         inbound_drain.spawn(inbound.clone().serve(listener, inbound_drain.clone()));

@@ -185,53 +185,6 @@ pub fn outbound_snapshot(
     }
 }
 
-/// The inbound policy of `port` (0: every port) on the workloads `identity` runs as.
-pub fn inbound_snapshot(state: &PolicyState, identity: &str, port: u32) -> pb::InboundSnapshot {
-    let opaque_ports = opaque_target_ports(state, identity);
-    pb::InboundSnapshot {
-        version: String::new(),
-        opaque: port != 0 && opaque_ports.contains(&port),
-        opaque_ports: if port == 0 {
-            opaque_ports.into_iter().collect()
-        } else {
-            Vec::new()
-        },
-    }
-}
-
-/// The workload ports, of the workloads `identity` runs as, that the Services selecting them
-/// make opaque: `appProtocol: tcp`, or listed in the Service's ServicePolicy `opaquePorts`.
-fn opaque_target_ports(state: &PolicyState, identity: &str) -> std::collections::BTreeSet<u32> {
-    let mut ports = std::collections::BTreeSet::new();
-    for workload in state.of_kind(Kind::Workload) {
-        let Spec::Workload(spec) = &workload.resource.spec else {
-            continue;
-        };
-        if spec.identity != identity {
-            continue;
-        }
-        for service in state.of_kind(Kind::Service) {
-            let Spec::Service(svc) = &service.resource.spec else {
-                continue;
-            };
-            if service.resource.namespace() != workload.resource.namespace()
-                || !selects(&svc.selector, &workload.resource.meta.labels)
-            {
-                continue;
-            }
-            let policy = policy_for(state, &service.resource.key());
-            for port in &svc.ports {
-                let opaque = port.app_protocol.as_deref() == Some("tcp")
-                    || policy.is_some_and(|p| p.opaque_ports.contains(&port.port));
-                if opaque {
-                    ports.insert(port.target_port.unwrap_or(port.port));
-                }
-            }
-        }
-    }
-    ports
-}
-
 /// The Service port a destination names: `<name>.<namespace>[.svc[.<cluster domain>]]:<port>`.
 fn resolve<'a>(
     state: &'a PolicyState,
@@ -297,7 +250,10 @@ fn resolve_workload(state: &PolicyState, addr: std::net::SocketAddr) -> Option<T
 }
 
 /// The ServicePolicy that targets `target`, if any (the first by name).
-fn policy_for<'a>(state: &'a PolicyState, target: &Key) -> Option<&'a ServicePolicySpec> {
+pub(super) fn policy_for<'a>(
+    state: &'a PolicyState,
+    target: &Key,
+) -> Option<&'a ServicePolicySpec> {
     state.of_kind(Kind::ServicePolicy).find_map(|stored| {
         let Spec::ServicePolicy(spec) = &stored.resource.spec else {
             return None;
@@ -314,7 +270,10 @@ fn policy_for<'a>(state: &'a PolicyState, target: &Key) -> Option<&'a ServicePol
     })
 }
 
-fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+pub(super) fn selects(
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
     !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
@@ -559,7 +518,7 @@ fn named(matches: &[NamedValueMatch], lowercase: bool) -> Vec<pb::NamedMatch> {
         .collect()
 }
 
-fn http_match(m: &HttpRouteMatch) -> pb::RouteMatch {
+pub(super) fn http_match(m: &HttpRouteMatch) -> pb::RouteMatch {
     pb::RouteMatch {
         path: m.path.as_ref().map(|p| {
             let kind = match p.kind.as_deref() {

@@ -1,6 +1,7 @@
 //! Policy resources: parsing Kubernetes-shaped manifests into typed resources, checking them
 //! with errors that name the field, and the references between them.
 
+mod inbound;
 mod types;
 mod validate;
 
@@ -8,6 +9,7 @@ use std::fmt;
 
 use serde::de::DeserializeOwned;
 
+pub use self::inbound::{AUTHORIZATIONS, MODES};
 pub use self::types::*;
 pub use self::validate::{duration, format_duration, grpc_code};
 
@@ -27,6 +29,10 @@ pub enum Kind {
     GrpcRoute,
     /// Weft's traffic policy for a Service or route.
     ServicePolicy,
+    /// How workloads take inbound traffic by default: mode, authorization, rate limits.
+    InboundDefaults,
+    /// Who may call which workloads' ports and routes.
+    AuthorizationPolicy,
 }
 
 /// Why a manifest was refused: which resource, which field, why.
@@ -57,6 +63,8 @@ pub enum Spec {
     HttpRoute(HttpRouteSpec),
     GrpcRoute(GrpcRouteSpec),
     ServicePolicy(Box<ServicePolicySpec>),
+    InboundDefaults(InboundDefaultsSpec),
+    AuthorizationPolicy(AuthorizationPolicySpec),
 }
 
 /// A checked policy resource, its namespace filled in.
@@ -71,12 +79,14 @@ pub struct Resource {
 
 impl Kind {
     /// Every kind, in the order `weftctl get all` shows them.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Service,
         Kind::Workload,
         Kind::HttpRoute,
         Kind::GrpcRoute,
         Kind::ServicePolicy,
+        Kind::InboundDefaults,
+        Kind::AuthorizationPolicy,
     ];
 
     /// The `kind` field's value.
@@ -87,6 +97,8 @@ impl Kind {
             Kind::HttpRoute => "HTTPRoute",
             Kind::GrpcRoute => "GRPCRoute",
             Kind::ServicePolicy => "ServicePolicy",
+            Kind::InboundDefaults => "InboundDefaults",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
         }
     }
 
@@ -111,6 +123,10 @@ impl Kind {
             "httproute" | "httproutes" => Some(Kind::HttpRoute),
             "grpcroute" | "grpcroutes" => Some(Kind::GrpcRoute),
             "servicepolicy" | "servicepolicies" | "sp" => Some(Kind::ServicePolicy),
+            "inbounddefaults" | "inbounddefault" | "id" => Some(Kind::InboundDefaults),
+            "authorizationpolicy" | "authorizationpolicies" | "authz" | "ap" => {
+                Some(Kind::AuthorizationPolicy)
+            }
             _ => None,
         }
     }
@@ -178,6 +194,8 @@ impl Resource {
             Kind::HttpRoute => typed(manifest, position, Spec::HttpRoute)?,
             Kind::GrpcRoute => typed(manifest, position, Spec::GrpcRoute)?,
             Kind::ServicePolicy => typed(manifest, position, |s| Spec::ServicePolicy(Box::new(s)))?,
+            Kind::InboundDefaults => typed(manifest, position, Spec::InboundDefaults)?,
+            Kind::AuthorizationPolicy => typed(manifest, position, Spec::AuthorizationPolicy)?,
         };
         let mut resource = Resource { kind, meta, spec };
         let namespace = resource
@@ -218,6 +236,8 @@ impl Resource {
             Spec::HttpRoute(s) => serde_json::to_value(s),
             Spec::GrpcRoute(s) => serde_json::to_value(s),
             Spec::ServicePolicy(s) => serde_json::to_value(s),
+            Spec::InboundDefaults(s) => serde_json::to_value(s),
+            Spec::AuthorizationPolicy(s) => serde_json::to_value(s),
         }
         .unwrap_or_default();
         serde_json::json!({

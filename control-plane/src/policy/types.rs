@@ -65,7 +65,8 @@ pub struct ServicePort {
     /// The workloads' port (default: `port`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_port: Option<u32>,
-    /// `http`, `grpc` or `tcp` (opaque); default: detected.
+    /// `http` (HTTP/1.1), `grpc` or `kubernetes.io/h2c` (HTTP/2), or `tcp` (opaque); default:
+    /// detected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_protocol: Option<String>,
 }
@@ -393,4 +394,86 @@ pub struct RateLimit {
     pub requests_per_second: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
+}
+
+// === InboundDefaults and AuthorizationPolicy (policy.weft.io/v1alpha1) ===
+
+/// How the workloads it selects take inbound traffic where no more specific setting says: the
+/// mode (whether plaintext clients are accepted), the authorization default and rate limits.
+/// Without a selector it covers its whole namespace; in the root namespace (`weft`) without a
+/// selector, the whole mesh. The most specific setting wins: port, workload, namespace, mesh.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InboundDefaultsSpec {
+    /// Workload labels; empty: every workload of the namespace.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: BTreeMap<String, String>,
+    /// `strict` (mTLS only) or `permissive` (plaintext accepted too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// `deny`, `all-authenticated`, `cluster-authenticated`, `all-unauthenticated` or `audit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<String>,
+    /// Per port: the same settings, for that port alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<InboundPortDefaults>,
+    /// Requests per second the workload's inbound side serves, in all and per client identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<InboundRateLimit>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InboundPortDefaults {
+    pub port: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InboundRateLimit {
+    /// Every client together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<RateLimit>,
+    /// Each client identity (unauthenticated clients share one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_identity: Option<RateLimit>,
+}
+
+/// Who may call the workloads it selects, on which ports and HTTP routes. Once any policy
+/// covers a port, requests there that no policy allows are denied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthorizationPolicySpec {
+    /// Workload labels; empty: every workload of the namespace.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: BTreeMap<String, String>,
+    /// Workload ports; empty: every port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u32>,
+    /// HTTP requests (any one must match); empty: every request and every TCP connection.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http: Vec<HttpRouteMatch>,
+    /// Clients (any one may call); each source requires all of its fields.
+    pub from: Vec<AuthorizationSource>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthorizationSource {
+    /// SPIFFE ids, exact or `spiffe://<td>/ns/<ns>/sa/*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identities: Vec<String>,
+    /// Namespaces of authenticated clients.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// Clients with no identity (plaintext), which a permissive port accepts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unauthenticated: bool,
+    /// Client addresses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cidrs: Vec<String>,
 }

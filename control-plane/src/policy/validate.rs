@@ -153,11 +153,11 @@ pub(super) fn check(resource: &Resource) -> Result<(), Failure> {
                     check_port(&format!("spec.ports[{i}].targetPort"), target)?;
                 }
                 if let Some(protocol) = &port.app_protocol
-                    && !["http", "grpc", "tcp"].contains(&protocol.as_str())
+                    && !["http", "grpc", "kubernetes.io/h2c", "tcp"].contains(&protocol.as_str())
                 {
                     return fail(
                         &format!("spec.ports[{i}].appProtocol"),
-                        "must be http, grpc or tcp",
+                        "must be http (HTTP/1.1), grpc or kubernetes.io/h2c (HTTP/2), or tcp",
                     );
                 }
                 if !seen.insert(port.port) {
@@ -229,6 +229,8 @@ pub(super) fn check(resource: &Resource) -> Result<(), Failure> {
             Ok(())
         }
         Spec::ServicePolicy(spec) => check_service_policy(spec),
+        Spec::InboundDefaults(spec) => super::inbound::check_inbound_defaults(spec),
+        Spec::AuthorizationPolicy(spec) => super::inbound::check_authorization_policy(spec),
     }
 }
 
@@ -289,12 +291,15 @@ pub(super) fn references(resource: &Resource) -> Vec<(String, Key)> {
                 Key::new(kind, ns, &spec.target_ref.name),
             ));
         }
-        Spec::Service(_) | Spec::Workload(_) => {}
+        Spec::Service(_)
+        | Spec::Workload(_)
+        | Spec::InboundDefaults(_)
+        | Spec::AuthorizationPolicy(_) => {}
     }
     refs
 }
 
-fn fail<T>(field: &str, reason: &str) -> Result<T, Failure> {
+pub(super) fn fail<T>(field: &str, reason: &str) -> Result<T, Failure> {
     Err((field.to_string(), reason.to_string()))
 }
 
@@ -316,14 +321,7 @@ fn check_meta(resource: &Resource) -> Result<(), Failure> {
         );
     }
     let namespace = resource.namespace();
-    let valid_namespace = !namespace.is_empty()
-        && namespace.len() <= 63
-        && namespace
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !namespace.starts_with('-')
-        && !namespace.ends_with('-');
-    if !valid_namespace {
+    if !is_dns_label(namespace) {
         return fail(
             "metadata.namespace",
             &format!("{namespace:?} must be a DNS label"),
@@ -332,7 +330,32 @@ fn check_meta(resource: &Resource) -> Result<(), Failure> {
     Ok(())
 }
 
-fn check_port(field: &str, port: u32) -> Result<(), Failure> {
+/// A Kubernetes namespace name.
+pub(super) fn is_dns_label(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 63
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !value.starts_with('-')
+        && !value.ends_with('-')
+}
+
+/// A token bucket: requests per second and burst, both bounded.
+pub(super) fn check_rate(at: &str, limit: &super::RateLimit) -> Result<(), Failure> {
+    check_count(
+        &format!("{at}.requestsPerSecond"),
+        limit.requests_per_second,
+        1,
+        1_000_000,
+    )?;
+    if let Some(burst) = limit.burst {
+        check_count(&format!("{at}.burst"), burst, 1, 10_000_000)?;
+    }
+    Ok(())
+}
+
+pub(super) fn check_port(field: &str, port: u32) -> Result<(), Failure> {
     if port == 0 || port > 65535 {
         return fail(field, &format!("{port} is not a port (1-65535)"));
     }
@@ -362,7 +385,7 @@ fn check_duration(field: &str, value: &str, range: bounds::Range) -> Result<Dura
 }
 
 /// A count within `min..=max`.
-fn check_count(field: &str, value: u32, min: u32, max: u32) -> Result<(), Failure> {
+pub(super) fn check_count(field: &str, value: u32, min: u32, max: u32) -> Result<(), Failure> {
     if (min..=max).contains(&value) {
         return Ok(());
     }
@@ -442,7 +465,7 @@ fn check_named_matches(at: &str, matches: &[NamedValueMatch], header: bool) -> R
     Ok(())
 }
 
-fn check_http_match(at: &str, m: &HttpRouteMatch) -> Result<(), Failure> {
+pub(super) fn check_http_match(at: &str, m: &HttpRouteMatch) -> Result<(), Failure> {
     if let Some(path) = &m.path {
         match path.kind.as_deref() {
             None | Some("PathPrefix") | Some("Exact") => {
@@ -766,15 +789,7 @@ fn check_service_policy(spec: &ServicePolicySpec) -> Result<(), Failure> {
         check_duration("spec.connectTimeout", timeout, bounds::CONNECT_TIMEOUT)?;
     }
     if let Some(limit) = &spec.rate_limit {
-        check_count(
-            "spec.rateLimit.requestsPerSecond",
-            limit.requests_per_second,
-            1,
-            1_000_000,
-        )?;
-        if let Some(burst) = limit.burst {
-            check_count("spec.rateLimit.burst", burst, 1, 10_000_000)?;
-        }
+        check_rate("spec.rateLimit", limit)?;
     }
     for (i, port) in spec.opaque_ports.iter().enumerate() {
         check_port(&format!("spec.opaquePorts[{i}]"), *port)?;

@@ -25,7 +25,7 @@ pub struct CompileError {
     pub reason: String,
 }
 
-fn error(field: impl Into<String>, reason: impl Into<String>) -> CompileError {
+pub(super) fn error(field: impl Into<String>, reason: impl Into<String>) -> CompileError {
     CompileError {
         field: field.into(),
         reason: reason.into(),
@@ -216,7 +216,7 @@ fn rule(at: &str, rule: &pb::RouteRule, backends: usize) -> Result<Rule, Compile
     })
 }
 
-fn request_match(at: &str, m: &pb::RouteMatch) -> Result<RequestMatch, CompileError> {
+pub(super) fn request_match(at: &str, m: &pb::RouteMatch) -> Result<RequestMatch, CompileError> {
     let path = m
         .path
         .as_ref()

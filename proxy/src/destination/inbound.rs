@@ -1,11 +1,337 @@
-//! What the control plane says of the proxy's own workload: how its ports take traffic. (Its
-//! authorization policy will live here too.)
+//! What the control plane says of the proxy's own workload: how each port takes traffic, who may
+//! call it, and how fast. Compiled from the inbound snapshot, every field checked.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::str::FromStr;
+
+use ipnet::IpNet;
+use weft_api::discovery as pb;
+use weft_certs::{Identity, TrustDomain};
+
+use super::compile::{CompileError, error, request_match};
+use super::{RateLimit, RequestMatch};
+
+/// Whether a port accepts clients without mTLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// mTLS only.
+    Strict,
+    /// Plaintext clients too (kubelet probes, unmeshed callers), then authorized as
+    /// unauthenticated.
+    Permissive,
+}
+
+/// What a port allows where no AuthorizationPolicy covers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultAuthorization {
+    Deny,
+    /// Any client with a verified identity.
+    AllAuthenticated,
+    /// A client with a verified identity from inside the mesh's networks.
+    ClusterAuthenticated,
+    /// Anyone.
+    AllUnauthenticated,
+    /// Anyone; what would have been denied is counted as `audit`.
+    Audit,
+}
+
+/// What the app speaks on a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppProtocol {
+    Http1,
+    Http2,
+}
+
+/// A port's settings; `None` leaves it to the proxy's configuration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortSettings {
+    pub mode: Option<Mode>,
+    pub authorization: Option<DefaultAuthorization>,
+    pub app_protocol: Option<AppProtocol>,
+}
 
 /// The workload's inbound policy, as a domain value.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct InboundPolicy {
     /// Ports whose traffic is opaque TCP.
     pub opaque_ports: BTreeSet<u16>,
+    /// For ports `ports` does not list.
+    pub defaults: PortSettings,
+    pub ports: BTreeMap<u16, PortSettings>,
+    pub authorizations: Vec<Authorization>,
+    /// Every client together, and each client identity.
+    pub rate_limit: (Option<RateLimit>, Option<RateLimit>),
+}
+
+/// One AuthorizationPolicy: who may call which ports and requests.
+#[derive(Debug, Clone)]
+pub struct Authorization {
+    /// `<namespace>/<name>`: a bounded metrics label.
+    pub name: String,
+    /// Empty: every port.
+    pub ports: BTreeSet<u16>,
+    /// Empty: every request and connection.
+    pub http: Vec<RequestMatch>,
+    pub sources: Vec<Source>,
+}
+
+/// Clients one source allows: every field set must hold.
+#[derive(Debug, Clone, Default)]
+pub struct Source {
+    pub identities: Vec<IdentityPattern>,
+    pub namespaces: Vec<String>,
+    pub unauthenticated: bool,
+    pub cidrs: Vec<IpNet>,
+}
+
+/// An identity, or every identity of a namespace (`spiffe://<td>/ns/<ns>/sa/*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentityPattern {
+    Exact(Identity),
+    Namespace {
+        trust_domain: TrustDomain,
+        namespace: String,
+    },
+}
+
+// === impl InboundPolicy ===
+
+impl InboundPolicy {
+    /// The settings of `port`: its own, else the workload's.
+    pub fn port(&self, port: u16) -> PortSettings {
+        let own = self.ports.get(&port).copied().unwrap_or_default();
+        PortSettings {
+            mode: own.mode.or(self.defaults.mode),
+            authorization: own.authorization.or(self.defaults.authorization),
+            app_protocol: own.app_protocol,
+        }
+    }
+}
+
+impl TryFrom<&pb::InboundSnapshot> for InboundPolicy {
+    type Error = CompileError;
+
+    fn try_from(snapshot: &pb::InboundSnapshot) -> Result<Self, CompileError> {
+        let opaque_ports = snapshot
+            .opaque_ports
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| port(&format!("opaque_ports[{i}]"), p))
+            .collect::<Result<_, _>>()?;
+        let defaults = settings("defaults", snapshot.defaults.as_ref())?;
+        let mut ports = BTreeMap::new();
+        for (i, entry) in snapshot.ports.iter().enumerate() {
+            let at = format!("ports[{i}]");
+            let mut settings = settings(&at, entry.settings.as_ref())?;
+            settings.app_protocol = match entry.app_protocol.as_str() {
+                "" => None,
+                "http" => Some(AppProtocol::Http1),
+                "http2" => Some(AppProtocol::Http2),
+                other => {
+                    return Err(error(
+                        format!("{at}.app_protocol"),
+                        format!("{other:?} is not http or http2"),
+                    ));
+                }
+            };
+            ports.insert(port(&format!("{at}.port"), entry.port)?, settings);
+        }
+        let authorizations = snapshot
+            .authorizations
+            .iter()
+            .enumerate()
+            .map(|(i, a)| authorization(&format!("authorizations[{i}]"), a))
+            .collect::<Result<_, _>>()?;
+        let limits = snapshot.rate_limit.as_ref();
+        let rate_limit = (
+            rate(limits.and_then(|l| l.total.as_ref())),
+            rate(limits.and_then(|l| l.per_identity.as_ref())),
+        );
+        Ok(Self {
+            opaque_ports,
+            defaults,
+            ports,
+            authorizations,
+            rate_limit,
+        })
+    }
+}
+
+fn port(at: &str, value: u32) -> Result<u16, CompileError> {
+    u16::try_from(value)
+        .ok()
+        .filter(|&p| p != 0)
+        .ok_or_else(|| error(at, format!("{value} is not a port")))
+}
+
+fn settings(at: &str, pb: Option<&pb::InboundSettings>) -> Result<PortSettings, CompileError> {
+    let Some(pb) = pb else {
+        return Ok(PortSettings::default());
+    };
+    Ok(PortSettings {
+        mode: optional(&pb.mode)
+            .map(str::parse)
+            .transpose()
+            .map_err(|reason: String| error(format!("{at}.mode"), reason))?,
+        authorization: optional(&pb.authorization)
+            .map(str::parse)
+            .transpose()
+            .map_err(|reason: String| error(format!("{at}.authorization"), reason))?,
+        app_protocol: None,
+    })
+}
+
+fn optional(value: &str) -> Option<&str> {
+    (!value.is_empty()).then_some(value)
+}
+
+fn rate(pb: Option<&pb::RateLimit>) -> Option<RateLimit> {
+    pb.filter(|r| r.requests_per_second > 0).map(|r| RateLimit {
+        per_second: r.requests_per_second,
+        burst: r.burst.max(1),
+    })
+}
+
+fn authorization(at: &str, pb: &pb::Authorization) -> Result<Authorization, CompileError> {
+    let ports = pb
+        .ports
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| port(&format!("{at}.ports[{i}]"), p))
+        .collect::<Result<_, _>>()?;
+    let http = pb
+        .http
+        .iter()
+        .enumerate()
+        .map(|(i, m)| request_match(&format!("{at}.http[{i}]"), m))
+        .collect::<Result<_, _>>()?;
+    let sources = pb
+        .sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| source(&format!("{at}.sources[{i}]"), s))
+        .collect::<Result<_, _>>()?;
+    Ok(Authorization {
+        name: pb.name.clone(),
+        ports,
+        http,
+        sources,
+    })
+}
+
+fn source(at: &str, pb: &pb::AuthorizationSource) -> Result<Source, CompileError> {
+    let identities = pb
+        .identities
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            id.parse()
+                .map_err(|reason: String| error(format!("{at}.identities[{i}]"), reason))
+        })
+        .collect::<Result<_, _>>()?;
+    let cidrs = pb
+        .cidrs
+        .iter()
+        .enumerate()
+        .map(|(i, cidr)| {
+            cidr.parse::<IpNet>().map(|net| net.trunc()).map_err(|_| {
+                error(
+                    format!("{at}.cidrs[{i}]"),
+                    format!("{cidr:?} is not a CIDR"),
+                )
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Source {
+        identities,
+        namespaces: pb.namespaces.clone(),
+        unauthenticated: pb.unauthenticated,
+        cidrs,
+    })
+}
+
+// === impl Mode, DefaultAuthorization, IdentityPattern ===
+
+impl FromStr for Mode {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        match value {
+            "strict" => Ok(Self::Strict),
+            "permissive" => Ok(Self::Permissive),
+            other => Err(format!("{other:?} is not strict or permissive")),
+        }
+    }
+}
+
+impl FromStr for DefaultAuthorization {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        match value {
+            "deny" => Ok(Self::Deny),
+            "all-authenticated" => Ok(Self::AllAuthenticated),
+            "cluster-authenticated" => Ok(Self::ClusterAuthenticated),
+            "all-unauthenticated" => Ok(Self::AllUnauthenticated),
+            "audit" => Ok(Self::Audit),
+            other => Err(format!(
+                "{other:?} is not deny, all-authenticated, cluster-authenticated, all-unauthenticated or audit"
+            )),
+        }
+    }
+}
+
+impl DefaultAuthorization {
+    /// The name users write, and the metrics label `default:<name>`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deny => "deny",
+            Self::AllAuthenticated => "all-authenticated",
+            Self::ClusterAuthenticated => "cluster-authenticated",
+            Self::AllUnauthenticated => "all-unauthenticated",
+            Self::Audit => "audit",
+        }
+    }
+
+    /// The mode a default implies when nothing sets one: plaintext only where unauthenticated
+    /// clients may be allowed.
+    pub fn implied_mode(self) -> Mode {
+        match self {
+            Self::AllUnauthenticated | Self::Audit => Mode::Permissive,
+            _ => Mode::Strict,
+        }
+    }
+}
+
+impl FromStr for IdentityPattern {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        if let Some(namespace) = value.strip_suffix("/sa/*") {
+            // Checked as a whole identity, with a stand-in service account.
+            let any: Identity = format!("{namespace}/sa/any")
+                .parse()
+                .map_err(|e| format!("{value:?}: {e}"))?;
+            return Ok(Self::Namespace {
+                trust_domain: any.trust_domain().clone(),
+                namespace: any.namespace().to_string(),
+            });
+        }
+        value
+            .parse::<Identity>()
+            .map(Self::Exact)
+            .map_err(|e| format!("{value:?}: {e}"))
+    }
+}
+
+impl IdentityPattern {
+    pub fn matches(&self, identity: &Identity) -> bool {
+        match self {
+            Self::Exact(exact) => exact == identity,
+            Self::Namespace {
+                trust_domain,
+                namespace,
+            } => identity.trust_domain() == trust_domain && identity.namespace() == namespace,
+        }
+    }
 }

@@ -14,7 +14,11 @@ use std::time::Duration;
 
 use weft_certs::Identity;
 
-pub use self::inbound::InboundPolicy;
+pub use self::inbound::{
+    AppProtocol, Authorization, DefaultAuthorization, InboundPolicy, Mode, Source,
+};
+#[cfg(test)]
+pub use self::inbound::{IdentityPattern, PortSettings};
 pub use self::matcher::{PathMatch, RequestMatch, ValueMatch};
 pub use self::networks::{MeshNetworks, NetworkError};
 

@@ -1,17 +1,27 @@
-//! Inbound HTTP: requests from a peer proxy, stamped with its verified identity and forwarded to
-//! the app over pooled local connections, as HTTP/1 when the client spoke HTTP/1.
+//! Inbound HTTP: requests from a peer proxy, a foreign mTLS client or (on a permissive port) a
+//! plaintext one; authorized, rate limited, stamped with the client's verified identity, and
+//! forwarded to the app over pooled local connections in the protocol the app speaks.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use parking_lot::Mutex;
+use tokio::sync::OnceCell;
 use weft_certs::Identity;
 
-use crate::http_util::{Body, CLIENT_ID, ORIG_PROTO, boxed, error_response, remove_weft_headers};
+use super::app_protocol;
+use super::policy::{Client, Policy};
+use super::rate_limit::{InboundRateLimits, Limited};
+use crate::destination::AppProtocol;
+use crate::http_util::{
+    Body, CLIENT_ID, ORIG_PROTO, boxed, error_response, remove_weft_headers,
+    strip_connection_headers,
+};
 use crate::metrics::{Direction, ProxyMetrics, RequestMetrics};
 use crate::plain_http::{PlainHttp, PlainHttpError};
 
@@ -23,62 +33,88 @@ const MAX_APPS: usize = 64;
 const MAX_PEER_LABELS: usize = 1000;
 /// The label of whatever is past a bound.
 const OTHER: &str = "other";
+/// The peer label of clients without an identity.
+const UNAUTHENTICATED: &str = "unauthenticated";
+/// gRPC's PERMISSION_DENIED and RESOURCE_EXHAUSTED.
+const GRPC_PERMISSION_DENIED: &str = "7";
+const GRPC_RESOURCE_EXHAUSTED: &str = "8";
 
-/// Clients to the local app, one pool per app address.
+/// Clients to the local app, one pool per app address, and what every connection shares.
 #[derive(Debug)]
 pub struct InboundHttp {
     metrics: ProxyMetrics,
-    apps: Mutex<HashMap<SocketAddr, Arc<PlainHttp>>>,
+    policy: Policy,
+    rate_limits: InboundRateLimits,
+    apps: Mutex<HashMap<SocketAddr, Arc<App>>>,
     peers: Mutex<HashSet<Identity>>,
 }
 
-/// Per-connection state: who the peer is, as a header value and as metrics labels.
+/// One app address: its pool, and what it speaks once probed.
+#[derive(Debug)]
+struct App {
+    http: PlainHttp,
+    addr: SocketAddr,
+    detected: OnceCell<AppProtocol>,
+}
+
+/// Per-connection state: who the client is, as a header value and as metrics labels.
 #[derive(Debug)]
 pub struct InboundConnection {
-    client_id: HeaderValue,
-    app: Arc<PlainHttp>,
+    shared: Arc<InboundHttp>,
+    client: Client,
+    client_id: Option<HeaderValue>,
+    app: Arc<App>,
     metrics: RequestMetrics,
 }
 
 impl InboundHttp {
-    /// Forwarding state with metrics in `metrics`.
-    pub fn new(metrics: ProxyMetrics) -> Self {
+    /// Forwarding state with metrics in `metrics`, deciding by `policy`.
+    pub fn new(metrics: ProxyMetrics, policy: Policy) -> Self {
         Self {
             metrics,
+            policy,
+            rate_limits: InboundRateLimits::default(),
             apps: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashSet::new()),
         }
     }
 
-    /// State for one connection from `peer`, forwarding to `app`.
-    pub fn connection(&self, peer: &Identity, app: SocketAddr) -> Arc<InboundConnection> {
-        let peer_id = peer.to_string();
-        let client_id =
-            HeaderValue::from_str(&peer_id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
-        let (client, destination) = match self.pooled(app) {
+    /// State for one connection from `client`, forwarding to `app`.
+    pub fn connection(self: &Arc<Self>, client: Client, app: SocketAddr) -> Arc<InboundConnection> {
+        let peer_id = client.identity.as_ref().map(Identity::to_string);
+        let client_id = peer_id.as_ref().map(|id| {
+            HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+        });
+        let (pooled, destination) = match self.pooled(app) {
             Some(pooled) => (pooled, app.to_string()),
-            None => (Arc::new(PlainHttp::new(app)), OTHER.to_string()),
+            None => (Arc::new(App::new(app)), OTHER.to_string()),
         };
-        let peer_label = {
-            let mut peers = self.peers.lock();
-            if peers.contains(peer) || peers.len() < MAX_PEER_LABELS {
-                peers.insert(peer.clone());
-                peer_id.as_str()
-            } else {
-                OTHER
+        let peer_label = match (&client.identity, &peer_id) {
+            (Some(identity), Some(id)) => {
+                let mut peers = self.peers.lock();
+                if peers.contains(identity) || peers.len() < MAX_PEER_LABELS {
+                    peers.insert(identity.clone());
+                    id.as_str()
+                } else {
+                    OTHER
+                }
             }
+            _ => UNAUTHENTICATED,
         };
+        let metrics = self
+            .metrics
+            .requests(Direction::Inbound, peer_label, &destination);
         Arc::new(InboundConnection {
+            shared: self.clone(),
+            client,
             client_id,
-            app: client,
-            metrics: self
-                .metrics
-                .requests(Direction::Inbound, peer_label, &destination),
+            app: pooled,
+            metrics,
         })
     }
 
     /// The shared pool of `app`, unless [`MAX_APPS`] others hold one (and are in use).
-    fn pooled(&self, app: SocketAddr) -> Option<Arc<PlainHttp>> {
+    fn pooled(&self, app: SocketAddr) -> Option<Arc<App>> {
         let mut apps = self.apps.lock();
         if let Some(pooled) = apps.get(&app) {
             return Some(pooled.clone());
@@ -89,50 +125,197 @@ impl InboundHttp {
         if apps.len() >= MAX_APPS {
             return None;
         }
-        let pooled = Arc::new(PlainHttp::new(app));
+        let pooled = Arc::new(App::new(app));
         apps.insert(app, pooled.clone());
         Some(pooled)
     }
 }
 
+impl App {
+    fn new(addr: SocketAddr) -> Self {
+        Self {
+            http: PlainHttp::new(addr),
+            addr,
+            detected: OnceCell::new(),
+        }
+    }
+
+    /// What the app speaks, probed once (not remembered while it cannot be reached).
+    async fn protocol(&self) -> Result<AppProtocol, PlainHttpError> {
+        self.detected
+            .get_or_try_init(|| app_protocol::probe(self.addr))
+            .await
+            .copied()
+            .map_err(|source| PlainHttpError::Connect {
+                addr: self.addr,
+                source,
+            })
+    }
+}
+
 impl InboundConnection {
-    /// Forwards one request to the app.
+    /// Authorizes, limits and forwards one request to the app.
     pub async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
-        let response = self.forward(request).await;
+        let response = match self.admit(&request) {
+            None => self.forward(request).await,
+            Some(refusal) => refusal,
+        };
         self.metrics.record(response.status(), started.elapsed());
         response
     }
 
+    /// Authorization, then the rate limits: the refusal, if any.
+    fn admit(&self, request: &Request<Incoming>) -> Option<Response<Body>> {
+        let shared = &self.shared;
+        let pushed = shared.policy.latest();
+        let port = self.app.addr.port();
+        let decision =
+            shared
+                .policy
+                .authorize(pushed.as_deref(), port, &self.client, Some(request));
+        shared
+            .metrics
+            .inbound_authz(&decision.policy, decision.label);
+        let grpc = is_grpc(request);
+        if !decision.allowed {
+            let reason = format!(
+                "unauthorized: {}",
+                decision.reason.as_deref().unwrap_or("denied")
+            );
+            tracing::debug!(%reason, "request denied");
+            return Some(refusal(
+                grpc,
+                StatusCode::FORBIDDEN,
+                GRPC_PERMISSION_DENIED,
+                reason,
+            ));
+        }
+        let limits = pushed.as_ref().map(|p| p.rate_limit).unwrap_or_default();
+        if let Err(limited) = shared
+            .rate_limits
+            .check(limits, self.client.identity.as_ref())
+        {
+            let (label, reason) = match limited {
+                Limited::Total => ("total", "rate limited: the workload's inbound limit"),
+                Limited::PerIdentity => (
+                    "per_identity",
+                    "rate limited: the workload's limit per client identity",
+                ),
+            };
+            shared.metrics.inbound_rate_limited(label);
+            return Some(refusal(
+                grpc,
+                StatusCode::TOO_MANY_REQUESTS,
+                GRPC_RESOURCE_EXHAUSTED,
+                reason.to_string(),
+            ));
+        }
+        None
+    }
+
     async fn forward(&self, request: Request<Incoming>) -> Response<Body> {
         let (mut parts, body) = request.into_parts();
-        // HTTP/1 rode the HTTP/2 hop marked with weft-orig-proto; restore it (PlainHttp puts the
-        // authority back into Host). Without the mark it was HTTP/2 from the start.
-        if let Some(orig) = parts.headers.get(ORIG_PROTO) {
-            parts.version = if orig.as_bytes() == b"HTTP/1.0" {
-                Version::HTTP_10
-            } else {
-                Version::HTTP_11
-            };
+        let client_version = parts.version;
+        let target = match self.app_version(&parts).await {
+            Ok(version) => version,
+            Err(error) => return app_error(error),
+        };
+        if target != Version::HTTP_2 && parts.version == Version::HTTP_2 {
+            // PlainHttp puts the authority back into Host.
+            parts.version = target;
+        } else if target == Version::HTTP_2 && parts.version != Version::HTTP_2 {
+            strip_connection_headers(&mut parts.headers);
+            parts.version = Version::HTTP_2;
         }
         // Only the identity this proxy verified may reach the app, under no other spelling.
         remove_weft_headers(&mut parts.headers);
-        parts.headers.insert(CLIENT_ID, self.client_id.clone());
+        if let Some(client_id) = &self.client_id {
+            parts.headers.insert(CLIENT_ID, client_id.clone());
+        }
         let request = Request::from_parts(parts, boxed(body));
-        match self.app.send(request).await {
+        match self.app.http.send(request).await {
             Ok(mut response) => {
-                *response.version_mut() = Version::HTTP_2;
+                *response.version_mut() = client_version;
                 response
             }
-            Err(error @ PlainHttpError::Saturated(_)) => error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("app busy: {error}"),
-            ),
-            Err(error) => {
-                // Peers decide how often this happens: debug only (responses are counted).
-                tracing::debug!(%error, "app request failed");
-                error_response(StatusCode::BAD_GATEWAY, format!("app unreachable: {error}"))
+            Err(error) => app_error(error),
+        }
+    }
+
+    /// The version the app gets: what policy says it speaks (a Service port's appProtocol),
+    /// else HTTP/1 for an HTTP/1 request (from a client, or restored from the peer proxy's
+    /// `weft-orig-proto` mark), else what the app answered when asked.
+    async fn app_version(&self, parts: &http::request::Parts) -> Result<Version, PlainHttpError> {
+        let pushed = self.shared.policy.latest();
+        let declared = self
+            .shared
+            .policy
+            .port(pushed.as_deref(), self.app.addr.port())
+            .app_protocol;
+        let protocol = match declared {
+            Some(protocol) => protocol,
+            None => {
+                if let Some(orig) = parts.headers.get(ORIG_PROTO) {
+                    return Ok(if orig.as_bytes() == b"HTTP/1.0" {
+                        Version::HTTP_10
+                    } else {
+                        Version::HTTP_11
+                    });
+                }
+                if parts.version != Version::HTTP_2 {
+                    return Ok(parts.version);
+                }
+                self.app.protocol().await?
             }
+        };
+        Ok(match protocol {
+            AppProtocol::Http2 => Version::HTTP_2,
+            AppProtocol::Http1 if parts.version == Version::HTTP_10 => Version::HTTP_10,
+            AppProtocol::Http1 => Version::HTTP_11,
+        })
+    }
+}
+
+fn is_grpc<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// A refusal as the client understands it: for gRPC a trailers-only response with the status,
+/// otherwise `status` with the reason in `weft-proxy-error`.
+fn refusal(
+    grpc: bool,
+    status: StatusCode,
+    grpc_status: &'static str,
+    reason: String,
+) -> Response<Body> {
+    if !grpc {
+        return error_response(status, reason);
+    }
+    let mut response = Response::new(crate::http_util::empty_body());
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-status", HeaderValue::from_static(grpc_status));
+    if let Ok(message) = HeaderValue::from_str(&reason) {
+        headers.insert("grpc-message", message.clone());
+        headers.insert(crate::http_util::PROXY_ERROR, message);
+    }
+    response
+}
+
+fn app_error(error: PlainHttpError) -> Response<Body> {
+    match error {
+        error @ PlainHttpError::Saturated(_) => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("app busy: {error}"),
+        ),
+        error => {
+            // Clients decide how often this happens: debug only (responses are counted).
+            tracing::debug!(%error, "app request failed");
+            error_response(StatusCode::BAD_GATEWAY, format!("app unreachable: {error}"))
         }
     }
 }
@@ -140,15 +323,23 @@ impl InboundConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inbound::policy::InboundPorts;
 
     #[test]
     fn ports_a_peer_names_grow_neither_pools_nor_labels_without_bound() {
         let registry = prometheus::Registry::new();
-        let http = InboundHttp::new(ProxyMetrics::register(&registry).unwrap());
-        let peer: Identity = "spiffe://cluster.local/ns/shop/sa/mallory".parse().unwrap();
+        let policy = Policy::new(InboundPorts::default(), None, Arc::new(|_| false));
+        let http = Arc::new(InboundHttp::new(
+            ProxyMetrics::register(&registry).unwrap(),
+            policy,
+        ));
+        let peer = Client {
+            identity: Some("spiffe://cluster.local/ns/shop/sa/mallory".parse().unwrap()),
+            addr: [127, 0, 0, 1].into(),
+        };
         let mut held = Vec::new();
         for port in 1000..1200 {
-            held.push(http.connection(&peer, SocketAddr::from(([127, 0, 0, 1], port))));
+            held.push(http.connection(peer.clone(), SocketAddr::from(([127, 0, 0, 1], port))));
         }
         assert_eq!(http.apps.lock().len(), MAX_APPS);
         let labels: std::collections::BTreeSet<String> = registry
@@ -167,7 +358,7 @@ mod tests {
         assert_eq!(labels.len(), MAX_APPS + 1, "{labels:?}");
         // Pools nobody uses any more make room.
         held.clear();
-        http.connection(&peer, SocketAddr::from(([127, 0, 0, 1], 2000)));
+        http.connection(peer, SocketAddr::from(([127, 0, 0, 1], 2000)));
         assert_eq!(http.apps.lock().len(), 1);
     }
 }

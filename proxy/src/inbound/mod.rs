@@ -1,43 +1,54 @@
-//! The inbound side: mTLS from other proxies of the trust domain, forwarded to the local app.
+//! The inbound side: what reaches the pod's app, from whom.
 //!
 //! accept → a place among the handshakes in progress → the app's address (one of the pod's
-//! own) → TLS (client certificate required, chain to the anchor, identity of our trust domain)
-//! → read the peer's identity → transport header → a place among that identity's connections
-//! → HTTP/2 server or opaque TCP to the app, until the connection's age or the peer's
-//! certificate runs out. Refusals are counted by reason and logged at debug: a peer must not be
-//! able to flood the log.
+//! own) → the first bytes: TLS (mTLS from a Weft peer with ALPN `weft/1` and the transport
+//! header, or from a foreign SPIFFE client with ALPN `h2`/`http/1.1`; client certificate
+//! required, chain to the anchor, identity of our trust domain) or plaintext (only where the
+//! port is permissive) → a place among that identity's connections → HTTP (HTTP/2 from a peer,
+//! else as ALPN or detection says) whose requests are authorized, rate limited, lose every
+//! `weft-*` header and get `weft-client-id`, or opaque TCP authorized per connection (again
+//! whenever the policy changes). Refusals are counted by reason and logged at debug: a client
+//! must not be able to flood the log.
 
+mod app_protocol;
 mod http;
 mod limits;
 mod local_addrs;
 mod policy;
+mod rate_limit;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use bytes::{Bytes, BytesMut};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::copy_bidirectional;
+use tokio::io::{AsyncRead, AsyncWrite, copy_bidirectional};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
-use weft_certs::{ALPN_WEFT, Identity};
+use weft_certs::{ALPN_H2, ALPN_HTTP1, ALPN_WEFT, Identity};
 use weft_telemetry::Drain;
 
 use self::http::InboundHttp;
 use self::limits::Admission;
 pub use self::limits::InboundLimits;
 use self::local_addrs::LocalAddrs;
+use self::policy::Client;
 pub use self::policy::{InboundPorts, Policy};
-use crate::detect::Protocol;
+use crate::destination::Mode;
+use crate::detect::{Protocol, detect};
 use crate::metrics::{Direction, InboundRefusal, ProxyMetrics};
 use crate::orig_dst::original_dst;
 use crate::prefixed::Prefixed;
 use crate::serve::{PEER_MAX_STREAMS, ServeOptions, accept_loop, serve_http};
 use crate::transport::header::{self as transport_header, Stream};
 
-/// A peer that has not completed its handshake and header by then is dropped.
+/// A client that has not completed its handshake and header by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Why a connection has nowhere to go.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +71,20 @@ impl TargetError {
     }
 }
 
+/// What the connection's first bytes, ALPN or transport header already say it speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Known {
+    /// A Weft peer announced HTTP/2.
+    PeerHttp2,
+    /// A Weft peer announced an opaque stream: opaque where the port is, detected elsewhere
+    /// (so HTTP inside always takes the path that stamps the verified identity).
+    PeerOpaque,
+    /// A foreign client negotiated this by ALPN.
+    Alpn(Protocol),
+    /// Nothing: detect.
+    Nothing,
+}
+
 /// The inbound proxy.
 #[derive(Debug, Clone)]
 pub struct Inbound {
@@ -70,33 +95,41 @@ pub struct Inbound {
 struct Inner {
     tls: Arc<rustls::ServerConfig>,
     policy: Policy,
-    http: InboundHttp,
+    http: Arc<InboundHttp>,
     metrics: ProxyMetrics,
     admission: Admission,
     local: LocalAddrs,
+    detect_timeout: Duration,
 }
 
 impl Inbound {
-    /// Accepts with `tls` and forwards as `policy` allows, within `limits`.
+    /// Accepts with `tls` (which must offer ALPN `weft/1`, `h2` and `http/1.1`) and forwards as
+    /// `policy` allows, within `limits`; a plaintext client's protocol is detected within
+    /// `detect_timeout`.
     pub fn new(
         tls: Arc<rustls::ServerConfig>,
         policy: Policy,
         limits: InboundLimits,
         metrics: ProxyMetrics,
+        detect_timeout: Duration,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 tls,
+                http: Arc::new(InboundHttp::new(metrics.clone(), policy.clone())),
                 policy,
-                http: InboundHttp::new(metrics.clone()),
                 metrics,
                 admission: Admission::new(limits),
                 local: LocalAddrs::new(),
+                detect_timeout,
             }),
         }
     }
 
-    /// Accepts peers' connections until `drain` triggers.
+    /// The ALPN protocols the inbound TLS config must offer, Weft's first.
+    pub const ALPN: [&'static [u8]; 3] = [ALPN_WEFT, ALPN_H2, ALPN_HTTP1];
+
+    /// Accepts clients' connections until `drain` triggers.
     pub async fn serve(self, listener: TcpListener, drain: Drain) {
         accept_loop(listener, &drain.clone(), Direction::Inbound, move |tcp| {
             self.clone().handle(tcp, drain.clone())
@@ -121,6 +154,46 @@ impl Inbound {
                 return;
             }
         };
+        let Ok(client_addr) = tcp.peer_addr() else {
+            return;
+        };
+        let mut first = [0u8; 1];
+        let is_tls = match tokio::time::timeout(inner.detect_timeout, tcp.peek(&mut first)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(_)) => first[0] == TLS_HANDSHAKE_RECORD,
+            // A client that waits for the server to speak first.
+            Err(_) => false,
+        };
+        if !is_tls {
+            let pushed = inner.policy.current().await;
+            if inner.policy.port(pushed.as_deref(), app.port()).mode == Mode::Strict {
+                inner.refused(
+                    InboundRefusal::Plaintext,
+                    &format!(
+                        "plaintext client {client_addr} on strict port {}",
+                        app.port()
+                    ),
+                );
+                return;
+            }
+            drop(handshake);
+            let client = Client {
+                identity: None,
+                addr: client_addr.ip(),
+            };
+            let deadline = inner.admission.deadline(None);
+            self.serve_stream(
+                tcp,
+                Bytes::new(),
+                Known::Nothing,
+                client,
+                app,
+                deadline,
+                &drain,
+            )
+            .await;
+            return;
+        }
         let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
             let mut tls = TlsAcceptor::from(inner.tls.clone())
                 .accept(tcp)
@@ -129,15 +202,23 @@ impl Inbound {
             inner
                 .metrics
                 .tls_handshake(Direction::Inbound, tls.get_ref().1);
-            let header = transport_header::read(&mut tls).await?;
-            Ok::<_, std::io::Error>((tls, header))
+            let known = match tls.get_ref().1.alpn_protocol() {
+                Some(ALPN_WEFT) => match transport_header::read(&mut tls).await? {
+                    (Stream::Http2, prefix) => (Known::PeerHttp2, prefix),
+                    (Stream::Opaque, prefix) => (Known::PeerOpaque, prefix),
+                },
+                Some(ALPN_H2) => (Known::Alpn(Protocol::Http2), Vec::new()),
+                Some(ALPN_HTTP1) => (Known::Alpn(Protocol::Http1), Vec::new()),
+                _ => (Known::Nothing, Vec::new()),
+            };
+            Ok::<_, std::io::Error>((tls, known))
         })
         .await;
         drop(handshake);
-        let (tls, (stream, prefix)) = match accepted {
+        let (tls, (known, prefix)) = match accepted {
             Ok(Ok(accepted)) => accepted,
             Ok(Err(error)) => {
-                tracing::debug!(%error, "peer refused");
+                tracing::debug!(%error, "client refused");
                 return;
             }
             Err(_) => {
@@ -147,13 +228,9 @@ impl Inbound {
         };
         let Some((peer, not_after)) = peer_certificate(&tls) else {
             // Unreachable with client auth required; refuse rather than forward anonymously.
-            inner.refused(InboundRefusal::NoIdentity, "peer presented no identity");
+            inner.refused(InboundRefusal::NoIdentity, "client presented no identity");
             return;
         };
-        if tls.get_ref().1.alpn_protocol() != Some(ALPN_WEFT) {
-            inner.refused(InboundRefusal::Alpn, "peer did not negotiate ALPN weft/1");
-            return;
-        }
         let Some(_connection) = inner.admission.connection(&peer) else {
             inner.refused(
                 InboundRefusal::IdentityConnections,
@@ -162,37 +239,139 @@ impl Inbound {
             return;
         };
         let deadline = inner.admission.deadline(not_after);
-        tracing::debug!(peer = %peer, "peer authenticated");
-        match stream {
-            Stream::Http2 => {
-                let _open = inner.metrics.open_connection(Direction::Inbound, "http2");
-                let conn = inner.http.connection(&peer, app);
-                let service = service_fn(move |request| {
-                    let conn = conn.clone();
-                    async move { Ok::<_, std::convert::Infallible>(conn.handle(request).await) }
-                });
-                let io = Prefixed::new(prefix.into(), tls);
-                let limits = inner.admission.limits();
-                let options = ServeOptions {
-                    max_streams: PEER_MAX_STREAMS,
-                    keepalive: Some((limits::KEEPALIVE_INTERVAL, limits::KEEPALIVE_TIMEOUT)),
-                    idle_timeout: Some(limits.idle_timeout),
-                    deadline: Some(deadline),
-                };
-                serve_http(TokioIo::new(io), Protocol::Http2, options, service, &drain).await;
+        tracing::debug!(peer = %peer, "client authenticated");
+        let client = Client {
+            identity: Some(peer),
+            addr: client_addr.ip(),
+        };
+        self.serve_stream(tls, prefix.into(), known, client, app, deadline, &drain)
+            .await;
+    }
+
+    /// Serves one established stream to `app`: HTTP, or opaque TCP if authorized.
+    #[allow(clippy::too_many_arguments)]
+    async fn serve_stream<S>(
+        &self,
+        mut io: S,
+        mut prefix: Bytes,
+        known: Known,
+        client: Client,
+        app: SocketAddr,
+        deadline: Instant,
+        drain: &Drain,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let inner = &self.inner;
+        let pushed = inner.policy.current().await;
+        let opaque_port = inner.policy.port(pushed.as_deref(), app.port()).opaque;
+        let protocol = match known {
+            Known::PeerHttp2 => Protocol::Http2,
+            Known::Alpn(protocol) => protocol,
+            _ if opaque_port => Protocol::Opaque,
+            Known::PeerOpaque | Known::Nothing => {
+                match detect(
+                    &mut Prefixed::new(prefix.clone(), &mut io),
+                    inner.detect_timeout,
+                )
+                .await
+                {
+                    Ok((protocol, read)) => {
+                        let mut all = BytesMut::from(&prefix[..]);
+                        all.extend_from_slice(&read);
+                        prefix = all.freeze();
+                        protocol
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "client went away during detection");
+                        return;
+                    }
+                }
             }
-            Stream::Opaque if !inner.policy.accepts_opaque(app.port()).await => {
+        };
+        let io = Prefixed::new(prefix, io);
+        if protocol == Protocol::Opaque {
+            let _open = inner.metrics.open_connection(Direction::Inbound, "opaque");
+            self.forward_opaque(io, client, app, deadline).await;
+            return;
+        }
+        let name = if protocol == Protocol::Http2 {
+            "http2"
+        } else {
+            "http1"
+        };
+        let _open = inner.metrics.open_connection(Direction::Inbound, name);
+        let conn = inner.http.connection(client, app);
+        let service = service_fn(move |request| {
+            let conn = conn.clone();
+            async move { Ok::<_, std::convert::Infallible>(conn.handle(request).await) }
+        });
+        let limits = inner.admission.limits();
+        let options = ServeOptions {
+            max_streams: PEER_MAX_STREAMS,
+            keepalive: Some((limits::KEEPALIVE_INTERVAL, limits::KEEPALIVE_TIMEOUT)),
+            idle_timeout: Some(limits.idle_timeout),
+            deadline: Some(deadline),
+        };
+        serve_http(TokioIo::new(io), protocol, options, service, drain).await;
+    }
+
+    /// Copies bytes between `client` and the app while authorization allows: checked when the
+    /// connection opens and again whenever the pushed policy changes.
+    async fn forward_opaque<S>(&self, mut io: S, client: Client, app: SocketAddr, deadline: Instant)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let inner = &self.inner;
+        let authorized = |pushed: Option<&crate::destination::InboundPolicy>| {
+            let decision = inner
+                .policy
+                .authorize::<()>(pushed, app.port(), &client, None);
+            inner
+                .metrics
+                .inbound_authz(&decision.policy, decision.label);
+            if !decision.allowed {
                 inner.refused(
-                    InboundRefusal::NotOpaque,
-                    &format!("opaque stream to port {} (not opaque by WEFT_PROXY_OPAQUE_PORTS or policy)", app.port()),
+                    InboundRefusal::Unauthorized,
+                    decision.reason.as_deref().unwrap_or("denied"),
                 );
             }
-            Stream::Opaque => {
-                let _open = inner.metrics.open_connection(Direction::Inbound, "opaque");
-                tokio::select! {
-                    () = forward_opaque(tls, app, &inner.metrics) => {}
-                    () = tokio::time::sleep_until(deadline) => {
-                        tracing::debug!(peer = %peer, "opaque stream ended: its time or the peer's certificate ran out");
+            decision.allowed
+        };
+        if !authorized(inner.policy.latest().as_deref()) {
+            return;
+        }
+        let mut upstream = match TcpStream::connect(app).await {
+            Ok(upstream) => upstream,
+            Err(error) => {
+                tracing::debug!(%error, %app, "cannot reach the app");
+                return;
+            }
+        };
+        let _ = upstream.set_nodelay(true);
+        let mut changes = inner.policy.changes();
+        let copy = copy_bidirectional(&mut io, &mut upstream);
+        tokio::pin!(copy);
+        loop {
+            tokio::select! {
+                result = &mut copy => {
+                    match result {
+                        Ok((from_client, to_client)) => {
+                            inner.metrics.tcp_bytes(Direction::Inbound, to_client, from_client);
+                        }
+                        Err(error) => tracing::debug!(%error, "opaque stream ended with an error"),
+                    }
+                    return;
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    tracing::debug!("opaque stream ended: its time or the client's certificate ran out");
+                    return;
+                }
+                changed = async { changes.as_mut()?.changed().await.ok() }, if changes.is_some() => {
+                    if changed.is_none() {
+                        changes = None;
+                    } else if !authorized(inner.policy.latest().as_deref()) {
+                        return;
                     }
                 }
             }
@@ -231,30 +410,11 @@ impl Inner {
     }
 }
 
-/// The peer's identity and its certificate's notAfter.
+/// The client's identity and its certificate's notAfter.
 fn peer_certificate(
     tls: &tokio_rustls::server::TlsStream<TcpStream>,
 ) -> Option<(Identity, Option<SystemTime>)> {
     let leaf = tls.get_ref().1.peer_certificates()?.first()?;
     let identity = weft_certs::identity_of(leaf).ok()?;
     Some((identity, weft_certs::not_after_of(leaf)))
-}
-
-async fn forward_opaque(
-    mut peer: tokio_rustls::server::TlsStream<TcpStream>,
-    app: SocketAddr,
-    metrics: &ProxyMetrics,
-) {
-    let mut upstream = match TcpStream::connect(app).await {
-        Ok(upstream) => upstream,
-        Err(error) => {
-            tracing::debug!(%error, %app, "cannot reach the app");
-            return;
-        }
-    };
-    let _ = upstream.set_nodelay(true);
-    match copy_bidirectional(&mut peer, &mut upstream).await {
-        Ok((from_peer, to_peer)) => metrics.tcp_bytes(Direction::Inbound, to_peer, from_peer),
-        Err(error) => tracing::debug!(%error, "opaque stream ended with an error"),
-    }
 }

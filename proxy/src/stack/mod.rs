@@ -26,6 +26,7 @@ use http::{Request, Response};
 use tower::util::BoxCloneSyncService;
 
 pub use self::error::ProxyError;
+pub use self::rate_limit::TokenBucket;
 pub use self::replay::ReplayBody;
 pub use self::route::{DestinationRuntime, DestinationStack};
 use crate::http_util::Body;

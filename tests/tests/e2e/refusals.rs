@@ -100,16 +100,31 @@ async fn client_certificate_from_another_trust_anchor_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_cannot_skip_the_http_path_by_announcing_an_opaque_stream() {
     let mesh = Mesh::start("24h").await;
-    // A genuine peer of the trust domain, which tries to reach the app's HTTP port as "opaque
-    // TCP" so that its forged weft-client-id would arrive unstamped.
+    // A genuine peer of the trust domain, which announces "opaque TCP" to the app's HTTP port
+    // and speaks HTTP inside, so that its forged weft-client-id would arrive unstamped. The
+    // inbound side detects HTTP itself: the app sees only the identity the peer proved.
     let certs = mesh
         .cp
         .credential("spiffe://cluster.local/ns/shop/sa/mallory")
         .await;
-    let stream = tls_dial(&mesh, certs).await.unwrap();
-    let forged = b"weft/tcp\nGET / HTTP/1.1\r\nHost: api.shop\r\nweft-client-id: spiffe://cluster.local/ns/shop/sa/web\r\n\r\n";
-    assert_no_answer(stream, forged).await;
-    assert_eq!(mesh.app.request_count(), 0);
+    let mut stream = tls_dial(&mesh, certs).await.unwrap();
+    let forged = b"weft/tcp\nGET / HTTP/1.1\r\nHost: api.shop\r\nweft-client-id: spiffe://cluster.local/ns/shop/sa/web\r\nConnection: close\r\n\r\n";
+    stream.write_all(forged).await.unwrap();
+    let mut received = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut received))
+        .await
+        .expect("an answer, then the connection closes")
+        .ok();
+    let text = String::from_utf8_lossy(&received).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(
+        text.contains("x-seen-client-id: spiffe://cluster.local/ns/shop/sa/mallory"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("sa/web"),
+        "the forged identity reached the app: {text}"
+    );
 }
 
 /// A TLS 1.2 client (no 1.3), verifying nothing: only whether the server will speak to it.

@@ -1,7 +1,6 @@
 //! The proxy's own inbound policy, for every port of its workload in one watch: a peer naming
 //! ports cannot make the proxy watch (or remember) anything.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use weft_api::discovery::{InboundSnapshot, WatchInboundRequest};
@@ -36,22 +35,16 @@ impl Inner {
     }
 
     fn apply_inbound(&self, snapshot: &InboundSnapshot) {
-        let ports: Result<BTreeSet<u16>, _> = snapshot
-            .opaque_ports
-            .iter()
-            .map(|&port| u16::try_from(port).map_err(|_| port))
-            .collect();
-        let error = match ports {
-            Ok(opaque_ports) => {
-                let policy = InboundPolicy { opaque_ports };
+        let error = match InboundPolicy::try_from(snapshot) {
+            Ok(policy) => {
                 self.inbound_tx.send_replace(Some(Arc::new(policy)));
                 self.metrics.discovery_update(true);
                 String::new()
             }
-            Err(port) => {
+            Err(error) => {
                 self.metrics.discovery_update(false);
-                tracing::warn!(version = %snapshot.version, port, "rejected inbound snapshot; keeping the last one");
-                format!("opaque_ports: {port} is not a port")
+                tracing::warn!(version = %snapshot.version, %error, "rejected inbound snapshot; keeping the last one");
+                error.to_string()
             }
         };
         self.report(INBOUND_RESOURCE, &snapshot.version, error);
