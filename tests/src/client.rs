@@ -119,7 +119,28 @@ pub async fn peer_h2(
     certs: std::sync::Arc<weft_certs::CertStore>,
     server: &str,
 ) -> anyhow::Result<hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>> {
-    let config = weft_certs::client_config(anchors, certs, &[weft_certs::ALPN_WEFT])?;
+    h2_over_mtls(inbound, anchors, certs, server, weft_certs::ALPN_WEFT).await
+}
+
+/// HTTP/2 over standard mTLS (ALPN `h2`, no Weft transport header): what a foreign SPIFFE
+/// client holding a certificate of the trust domain (an Envoy, a SPIRE-enabled service) does.
+pub async fn foreign_h2(
+    inbound: SocketAddr,
+    anchors: &weft_certs::TrustAnchors,
+    certs: std::sync::Arc<weft_certs::CertStore>,
+    server: &str,
+) -> anyhow::Result<hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>> {
+    h2_over_mtls(inbound, anchors, certs, server, weft_certs::ALPN_H2).await
+}
+
+async fn h2_over_mtls(
+    inbound: SocketAddr,
+    anchors: &weft_certs::TrustAnchors,
+    certs: std::sync::Arc<weft_certs::CertStore>,
+    server: &str,
+    alpn: &[u8],
+) -> anyhow::Result<hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>> {
+    let config = weft_certs::client_config(anchors, certs, &[alpn])?;
     let server: weft_certs::Identity = server.parse()?;
     let tcp = TcpStream::connect(inbound).await?;
     let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))

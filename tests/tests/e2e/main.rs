@@ -2,11 +2,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod authz;
 mod bad_config;
 mod cluster;
 mod drain;
 mod identity_api;
 mod inbound_limits;
+mod inbound_protocols;
 mod limits;
 mod netns;
 mod outage;

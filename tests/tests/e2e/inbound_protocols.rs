@@ -1,0 +1,222 @@
+//! What reaches the inbound port besides a Weft peer, and what the app speaks: foreign SPIFFE
+//! clients over standard mTLS (Python's `ssl` with ALPN http/1.1, and HTTP/2 with ALPN h2),
+//! HTTP/2 without the `weft-orig-proto` marker to an HTTP/1-only app, and plaintext clients
+//! whose first bytes are garbage or nothing at all.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use weft_tests::apps::{start_echo_app, start_tcp_echo};
+use weft_tests::client::{foreign_h2, peer_h2};
+use weft_tests::mesh::{ControlPlane, Proxy, ProxySpec};
+
+use crate::SERVER_ID;
+
+/// An identity whose TLS stack is not Weft's: an Envoy sidecar of the same trust domain.
+const FOREIGN_ID: &str = "spiffe://cluster.local/ns/legacy/sa/envoy";
+
+const FOREIGN_CLIENT: &str = r#"
+import socket, ssl, sys
+host, port, chain, key, anchors, server_name = sys.argv[1:7]
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+context.load_verify_locations(anchors)
+context.load_cert_chain(chain, key)
+context.set_alpn_protocols(["http/1.1"])
+with socket.create_connection((host, int(port)), timeout=10) as tcp:
+    with context.wrap_socket(tcp, server_hostname=server_name) as tls:
+        assert tls.selected_alpn_protocol() == "http/1.1", tls.selected_alpn_protocol()
+        tls.sendall(b"GET /foreign HTTP/1.1\r\nHost: api.shop\r\nweft-client-id: spiffe://cluster.local/ns/shop/sa/admin\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while True:
+            chunk = tls.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+sys.stdout.write(answer.decode("utf-8", "replace"))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_spiffe_client_calls_a_weft_pod_over_standard_mtls() {
+    weft_tests::init();
+    let cp = ControlPlane::start("24h").await;
+    let app = start_echo_app().await;
+    let server = Proxy::start(&cp, ProxySpec::new(SERVER_ID).app_port(app.port)).await;
+    let (chain, key) = cp.credential_pem(FOREIGN_ID).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (chain_path, key_path) = (dir.path().join("chain.pem"), dir.path().join("key.pem"));
+    std::fs::write(&chain_path, chain).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    let server_name = SERVER_ID
+        .parse::<weft_certs::Identity>()
+        .unwrap()
+        .dns_name();
+    let output = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(FOREIGN_CLIENT)
+        .arg(server.inbound.ip().to_string())
+        .arg(server.inbound.port().to_string())
+        .arg(&chain_path)
+        .arg(&key_path)
+        .arg(cp.trust_anchor())
+        .arg(&server_name)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(30), output)
+        .await
+        .expect("the Python client finishes")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&output.stdout).to_ascii_lowercase();
+    assert!(
+        output.status.success() && answer.starts_with("http/1.1 200"),
+        "{answer}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The identity it proved, never the one it claimed in a header.
+    assert!(
+        answer.contains(&format!("x-seen-client-id: {FOREIGN_ID}")),
+        "{answer}"
+    );
+    assert!(answer.contains("x-seen-version: http/1.1"), "{answer}");
+
+    // HTTP/2 with ALPN h2 and no Weft transport header.
+    let certs = cp.credential(FOREIGN_ID).await;
+    let mut h2 = foreign_h2(server.inbound, &cp.anchors(), certs, SERVER_ID)
+        .await
+        .unwrap();
+    let request = http::Request::get("http://api.shop/h2")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = h2.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-seen-client-id"], FOREIGN_ID);
+    // Authorization applies to it like to any other client.
+    cp.apply_ok(&format!(
+        "apiVersion: policy.weft.io/v1alpha1\nkind: Workload\nmetadata: {{name: api-1, namespace: shop, labels: {{app: api}}}}\nspec: {{address: 127.0.0.1, proxyPort: {}, identity: \"{SERVER_ID}\"}}\n---\napiVersion: policy.weft.io/v1alpha1\nkind: InboundDefaults\nmetadata: {{name: api, namespace: shop}}\nspec: {{authorization: deny}}\n",
+        server.inbound.port()
+    ));
+    weft_tests::eventually(
+        "the deny default to reach the proxy",
+        Duration::from_secs(20),
+        || {
+            let mut h2 = h2.clone();
+            async move {
+                let request = http::Request::get("http://api.shop/h2")
+                    .body(Empty::<Bytes>::new())
+                    .unwrap();
+                let response = h2.send_request(request).await.ok()?;
+                (response.status() == 403).then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+/// An app that speaks HTTP/1 only (an HTTP/2 preface gets it to answer 400 and close), and
+/// says which version each request came in.
+async fn start_http1_only_app() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|request: http::Request<_>| async move {
+                    let version = format!("{:?}", request.version());
+                    let client = request
+                        .headers()
+                        .get("weft-client-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("none")
+                        .to_string();
+                    Ok::<_, std::convert::Infallible>(
+                        http::Response::builder()
+                            .header("x-seen-version", version)
+                            .header("x-seen-client-id", client)
+                            .body(http_body_util::Full::new(Bytes::from_static(b"ok")))
+                            .unwrap(),
+                    )
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_without_the_marker_reaches_an_http1_app_as_http1() {
+    weft_tests::init();
+    let cp = ControlPlane::start("24h").await;
+    let (app, _task) = start_http1_only_app().await;
+    let server = Proxy::start(&cp, ProxySpec::new(SERVER_ID).app_port(app.port())).await;
+    let peer_id = "spiffe://cluster.local/ns/shop/sa/web";
+    let certs = cp.credential(peer_id).await;
+    // A Weft peer and a foreign one, both speaking HTTP/2 with no weft-orig-proto.
+    let weft = peer_h2(server.inbound, &cp.anchors(), certs.clone(), SERVER_ID)
+        .await
+        .unwrap();
+    let foreign = foreign_h2(server.inbound, &cp.anchors(), certs, SERVER_ID)
+        .await
+        .unwrap();
+    for mut sender in [weft, foreign] {
+        for _ in 0..3 {
+            let request = http::Request::post("http://api.shop/x")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let response =
+                tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+                    .await
+                    .unwrap()
+                    .unwrap();
+            assert_eq!(response.status(), 200);
+            assert_eq!(response.headers()["x-seen-version"], "HTTP/1.1");
+            assert_eq!(response.headers()["x-seen-client-id"], peer_id);
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"ok");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_garbage_and_silence_are_opaque_and_hold_up_nobody() {
+    weft_tests::init();
+    let cp = ControlPlane::start("24h").await;
+    let echo = start_tcp_echo("127.0.0.1:0").await;
+    let server = Proxy::start(
+        &cp,
+        ProxySpec::new(SERVER_ID)
+            .app_port(echo.port)
+            .env("WEFT_PROXY_DEFAULT_INBOUND_POLICY", "all-unauthenticated")
+            .env("WEFT_PROXY_DETECT_TIMEOUT", "2s"),
+    )
+    .await;
+    // A quiet client (server-first protocol): nothing sent.
+    let mut quiet = TcpStream::connect(server.inbound).await.unwrap();
+    // Meanwhile, 100 bytes of garbage: opaque at once, echoed by the app after its greeting.
+    let garbage: Vec<u8> = (0..100u8).map(|i| i.wrapping_mul(37) | 0x80).collect();
+    let mut noisy = TcpStream::connect(server.inbound).await.unwrap();
+    noisy.write_all(&garbage).await.unwrap();
+    let mut answer = vec![0u8; 6 + garbage.len()];
+    tokio::time::timeout(Duration::from_secs(10), noisy.read_exact(&mut answer))
+        .await
+        .expect("the garbage client is answered while the quiet one waits")
+        .unwrap();
+    assert_eq!(&answer[..6], b"hello\n");
+    assert_eq!(&answer[6..], &garbage[..]);
+    // The quiet one gets the app's greeting once detection gives up, then its echo.
+    let mut greeting = [0u8; 6];
+    tokio::time::timeout(Duration::from_secs(10), quiet.read_exact(&mut greeting))
+        .await
+        .expect("a server-first app greets a quiet client")
+        .unwrap();
+    assert_eq!(&greeting, b"hello\n");
+    quiet.write_all(b"late").await.unwrap();
+    let mut late = [0u8; 4];
+    quiet.read_exact(&mut late).await.unwrap();
+    assert_eq!(&late, b"late");
+}
