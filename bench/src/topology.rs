@@ -26,6 +26,8 @@ pub const SERVER_ID: &str = "spiffe://cluster.local/ns/bench/sa/server";
 pub enum Mode {
     Direct,
     Weft,
+    /// The Weft pair, the server side under ten AuthorizationPolicies (the allowing one last).
+    WeftAuthz,
     Envoy,
 }
 
@@ -34,6 +36,7 @@ impl Mode {
         match self {
             Mode::Direct => "direct",
             Mode::Weft => "weft",
+            Mode::WeftAuthz => "weft + authz",
             Mode::Envoy => "envoy",
         }
     }
@@ -115,7 +118,8 @@ impl Fixture {
                 _weft: Vec::new(),
                 _envoy: Vec::new(),
             },
-            Mode::Weft => self.run_weft(workers).await,
+            Mode::Weft => self.run_weft(workers, false).await,
+            Mode::WeftAuthz => self.run_weft(workers, true).await,
             Mode::Envoy => self.run_envoy(workers).await?,
         };
         if let Some(placement) = self.placement {
@@ -128,7 +132,10 @@ impl Fixture {
         Ok(running)
     }
 
-    async fn run_weft(&self, workers: usize) -> Running {
+    /// The Weft pair; with `authz`, its server workload selected by ten AuthorizationPolicies
+    /// on the upstream's port, nine of which (path and identity rules) do not allow the client,
+    /// so every request is checked against all ten.
+    async fn run_weft(&self, workers: usize, authz: bool) -> Running {
         let quiet = |spec: ProxySpec| {
             spec.env("WEFT_PROXY_WORKERS", &workers.to_string())
                 .env("WEFT_PROXY_LOG", "warn")
@@ -139,11 +146,19 @@ impl Fixture {
         )
         .await;
         // The client finds the server the way it would in production: through discovery.
+        let labels = if authz {
+            "{app: upstream, authz: \"on\"}"
+        } else {
+            "{app: upstream}"
+        };
         self.cp.apply_ok(&format!(
-            "apiVersion: policy.weft.io/v1alpha1\nkind: Service\nmetadata: {{name: upstream, namespace: bench}}\nspec: {{selector: {{app: upstream}}, ports: [{{port: 80, targetPort: {target}}}]}}\n---\napiVersion: policy.weft.io/v1alpha1\nkind: Workload\nmetadata: {{name: upstream-1, namespace: bench, labels: {{app: upstream}}}}\nspec: {{address: 127.0.0.1, proxyPort: {proxy}, identity: \"{SERVER_ID}\"}}\n",
+            "apiVersion: policy.weft.io/v1alpha1\nkind: Service\nmetadata: {{name: upstream, namespace: bench}}\nspec: {{selector: {{app: upstream}}, ports: [{{port: 80, targetPort: {target}}}]}}\n---\napiVersion: policy.weft.io/v1alpha1\nkind: Workload\nmetadata: {{name: upstream-1, namespace: bench, labels: {labels}}}\nspec: {{address: 127.0.0.1, proxyPort: {proxy}, identity: \"{SERVER_ID}\"}}\n",
             target = self.upstream.port(),
             proxy = server.inbound.port(),
         ));
+        if authz {
+            self.cp.apply_ok(&ten_authorization_policies(self.upstream.port()));
+        }
         let client = Proxy::start(&self.cp, quiet(ProxySpec::new(CLIENT_ID))).await;
         Running {
             mode: Mode::Weft,
@@ -204,7 +219,7 @@ impl Fixture {
         };
         match running.mode {
             Mode::Direct => "no TLS".to_string(),
-            Mode::Weft => {
+            Mode::Weft | Mode::WeftAuthz => {
                 let metrics = weft_tests::client::http_get(admin, "/metrics")
                     .await
                     .map(|(_, body)| body)
@@ -255,6 +270,21 @@ impl Fixture {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// Ten AuthorizationPolicies on `port` of the workloads labelled `authz: on`: nine whose path or
+/// identity the benchmark's requests never match, then the one that allows its client.
+fn ten_authorization_policies(port: u16) -> String {
+    let mut yaml = String::new();
+    for i in 0..9 {
+        yaml.push_str(&format!(
+            "apiVersion: policy.weft.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: rule-{i}, namespace: bench}}\nspec:\n  selector: {{authz: \"on\"}}\n  ports: [{port}]\n  http: [{{path: {{type: PathPrefix, value: /private-{i}}}, method: POST}}, {{headers: [{{name: x-team, value: team-{i}}}]}}]\n  from: [{{identities: [\"spiffe://cluster.local/ns/other/sa/s{i}\"]}}, {{namespaces: [other-{i}]}}]\n---\n"
+        ));
+    }
+    yaml.push_str(&format!(
+        "apiVersion: policy.weft.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: rule-9, namespace: bench}}\nspec:\n  selector: {{authz: \"on\"}}\n  ports: [{port}]\n  http: [{{path: {{type: PathPrefix, value: /}}}}]\n  from: [{{identities: [\"spiffe://cluster.local/ns/bench/sa/*\"]}}]\n"
+    ));
+    yaml
 }
 
 async fn wait_for_port(addr: SocketAddr) -> anyhow::Result<()> {

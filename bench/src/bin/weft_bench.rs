@@ -52,7 +52,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     weft_certs::install_default_provider();
-    let mut modes = vec![Mode::Direct, Mode::Weft];
+    let mut modes = vec![Mode::Direct, Mode::Weft, Mode::WeftAuthz];
     if args.envoy.is_some() && !args.no_envoy {
         modes.push(Mode::Envoy);
     }
