@@ -157,7 +157,8 @@ impl Fixture {
             proxy = server.inbound.port(),
         ));
         if authz {
-            self.cp.apply_ok(&ten_authorization_policies(self.upstream.port()));
+            self.cp
+                .apply_ok(&ten_authorization_policies(self.upstream.port()));
         }
         let client = Proxy::start(&self.cp, quiet(ProxySpec::new(CLIENT_ID))).await;
         Running {

@@ -25,6 +25,7 @@ mod stack;
 mod start;
 pub mod static_routes;
 mod transport;
+mod upgrade;
 
 use weft_telemetry::Drain;
 

@@ -145,7 +145,8 @@ pub async fn serve_http<I, S, F>(
                 .timer(TokioTimer::new())
                 .header_read_timeout(None)
                 .max_buf_size(MAX_HEADER_BYTES)
-                .serve_connection(io, service);
+                .serve_connection(io, service)
+                .with_upgrades();
             drive!(conn)
         }
     };

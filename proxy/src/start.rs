@@ -94,13 +94,14 @@ pub async fn start(
         &Inbound::ALPN,
     )
     .map_err(setup)?;
-    let control_tls =
-        weft_certs::client_config_with(trust.clone(), certs.clone(), &[ALPN_H2]).map_err(setup)?;
+    let control_tls = Arc::new(
+        weft_certs::client_config_with(trust.clone(), certs.clone(), &[ALPN_H2]).map_err(setup)?,
+    );
 
     let target = ControlPlaneTarget {
         addr: config.control_plane_addr.clone(),
         server_name: config.control_plane_identity.dns_name(),
-        tls: Arc::new(control_tls),
+        tls: control_tls.clone(),
     };
     let identity = IdentityDaemon::new(
         target.clone(),
@@ -123,7 +124,8 @@ pub async fn start(
         default_authorization: config.default_inbound_policy,
         mode: config.inbound_mode,
     };
-    let pool = PeerPool::new(Arc::new(peer_client), metrics.clone());
+    // Foreign SPIFFE workloads take the same certificate, with ALPN h2 as the control plane.
+    let pool = PeerPool::new(Arc::new(peer_client), control_tls.clone(), metrics.clone());
     let discovery_channel = target
         .lazy_channel()
         .map_err(|e| StartError::Setup(format!("discovery: {e}")))?;

@@ -167,3 +167,18 @@ pub async fn peer_get(
         tokio::time::timeout(Duration::from_secs(10), sender.send_request(request)).await??;
     Ok(response.status().as_u16())
 }
+
+/// A plaintext HTTP/1 GET of `path` to `addr`, as an unmeshed client (or the kubelet) sends it:
+/// the status, or `None` when the connection is closed without an answer.
+pub async fn plaintext_get(addr: SocketAddr, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.ok()?;
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut received))
+        .await
+        .expect("the server answers or closes");
+    let text = String::from_utf8_lossy(&received);
+    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}

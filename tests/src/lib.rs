@@ -13,6 +13,7 @@ pub mod client;
 pub mod mesh;
 pub mod netns;
 pub mod process;
+pub mod websocket;
 
 pub mod echo {
     #![allow(clippy::all, unused_qualifications, missing_debug_implementations)]

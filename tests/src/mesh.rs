@@ -39,10 +39,20 @@ impl ControlPlane {
 
     /// Like [`ControlPlane::start`], with more flags.
     pub async fn start_with(leaf_lifetime: &str, args: &[&str]) -> Self {
+        Self::start_serving_proxies_on(leaf_lifetime, args, [127, 0, 0, 1].into()).await
+    }
+
+    /// Like [`ControlPlane::start_with`], the proxy API on `ip` (proxies in other network
+    /// namespaces reach it there; the admin API stays on loopback).
+    pub async fn start_serving_proxies_on(
+        leaf_lifetime: &str,
+        args: &[&str],
+        ip: std::net::IpAddr,
+    ) -> Self {
         let args: Vec<String> = args.iter().map(ToString::to_string).collect();
         let dir = Arc::new(tempfile::tempdir().unwrap());
         for attempt in 1..=PORT_RACE_ATTEMPTS {
-            let proxy_api = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let proxy_api = SocketAddr::new(ip, free_port());
             let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
             let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
             let proc = Self::spawn(&dir, proxy_api, admin, metrics, leaf_lifetime, &args);
@@ -374,7 +384,15 @@ impl Proxy {
             .token
             .clone()
             .unwrap_or_else(|| cp.token_file(&spec.identity));
-        let inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        // An address the spec sets itself (all addresses, in a pod) is the one to report.
+        let given = |name: &str| {
+            spec.env
+                .iter()
+                .find(|(var, _)| var == name)
+                .and_then(|(_, value)| value.parse::<SocketAddr>().ok())
+        };
+        let inbound = given("WEFT_PROXY_INBOUND_ADDR")
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
         let outbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut command = Command::new(bin("weft-proxy"));

@@ -56,6 +56,31 @@ impl NetNs {
         command
     }
 
+    /// The namespace's name, as `ip netns` knows it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A runtime whose threads all live in the namespace: a task spawned on it opens its
+    /// sockets and starts its processes there, and keeps running while the runtime lives.
+    pub fn runtime(&self) -> tokio::runtime::Runtime {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            // Worker and blocking threads are created from this one, and inherit its namespace.
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .max_blocking_threads(4)
+                .thread_keep_alive(std::time::Duration::from_secs(3600))
+                .enable_all()
+                .build()
+                .unwrap()
+        })
+        .join()
+        .unwrap()
+    }
+
     /// Runs `body` on a thread that has entered the namespace, on a current-thread runtime, so
     /// every socket it opens and every process it spawns lives in the namespace.
     pub fn run<F, Fut>(&self, body: F)

@@ -415,6 +415,7 @@ fn endpoints(state: &PolicyState, service: &Key, port: u32) -> Vec<pb::Endpoint>
                 identity: workload.identity.clone(),
                 weight: workload.weight.unwrap_or(1),
                 labels: w.resource.meta.labels.clone().into_iter().collect(),
+                foreign_spiffe: workload.foreign_spiffe || spec.foreign_spiffe,
             })
         })
         .collect()

@@ -54,6 +54,9 @@ pub struct ServiceSpec {
     #[serde(default)]
     pub selector: BTreeMap<String, String>,
     pub ports: Vec<ServicePort>,
+    /// Every endpoint is a foreign SPIFFE workload (see `Workload.spec.foreignSpiffe`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub foreign_spiffe: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,6 +91,10 @@ pub struct WorkloadSpec {
     /// Relative share of its services' traffic (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
+    /// The workload is a SPIFFE workload of the trust domain whose TLS stack is not Weft's (an
+    /// Envoy sidecar, a SPIRE-enabled service): proxies reach it with standard mTLS.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub foreign_spiffe: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

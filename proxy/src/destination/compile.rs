@@ -147,6 +147,7 @@ fn backend(at: &str, backend: &pb::Backend) -> Result<BackendSpec, CompileError>
                     })?,
                 // Weight 0 drains an endpoint: it stays known but gets no new requests.
                 weight: e.weight,
+                foreign_spiffe: e.foreign_spiffe,
             })
         })
         .collect::<Result<Vec<_>, CompileError>>()?;
@@ -478,6 +479,7 @@ mod tests {
                     identity: "spiffe://cluster.local/ns/shop/sa/api".into(),
                     weight: 1,
                     labels: Default::default(),
+                    foreign_spiffe: false,
                 }],
             }],
             routes: vec![pb::Route {

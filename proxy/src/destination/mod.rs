@@ -52,6 +52,8 @@ pub struct EndpointSpec {
     pub address: SocketAddr,
     pub identity: Identity,
     pub weight: u32,
+    /// Not a Weft proxy: a SPIFFE workload reached with standard mTLS.
+    pub foreign_spiffe: bool,
 }
 
 /// One match of one rule of one route.
@@ -160,6 +162,7 @@ impl Destination {
                     address,
                     identity,
                     weight: 1,
+                    foreign_spiffe: false,
                 }],
             }],
             routes: vec![RouteEntry::default_route()],

@@ -24,6 +24,7 @@ use crate::http_util::{
 };
 use crate::metrics::{Direction, ProxyMetrics, RequestMetrics};
 use crate::plain_http::{PlainHttp, PlainHttpError};
+use crate::upgrade;
 
 /// App addresses (the pod's own, on ports the peers name) that keep a pool of their own and a
 /// metrics label; past that, a connection to another gets a pool for itself alone and the
@@ -215,23 +216,29 @@ impl InboundConnection {
     }
 
     async fn forward(&self, request: Request<Incoming>) -> Response<Body> {
+        let upgrading = upgrade::is_upgrade(&request);
         let (mut parts, body) = request.into_parts();
         let client_version = parts.version;
-        let target = match self.app_version(&parts).await {
-            Ok(version) => version,
-            Err(error) => return app_error(error),
-        };
-        if target != Version::HTTP_2 && parts.version == Version::HTTP_2 {
-            // PlainHttp puts the authority back into Host.
-            parts.version = target;
-        } else if target == Version::HTTP_2 && parts.version != Version::HTTP_2 {
-            strip_connection_headers(&mut parts.headers);
-            parts.version = Version::HTTP_2;
+        if !upgrading {
+            let target = match self.app_version(&parts).await {
+                Ok(version) => version,
+                Err(error) => return app_error(error),
+            };
+            if target != Version::HTTP_2 && parts.version == Version::HTTP_2 {
+                // PlainHttp puts the authority back into Host.
+                parts.version = target;
+            } else if target == Version::HTTP_2 && parts.version != Version::HTTP_2 {
+                strip_connection_headers(&mut parts.headers);
+                parts.version = Version::HTTP_2;
+            }
         }
         // Only the identity this proxy verified may reach the app, under no other spelling.
         remove_weft_headers(&mut parts.headers);
         if let Some(client_id) = &self.client_id {
             parts.headers.insert(CLIENT_ID, client_id.clone());
+        }
+        if upgrading {
+            return self.forward_upgrade(Request::from_parts(parts, body)).await;
         }
         let request = Request::from_parts(parts, boxed(body));
         match self.app.http.send(request).await {
@@ -240,6 +247,20 @@ impl InboundConnection {
                 response
             }
             Err(error) => app_error(error),
+        }
+    }
+
+    /// An upgrade (WebSocket) or `CONNECT`: HTTP/1.1 on a connection to the app of its own.
+    async fn forward_upgrade(&self, request: Request<Incoming>) -> Response<Body> {
+        match tokio::net::TcpStream::connect(self.app.addr).await {
+            Ok(tcp) => {
+                let _ = tcp.set_nodelay(true);
+                upgrade::forward(tcp, request).await
+            }
+            Err(source) => app_error(PlainHttpError::Connect {
+                addr: self.app.addr,
+                source,
+            }),
         }
     }
 

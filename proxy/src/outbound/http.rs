@@ -25,7 +25,9 @@ use crate::metrics::{Direction, ProxyMetrics, Refusal, RequestMetrics};
 use crate::plain_http::PlainHttp;
 use crate::stack::{DestinationRuntime, DestinationStack};
 use crate::static_routes::{Route, StaticRoutes, normalize_authority};
+use crate::transport::header as transport_header;
 use crate::transport::{Peer, PeerPool};
+use crate::upgrade;
 
 /// A static route, ready to send on.
 #[derive(Debug)]
@@ -273,6 +275,11 @@ impl OutboundHttp {
             return forward(stack, authority, request).await;
         }
         if let (Some(dst), true) = (conn.orig_dst, conn.plaintext_ok) {
+            if upgrade::is_upgrade(&request) {
+                let response = pass_through_upgrade(dst, request).await;
+                self.unmeshed.record(response.status(), started.elapsed());
+                return response;
+            }
             let response = pass_through(
                 conn.passthrough.get_or_init(|| PlainHttp::new(dst)),
                 request,
@@ -317,6 +324,9 @@ async fn forward(
     authority: Authority,
     request: Request<Incoming>,
 ) -> Response<Body> {
+    if upgrade::is_upgrade(&request) {
+        return forward_upgrade(stack, request).await;
+    }
     let app_version = request.version();
     let request = match to_peer_request(request, authority) {
         Ok(request) => request,
@@ -325,6 +335,49 @@ async fn forward(
     let mut response = stack.handle(request).await;
     *response.version_mut() = app_version;
     response
+}
+
+/// An upgrade (WebSocket) or `CONNECT` to a meshed destination: over an opaque mTLS stream of
+/// its own to one of the Service's endpoints, where the peer proxy serves it as HTTP/1.1.
+async fn forward_upgrade(
+    stack: &DestinationStack,
+    mut request: Request<Incoming>,
+) -> Response<Body> {
+    let Some(peer) = stack.opaque_peer() else {
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, "no endpoint to upgrade to");
+    };
+    if !peer.speaks_weft() {
+        // Its ALPN is h2, where an HTTP/1.1 upgrade has no place.
+        return error_response(
+            StatusCode::NOT_IMPLEMENTED,
+            "upgrades to a foreign SPIFFE endpoint are not supported",
+        );
+    }
+    let mut stream = match peer.connect_stream().await {
+        Ok(stream) => stream,
+        Err(error) => return error_response(StatusCode::BAD_GATEWAY, error.to_string()),
+    };
+    if let Err(error) = transport_header::write_opaque(&mut stream).await {
+        return error_response(StatusCode::BAD_GATEWAY, error.to_string());
+    }
+    // Only the proxies may say who sent it.
+    remove_weft_headers(request.headers_mut());
+    upgrade::forward(stream, request).await
+}
+
+/// An upgrade or `CONNECT` to `dst` outside the mesh (an outside proxy, typically): HTTP/1.1 on
+/// a TCP connection of its own.
+async fn pass_through_upgrade(dst: SocketAddr, request: Request<Incoming>) -> Response<Body> {
+    match tokio::net::TcpStream::connect(dst).await {
+        Ok(tcp) => {
+            let _ = tcp.set_nodelay(true);
+            upgrade::forward(tcp, request).await
+        }
+        Err(error) => error_response(
+            StatusCode::BAD_GATEWAY,
+            format!("unmeshed destination {dst}: {error}"),
+        ),
+    }
 }
 
 async fn pass_through(client: &PlainHttp, request: Request<Incoming>) -> Response<Body> {

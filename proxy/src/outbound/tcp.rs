@@ -15,6 +15,7 @@ pub async fn forward_to_peer<S>(mut app: S, peer: &Peer, destination: &str, metr
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let speaks_weft = peer.speaks_weft();
     let mut peer = match peer.connect_stream().await {
         Ok(peer) => peer,
         Err(error) => {
@@ -24,7 +25,8 @@ where
             return;
         }
     };
-    if let Err(error) = transport_header::write_opaque(&mut peer).await {
+    // A foreign SPIFFE peer takes the bytes as they are.
+    if speaks_weft && let Err(error) = transport_header::write_opaque(&mut peer).await {
         metrics.refused(Refusal::PeerUnreachable);
         tracing::debug!(%error, destination, "cannot write transport header");
         return;

@@ -26,7 +26,16 @@ use tokio::time::Instant;
 
 use super::{HttpRequest, HttpResponse, ProxyError};
 use crate::destination::{CircuitBreaker, EndpointSpec, LoadBalancerKind};
-use crate::transport::{Peer, PeerPool};
+use crate::transport::{Handshake, Peer, PeerPool};
+
+/// How an endpoint is dialed: a Weft proxy, or a foreign SPIFFE workload.
+pub fn handshake(endpoint: &EndpointSpec) -> Handshake {
+    if endpoint.foreign_spiffe {
+        Handshake::StandardMtls
+    } else {
+        Handshake::Weft
+    }
+}
 
 /// No ejection lasts longer, whatever the policy says.
 const MAX_EJECTION: Duration = Duration::from_secs(366 * 24 * 3600);
@@ -136,7 +145,7 @@ impl Balancer {
                 next.push(existing.clone());
                 continue;
             }
-            match pool.peer(spec.address, &spec.identity) {
+            match pool.peer_with(spec.address, &spec.identity, handshake(spec)) {
                 Ok(peer) => next.push(Arc::new(Endpoint::new(spec.clone(), peer))),
                 Err(error) => tracing::warn!(%error, "skipping an endpoint"),
             }
@@ -418,6 +427,7 @@ mod tests {
             address: "127.0.0.1:1".parse().unwrap(),
             identity: "spiffe://cluster.local/ns/a/sa/b".parse().unwrap(),
             weight: 1,
+            foreign_spiffe: false,
         };
         let peer = pool.peer(spec.address, &spec.identity).unwrap();
         Endpoint::new(spec, peer)

@@ -120,7 +120,11 @@ impl DestinationRuntime {
                     .filter(|endpoint| endpoint.weight > 0)
                     .filter_map(|endpoint| {
                         self.pool
-                            .peer(endpoint.address, &endpoint.identity)
+                            .peer_with(
+                                endpoint.address,
+                                &endpoint.identity,
+                                super::balance::handshake(endpoint),
+                            )
                             .inspect_err(|error| tracing::info!(%error, "endpoint skipped"))
                             .ok()
                     })

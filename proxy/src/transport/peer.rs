@@ -60,6 +60,16 @@ pub enum PeerError {
     },
 }
 
+/// How a peer is spoken to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Handshake {
+    /// A Weft proxy: ALPN `weft/1`, the transport header before opaque streams.
+    Weft,
+    /// A foreign SPIFFE workload (an Envoy, a SPIRE-enabled service): standard mTLS with ALPN
+    /// `h2`, nothing of Weft's on the wire.
+    StandardMtls,
+}
+
 /// Connections to peer proxies, shared by every outbound connection.
 #[derive(Debug, Clone)]
 pub struct PeerPool {
@@ -69,12 +79,13 @@ pub struct PeerPool {
 
 /// Each endpoint with the identity it must prove: the same address under another identity is
 /// another peer.
-type PeersByEndpoint = HashMap<(SocketAddr, Identity), Arc<Peer>>;
+type PeersByEndpoint = HashMap<(SocketAddr, Identity, Handshake), Arc<Peer>>;
 
 /// What every dial needs.
 #[derive(Debug)]
 struct Dialer {
     tls: Arc<rustls::ClientConfig>,
+    standard_tls: Arc<rustls::ClientConfig>,
     metrics: ProxyMetrics,
 }
 
@@ -84,6 +95,7 @@ struct Dialer {
 pub struct Peer {
     addr: SocketAddr,
     identity: Identity,
+    handshake: Handshake,
     server_name: ServerName<'static>,
     dialer: Arc<Dialer>,
     connection: SharedH2,
@@ -95,10 +107,19 @@ pub struct Peer {
 // === impl PeerPool ===
 
 impl PeerPool {
-    /// A pool dialing peers with `tls` (our certificate, verifying the peer's identity).
-    pub fn new(tls: Arc<rustls::ClientConfig>, metrics: ProxyMetrics) -> Self {
+    /// A pool dialing peers with `tls` (our certificate, verifying the peer's identity, ALPN
+    /// `weft/1`), and foreign SPIFFE workloads with `standard_tls` (the same, ALPN `h2`).
+    pub fn new(
+        tls: Arc<rustls::ClientConfig>,
+        standard_tls: Arc<rustls::ClientConfig>,
+        metrics: ProxyMetrics,
+    ) -> Self {
         Self {
-            dialer: Arc::new(Dialer { tls, metrics }),
+            dialer: Arc::new(Dialer {
+                tls,
+                standard_tls,
+                metrics,
+            }),
             peers: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -111,10 +132,20 @@ impl PeerPool {
             .retain(|_, peer| Arc::strong_count(peer) > 1);
     }
 
-    /// The peer at `addr`, which must prove `identity`.
+    /// The Weft proxy at `addr`, which must prove `identity`.
     pub fn peer(&self, addr: SocketAddr, identity: &Identity) -> Result<Arc<Peer>, PeerError> {
+        self.peer_with(addr, identity, Handshake::Weft)
+    }
+
+    /// The peer at `addr`, which must prove `identity`, spoken to as `handshake` says.
+    pub fn peer_with(
+        &self,
+        addr: SocketAddr,
+        identity: &Identity,
+        handshake: Handshake,
+    ) -> Result<Arc<Peer>, PeerError> {
         let mut peers = self.peers.lock();
-        if let Some(peer) = peers.get(&(addr, identity.clone())) {
+        if let Some(peer) = peers.get(&(addr, identity.clone(), handshake)) {
             return Ok(peer.clone());
         }
         let server_name =
@@ -126,12 +157,13 @@ impl PeerPool {
         let peer = Arc::new(Peer {
             addr,
             identity: identity.clone(),
+            handshake,
             server_name,
             dialer: self.dialer.clone(),
             connection: SharedH2::default(),
             last_failure: Mutex::new(None),
         });
-        peers.insert((addr, identity.clone()), peer.clone());
+        peers.insert((addr, identity.clone(), handshake), peer.clone());
         Ok(peer)
     }
 }
@@ -144,9 +176,13 @@ impl Peer {
     /// connection.
     pub async fn send(
         &self,
-        request: Request<Body>,
+        mut request: Request<Body>,
         connect_timeout: Option<Duration>,
     ) -> Result<Response<Body>, PeerError> {
+        if self.handshake == Handshake::StandardMtls {
+            // Weft's own marker means nothing to a foreign peer.
+            request.headers_mut().remove(crate::http_util::ORIG_PROTO);
+        }
         let dial = |waited_since| self.dial_unless_failed_since(waited_since, connect_timeout);
         self.connection
             .send(request, dial)
@@ -156,6 +192,11 @@ impl Peer {
                 SendError::Http(error) => self.http_error(&error),
                 SendError::Saturated => PeerError::Saturated { addr: self.addr },
             })
+    }
+
+    /// Whether the peer is a Weft proxy (which expects the transport header on opaque streams).
+    pub fn speaks_weft(&self) -> bool {
+        self.handshake == Handshake::Weft
     }
 
     /// Opens a new mTLS stream to the peer, for opaque TCP.
@@ -219,7 +260,11 @@ impl Peer {
             .map_err(|_| self.dial_error("TCP connect timed out"))?
             .map_err(|e| self.dial_error(&e.to_string()))?;
         let _ = tcp.set_nodelay(true);
-        TlsConnector::from(self.dialer.tls.clone())
+        let tls = match self.handshake {
+            Handshake::Weft => &self.dialer.tls,
+            Handshake::StandardMtls => &self.dialer.standard_tls,
+        };
+        TlsConnector::from(tls.clone())
             .connect(self.server_name.clone(), tcp)
             .await
             .map_err(|e| {
@@ -268,6 +313,7 @@ pub mod test_support {
         let anchors = weft_certs::TrustAnchors::from_pem(anchor.certificate_pem().as_bytes());
         let tls = weft_certs::client_config(&anchors.unwrap(), weft_certs::CertStore::new(), &[])
             .unwrap();
-        PeerPool::new(Arc::new(tls), metrics)
+        let tls = Arc::new(tls);
+        PeerPool::new(tls.clone(), tls, metrics)
     }
 }

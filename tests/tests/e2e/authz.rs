@@ -7,7 +7,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http2::SendRequest;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weft_tests::apps::{App, start_echo_app};
 use weft_tests::client::{MeshClient, peer_h2};
 use weft_tests::eventually;
@@ -99,18 +98,9 @@ async fn peer_send(
     http::Response::from_parts(parts, body)
 }
 
-/// A plaintext HTTP/1 GET of `path` straight to the server proxy's inbound port: the status, or
-/// `None` when the connection is closed without an answer.
+/// A plaintext GET of `path` straight to the server proxy's inbound port.
 async fn plaintext_get(proxy: &Proxy, path: &str) -> Option<u16> {
-    let mut tcp = tokio::net::TcpStream::connect(proxy.inbound).await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n");
-    tcp.write_all(request.as_bytes()).await.ok()?;
-    let mut received = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut received))
-        .await
-        .expect("the inbound port answers or closes");
-    let text = String::from_utf8_lossy(&received);
-    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+    weft_tests::client::plaintext_get(proxy.inbound, path).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,6 @@
-//! What reaches the inbound port besides a Weft peer, and what the app speaks: foreign SPIFFE
-//! clients over standard mTLS (Python's `ssl` with ALPN http/1.1, and HTTP/2 with ALPN h2),
-//! HTTP/2 without the `weft-orig-proto` marker to an HTTP/1-only app, and plaintext clients
-//! whose first bytes are garbage or nothing at all.
+//! What the app speaks, and what reaches the inbound port besides requests: HTTP/2 without the
+//! `weft-orig-proto` marker to an HTTP/1-only app, and plaintext clients whose first bytes are
+//! garbage or nothing at all.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,110 +9,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use weft_tests::apps::{start_echo_app, start_tcp_echo};
+use weft_tests::apps::start_tcp_echo;
 use weft_tests::client::{foreign_h2, peer_h2};
 use weft_tests::mesh::{ControlPlane, Proxy, ProxySpec};
 
 use crate::SERVER_ID;
-
-/// An identity whose TLS stack is not Weft's: an Envoy sidecar of the same trust domain.
-const FOREIGN_ID: &str = "spiffe://cluster.local/ns/legacy/sa/envoy";
-
-const FOREIGN_CLIENT: &str = r#"
-import socket, ssl, sys
-host, port, chain, key, anchors, server_name = sys.argv[1:7]
-context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-context.load_verify_locations(anchors)
-context.load_cert_chain(chain, key)
-context.set_alpn_protocols(["http/1.1"])
-with socket.create_connection((host, int(port)), timeout=10) as tcp:
-    with context.wrap_socket(tcp, server_hostname=server_name) as tls:
-        assert tls.selected_alpn_protocol() == "http/1.1", tls.selected_alpn_protocol()
-        tls.sendall(b"GET /foreign HTTP/1.1\r\nHost: api.shop\r\nweft-client-id: spiffe://cluster.local/ns/shop/sa/admin\r\nConnection: close\r\n\r\n")
-        answer = b""
-        while True:
-            chunk = tls.recv(65536)
-            if not chunk:
-                break
-            answer += chunk
-sys.stdout.write(answer.decode("utf-8", "replace"))
-"#;
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_foreign_spiffe_client_calls_a_weft_pod_over_standard_mtls() {
-    weft_tests::init();
-    let cp = ControlPlane::start("24h").await;
-    let app = start_echo_app().await;
-    let server = Proxy::start(&cp, ProxySpec::new(SERVER_ID).app_port(app.port)).await;
-    let (chain, key) = cp.credential_pem(FOREIGN_ID).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (chain_path, key_path) = (dir.path().join("chain.pem"), dir.path().join("key.pem"));
-    std::fs::write(&chain_path, chain).unwrap();
-    std::fs::write(&key_path, key).unwrap();
-    let server_name = SERVER_ID
-        .parse::<weft_certs::Identity>()
-        .unwrap()
-        .dns_name();
-    let output = tokio::process::Command::new("python3")
-        .arg("-c")
-        .arg(FOREIGN_CLIENT)
-        .arg(server.inbound.ip().to_string())
-        .arg(server.inbound.port().to_string())
-        .arg(&chain_path)
-        .arg(&key_path)
-        .arg(cp.trust_anchor())
-        .arg(&server_name)
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(30), output)
-        .await
-        .expect("the Python client finishes")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&output.stdout).to_ascii_lowercase();
-    assert!(
-        output.status.success() && answer.starts_with("http/1.1 200"),
-        "{answer}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    // The identity it proved, never the one it claimed in a header.
-    assert!(
-        answer.contains(&format!("x-seen-client-id: {FOREIGN_ID}")),
-        "{answer}"
-    );
-    assert!(answer.contains("x-seen-version: http/1.1"), "{answer}");
-
-    // HTTP/2 with ALPN h2 and no Weft transport header.
-    let certs = cp.credential(FOREIGN_ID).await;
-    let mut h2 = foreign_h2(server.inbound, &cp.anchors(), certs, SERVER_ID)
-        .await
-        .unwrap();
-    let request = http::Request::get("http://api.shop/h2")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let response = h2.send_request(request).await.unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["x-seen-client-id"], FOREIGN_ID);
-    // Authorization applies to it like to any other client.
-    cp.apply_ok(&format!(
-        "apiVersion: policy.weft.io/v1alpha1\nkind: Workload\nmetadata: {{name: api-1, namespace: shop, labels: {{app: api}}}}\nspec: {{address: 127.0.0.1, proxyPort: {}, identity: \"{SERVER_ID}\"}}\n---\napiVersion: policy.weft.io/v1alpha1\nkind: InboundDefaults\nmetadata: {{name: api, namespace: shop}}\nspec: {{authorization: deny}}\n",
-        server.inbound.port()
-    ));
-    weft_tests::eventually(
-        "the deny default to reach the proxy",
-        Duration::from_secs(20),
-        || {
-            let mut h2 = h2.clone();
-            async move {
-                let request = http::Request::get("http://api.shop/h2")
-                    .body(Empty::<Bytes>::new())
-                    .unwrap();
-                let response = h2.send_request(request).await.ok()?;
-                (response.status() == 403).then_some(())
-            }
-        },
-    )
-    .await;
-}
 
 /// An app that speaks HTTP/1 only (an HTTP/2 preface gets it to answer 400 and close), and
 /// says which version each request came in.
