@@ -282,7 +282,18 @@ impl FromStr for DefaultAuthorization {
 }
 
 impl DefaultAuthorization {
-    /// The name users write, and the metrics label `default:<name>`.
+    /// The metrics label of a decision this default made.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Deny => "default:deny",
+            Self::AllAuthenticated => "default:all-authenticated",
+            Self::ClusterAuthenticated => "default:cluster-authenticated",
+            Self::AllUnauthenticated => "default:all-unauthenticated",
+            Self::Audit => "default:audit",
+        }
+    }
+
+    /// The name users write.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Deny => "deny",

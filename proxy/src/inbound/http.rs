@@ -17,7 +17,7 @@ use weft_certs::Identity;
 use super::app_protocol;
 use super::policy::{Client, Policy};
 use super::rate_limit::{InboundRateLimits, Limited};
-use crate::destination::AppProtocol;
+use crate::destination::{AppProtocol, InboundPolicy};
 use crate::http_util::{
     Body, CLIENT_ID, ORIG_PROTO, boxed, error_response, remove_weft_headers,
     strip_connection_headers,
@@ -158,8 +158,9 @@ impl InboundConnection {
     /// Authorizes, limits and forwards one request to the app.
     pub async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
-        let response = match self.admit(&request) {
-            None => self.forward(request).await,
+        let pushed = self.shared.policy.latest();
+        let response = match self.admit(pushed.as_deref(), &request) {
+            None => self.forward(pushed.as_deref(), request).await,
             Some(refusal) => refusal,
         };
         self.metrics.record(response.status(), started.elapsed());
@@ -167,17 +168,19 @@ impl InboundConnection {
     }
 
     /// Authorization, then the rate limits: the refusal, if any.
-    fn admit(&self, request: &Request<Incoming>) -> Option<Response<Body>> {
+    fn admit(
+        &self,
+        pushed: Option<&InboundPolicy>,
+        request: &Request<Incoming>,
+    ) -> Option<Response<Body>> {
         let shared = &self.shared;
-        let pushed = shared.policy.latest();
         let port = self.app.addr.port();
-        let decision =
-            shared
-                .policy
-                .authorize(pushed.as_deref(), port, &self.client, Some(request));
+        let decision = shared
+            .policy
+            .authorize(pushed, port, &self.client, Some(request));
         shared
             .metrics
-            .inbound_authz(&decision.policy, decision.label);
+            .inbound_authz(decision.policy, decision.label);
         let grpc = is_grpc(request);
         if !decision.allowed {
             let reason = format!(
@@ -192,7 +195,7 @@ impl InboundConnection {
                 reason,
             ));
         }
-        let limits = pushed.as_ref().map(|p| p.rate_limit).unwrap_or_default();
+        let limits = pushed.map(|p| p.rate_limit).unwrap_or_default();
         if let Err(limited) = shared
             .rate_limits
             .check(limits, self.client.identity.as_ref())
@@ -215,12 +218,16 @@ impl InboundConnection {
         None
     }
 
-    async fn forward(&self, request: Request<Incoming>) -> Response<Body> {
+    async fn forward(
+        &self,
+        pushed: Option<&InboundPolicy>,
+        request: Request<Incoming>,
+    ) -> Response<Body> {
         let upgrading = upgrade::is_upgrade(&request);
         let (mut parts, body) = request.into_parts();
         let client_version = parts.version;
         if !upgrading {
-            let target = match self.app_version(&parts).await {
+            let target = match self.app_version(pushed, &parts).await {
                 Ok(version) => version,
                 Err(error) => return app_error(error),
             };
@@ -267,12 +274,15 @@ impl InboundConnection {
     /// The version the app gets: what policy says it speaks (a Service port's appProtocol),
     /// else HTTP/1 for an HTTP/1 request (from a client, or restored from the peer proxy's
     /// `weft-orig-proto` mark), else what the app answered when asked.
-    async fn app_version(&self, parts: &http::request::Parts) -> Result<Version, PlainHttpError> {
-        let pushed = self.shared.policy.latest();
+    async fn app_version(
+        &self,
+        pushed: Option<&InboundPolicy>,
+        parts: &http::request::Parts,
+    ) -> Result<Version, PlainHttpError> {
         let declared = self
             .shared
             .policy
-            .port(pushed.as_deref(), self.app.addr.port())
+            .port(pushed, self.app.addr.port())
             .app_protocol;
         let protocol = match declared {
             Some(protocol) => protocol,

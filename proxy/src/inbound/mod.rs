@@ -327,9 +327,7 @@ impl Inbound {
             let decision = inner
                 .policy
                 .authorize::<()>(pushed, app.port(), &client, None);
-            inner
-                .metrics
-                .inbound_authz(&decision.policy, decision.label);
+            inner.metrics.inbound_authz(decision.policy, decision.label);
             if !decision.allowed {
                 inner.refused(
                     InboundRefusal::Unauthorized,

@@ -83,10 +83,10 @@ pub struct PortView {
 
 /// An authorization decision and what it is counted under.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
+pub struct Decision<'a> {
     pub allowed: bool,
     /// The AuthorizationPolicy that allowed, or `default:<default>`.
-    pub policy: String,
+    pub policy: &'a str,
     /// `allow`, `deny` or `audit`.
     pub label: &'static str,
     /// Why it was (or, under audit, would have been) denied.
@@ -157,23 +157,22 @@ impl Policy {
     }
 
     /// Whether `client` may send `request` (or, with none, open a TCP connection) to `port`.
-    pub fn authorize<B>(
+    pub fn authorize<'a, B>(
         &self,
-        pushed: Option<&InboundPolicy>,
+        pushed: Option<&'a InboundPolicy>,
         port: u16,
         client: &Client,
         request: Option<&Request<B>>,
-    ) -> Decision {
+    ) -> Decision<'a> {
         let default = self.port(pushed, port).default;
-        let covering: Vec<&Authorization> = pushed
-            .map(|p| {
-                p.authorizations
-                    .iter()
-                    .filter(|a| a.ports.is_empty() || a.ports.contains(&port))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let denied = |policy: String, reason: String| {
+        let covering = || {
+            pushed
+                .map(|p| p.authorizations.as_slice())
+                .unwrap_or_default()
+                .iter()
+                .filter(move |a: &&Authorization| a.ports.is_empty() || a.ports.contains(&port))
+        };
+        let denied = |policy: &'a str, reason: String| {
             if default == DefaultAuthorization::Audit {
                 Decision {
                     allowed: true,
@@ -190,8 +189,8 @@ impl Policy {
                 }
             }
         };
-        if !covering.is_empty() {
-            let allowing = covering.iter().find(|a| {
+        if covering().next().is_some() {
+            let allowing = covering().find(|a| {
                 let applies = a.http.is_empty()
                     || request.is_some_and(|r| a.http.iter().any(|m| m.matches(r)));
                 applies && a.sources.iter().any(|s| self.source_allows(s, client))
@@ -199,12 +198,12 @@ impl Policy {
             return match allowing {
                 Some(a) => Decision {
                     allowed: true,
-                    policy: a.name.clone(),
+                    policy: &a.name,
                     label: "allow",
                     reason: None,
                 },
                 None => denied(
-                    "default:deny".to_string(),
+                    DefaultAuthorization::Deny.label(),
                     format!(
                         "no AuthorizationPolicy allows {} on port {port}",
                         ClientName(client)
@@ -212,7 +211,7 @@ impl Policy {
                 ),
             };
         }
-        let policy = format!("default:{}", default.as_str());
+        let policy = default.label();
         let authenticated = client.identity.is_some();
         let allowed = match default {
             DefaultAuthorization::Deny => false,

@@ -144,10 +144,7 @@ fn once_a_policy_covers_a_port_only_what_it_allows_passes() {
     let p = Some(&pushed);
     let web = client(Some(WEB), [10, 0, 0, 1]);
     let allowed = policy.authorize(p, 8080, &web, Some(&get("/api/x")));
-    assert_eq!(
-        (allowed.allowed, allowed.policy.as_str()),
-        (true, "shop/web-api")
-    );
+    assert_eq!((allowed.allowed, allowed.policy), (true, "shop/web-api"));
     let admin = policy.authorize(p, 8080, &web, Some(&get("/admin")));
     assert!(!admin.allowed);
     assert!(admin.reason.unwrap().contains(WEB));
