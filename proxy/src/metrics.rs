@@ -68,6 +68,8 @@ pub enum InboundRefusal {
     Plaintext,
     /// A TCP connection authorization denied.
     Unauthorized,
+    /// A stream detected as opaque on a port that takes HTTP began like a text request.
+    NotHttp,
     /// No app port and no original destination.
     NoTarget,
     /// The original destination is one of the proxy's own ports.
@@ -86,6 +88,7 @@ impl InboundRefusal {
             Self::NoIdentity => "no_identity",
             Self::Plaintext => "plaintext",
             Self::Unauthorized => "unauthorized",
+            Self::NotHttp => "not_http",
             Self::NoTarget => "no_target",
             Self::OwnPort => "own_port",
             Self::NotLocal => "not_local",

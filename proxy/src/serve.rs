@@ -44,6 +44,9 @@ pub struct ServeOptions {
     /// When the connection must end however busy it is: it stops taking requests then, and is
     /// cut [`END_GRACE`] later.
     pub deadline: Option<Instant>,
+    /// An HTTP/1 request head must arrive within this (clients from the network); `None` for
+    /// the local app, which would otherwise arm and disarm a timer on every request.
+    pub header_read_timeout: Option<Duration>,
 }
 
 impl ServeOptions {
@@ -54,6 +57,7 @@ impl ServeOptions {
             keepalive: None,
             idle_timeout: None,
             deadline: None,
+            header_read_timeout: None,
         }
     }
 }
@@ -138,12 +142,9 @@ pub async fn serve_http<I, S, F>(
             drive!(builder.serve_connection(io, service))
         }
         Protocol::Http1 | Protocol::Opaque => {
-            // HTTP/1 is only ever served to the local app (peers speak HTTP/2), so no header
-            // read timeout: it would arm and disarm a timer on every request for a client
-            // that is not an attacker.
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(None)
+                .header_read_timeout(options.header_read_timeout)
                 .max_buf_size(MAX_HEADER_BYTES)
                 .serve_connection(io, service)
                 .with_upgrades();

@@ -12,7 +12,8 @@ use weft_api::discovery as pb;
 
 use super::snapshot::{http_match, policy_for, selects};
 use crate::policy::{
-    AuthorizationPolicySpec, InboundDefaultsSpec, Kind, RateLimit, ServicePort, Spec,
+    AuthorizationPolicySpec, InboundDefaultsSpec, InboundRateLimit, Kind, RateLimit, ServicePort,
+    Spec,
 };
 use crate::policy_store::{PolicyState, Stored};
 
@@ -46,13 +47,19 @@ pub fn inbound_snapshot(state: &PolicyState, identity: &str, port: u32) -> pb::I
                 .unwrap_or_default(),
         })
         .collect();
-    let rate_limit = levels
-        .iter()
-        .find_map(|level| level.rate_limit.as_ref())
-        .map(|limit| pb::InboundRateLimit {
-            total: limit.total.as_ref().map(rate),
-            per_identity: limit.per_identity.as_ref().map(rate),
-        });
+    // Each limit from the nearest level that sets it, as for the other settings.
+    let nearest = |pick: fn(&InboundRateLimit) -> Option<&RateLimit>| {
+        levels
+            .iter()
+            .find_map(|level| level.rate_limit.as_ref().and_then(pick))
+            .map(rate)
+    };
+    let total = nearest(|limit| limit.total.as_ref());
+    let per_identity = nearest(|limit| limit.per_identity.as_ref());
+    let rate_limit = (total.is_some() || per_identity.is_some()).then_some(pb::InboundRateLimit {
+        total,
+        per_identity,
+    });
     pb::InboundSnapshot {
         version: String::new(),
         opaque: port != 0 && opaque_ports.contains(&port),

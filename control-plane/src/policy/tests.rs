@@ -101,10 +101,17 @@ spec:
     let workload = r#"
 apiVersion: policy.weft.io/v1alpha1
 kind: Workload
-metadata: {name: w}
+metadata: {name: w, namespace: a}
 spec: {address: 10.0.0.1, identity: "spiffe://cluster.local/ns/a/sa/b"}
 "#;
     parse(workload).unwrap();
+    let elsewhere = error(&workload.replace("namespace: a", "namespace: b"));
+    assert!(
+        elsewhere.contains(
+            "spec.identity: spiffe://cluster.local/ns/a/sa/b belongs to namespace \"a\", not \"b\""
+        ),
+        "{elsewhere}"
+    );
     assert!(error(&workload.replace("10.0.0.1", "ten")).contains("spec.address"));
     assert!(
         error(&workload.replace("spiffe://cluster.local/ns/a/sa/b", "spiffe://x"))
@@ -148,7 +155,7 @@ fn extreme_values_are_refused_naming_the_field_and_range() {
     };
     let workload = |field: &str| {
         format!(
-            "apiVersion: policy.weft.io/v1alpha1\nkind: Workload\nmetadata: {{name: w}}\nspec: {{address: 10.0.0.1, identity: \"spiffe://cluster.local/ns/a/sa/b\", {field}}}\n"
+            "apiVersion: policy.weft.io/v1alpha1\nkind: Workload\nmetadata: {{name: w, namespace: a}}\nspec: {{address: 10.0.0.1, identity: \"spiffe://cluster.local/ns/a/sa/b\", {field}}}\n"
         )
     };
     let durations = [
@@ -310,4 +317,92 @@ fn durations_follow_the_gateway_api_grammar() {
     ] {
         assert!(duration(text).is_err(), "{text:?} must be refused");
     }
+}
+
+const AUTHZ: &str = r#"
+apiVersion: policy.weft.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: api}
+  ports: [8080]
+  http: [{path: {type: PathPrefix, value: /api}, method: GET}]
+  from:
+  - identities: ["spiffe://cluster.local/ns/shop/sa/web", "spiffe://cluster.local/ns/ops/sa/*"]
+  - namespaces: [monitoring]
+    cidrs: [10.0.0.0/8]
+  - unauthenticated: true
+"#;
+
+const DEFAULTS: &str = r#"
+apiVersion: policy.weft.io/v1alpha1
+kind: InboundDefaults
+metadata: {name: api, namespace: shop}
+spec:
+  selector: {app: api}
+  mode: strict
+  authorization: deny
+  ports: [{port: 9090, authorization: all-unauthenticated}]
+  rateLimit: {perIdentity: {requestsPerSecond: 10}}
+"#;
+
+#[test]
+fn inbound_kinds_parse_and_each_error_names_the_field() {
+    parse(AUTHZ).unwrap();
+    parse(DEFAULTS).unwrap();
+    let cases = [
+        (
+            AUTHZ.replace("sa/*", "sa/*x"),
+            "AuthorizationPolicy shop/web: spec.from[0].identities[1]",
+        ),
+        (
+            AUTHZ.replace("10.0.0.0/8", "10.0.0.0/33"),
+            "AuthorizationPolicy shop/web: spec.from[1].cidrs[0]: \"10.0.0.0/33\" is not a CIDR",
+        ),
+        (
+            AUTHZ.replace("- unauthenticated: true", "- {}"),
+            "AuthorizationPolicy shop/web: spec.from[2]: set identities, namespaces, unauthenticated or cidrs",
+        ),
+        (
+            AUTHZ.replace(
+                "  - namespaces: [monitoring]",
+                "  - unauthenticated: true\n    namespaces: [monitoring]",
+            ),
+            "AuthorizationPolicy shop/web: spec.from[1].unauthenticated: a source with identities or namespaces requires authentication",
+        ),
+        (
+            AUTHZ.replace("ports: [8080]", "ports: [0]"),
+            "AuthorizationPolicy shop/web: spec.ports[0]: 0 is not a port",
+        ),
+        (
+            DEFAULTS.replace("mode: strict", "mode: lax"),
+            "InboundDefaults shop/api: spec.mode: \"lax\" must be one of strict, permissive",
+        ),
+        (
+            DEFAULTS.replace(
+                "authorization: all-unauthenticated",
+                "authorization: everyone",
+            ),
+            "InboundDefaults shop/api: spec.ports[0].authorization: \"everyone\" must be one of deny,",
+        ),
+        (
+            DEFAULTS.replace("requestsPerSecond: 10", "requestsPerSecond: 0"),
+            "InboundDefaults shop/api: spec.rateLimit.perIdentity.requestsPerSecond: 0 must be between 1 and 1000000",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        let error = error(&yaml);
+        assert!(
+            error.starts_with(expected),
+            "{error}\n  expected: {expected}"
+        );
+    }
+    let empty_from = error(&AUTHZ.replace(
+        "  from:\n  - identities: [\"spiffe://cluster.local/ns/shop/sa/web\", \"spiffe://cluster.local/ns/ops/sa/*\"]\n  - namespaces: [monitoring]\n    cidrs: [10.0.0.0/8]\n  - unauthenticated: true\n",
+        "  from: []\n",
+    ));
+    assert!(
+        empty_from.contains("spec.from: name at least one source"),
+        "{empty_from}"
+    );
 }

@@ -176,9 +176,22 @@ pub(super) fn check(resource: &Resource) -> Result<(), Failure> {
                     format!("{:?} is not an IP address", spec.address),
                 )
             })?;
-            spec.identity
+            let identity = spec
+                .identity
                 .parse::<weft_certs::Identity>()
                 .map_err(|e| ("spec.identity".to_string(), e.to_string()))?;
+            // As on Kubernetes, where a pod's ServiceAccount lives in its namespace: the
+            // namespace's policies and defaults are what apply to that identity.
+            if identity.namespace() != resource.namespace() {
+                return fail(
+                    "spec.identity",
+                    &format!(
+                        "{identity} belongs to namespace {:?}, not {:?}: a Workload lives in its identity's namespace",
+                        identity.namespace(),
+                        resource.namespace()
+                    ),
+                );
+            }
             if let Some(port) = spec.proxy_port {
                 check_port("spec.proxyPort", port)?;
             }

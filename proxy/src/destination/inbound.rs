@@ -346,3 +346,76 @@ impl IdentityPattern {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> pb::InboundSnapshot {
+        pb::InboundSnapshot {
+            defaults: Some(pb::InboundSettings {
+                mode: "strict".into(),
+                authorization: "deny".into(),
+            }),
+            ports: vec![pb::InboundPort {
+                port: 8080,
+                settings: Some(pb::InboundSettings {
+                    mode: String::new(),
+                    authorization: "audit".into(),
+                }),
+                app_protocol: "http".into(),
+            }],
+            authorizations: vec![pb::Authorization {
+                name: "shop/web".into(),
+                ports: vec![8080],
+                http: Vec::new(),
+                sources: vec![pb::AuthorizationSource {
+                    identities: vec!["spiffe://cluster.local/ns/ops/sa/*".into()],
+                    cidrs: vec!["10.0.0.0/8".into()],
+                    ..Default::default()
+                }],
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_snapshot_compiles_port_settings_over_the_defaults() {
+        let policy = InboundPolicy::try_from(&snapshot()).unwrap();
+        let port = policy.port(8080);
+        assert_eq!(port.mode, Some(Mode::Strict));
+        assert_eq!(port.authorization, Some(DefaultAuthorization::Audit));
+        assert_eq!(port.app_protocol, Some(AppProtocol::Http1));
+        assert_eq!(
+            policy.port(9090).authorization,
+            Some(DefaultAuthorization::Deny)
+        );
+        assert_eq!(policy.authorizations[0].sources[0].cidrs.len(), 1);
+    }
+
+    #[test]
+    fn a_bad_snapshot_is_refused_naming_the_field() {
+        type Spoil = fn(&mut pb::InboundSnapshot);
+        let cases: [(Spoil, &str); 4] = [
+            (
+                |s| s.defaults.as_mut().unwrap().mode = "lax".into(),
+                "defaults.mode",
+            ),
+            (|s| s.ports[0].port = 70000, "ports[0].port"),
+            (
+                |s| s.authorizations[0].sources[0].identities[0] = "spiffe://x/y".into(),
+                "authorizations[0].sources[0].identities[0]",
+            ),
+            (
+                |s| s.ports[0].app_protocol = "smtp".into(),
+                "ports[0].app_protocol",
+            ),
+        ];
+        for (spoil, field) in cases {
+            let mut bad = snapshot();
+            spoil(&mut bad);
+            let error = InboundPolicy::try_from(&bad).unwrap_err();
+            assert_eq!(error.field, field, "{error}");
+        }
+    }
+}

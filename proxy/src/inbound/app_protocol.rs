@@ -19,9 +19,18 @@ const EMPTY_SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
 /// The frame type byte of a frame header.
 const SETTINGS_TYPE: u8 = 4;
 
+/// What a probe learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probed {
+    /// The app answered (or closed): this holds for as long as the app runs.
+    Answered(AppProtocol),
+    /// The app said nothing in time (busy, starting): HTTP/1 for now, to be asked again.
+    Silent,
+}
+
 /// Asks the app at `addr` whether it speaks HTTP/2 with prior knowledge. An error: the app
 /// could not be reached (nothing learned).
-pub async fn probe(addr: SocketAddr) -> std::io::Result<AppProtocol> {
+pub async fn probe(addr: SocketAddr) -> std::io::Result<Probed> {
     let mut tcp = tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
@@ -31,8 +40,9 @@ pub async fn probe(addr: SocketAddr) -> std::io::Result<AppProtocol> {
     let mut header = [0u8; 9];
     let answered = tokio::time::timeout(PROBE_TIMEOUT, tcp.read_exact(&mut header)).await;
     Ok(match answered {
-        Ok(Ok(_)) if header[3] == SETTINGS_TYPE => AppProtocol::Http2,
-        _ => AppProtocol::Http1,
+        Ok(Ok(_)) if header[3] == SETTINGS_TYPE => Probed::Answered(AppProtocol::Http2),
+        Ok(_) => Probed::Answered(AppProtocol::Http1),
+        Err(_) => Probed::Silent,
     })
 }
 
@@ -56,10 +66,19 @@ mod tests {
     #[tokio::test]
     async fn settings_mean_http2_and_anything_else_http1() {
         let h2 = server(&[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100]).await;
-        assert_eq!(probe(h2).await.unwrap(), AppProtocol::Http2);
+        assert_eq!(
+            probe(h2).await.unwrap(),
+            Probed::Answered(AppProtocol::Http2)
+        );
         let h1 = server(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n").await;
-        assert_eq!(probe(h1).await.unwrap(), AppProtocol::Http1);
+        assert_eq!(
+            probe(h1).await.unwrap(),
+            Probed::Answered(AppProtocol::Http1)
+        );
         let closes = server(b"").await;
-        assert_eq!(probe(closes).await.unwrap(), AppProtocol::Http1);
+        assert_eq!(
+            probe(closes).await.unwrap(),
+            Probed::Answered(AppProtocol::Http1)
+        );
     }
 }

@@ -11,7 +11,6 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use parking_lot::Mutex;
-use tokio::sync::OnceCell;
 use weft_certs::Identity;
 
 use super::app_protocol;
@@ -55,8 +54,13 @@ pub struct InboundHttp {
 struct App {
     http: PlainHttp,
     addr: SocketAddr,
-    detected: OnceCell<AppProtocol>,
+    /// What the app answered, and until when to believe it (`None`: for good). Locked across
+    /// a probe, so a burst of first requests asks once.
+    detected: tokio::sync::Mutex<Option<(AppProtocol, Option<tokio::time::Instant>)>>,
 }
+
+/// How long a silent probe's guess (HTTP/1) stands before the app is asked again.
+const SILENT_PROBE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Per-connection state: who the client is, as a header value and as metrics labels.
 #[derive(Debug)]
@@ -66,6 +70,24 @@ pub struct InboundConnection {
     client_id: Option<HeaderValue>,
     app: Arc<App>,
     metrics: RequestMetrics,
+    session: Session,
+}
+
+/// What an accepted connection holds, and until when: a WebSocket it upgrades to keeps both.
+#[derive(Clone)]
+pub struct Session {
+    /// Its place among the client's connections, released when the last holder ends.
+    pub hold: Arc<dyn std::any::Any + Send + Sync>,
+    /// Its maximum age, or the client's certificate expiry.
+    pub deadline: tokio::time::Instant,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
 }
 
 impl InboundHttp {
@@ -81,7 +103,12 @@ impl InboundHttp {
     }
 
     /// State for one connection from `client`, forwarding to `app`.
-    pub fn connection(self: &Arc<Self>, client: Client, app: SocketAddr) -> Arc<InboundConnection> {
+    pub fn connection(
+        self: &Arc<Self>,
+        client: Client,
+        app: SocketAddr,
+        session: Session,
+    ) -> Arc<InboundConnection> {
         let peer_id = client.identity.as_ref().map(Identity::to_string);
         let client_id = peer_id.as_ref().map(|id| {
             HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
@@ -111,6 +138,7 @@ impl InboundHttp {
             client_id,
             app: pooled,
             metrics,
+            session,
         })
     }
 
@@ -137,20 +165,35 @@ impl App {
         Self {
             http: PlainHttp::new(addr),
             addr,
-            detected: OnceCell::new(),
+            detected: tokio::sync::Mutex::new(None),
         }
     }
 
-    /// What the app speaks, probed once (not remembered while it cannot be reached).
+    /// What the app speaks: probed once it answers (nothing is remembered while it cannot be
+    /// reached, and a silent app is asked again after a while).
     async fn protocol(&self) -> Result<AppProtocol, PlainHttpError> {
-        self.detected
-            .get_or_try_init(|| app_protocol::probe(self.addr))
-            .await
-            .copied()
-            .map_err(|source| PlainHttpError::Connect {
-                addr: self.addr,
-                source,
-            })
+        let mut detected = self.detected.lock().await;
+        if let Some((protocol, until)) = *detected
+            && until.is_none_or(|until| tokio::time::Instant::now() < until)
+        {
+            return Ok(protocol);
+        }
+        let probed =
+            app_protocol::probe(self.addr)
+                .await
+                .map_err(|source| PlainHttpError::Connect {
+                    addr: self.addr,
+                    source,
+                })?;
+        let (protocol, until) = match probed {
+            app_protocol::Probed::Answered(protocol) => (protocol, None),
+            app_protocol::Probed::Silent => (
+                AppProtocol::Http1,
+                Some(tokio::time::Instant::now() + SILENT_PROBE_TTL),
+            ),
+        };
+        *detected = Some((protocol, until));
+        Ok(protocol)
     }
 }
 
@@ -223,9 +266,20 @@ impl InboundConnection {
         pushed: Option<&InboundPolicy>,
         request: Request<Incoming>,
     ) -> Response<Body> {
-        let upgrading = upgrade::is_upgrade(&request);
+        if request.method() == http::Method::CONNECT {
+            // A tunnel into the pod would carry anything past authorization and stamping.
+            return error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "CONNECT into a meshed workload is not allowed",
+            );
+        }
+        let upgrading = upgrade::is_websocket(&request);
         let (mut parts, body) = request.into_parts();
         let client_version = parts.version;
+        if !upgrading && parts.version != Version::HTTP_2 {
+            // Any other upgrade offer (h2c) is dropped: the app gets a plain request.
+            strip_connection_headers(&mut parts.headers);
+        }
         if !upgrading {
             let target = match self.app_version(pushed, &parts).await {
                 Ok(version) => version,
@@ -257,12 +311,46 @@ impl InboundConnection {
         }
     }
 
-    /// An upgrade (WebSocket) or `CONNECT`: HTTP/1.1 on a connection to the app of its own.
+    /// A WebSocket handshake: HTTP/1.1 on a connection to the app of its own. The tunnel holds
+    /// the client's connection place, and ends at the connection's deadline or once the
+    /// policy no longer allows the handshake it began with.
     async fn forward_upgrade(&self, request: Request<Incoming>) -> Response<Body> {
+        let mut head = Request::new(());
+        *head.method_mut() = request.method().clone();
+        *head.uri_mut() = request.uri().clone();
+        *head.headers_mut() = request.headers().clone();
+        let (policy, client, port) = (
+            self.shared.policy.clone(),
+            self.client.clone(),
+            self.app.addr.port(),
+        );
+        let metrics = self.shared.metrics.clone();
+        let deadline = self.session.deadline;
+        let until = async move {
+            let still_allowed = async {
+                let Some(mut changes) = policy.changes() else {
+                    return std::future::pending().await;
+                };
+                changes.borrow_and_update();
+                while changes.changed().await.is_ok() {
+                    let latest = policy.latest();
+                    let decision = policy.authorize(latest.as_deref(), port, &client, Some(&head));
+                    metrics.inbound_authz(decision.policy, decision.label);
+                    if !decision.allowed {
+                        return;
+                    }
+                }
+                std::future::pending().await
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {}
+                () = still_allowed => {}
+            }
+        };
         match tokio::net::TcpStream::connect(self.app.addr).await {
             Ok(tcp) => {
                 let _ = tcp.set_nodelay(true);
-                upgrade::forward(tcp, request).await
+                upgrade::forward(tcp, request, self.session.hold.clone(), until).await
             }
             Err(source) => app_error(PlainHttpError::Connect {
                 addr: self.app.addr,
@@ -356,6 +444,13 @@ mod tests {
     use super::*;
     use crate::inbound::policy::InboundPorts;
 
+    fn session() -> Session {
+        Session {
+            hold: Arc::new(()),
+            deadline: tokio::time::Instant::now(),
+        }
+    }
+
     #[test]
     fn ports_a_peer_names_grow_neither_pools_nor_labels_without_bound() {
         let registry = prometheus::Registry::new();
@@ -370,7 +465,11 @@ mod tests {
         };
         let mut held = Vec::new();
         for port in 1000..1200 {
-            held.push(http.connection(peer.clone(), SocketAddr::from(([127, 0, 0, 1], port))));
+            held.push(http.connection(
+                peer.clone(),
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                session(),
+            ));
         }
         assert_eq!(http.apps.lock().len(), MAX_APPS);
         let labels: std::collections::BTreeSet<String> = registry
@@ -389,7 +488,7 @@ mod tests {
         assert_eq!(labels.len(), MAX_APPS + 1, "{labels:?}");
         // Pools nobody uses any more make room.
         held.clear();
-        http.connection(peer, SocketAddr::from(([127, 0, 0, 1], 2000)));
+        http.connection(peer, SocketAddr::from(([127, 0, 0, 1], 2000)), session());
         assert_eq!(http.apps.lock().len(), 1);
     }
 }

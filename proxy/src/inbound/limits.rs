@@ -40,19 +40,27 @@ impl Default for InboundLimits {
     }
 }
 
+/// Whom a connection is counted against: its verified identity, or, for a plaintext client,
+/// its address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ClientKey {
+    Identity(Identity),
+    Address(std::net::IpAddr),
+}
+
 /// Counts what the limits bound.
 #[derive(Debug)]
 pub struct Admission {
     limits: InboundLimits,
     handshakes: Arc<Semaphore>,
-    by_identity: Arc<Mutex<HashMap<Identity, usize>>>,
+    by_client: Arc<Mutex<HashMap<ClientKey, usize>>>,
 }
 
-/// One connection of a peer identity, counted until dropped.
+/// One connection of a client, counted until dropped.
 #[derive(Debug)]
-pub struct IdentityPermit {
-    by_identity: Arc<Mutex<HashMap<Identity, usize>>>,
-    identity: Identity,
+pub struct ClientPermit {
+    by_client: Arc<Mutex<HashMap<ClientKey, usize>>>,
+    client: ClientKey,
 }
 
 impl Admission {
@@ -60,7 +68,7 @@ impl Admission {
     pub fn new(limits: InboundLimits) -> Self {
         Self {
             handshakes: Arc::new(Semaphore::new(limits.max_handshakes.max(1))),
-            by_identity: Arc::default(),
+            by_client: Arc::default(),
             limits,
         }
     }
@@ -76,17 +84,17 @@ impl Admission {
         self.handshakes.clone().try_acquire_owned().ok()
     }
 
-    /// A place for one more connection of `identity`, if it holds fewer than its limit.
-    pub fn connection(&self, identity: &Identity) -> Option<IdentityPermit> {
-        let mut by_identity = self.by_identity.lock();
-        let open = by_identity.entry(identity.clone()).or_default();
+    /// A place for one more connection of `client`, if it holds fewer than its limit.
+    pub fn connection(&self, client: ClientKey) -> Option<ClientPermit> {
+        let mut by_client = self.by_client.lock();
+        let open = by_client.entry(client.clone()).or_default();
         if *open >= self.limits.max_connections_per_identity {
             return None;
         }
         *open += 1;
-        Some(IdentityPermit {
-            by_identity: self.by_identity.clone(),
-            identity: identity.clone(),
+        Some(ClientPermit {
+            by_client: self.by_client.clone(),
+            client,
         })
     }
 
@@ -102,13 +110,13 @@ impl Admission {
     }
 }
 
-impl Drop for IdentityPermit {
+impl Drop for ClientPermit {
     fn drop(&mut self) {
-        let mut by_identity = self.by_identity.lock();
-        if let Some(open) = by_identity.get_mut(&self.identity) {
+        let mut by_client = self.by_client.lock();
+        if let Some(open) = by_client.get_mut(&self.client) {
             *open = open.saturating_sub(1);
             if *open == 0 {
-                by_identity.remove(&self.identity);
+                by_client.remove(&self.client);
             }
         }
     }
@@ -129,19 +137,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn connections_are_counted_per_identity_and_freed_on_drop() {
+    fn connections_are_counted_per_client_and_freed_on_drop() {
         let admission = Admission::new(InboundLimits {
             max_connections_per_identity: 2,
             ..InboundLimits::default()
         });
-        let web: Identity = "spiffe://cluster.local/ns/shop/sa/web".parse().unwrap();
-        let api: Identity = "spiffe://cluster.local/ns/shop/sa/api".parse().unwrap();
-        let first = admission.connection(&web).unwrap();
-        let _second = admission.connection(&web).unwrap();
-        assert!(admission.connection(&web).is_none());
-        assert!(admission.connection(&api).is_some());
+        let web = ClientKey::Identity("spiffe://cluster.local/ns/shop/sa/web".parse().unwrap());
+        let api = ClientKey::Identity("spiffe://cluster.local/ns/shop/sa/api".parse().unwrap());
+        let first = admission.connection(web.clone()).unwrap();
+        let _second = admission.connection(web.clone()).unwrap();
+        assert!(admission.connection(web.clone()).is_none());
+        assert!(admission.connection(api).is_some());
         drop(first);
-        assert!(admission.connection(&web).is_some());
+        assert!(admission.connection(web).is_some());
+        // A plaintext client is counted by its address.
+        let kubelet = ClientKey::Address([10, 0, 0, 1].into());
+        let _held = (0..2)
+            .map(|_| admission.connection(kubelet.clone()).unwrap())
+            .collect::<Vec<_>>();
+        assert!(admission.connection(kubelet).is_none());
+        assert!(
+            admission
+                .connection(ClientKey::Address([10, 0, 0, 2].into()))
+                .is_some()
+        );
     }
 
     #[tokio::test]

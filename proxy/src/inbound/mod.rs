@@ -14,6 +14,7 @@ mod app_protocol;
 mod http;
 mod limits;
 mod local_addrs;
+mod not_http;
 mod policy;
 mod rate_limit;
 
@@ -31,10 +32,11 @@ use tokio_rustls::TlsAcceptor;
 use weft_certs::{ALPN_H2, ALPN_HTTP1, ALPN_WEFT, Identity};
 use weft_telemetry::Drain;
 
-use self::http::InboundHttp;
-use self::limits::Admission;
+use self::http::{InboundHttp, Session};
 pub use self::limits::InboundLimits;
+use self::limits::{Admission, ClientKey};
 use self::local_addrs::LocalAddrs;
+use self::not_http::NotHttp;
 use self::policy::Client;
 pub use self::policy::{InboundPorts, Policy};
 use crate::destination::Mode;
@@ -69,6 +71,13 @@ impl TargetError {
             Self::NotLocal(_) => InboundRefusal::NotLocal,
         }
     }
+}
+
+/// An accepted connection: who, to where, holding what.
+struct Accepted {
+    client: Client,
+    app: SocketAddr,
+    session: Session,
 }
 
 /// What the connection's first bytes, ALPN or transport header already say it speaks.
@@ -177,21 +186,29 @@ impl Inbound {
                 return;
             }
             drop(handshake);
-            let client = Client {
-                identity: None,
-                addr: client_addr.ip(),
+            let Some(permit) = inner
+                .admission
+                .connection(ClientKey::Address(client_addr.ip()))
+            else {
+                inner.refused(
+                    InboundRefusal::IdentityConnections,
+                    &format!("{client_addr} holds as many plaintext connections as it may"),
+                );
+                return;
             };
-            let deadline = inner.admission.deadline(None);
-            self.serve_stream(
-                tcp,
-                Bytes::new(),
-                Known::Nothing,
-                client,
+            let accepted = Accepted {
+                client: Client {
+                    identity: None,
+                    addr: client_addr.ip(),
+                },
                 app,
-                deadline,
-                &drain,
-            )
-            .await;
+                session: Session {
+                    hold: Arc::new(permit),
+                    deadline: inner.admission.deadline(None),
+                },
+            };
+            self.serve_stream(tcp, Bytes::new(), Known::Nothing, accepted, &drain)
+                .await;
             return;
         }
         let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
@@ -231,38 +248,49 @@ impl Inbound {
             inner.refused(InboundRefusal::NoIdentity, "client presented no identity");
             return;
         };
-        let Some(_connection) = inner.admission.connection(&peer) else {
+        let Some(permit) = inner
+            .admission
+            .connection(ClientKey::Identity(peer.clone()))
+        else {
             inner.refused(
                 InboundRefusal::IdentityConnections,
                 &format!("{peer} holds as many connections as it may"),
             );
             return;
         };
-        let deadline = inner.admission.deadline(not_after);
         tracing::debug!(peer = %peer, "client authenticated");
-        let client = Client {
-            identity: Some(peer),
-            addr: client_addr.ip(),
+        let accepted = Accepted {
+            client: Client {
+                identity: Some(peer),
+                addr: client_addr.ip(),
+            },
+            app,
+            session: Session {
+                hold: Arc::new(permit),
+                deadline: inner.admission.deadline(not_after),
+            },
         };
-        self.serve_stream(tls, prefix.into(), known, client, app, deadline, &drain)
+        self.serve_stream(tls, prefix.into(), known, accepted, &drain)
             .await;
     }
 
-    /// Serves one established stream to `app`: HTTP, or opaque TCP if authorized.
-    #[allow(clippy::too_many_arguments)]
+    /// Serves one established stream to the app: HTTP, or opaque TCP if authorized.
     async fn serve_stream<S>(
         &self,
         mut io: S,
         mut prefix: Bytes,
         known: Known,
-        client: Client,
-        app: SocketAddr,
-        deadline: Instant,
+        accepted: Accepted,
         drain: &Drain,
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let inner = &self.inner;
+        let Accepted {
+            client,
+            app,
+            session,
+        } = accepted;
         let pushed = inner.policy.current().await;
         let opaque_port = inner.policy.port(pushed.as_deref(), app.port()).opaque;
         let protocol = match known {
@@ -292,7 +320,14 @@ impl Inbound {
         let io = Prefixed::new(prefix, io);
         if protocol == Protocol::Opaque {
             let _open = inner.metrics.open_connection(Direction::Inbound, "opaque");
-            self.forward_opaque(io, client, app, deadline).await;
+            let deadline = session.deadline;
+            if opaque_port {
+                self.forward_opaque(io, client, app, deadline).await;
+            } else {
+                // Detected, not declared: nothing the app could take for a request may pass.
+                self.forward_opaque(NotHttp::new(io), client, app, deadline)
+                    .await;
+            }
             return;
         }
         let name = if protocol == Protocol::Http2 {
@@ -301,7 +336,8 @@ impl Inbound {
             "http1"
         };
         let _open = inner.metrics.open_connection(Direction::Inbound, name);
-        let conn = inner.http.connection(client, app);
+        let deadline = session.deadline;
+        let conn = inner.http.connection(client, app, session);
         let service = service_fn(move |request| {
             let conn = conn.clone();
             async move { Ok::<_, std::convert::Infallible>(conn.handle(request).await) }
@@ -312,6 +348,8 @@ impl Inbound {
             keepalive: Some((limits::KEEPALIVE_INTERVAL, limits::KEEPALIVE_TIMEOUT)),
             idle_timeout: Some(limits.idle_timeout),
             deadline: Some(deadline),
+            // HTTP/1 here comes from the network (plaintext, foreign or detected clients).
+            header_read_timeout: Some(HANDSHAKE_TIMEOUT),
         };
         serve_http(TokioIo::new(io), protocol, options, service, drain).await;
     }
@@ -356,6 +394,9 @@ impl Inbound {
                     match result {
                         Ok((from_client, to_client)) => {
                             inner.metrics.tcp_bytes(Direction::Inbound, to_client, from_client);
+                        }
+                        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+                            inner.refused(InboundRefusal::NotHttp, &error.to_string());
                         }
                         Err(error) => tracing::debug!(%error, "opaque stream ended with an error"),
                     }

@@ -324,8 +324,15 @@ async fn forward(
     authority: Authority,
     request: Request<Incoming>,
 ) -> Response<Body> {
-    if upgrade::is_upgrade(&request) {
+    if upgrade::is_websocket(&request) {
         return forward_upgrade(stack, request).await;
+    }
+    if request.method() == http::Method::CONNECT {
+        // The peer would refuse it: no tunnel to a meshed workload bypasses its policy.
+        return error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT to a meshed destination is not supported",
+        );
     }
     let app_version = request.version();
     let request = match to_peer_request(request, authority) {
@@ -337,8 +344,8 @@ async fn forward(
     response
 }
 
-/// An upgrade (WebSocket) or `CONNECT` to a meshed destination: over an opaque mTLS stream of
-/// its own to one of the Service's endpoints, where the peer proxy serves it as HTTP/1.1.
+/// A WebSocket handshake to a meshed destination: over an opaque mTLS stream of its own to one
+/// of the Service's endpoints, where the peer proxy serves it as HTTP/1.1.
 async fn forward_upgrade(
     stack: &DestinationStack,
     mut request: Request<Incoming>,
@@ -362,7 +369,7 @@ async fn forward_upgrade(
     }
     // Only the proxies may say who sent it.
     remove_weft_headers(request.headers_mut());
-    upgrade::forward(stream, request).await
+    upgrade::forward(stream, request, (), std::future::pending()).await
 }
 
 /// An upgrade or `CONNECT` to `dst` outside the mesh (an outside proxy, typically): HTTP/1.1 on
@@ -371,7 +378,7 @@ async fn pass_through_upgrade(dst: SocketAddr, request: Request<Incoming>) -> Re
     match tokio::net::TcpStream::connect(dst).await {
         Ok(tcp) => {
             let _ = tcp.set_nodelay(true);
-            upgrade::forward(tcp, request).await
+            upgrade::forward(tcp, request, (), std::future::pending()).await
         }
         Err(error) => error_response(
             StatusCode::BAD_GATEWAY,

@@ -283,3 +283,89 @@ async fn inbound_rate_limits_refuse_with_429_per_identity() {
         .await;
     assert!(counted >= Some(1.0), "{counted:?}");
 }
+
+/// An opaque stream from a raw peer holding `identity`'s certificate, its header sent.
+async fn opaque_peer(
+    cp: &ControlPlane,
+    server: &Proxy,
+    identity: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let certs = cp.credential(identity).await;
+    let config = weft_certs::client_config(&cp.anchors(), certs, &[weft_certs::ALPN_WEFT]).unwrap();
+    let server_name = SERVER_ID
+        .parse::<weft_certs::Identity>()
+        .unwrap()
+        .dns_name();
+    let tcp = tokio::net::TcpStream::connect(server.inbound)
+        .await
+        .unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(server_name.try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"weft/tcp\n").await.unwrap();
+    tls
+}
+
+/// The app's greeting on `stream`, or `None` when the connection was closed instead.
+async fn greeting<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut hello = [0u8; 6];
+    match tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut hello))
+        .await
+        .expect("an answer or a close")
+    {
+        Ok(_) => Some(String::from_utf8_lossy(&hello).into_owned()),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_is_authorized_when_it_opens_and_again_when_the_policy_changes() {
+    weft_tests::init();
+    let cp = ControlPlane::start("24h").await;
+    let echo = weft_tests::apps::start_tcp_echo("127.0.0.1:0").await;
+    let server = Proxy::start(
+        &cp,
+        ProxySpec::new(SERVER_ID)
+            .app_port(echo.port)
+            .env("WEFT_PROXY_OPAQUE_PORTS", &echo.port.to_string()),
+    )
+    .await;
+    let allow = |who: &str| {
+        format!(
+            "apiVersion: policy.weft.io/v1alpha1\nkind: Workload\nmetadata: {{name: db-1, namespace: shop, labels: {{app: db}}}}\nspec: {{address: 127.0.0.1, proxyPort: {inbound}, identity: \"{SERVER_ID}\"}}\n---\napiVersion: policy.weft.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: db-clients, namespace: shop}}\nspec:\n  selector: {{app: db}}\n  ports: [{port}]\n  from: [{{identities: [\"{who}\"]}}]\n",
+            inbound = server.inbound.port(),
+            port = echo.port,
+        )
+    };
+    cp.apply_ok(&allow(CLIENT_ID));
+    // Until the policy arrives, the default lets every authenticated peer in: wait for cart's
+    // refusal.
+    eventually(
+        "the policy to reach the proxy",
+        Duration::from_secs(20),
+        || async {
+            let mut cart = opaque_peer(&cp, &server, CART_ID).await;
+            greeting(&mut cart).await.is_none().then_some(())
+        },
+    )
+    .await;
+    let mut web = opaque_peer(&cp, &server, CLIENT_ID).await;
+    assert_eq!(greeting(&mut web).await.as_deref(), Some("hello\n"));
+
+    // The policy now names cart only: web's open connection is closed at the change.
+    cp.apply_ok(&allow(CART_ID));
+    assert_eq!(
+        greeting(&mut web).await,
+        None,
+        "the open connection must be closed once its client is no longer allowed"
+    );
+    let mut cart = opaque_peer(&cp, &server, CART_ID).await;
+    assert_eq!(greeting(&mut cart).await.as_deref(), Some("hello\n"));
+    let refused = server
+        .metric("weft_inbound_refused_total{reason=\"unauthorized\"}")
+        .await;
+    assert!(refused >= Some(2.0), "{refused:?}");
+}

@@ -188,13 +188,13 @@ async fn a_weft_proxy_calls_a_foreign_spiffe_workload_with_standard_mtls() {
     let cp = ControlPlane::start("24h").await;
     let (port, _server) = start_foreign_server(&cp).await;
     cp.apply_ok(&format!(
-        "apiVersion: policy.weft.io/v1alpha1\nkind: Service\nmetadata: {{name: legacy, namespace: shop}}\nspec: {{selector: {{app: legacy}}, ports: [{{port: 8443}}]}}\n---\napiVersion: policy.weft.io/v1alpha1\nkind: Workload\nmetadata: {{name: legacy-1, namespace: shop, labels: {{app: legacy}}}}\nspec: {{address: 127.0.0.1, proxyPort: {port}, identity: \"{FOREIGN_ID}\", foreignSpiffe: true}}\n"
+        "apiVersion: policy.weft.io/v1alpha1\nkind: Service\nmetadata: {{name: legacy, namespace: legacy}}\nspec: {{selector: {{app: legacy}}, ports: [{{port: 8443}}]}}\n---\napiVersion: policy.weft.io/v1alpha1\nkind: Workload\nmetadata: {{name: legacy-1, namespace: legacy, labels: {{app: legacy}}}}\nspec: {{address: 127.0.0.1, proxyPort: {port}, identity: \"{FOREIGN_ID}\", foreignSpiffe: true}}\n"
     ));
     let client = Proxy::start(&cp, ProxySpec::new(CLIENT_ID)).await;
     let app = MeshClient::http1(client.outbound);
     for _ in 0..3 {
         let response = app
-            .send("GET", "legacy.shop:8443", "/", Bytes::new())
+            .send("GET", "legacy.legacy:8443", "/", Bytes::new())
             .await
             .unwrap();
         assert_eq!(response.status(), 200, "{response:?}");
@@ -204,13 +204,15 @@ async fn a_weft_proxy_calls_a_foreign_spiffe_workload_with_standard_mtls() {
     // Without the mark, the same workload is taken for a Weft proxy: ALPN weft/1 is refused by
     // a server that offers only h2, and nothing is sent.
     cp.apply_ok(&format!(
-        "apiVersion: policy.weft.io/v1alpha1\nkind: Workload\nmetadata: {{name: legacy-1, namespace: shop, labels: {{app: legacy}}}}\nspec: {{address: 127.0.0.1, proxyPort: {port}, identity: \"{FOREIGN_ID}\"}}\n"
+        "apiVersion: policy.weft.io/v1alpha1\nkind: Workload\nmetadata: {{name: legacy-1, namespace: legacy, labels: {{app: legacy}}}}\nspec: {{address: 127.0.0.1, proxyPort: {port}, identity: \"{FOREIGN_ID}\"}}\n"
     ));
     weft_tests::eventually(
         "the unmarked workload to be dialed as a Weft peer",
         Duration::from_secs(20),
         || async {
-            let response = app.send("GET", "legacy.shop:8443", "/", Bytes::new()).await;
+            let response = app
+                .send("GET", "legacy.legacy:8443", "/", Bytes::new())
+                .await;
             response
                 .ok()
                 .filter(|r| matches!(r.status().as_u16(), 502 | 503))

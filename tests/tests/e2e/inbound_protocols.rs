@@ -115,8 +115,32 @@ async fn plaintext_garbage_and_silence_are_opaque_and_hold_up_nobody() {
         .expect("a server-first app greets a quiet client")
         .unwrap();
     assert_eq!(&greeting, b"hello\n");
-    quiet.write_all(b"late").await.unwrap();
-    let mut late = [0u8; 4];
+    quiet.write_all(b"\x00late").await.unwrap();
+    let mut late = [0u8; 5];
     quiet.read_exact(&mut late).await.unwrap();
-    assert_eq!(&late, b"late");
+    assert_eq!(&late, b"\x00late");
+
+    // A client that stays silent past detection and then speaks HTTP (to slip a forged
+    // weft-client-id past the stamping path) is cut off before the app reads a byte of it.
+    let mut sly = TcpStream::connect(server.inbound).await.unwrap();
+    let mut greeting = [0u8; 6];
+    sly.read_exact(&mut greeting).await.unwrap();
+    sly.write_all(
+        b"GET / HTTP/1.1\r\nweft-client-id: spiffe://cluster.local/ns/shop/sa/admin\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), sly.read_to_end(&mut rest))
+        .await
+        .expect("the connection is closed");
+    assert!(
+        rest.is_empty(),
+        "the app echoed it: {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    let refused = server
+        .metric("weft_inbound_refused_total{reason=\"not_http\"}")
+        .await;
+    assert_eq!(refused, Some(1.0));
 }

@@ -124,7 +124,16 @@ impl Capture {
         let mut child = node
             .ns
             .command("tcpdump")
-            .args(["-i", "br0", "-U", "-n", "-Z", "root", "-w"])
+            .args([
+                "-i",
+                "br0",
+                "--immediate-mode",
+                "-U",
+                "-n",
+                "-Z",
+                "root",
+                "-w",
+            ])
             .arg(&file)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -158,7 +167,11 @@ impl Capture {
             .args(["-n", "-A"])
             .output()
             .unwrap();
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        format!(
+            "{}\n(tcpdump: {})",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr).trim()
+        )
     }
 }
 
@@ -201,8 +214,9 @@ fn pod_proxy(cp: &ControlPlane, identity: &str, token: PathBuf) -> ProxySpec {
         .env("WEFT_PROXY_INBOUND_ADDR", &any(weft_tests::free_port()))
 }
 
-/// The server pod's apps: HTTP on 8080, WebSocket on 8081, a client-first TCP echo on 7000, a
-/// server-first one on the opaque port 5432, and HTTPS of its own on 8443.
+/// The server pod's apps: HTTP on 8080, WebSocket on 8081, a TCP echo on 7000 (declared opaque),
+/// a server-first one on the opaque port 5432, and HTTPS of its own on 8443 (detected: the
+/// client's first bytes are a TLS ClientHello).
 struct ServerApps {
     http: App,
     _websocket: WebSocketEcho,
@@ -360,7 +374,7 @@ fn two_pods_talk_through_their_proxies_and_the_bridge_sees_only_tls() {
     let (cp, client_token, server_token) = within(&node.runtime, async {
         let cp = ControlPlane::start_serving_proxies_on("24h", &[], NODE_V4.parse().unwrap()).await;
         cp.apply_ok(&format!(
-            "apiVersion: policy.weft.io/v1alpha1\nkind: Service\nmetadata: {{name: api, namespace: shop}}\nspec: {{selector: {{app: api}}, ports: [{{port: 8080}}, {{port: 8081}}, {{port: 7000}}, {{port: 5432}}, {{port: 8443}}]}}\n---\napiVersion: policy.weft.io/v1alpha1\nkind: Workload\nmetadata: {{name: api-v4, namespace: shop, labels: {{app: api}}}}\nspec: {{address: \"{SERVER_V4}\", identity: \"{SERVER_ID}\"}}\n---\napiVersion: policy.weft.io/v1alpha1\nkind: Workload\nmetadata: {{name: api-v6, namespace: shop, labels: {{app: api}}}}\nspec: {{address: \"{SERVER_V6}\", identity: \"{SERVER_ID}\"}}\n"
+            "apiVersion: policy.weft.io/v1alpha1\nkind: Service\nmetadata: {{name: api, namespace: shop}}\nspec: {{selector: {{app: api}}, ports: [{{port: 8080}}, {{port: 8081}}, {{port: 7000, appProtocol: tcp}}, {{port: 5432}}, {{port: 8443}}]}}\n---\napiVersion: policy.weft.io/v1alpha1\nkind: Workload\nmetadata: {{name: api-v4, namespace: shop, labels: {{app: api}}}}\nspec: {{address: \"{SERVER_V4}\", identity: \"{SERVER_ID}\"}}\n---\napiVersion: policy.weft.io/v1alpha1\nkind: Workload\nmetadata: {{name: api-v6, namespace: shop, labels: {{app: api}}}}\nspec: {{address: \"{SERVER_V6}\", identity: \"{SERVER_ID}\"}}\n"
         ));
         let tokens = (cp.token_file(CLIENT_ID), cp.token_file(SERVER_ID));
         (cp, tokens.0, tokens.1)
@@ -411,8 +425,8 @@ fn two_pods_talk_through_their_proxies_and_the_bridge_sees_only_tls() {
                 "{authority}"
             );
         }
-        // Opaque TCP: a client-first echo (detected as not HTTP), and a server-first protocol
-        // on an opaque port.
+        // Opaque TCP: a client-first text echo on a port its Service declares `tcp`, and a
+        // server-first protocol on a port opaque by default.
         let addr = |port: u16| SocketAddr::new(SERVER_V4.parse::<IpAddr>().unwrap(), port);
         let echoed = exchange(addr(7000), MARKER.as_bytes(), 6 + MARKER.len()).await;
         assert_eq!(echoed, format!("hello\n{MARKER}").as_bytes());

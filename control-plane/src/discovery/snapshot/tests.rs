@@ -290,3 +290,88 @@ fn cache_computes_once_per_revision() {
     let b = cache.outbound(&state, "api.shop:8080");
     assert!(Arc::ptr_eq(&a, &b));
 }
+
+#[test]
+fn inbound_settings_come_from_the_most_specific_inbound_defaults() {
+    let state = state(
+        r#"
+apiVersion: policy.weft.io/v1alpha1
+kind: Service
+metadata: {name: api, namespace: shop}
+spec: {selector: {app: api}, ports: [{port: 80, targetPort: 8080, appProtocol: http}, {port: 9090, appProtocol: grpc}]}
+---
+apiVersion: policy.weft.io/v1alpha1
+kind: Workload
+metadata: {name: api-1, namespace: shop, labels: {app: api}}
+spec: {address: 10.0.0.1, identity: "spiffe://cluster.local/ns/shop/sa/api"}
+---
+apiVersion: policy.weft.io/v1alpha1
+kind: InboundDefaults
+metadata: {name: mesh, namespace: weft}
+spec: {mode: strict, authorization: all-authenticated, ports: [{port: 15000, mode: permissive}]}
+---
+apiVersion: policy.weft.io/v1alpha1
+kind: InboundDefaults
+metadata: {name: shop, namespace: shop}
+spec: {authorization: cluster-authenticated, rateLimit: {total: {requestsPerSecond: 100}}}
+---
+apiVersion: policy.weft.io/v1alpha1
+kind: InboundDefaults
+metadata: {name: api, namespace: shop}
+spec: {selector: {app: api}, ports: [{port: 8080, authorization: all-unauthenticated}]}
+---
+apiVersion: policy.weft.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: web, namespace: shop}
+spec: {selector: {app: api}, ports: [8080], from: [{identities: ["spiffe://cluster.local/ns/shop/sa/web"]}]}
+---
+apiVersion: policy.weft.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: elsewhere, namespace: other}
+spec: {from: [{namespaces: [shop]}]}
+"#,
+    );
+    let snapshot =
+        crate::discovery::inbound_snapshot(&state, "spiffe://cluster.local/ns/shop/sa/api", 0);
+    let defaults = snapshot.defaults.unwrap();
+    // The namespace sets the authorization, the mesh the mode.
+    assert_eq!(
+        (defaults.mode.as_str(), defaults.authorization.as_str()),
+        ("strict", "cluster-authenticated")
+    );
+    let port = |number: u32| {
+        snapshot
+            .ports
+            .iter()
+            .find(|p| p.port == number)
+            .unwrap_or_else(|| panic!("port {number} in {:?}", snapshot.ports))
+    };
+    // The workload's port entry beats the namespace; its appProtocol comes from the Service.
+    let web = port(8080);
+    let settings = web.settings.as_ref().unwrap();
+    assert_eq!(
+        (
+            settings.mode.as_str(),
+            settings.authorization.as_str(),
+            web.app_protocol.as_str()
+        ),
+        ("strict", "all-unauthenticated", "http")
+    );
+    assert_eq!(port(9090).app_protocol, "http2");
+    // The mesh's port entry still applies where nothing nearer says.
+    assert_eq!(port(15000).settings.as_ref().unwrap().mode, "permissive");
+    // Only the policies of the workload's namespace that select it.
+    let names: Vec<&str> = snapshot
+        .authorizations
+        .iter()
+        .map(|a| a.name.as_str())
+        .collect();
+    assert_eq!(names, ["shop/web"]);
+    let limit = snapshot.rate_limit.unwrap().total.unwrap();
+    assert_eq!((limit.requests_per_second, limit.burst), (100, 100));
+    // Another identity's workloads get none of it but the mesh's.
+    let other =
+        crate::discovery::inbound_snapshot(&state, "spiffe://cluster.local/ns/shop/sa/web", 0);
+    assert_eq!(other.defaults.unwrap().authorization, "all-authenticated");
+    assert!(other.authorizations.is_empty());
+}
