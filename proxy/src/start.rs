@@ -16,7 +16,7 @@ use crate::identity::IdentityDaemon;
 use crate::inbound::{Inbound, InboundPorts, Policy};
 use crate::metrics::ProxyMetrics;
 use crate::outbound::{Outbound, OutboundSettings};
-use crate::transport::PeerPool;
+use crate::transport::{PeerPool, StandardTls};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -124,8 +124,15 @@ pub async fn start(
         default_authorization: config.default_inbound_policy,
         mode: config.inbound_mode,
     };
-    // Foreign SPIFFE workloads take the same certificate, with ALPN h2 as the control plane.
-    let pool = PeerPool::new(Arc::new(peer_client), control_tls.clone(), metrics.clone());
+    // Foreign SPIFFE workloads take the same certificate: ALPN h2 (as the control plane) for
+    // HTTP, none for opaque streams.
+    let standard_tls = StandardTls {
+        h2: control_tls.clone(),
+        opaque: Arc::new(
+            weft_certs::client_config_with(trust.clone(), certs.clone(), &[]).map_err(setup)?,
+        ),
+    };
+    let pool = PeerPool::new(Arc::new(peer_client), standard_tls, metrics.clone());
     let discovery_channel = target
         .lazy_channel()
         .map_err(|e| StartError::Setup(format!("discovery: {e}")))?;

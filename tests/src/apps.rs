@@ -177,6 +177,14 @@ async fn echo(req: Request<Incoming>, served: usize) -> Response<Body> {
         .header("x-seen-host", host)
         .header("x-seen-path", parts.uri.path())
         .header(
+            "x-seen-upgrade",
+            parts
+                .headers
+                .get(http::header::UPGRADE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("none"),
+        )
+        .header(
             "x-seen-header",
             parts
                 .headers

@@ -8,4 +8,4 @@ pub mod shared_h2;
 
 #[cfg(test)]
 pub use self::peer::test_support;
-pub use self::peer::{Handshake, Peer, PeerError, PeerPool};
+pub use self::peer::{Handshake, Peer, PeerError, PeerPool, StandardTls};

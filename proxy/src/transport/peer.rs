@@ -85,8 +85,17 @@ type PeersByEndpoint = HashMap<(SocketAddr, Identity, Handshake), Arc<Peer>>;
 #[derive(Debug)]
 struct Dialer {
     tls: Arc<rustls::ClientConfig>,
-    standard_tls: Arc<rustls::ClientConfig>,
+    /// Standard mTLS: ALPN `h2` for HTTP, none for opaque streams.
+    standard_tls: StandardTls,
     metrics: ProxyMetrics,
+}
+
+/// The TLS configs for foreign SPIFFE workloads: HTTP/2 (ALPN `h2`) and opaque TCP (no ALPN,
+/// so a server that picks a protocol by ALPN does not take the bytes for HTTP/2).
+#[derive(Debug, Clone)]
+pub struct StandardTls {
+    pub h2: Arc<rustls::ClientConfig>,
+    pub opaque: Arc<rustls::ClientConfig>,
 }
 
 /// One peer endpoint and its HTTP/2 connection, if one is up. Routes hold it directly, so a
@@ -111,7 +120,7 @@ impl PeerPool {
     /// `weft/1`), and foreign SPIFFE workloads with `standard_tls` (the same, ALPN `h2`).
     pub fn new(
         tls: Arc<rustls::ClientConfig>,
-        standard_tls: Arc<rustls::ClientConfig>,
+        standard_tls: StandardTls,
         metrics: ProxyMetrics,
     ) -> Self {
         Self {
@@ -201,7 +210,7 @@ impl Peer {
 
     /// Opens a new mTLS stream to the peer, for opaque TCP.
     pub async fn connect_stream(&self) -> Result<TlsStream<TcpStream>, PeerError> {
-        tokio::time::timeout(DIAL_TIMEOUT, self.connect_tls(TCP_CONNECT_TIMEOUT))
+        tokio::time::timeout(DIAL_TIMEOUT, self.connect_tls(TCP_CONNECT_TIMEOUT, true))
             .await
             .unwrap_or_else(|_| Err(self.dial_error("timed out")))
     }
@@ -232,7 +241,7 @@ impl Peer {
     }
 
     async fn dial(&self, connect_timeout: Duration) -> Result<SendRequest<Body>, PeerError> {
-        let tls = self.connect_tls(connect_timeout).await?;
+        let tls = self.connect_tls(connect_timeout, false).await?;
         let (sender, connection) = crate::http_util::h2_client()
             .keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
@@ -254,15 +263,17 @@ impl Peer {
     async fn connect_tls(
         &self,
         connect_timeout: Duration,
+        opaque: bool,
     ) -> Result<TlsStream<TcpStream>, PeerError> {
         let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(self.addr))
             .await
             .map_err(|_| self.dial_error("TCP connect timed out"))?
             .map_err(|e| self.dial_error(&e.to_string()))?;
         let _ = tcp.set_nodelay(true);
-        let tls = match self.handshake {
-            Handshake::Weft => &self.dialer.tls,
-            Handshake::StandardMtls => &self.dialer.standard_tls,
+        let tls = match (self.handshake, opaque) {
+            (Handshake::Weft, _) => &self.dialer.tls,
+            (Handshake::StandardMtls, false) => &self.dialer.standard_tls.h2,
+            (Handshake::StandardMtls, true) => &self.dialer.standard_tls.opaque,
         };
         TlsConnector::from(tls.clone())
             .connect(self.server_name.clone(), tcp)
@@ -314,6 +325,10 @@ pub mod test_support {
         let tls = weft_certs::client_config(&anchors.unwrap(), weft_certs::CertStore::new(), &[])
             .unwrap();
         let tls = Arc::new(tls);
-        PeerPool::new(tls.clone(), tls, metrics)
+        let standard = super::StandardTls {
+            h2: tls.clone(),
+            opaque: tls.clone(),
+        };
+        PeerPool::new(tls, standard, metrics)
     }
 }
