@@ -64,7 +64,8 @@ pub const ENV_MAX_ENDPOINTS: &str = "WEFT_PROXY_MAX_ENDPOINTS";
 /// (the `config.weft.io/default-inbound-policy` annotation).
 pub const ENV_DEFAULT_INBOUND_POLICY: &str = "WEFT_PROXY_DEFAULT_INBOUND_POLICY";
 /// `strict` (mTLS only) or `permissive` (plaintext clients too) where the control plane does
-/// not say; unset: permissive only under `all-unauthenticated` and `audit`.
+/// not say; unset: permissive only under `all-unauthenticated` and `audit`, or on a port an
+/// AuthorizationPolicy opens to unauthenticated clients.
 pub const ENV_INBOUND_MODE: &str = "WEFT_PROXY_INBOUND_MODE";
 /// CIDRs of the mesh's networks, until the control plane pushes its own.
 pub const ENV_MESH_NETWORKS: &str = "WEFT_PROXY_MESH_NETWORKS";

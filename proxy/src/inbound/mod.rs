@@ -175,7 +175,7 @@ impl Inbound {
         };
         if !is_tls {
             let pushed = inner.policy.current().await;
-            if inner.policy.port(pushed.as_deref(), app.port()).mode == Mode::Strict {
+            if inner.policy.mode(pushed.as_deref(), app.port()) == Mode::Strict {
                 inner.refused(
                     InboundRefusal::Plaintext,
                     &format!(

@@ -76,7 +76,6 @@ pub struct Policy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortView {
     pub opaque: bool,
-    pub mode: Mode,
     pub default: DefaultAuthorization,
     pub app_protocol: Option<AppProtocol>,
 }
@@ -147,12 +146,39 @@ impl Policy {
         PortView {
             opaque: self.ports.opaque_ports.contains(&port)
                 || pushed.is_some_and(|p| p.opaque_ports.contains(&port)),
-            mode: settings
-                .mode
-                .or(self.ports.mode)
-                .unwrap_or_else(|| default.implied_mode()),
             default,
             app_protocol: settings.app_protocol,
+        }
+    }
+
+    /// Whether `port` takes plaintext clients: as set (pushed, else configured), else wherever
+    /// unauthenticated clients could be allowed — by the default (`all-unauthenticated`,
+    /// `audit`), or by an AuthorizationPolicy covering the port with a source that needs no
+    /// identity (a kubelet's `/healthz` under a `deny` default).
+    pub fn mode(&self, pushed: Option<&InboundPolicy>, port: u16) -> Mode {
+        let settings = pushed.map(|p| p.port(port)).unwrap_or_default();
+        if let Some(mode) = settings.mode.or(self.ports.mode) {
+            return mode;
+        }
+        let default = settings
+            .authorization
+            .unwrap_or(self.ports.default_authorization);
+        let a_policy_takes_anyone = pushed.is_some_and(|p| {
+            p.authorizations
+                .iter()
+                .filter(|a| a.ports.is_empty() || a.ports.contains(&port))
+                .flat_map(|a| &a.sources)
+                .any(|s| {
+                    s.unauthenticated
+                        || (s.identities.is_empty()
+                            && s.namespaces.is_empty()
+                            && !s.cidrs.is_empty())
+                })
+        });
+        if a_policy_takes_anyone {
+            Mode::Permissive
+        } else {
+            default.implied_mode()
         }
     }
 

@@ -369,3 +369,27 @@ async fn tcp_is_authorized_when_it_opens_and_again_when_the_policy_changes() {
         .await;
     assert!(refused >= Some(2.0), "{refused:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_for_unauthenticated_probes_opens_only_their_path_to_plaintext() {
+    let pods = Pods::start(&[]).await;
+    let port = pods.app.port;
+    pods.defaults("  authorization: deny");
+    pods.cp.apply_ok(&format!(
+        "apiVersion: policy.weft.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: probes, namespace: shop}}\nspec:\n  selector: {{app: api}}\n  ports: [{port}]\n  http: [{{path: {{type: Exact, value: /healthz}}}}]\n  from: [{{unauthenticated: true}}]\n"
+    ));
+    // No mode is set: the policy that takes unauthenticated clients makes the port permissive.
+    eventually(
+        "the probe policy to apply",
+        Duration::from_secs(20),
+        || async { (plaintext_get(&pods.server, "/healthz").await == Some(200)).then_some(()) },
+    )
+    .await;
+    assert_eq!(plaintext_get(&pods.server, "/admin").await, Some(403));
+    let meshed = pods
+        .http()
+        .send("GET", AUTHORITY, "/admin", Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(meshed.status(), 403);
+}

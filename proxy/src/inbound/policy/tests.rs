@@ -61,7 +61,7 @@ async fn a_port_is_opaque_by_configuration_or_by_pushed_policy() {
 fn without_policy_the_configured_default_decides_and_implies_the_mode() {
     let (policy, _tx) = policy(None);
     let view = policy.port(None, 8080);
-    assert_eq!(view.mode, Mode::Strict);
+    assert_eq!(policy.mode(None, 8080), Mode::Strict);
     assert_eq!(view.default, DefaultAuthorization::AllAuthenticated);
     let plain = policy.authorize::<()>(None, 8080, &client(None, [10, 0, 0, 1]), None);
     assert!(!plain.allowed);
@@ -89,8 +89,8 @@ fn the_port_setting_beats_the_workload_default() {
         ..InboundPolicy::default()
     };
     let anyone = client(None, [192, 0, 2, 1]);
-    assert!(policy.port(Some(&pushed), 8081).mode == Mode::Permissive);
-    assert!(policy.port(Some(&pushed), 8080).mode == Mode::Strict);
+    assert_eq!(policy.mode(Some(&pushed), 8081), Mode::Permissive);
+    assert_eq!(policy.mode(Some(&pushed), 8080), Mode::Strict);
     assert!(
         policy
             .authorize::<()>(Some(&pushed), 8081, &anyone, None)
@@ -259,4 +259,52 @@ fn sources_match_namespaces_wildcards_unauthenticated_clients_and_cidrs() {
             .parse::<IdentityPattern>()
             .is_err()
     );
+}
+
+#[test]
+fn a_policy_that_takes_unauthenticated_clients_opens_its_port_to_plaintext() {
+    let (policy, _tx) = policy(None);
+    let healthz = |source: Source| InboundPolicy {
+        defaults: PortSettings {
+            authorization: Some(DefaultAuthorization::Deny),
+            ..PortSettings::default()
+        },
+        authorizations: vec![Authorization {
+            name: "shop/probes".to_string(),
+            ports: [8080].into(),
+            http: vec![RequestMatch {
+                path: Some(crate::destination::PathMatch::Exact("/healthz".to_string())),
+                ..RequestMatch::any()
+            }],
+            sources: vec![source],
+        }],
+        ..InboundPolicy::default()
+    };
+    let probes = healthz(Source {
+        unauthenticated: true,
+        ..Source::default()
+    });
+    assert_eq!(policy.mode(Some(&probes), 8080), Mode::Permissive);
+    assert_eq!(policy.mode(Some(&probes), 9090), Mode::Strict);
+    let kubelet = client(None, [10, 0, 0, 1]);
+    assert!(
+        policy
+            .authorize(Some(&probes), 8080, &kubelet, Some(&get("/healthz")))
+            .allowed
+    );
+    assert!(
+        !policy
+            .authorize(Some(&probes), 8080, &kubelet, Some(&get("/admin")))
+            .allowed
+    );
+    // Identities only: the port stays strict.
+    let meshed = healthz(Source {
+        identities: vec![WEB.parse().unwrap()],
+        ..Source::default()
+    });
+    assert_eq!(policy.mode(Some(&meshed), 8080), Mode::Strict);
+    // An explicit mode wins.
+    let mut strict = probes.clone();
+    strict.defaults.mode = Some(Mode::Strict);
+    assert_eq!(policy.mode(Some(&strict), 8080), Mode::Strict);
 }
