@@ -39,6 +39,10 @@ struct Args {
     /// Leave Envoy out even when one is given.
     #[arg(long)]
     no_envoy: bool,
+    /// Skip the "weft + authz" mode (to compare with binaries that predate authorization,
+    /// through `WEFT_BIN_DIR`).
+    #[arg(long)]
+    no_authz: bool,
     /// Skip the two-worker run.
     #[arg(long)]
     one_worker_only: bool,
@@ -52,7 +56,10 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     weft_certs::install_default_provider();
-    let mut modes = vec![Mode::Direct, Mode::Weft, Mode::WeftAuthz];
+    let mut modes = vec![Mode::Direct, Mode::Weft];
+    if !args.no_authz {
+        modes.push(Mode::WeftAuthz);
+    }
     if args.envoy.is_some() && !args.no_envoy {
         modes.push(Mode::Envoy);
     }
