@@ -75,8 +75,12 @@ fn is_weft_header(name: &HeaderName) -> bool {
     name.len() > 5 && name[..4].eq_ignore_ascii_case(b"weft") && matches!(name[4], b'-' | b'_')
 }
 
-/// Boxes a hyper body.
+/// Boxes a hyper body; an empty one (a GET's) without allocating.
 pub fn boxed(body: hyper::body::Incoming) -> Body {
+    use hyper::body::Body as _;
+    if body.is_end_stream() {
+        return empty_body();
+    }
     body.map_err(BoxError::from).boxed_unsync()
 }
 

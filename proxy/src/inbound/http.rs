@@ -294,6 +294,9 @@ impl InboundConnection {
             }
         }
         // Only the identity this proxy verified may reach the app, under no other spelling.
+        // The peer's own marker (read above) first: without it the scan finds nothing to
+        // remove on nearly every request, and allocates nothing.
+        parts.headers.remove(ORIG_PROTO);
         remove_weft_headers(&mut parts.headers);
         if let Some(client_id) = &self.client_id {
             parts.headers.insert(CLIENT_ID, client_id.clone());

@@ -138,7 +138,11 @@ impl ReturnWhenDone {
             return;
         };
         let mut idle = idle.lock();
-        idle.retain(|sender| !sender.is_closed());
+        // Checkout skips closed senders; sweep them here only when they would keep a live
+        // one out.
+        if idle.len() >= MAX_IDLE {
+            idle.retain(|sender| !sender.is_closed());
+        }
         if idle.len() < MAX_IDLE {
             idle.push(sender);
         }

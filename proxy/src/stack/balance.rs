@@ -219,7 +219,9 @@ impl Balancer {
                 }
             },
         };
-        if chosen.start_probe_if_due(now) {
+        // Only a circuit breaker ejects: without one there is nothing to probe, and no lock
+        // to take per request.
+        if self.inner.breaker.is_some() && chosen.start_probe_if_due(now) {
             self.refresh_ejected_gauge(now);
         }
         Ok(chosen.clone())
