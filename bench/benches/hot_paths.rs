@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
 use weft_proxy::internals::{
-    Direction, PathMatch, ProxyMetrics, RequestMatch, ValueMatch, classify,
-    strip_connection_headers,
+    Authorization, Client, Direction, InboundPolicy, InboundPorts, PathMatch, Policy, ProxyMetrics,
+    RequestMatch, Source, ValueMatch, classify, strip_connection_headers,
 };
 
 fn route_matching(c: &mut Criterion) {
@@ -124,9 +124,71 @@ fn certificate_verification(c: &mut Criterion) {
     });
 }
 
+/// The benchmark's "weft + authz" mode, decided per request: ten policies on the port, nine
+/// (two matches each) that the request does not match, then one allowing a namespace.
+fn authorization(c: &mut Criterion) {
+    let mut authorizations: Vec<Authorization> = (0..9)
+        .map(|i| Authorization {
+            name: format!("bench/rule-{i}"),
+            ports: [8080].into(),
+            http: vec![
+                RequestMatch {
+                    path: Some(PathMatch::Prefix(format!("/private-{i}"))),
+                    method: Some(Method::POST),
+                    ..RequestMatch::any()
+                },
+                RequestMatch {
+                    headers: vec![(
+                        HeaderName::from_static("x-team"),
+                        ValueMatch::Exact(format!("team-{i}")),
+                    )],
+                    ..RequestMatch::any()
+                },
+            ],
+            sources: vec![Source {
+                identities: vec![
+                    format!("spiffe://cluster.local/ns/other/sa/s{i}")
+                        .parse()
+                        .unwrap(),
+                ],
+                ..Source::default()
+            }],
+        })
+        .collect();
+    authorizations.push(Authorization {
+        name: "bench/rule-9".into(),
+        ports: [8080].into(),
+        http: vec![RequestMatch {
+            path: Some(PathMatch::Prefix("/".into())),
+            ..RequestMatch::any()
+        }],
+        sources: vec![Source {
+            identities: vec!["spiffe://cluster.local/ns/bench/sa/*".parse().unwrap()],
+            ..Source::default()
+        }],
+    });
+    let ten = InboundPolicy {
+        authorizations,
+        ..InboundPolicy::default()
+    };
+    let policy = Policy::new(InboundPorts::default(), None, std::sync::Arc::new(|_| true));
+    let client = Client {
+        identity: Some("spiffe://cluster.local/ns/bench/sa/client".parse().unwrap()),
+        addr: [127, 0, 0, 1].into(),
+    };
+    let request = Request::get("/").body(()).unwrap();
+    c.bench_function("authorize: the default only (no policy)", |b| {
+        b.iter(|| black_box(policy.authorize(None, 8080, &client, Some(black_box(&request)))))
+    });
+    c.bench_function("authorize: ten policies, the last allowing", |b| {
+        b.iter(|| black_box(policy.authorize(Some(&ten), 8080, &client, Some(black_box(&request)))))
+    });
+}
+
 criterion_group!(
     hot_paths,
     route_matching,
+    authorization,
     metrics_recording,
     protocol_detection,
     header_rewriting,

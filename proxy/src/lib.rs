@@ -36,9 +36,13 @@ pub use inbound::InboundLimits;
 /// Hot-path internals, public only for the micro-benchmarks in `weft-bench`; not an API.
 #[doc(hidden)]
 pub mod internals {
-    pub use crate::destination::{PathMatch, RequestMatch, ValueMatch};
+    pub use crate::destination::{
+        Authorization, DefaultAuthorization, InboundPolicy, PathMatch, RequestMatch, Source,
+        ValueMatch,
+    };
     pub use crate::detect::{Protocol, classify};
     pub use crate::http_util::strip_connection_headers;
+    pub use crate::inbound::{Client, InboundPorts, Policy};
     pub use crate::metrics::{Direction, ProxyMetrics, RequestMetrics};
 }
 pub use start::{Listening, StartError, start};
