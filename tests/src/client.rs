@@ -182,3 +182,25 @@ pub async fn plaintext_get(addr: SocketAddr, path: &str) -> Option<u16> {
     let text = String::from_utf8_lossy(&received);
     text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
 }
+
+/// An opaque stream (the transport header sent) from a raw Weft peer holding `certs`, to the
+/// proxy whose inbound listener is `inbound` and whose identity is `server`.
+pub async fn opaque_peer(
+    inbound: SocketAddr,
+    anchors: &weft_certs::TrustAnchors,
+    certs: std::sync::Arc<weft_certs::CertStore>,
+    server: &str,
+) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    use tokio::io::AsyncWriteExt;
+    let config = weft_certs::client_config(anchors, certs, &[weft_certs::ALPN_WEFT])?;
+    let server: weft_certs::Identity = server.parse()?;
+    let tcp = TcpStream::connect(inbound).await?;
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from(server.dns_name())?,
+            tcp,
+        )
+        .await?;
+    tls.write_all(b"weft/tcp\n").await?;
+    Ok(tls)
+}

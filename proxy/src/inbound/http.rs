@@ -330,24 +330,12 @@ impl InboundConnection {
         let metrics = self.shared.metrics.clone();
         let deadline = self.session.deadline;
         let until = async move {
-            let still_allowed = async {
-                let Some(mut changes) = policy.changes() else {
-                    return std::future::pending().await;
-                };
-                changes.borrow_and_update();
-                while changes.changed().await.is_ok() {
-                    let latest = policy.latest();
-                    let decision = policy.authorize(latest.as_deref(), port, &client, Some(&head));
-                    metrics.inbound_authz(decision.policy, decision.label);
-                    if !decision.allowed {
-                        return;
-                    }
-                }
-                std::future::pending().await
+            let count = |decision: &super::policy::Decision<'_>| {
+                metrics.inbound_authz(decision.policy, decision.label);
             };
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => {}
-                () = still_allowed => {}
+                _ = policy.until_denied(port, &client, Some(&head), count) => {}
             }
         };
         match tokio::net::TcpStream::connect(self.app.addr).await {

@@ -384,34 +384,24 @@ impl Inbound {
             }
         };
         let _ = upstream.set_nodelay(true);
-        let mut changes = inner.policy.changes();
-        let copy = copy_bidirectional(&mut io, &mut upstream);
-        tokio::pin!(copy);
-        loop {
-            tokio::select! {
-                result = &mut copy => {
-                    match result {
-                        Ok((from_client, to_client)) => {
-                            inner.metrics.tcp_bytes(Direction::Inbound, to_client, from_client);
-                        }
-                        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
-                            inner.refused(InboundRefusal::NotHttp, &error.to_string());
-                        }
-                        Err(error) => tracing::debug!(%error, "opaque stream ended with an error"),
-                    }
-                    return;
+        let count = |decision: &policy::Decision<'_>| {
+            inner.metrics.inbound_authz(decision.policy, decision.label);
+        };
+        tokio::select! {
+            result = copy_bidirectional(&mut io, &mut upstream) => match result {
+                Ok((from_client, to_client)) => {
+                    inner.metrics.tcp_bytes(Direction::Inbound, to_client, from_client);
                 }
-                () = tokio::time::sleep_until(deadline) => {
-                    tracing::debug!("opaque stream ended: its time or the client's certificate ran out");
-                    return;
+                Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+                    inner.refused(InboundRefusal::NotHttp, &error.to_string());
                 }
-                changed = async { changes.as_mut()?.changed().await.ok() }, if changes.is_some() => {
-                    if changed.is_none() {
-                        changes = None;
-                    } else if !authorized(inner.policy.latest().as_deref()) {
-                        return;
-                    }
-                }
+                Err(error) => tracing::debug!(%error, "opaque stream ended with an error"),
+            },
+            () = tokio::time::sleep_until(deadline) => {
+                tracing::debug!("opaque stream ended: its time or the client's certificate ran out");
+            }
+            reason = inner.policy.until_denied(app.port(), &client, None, count) => {
+                inner.refused(InboundRefusal::Unauthorized, &reason);
             }
         }
     }

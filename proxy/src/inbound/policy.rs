@@ -182,6 +182,31 @@ impl Policy {
         }
     }
 
+    /// Completes once a change of the pushed policy no longer allows what `client` opened
+    /// (`request`'s head, or with none a TCP connection) on `port`, with the reason; each
+    /// re-check is counted through `count`. Never completes without discovery.
+    pub async fn until_denied(
+        &self,
+        port: u16,
+        client: &Client,
+        request: Option<&Request<()>>,
+        count: impl Fn(&Decision<'_>),
+    ) -> String {
+        let Some(mut changes) = self.changes() else {
+            return std::future::pending().await;
+        };
+        changes.borrow_and_update();
+        while changes.changed().await.is_ok() {
+            let latest = self.latest();
+            let decision = self.authorize(latest.as_deref(), port, client, request);
+            count(&decision);
+            if !decision.allowed {
+                return decision.reason.unwrap_or_default();
+            }
+        }
+        std::future::pending().await
+    }
+
     /// Whether `client` may send `request` (or, with none, open a TCP connection) to `port`.
     pub fn authorize<'a, B>(
         &self,

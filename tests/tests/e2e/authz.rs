@@ -290,22 +290,10 @@ async fn opaque_peer(
     server: &Proxy,
     identity: &str,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    use tokio::io::AsyncWriteExt;
     let certs = cp.credential(identity).await;
-    let config = weft_certs::client_config(&cp.anchors(), certs, &[weft_certs::ALPN_WEFT]).unwrap();
-    let server_name = SERVER_ID
-        .parse::<weft_certs::Identity>()
+    weft_tests::client::opaque_peer(server.inbound, &cp.anchors(), certs, SERVER_ID)
+        .await
         .unwrap()
-        .dns_name();
-    let tcp = tokio::net::TcpStream::connect(server.inbound)
-        .await
-        .unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(server_name.try_into().unwrap(), tcp)
-        .await
-        .unwrap();
-    tls.write_all(b"weft/tcp\n").await.unwrap();
-    tls
 }
 
 /// The app's greeting on `stream`, or `None` when the connection was closed instead.

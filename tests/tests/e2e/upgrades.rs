@@ -41,19 +41,9 @@ async fn raw_peer_exchange(
 ) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let certs = cp.credential(identity).await;
-    let config = weft_certs::client_config(&cp.anchors(), certs, &[weft_certs::ALPN_WEFT]).unwrap();
-    let name = SERVER_ID
-        .parse::<weft_certs::Identity>()
-        .unwrap()
-        .dns_name();
-    let tcp = tokio::net::TcpStream::connect(server.inbound)
+    let mut tls = weft_tests::client::opaque_peer(server.inbound, &cp.anchors(), certs, SERVER_ID)
         .await
         .unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(name.try_into().unwrap(), tcp)
-        .await
-        .unwrap();
-    tls.write_all(b"weft/tcp\n").await.unwrap();
     tls.write_all(bytes).await.unwrap();
     // Until the connection closes, or (a refusal on a connection kept alive) the head is in.
     let mut answer = Vec::new();
