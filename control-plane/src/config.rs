@@ -115,6 +115,46 @@ pub struct Config {
     )]
     pub admin_identities: Vec<weft_certs::Identity>,
 
+    /// Address of the sidecar-injection admission webhook (HTTPS, path /inject); served only
+    /// when --webhook-cert and --webhook-key are given.
+    #[arg(
+        long,
+        env = "WEFT_CONTROL_WEBHOOK_ADDR",
+        default_value = "0.0.0.0:7243"
+    )]
+    pub webhook_addr: SocketAddr,
+
+    /// The webhook's serving certificate chain (PEM), the one its MutatingWebhookConfiguration's
+    /// caBundle vouches for.
+    #[arg(long, env = "WEFT_CONTROL_WEBHOOK_CERT", requires = "webhook_key")]
+    pub webhook_cert: Option<PathBuf>,
+
+    /// The webhook certificate's private key (PEM).
+    #[arg(long, env = "WEFT_CONTROL_WEBHOOK_KEY", requires = "webhook_cert")]
+    pub webhook_key: Option<PathBuf>,
+
+    /// The weft-proxy image the webhook injects.
+    #[arg(long, env = "WEFT_CONTROL_PROXY_IMAGE", default_value = concat!("localhost/weft-proxy:", env!("CARGO_PKG_VERSION")))]
+    pub proxy_image: String,
+
+    /// The proxy API as injected pods reach it (the Service in front of this control plane).
+    #[arg(
+        long,
+        env = "WEFT_CONTROL_PROXY_API_SERVICE",
+        default_value = "weft-control.weft.svc.cluster.local:7200"
+    )]
+    pub proxy_api_service: String,
+
+    /// Where injected proxies run unless a pod's config.weft.io/sidecar-mode says otherwise:
+    /// native (Kubernetes ≥ 1.29) or classic.
+    #[arg(long, env = "WEFT_CONTROL_SIDECAR_MODE", default_value = "native")]
+    pub sidecar_mode: crate::inject::SidecarMode,
+
+    /// Injected proxies prove their identity with the join token in this Secret (of their own
+    /// namespace) instead of a projected ServiceAccount token.
+    #[arg(long, env = "WEFT_CONTROL_INJECT_JOIN_TOKEN_SECRET")]
+    pub inject_join_token_secret: Option<String>,
+
     /// How long in-flight calls may take to finish after SIGTERM.
     #[arg(long, env = "WEFT_CONTROL_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,

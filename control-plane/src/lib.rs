@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod discovery;
 pub mod identity_api;
+pub mod inject;
 pub mod join_tokens;
 pub mod limits;
 pub mod lineage;
@@ -23,6 +24,7 @@ pub mod serving_cert;
 pub mod store;
 pub mod tls_incoming;
 pub mod trust;
+pub mod webhook;
 
 /// The exit code for bad configuration or usage (BSD `EX_USAGE`).
 pub const EXIT_USAGE: i32 = 64;

@@ -15,6 +15,7 @@ use crate::admin_api::{AdminApi, IdentityAdmin, RequireAdmin, ResourceAdmin, Tok
 use crate::admin_credential::{ADMIN_TOKEN_FILE, AdminCredential};
 use crate::config::Config;
 use crate::discovery::{DiscoveryApi, DiscoveryOptions, ProxyRegistry};
+use crate::inject::{IdentitySource, InjectSettings};
 use crate::limits::{
     Admission, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_ADMIN_MESSAGE, MAX_HEADER_LIST,
     MAX_LOCAL_RESETS, MAX_PENDING_RESETS, MAX_PROXY_MESSAGE, RateLimit,
@@ -24,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::policy_store::PolicyStore;
 use crate::store::Store;
 use crate::trust::Trust;
-use crate::{pki, serving_cert, tls_incoming};
+use crate::{pki, serving_cert, tls_incoming, webhook};
 
 /// How often records of expired certificates, lapsed revocations and spent tokens are purged.
 const RECORD_PURGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
@@ -74,6 +75,8 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     /// Where /metrics listens.
     pub metrics_addr: SocketAddr,
+    /// Where the admission webhook listens, when it was given a certificate.
+    pub webhook_addr: Option<SocketAddr>,
 }
 
 /// Loads state, binds every listener, and spawns the servers on `drain`.
@@ -82,10 +85,22 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
     let proxy_listener = bind("--proxy-api-addr", config.proxy_api_addr).await?;
     let admin_listener = bind("--admin-addr", config.admin_addr).await?;
     let metrics_listener = bind("--metrics-addr", config.metrics_addr).await?;
+    let webhook_listener = match (&config.webhook_cert, &config.webhook_key) {
+        (Some(cert), Some(key)) => {
+            let acceptor =
+                webhook::tls_acceptor(cert, key).map_err(|e| StartError::Setup(e.to_string()))?;
+            Some((bind("--webhook-addr", config.webhook_addr).await?, acceptor))
+        }
+        _ => None,
+    };
     let running = Running {
         proxy_api_addr: local_addr(&proxy_listener)?,
         admin_addr: local_addr(&admin_listener)?,
         metrics_addr: local_addr(&metrics_listener)?,
+        webhook_addr: match &webhook_listener {
+            Some((listener, _)) => Some(local_addr(listener)?),
+            None => None,
+        },
     };
     std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
         path: config.data_dir.clone(),
@@ -178,6 +193,7 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
         );
     spawn_server(drain, "proxy API", proxy_api);
 
+    let mesh = trust.mesh();
     let refused = metrics.connections_refused.clone();
     let tokens = TokenAdmin::new(store, trust_domain.clone(), config.join_token_ttl, metrics);
     let identities = IdentityAdmin::new(lineage, trust_domain.clone());
@@ -210,6 +226,18 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
         );
     spawn_server(drain, "admin API", admin_api);
 
+    if let Some((listener, acceptor)) = webhook_listener {
+        let settings = inject_settings(config, trust_domain.clone());
+        let webhook = webhook::Webhook::new(
+            move || InjectSettings {
+                trust_anchors_pem: mesh.borrow().trust_anchors_pem.clone(),
+                ..settings.clone()
+            },
+            Arc::new(webhook::StaticNamespaces::default()),
+        );
+        drain.spawn(webhook::serve(listener, acceptor, webhook, drain.clone()));
+    }
+
     let admin_http = weft_telemetry::AdminServer::new(registry, Arc::new(|| true), drain.clone());
     drain.spawn(admin_http.serve(metrics_listener));
 
@@ -221,6 +249,22 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
         "weft-control started"
     );
     Ok(running)
+}
+
+/// What the webhook injects, but for the trust bundle, which it reads at each review.
+fn inject_settings(config: &Config, trust_domain: TrustDomain) -> InjectSettings {
+    InjectSettings {
+        proxy_image: config.proxy_image.clone(),
+        proxy_version: env!("CARGO_PKG_VERSION").to_string(),
+        trust_domain,
+        control_plane_addr: config.proxy_api_service.clone(),
+        trust_anchors_pem: String::new(),
+        identity: config.inject_join_token_secret.clone().map_or(
+            IdentitySource::ServiceAccountToken,
+            IdentitySource::JoinTokenSecret,
+        ),
+        sidecar_mode: config.sidecar_mode,
+    }
 }
 
 /// Concurrent streams on one admin connection: weftctl makes a call or a watch at a time.

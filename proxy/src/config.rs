@@ -21,6 +21,9 @@ pub const ENV_CONTROL_PLANE_ADDR: &str = "WEFT_PROXY_CONTROL_PLANE_ADDR";
 pub const ENV_CONTROL_PLANE_IDENTITY: &str = "WEFT_PROXY_CONTROL_PLANE_IDENTITY";
 /// PEM file of the trust anchor(s).
 pub const ENV_TRUST_ANCHORS: &str = "WEFT_PROXY_TRUST_ANCHORS";
+/// The trust anchor(s) themselves, as PEM: what the injector sets, since a pod cannot mount a
+/// ConfigMap of the control plane's namespace. Exactly one of this and the file is set.
+pub const ENV_TRUST_ANCHORS_PEM: &str = "WEFT_PROXY_TRUST_ANCHORS_PEM";
 /// This workload's SPIFFE identity.
 pub const ENV_IDENTITY: &str = "WEFT_PROXY_IDENTITY";
 /// File holding the token that proves the identity on first contact.
@@ -160,15 +163,36 @@ impl Config {
                     reason: e.to_string(),
                 })?,
         };
-        let anchors_path = required(ENV_TRUST_ANCHORS)?;
-        let anchors_pem = std::fs::read(&anchors_path).map_err(|e| ConfigError {
-            var: ENV_TRUST_ANCHORS,
-            reason: format!("cannot read {anchors_path}: {e}"),
-        })?;
-        let trust_anchors = TrustAnchors::from_pem(&anchors_pem).map_err(|e| ConfigError {
-            var: ENV_TRUST_ANCHORS,
-            reason: format!("{anchors_path}: {e}"),
-        })?;
+        let trust_anchors = match (var(ENV_TRUST_ANCHORS), var(ENV_TRUST_ANCHORS_PEM)) {
+            (Some(path), None) => {
+                let pem = std::fs::read(&path).map_err(|e| ConfigError {
+                    var: ENV_TRUST_ANCHORS,
+                    reason: format!("cannot read {path}: {e}"),
+                })?;
+                TrustAnchors::from_pem(&pem).map_err(|e| ConfigError {
+                    var: ENV_TRUST_ANCHORS,
+                    reason: format!("{path}: {e}"),
+                })?
+            }
+            (None, Some(pem)) => {
+                TrustAnchors::from_pem(pem.as_bytes()).map_err(|e| ConfigError {
+                    var: ENV_TRUST_ANCHORS_PEM,
+                    reason: e.to_string(),
+                })?
+            }
+            (Some(_), Some(_)) => {
+                return Err(ConfigError {
+                    var: ENV_TRUST_ANCHORS_PEM,
+                    reason: format!("set it or {ENV_TRUST_ANCHORS}, not both"),
+                });
+            }
+            (None, None) => {
+                return Err(ConfigError {
+                    var: ENV_TRUST_ANCHORS,
+                    reason: format!("must be set (or {ENV_TRUST_ANCHORS_PEM})"),
+                });
+            }
+        };
         let token_path = PathBuf::from(required(ENV_TOKEN_PATH)?);
         std::fs::metadata(&token_path).map_err(|e| ConfigError {
             var: ENV_TOKEN_PATH,
@@ -486,5 +510,35 @@ mod tests {
         let token = env.vars[ENV_TOKEN_PATH].clone();
         let err = env.with(ENV_TRUST_ANCHORS, &token).parse().unwrap_err();
         assert_eq!(err.var, ENV_TRUST_ANCHORS);
+    }
+
+    #[test]
+    fn trust_anchors_inline_or_from_a_file_but_not_both() {
+        let env = Env::valid();
+        let pem = std::fs::read_to_string(&env.vars[ENV_TRUST_ANCHORS]).unwrap();
+        let inline = Env::valid()
+            .without(ENV_TRUST_ANCHORS)
+            .with(ENV_TRUST_ANCHORS_PEM, &pem);
+        let config = inline.parse().unwrap();
+        assert_eq!(
+            config.trust_anchors.trust_domain().map(ToString::to_string),
+            Some("cluster.local".to_string())
+        );
+
+        let both = env.with(ENV_TRUST_ANCHORS_PEM, &pem).parse().unwrap_err();
+        assert_eq!(both.var, ENV_TRUST_ANCHORS_PEM);
+        assert!(both.to_string().contains("not both"), "{both}");
+        let garbage = Env::valid()
+            .without(ENV_TRUST_ANCHORS)
+            .with(ENV_TRUST_ANCHORS_PEM, "not a certificate")
+            .parse()
+            .unwrap_err();
+        assert_eq!(garbage.var, ENV_TRUST_ANCHORS_PEM);
+        let neither = Env::valid().without(ENV_TRUST_ANCHORS).parse().unwrap_err();
+        assert_eq!(neither.var, ENV_TRUST_ANCHORS);
+        assert!(
+            neither.to_string().contains(ENV_TRUST_ANCHORS_PEM),
+            "{neither}"
+        );
     }
 }

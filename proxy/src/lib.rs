@@ -7,6 +7,7 @@
 //! certificate comes from the control plane, which never sees its key. It depends on
 //! `weft-api`, `weft-certs` and `weft-telemetry`, never on the control plane.
 
+mod await_ready;
 pub mod config;
 mod destination;
 mod detect;
@@ -55,6 +56,9 @@ pub fn main() -> ! {
     let mut args = std::env::args().skip(1).peekable();
     if args.peek().map(String::as_str) == Some("init") {
         std::process::exit(init::run(args.skip(1)));
+    }
+    if args.peek().map(String::as_str) == Some("await-ready") {
+        std::process::exit(await_ready::run(args.skip(1)));
     }
     weft_certs::install_default_provider();
     let config = match Config::from_env(|name| std::env::var(name).ok()) {

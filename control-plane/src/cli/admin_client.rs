@@ -13,7 +13,6 @@ use weft_certs::{ALPN_H2, CertStore, Credential, TrustAnchors};
 
 use super::{Cli, CliError};
 use crate::admin_credential::ADMIN_TOKEN_FILE;
-use crate::pki::TRUST_ANCHOR_FILE;
 use crate::serving_cert::control_plane_identity;
 
 /// An authenticated admin API client.
@@ -65,10 +64,7 @@ impl AdminClient {
             _ => Some(bearer_token(cli)?),
         };
 
-        let anchor_path = cli
-            .trust_anchor
-            .clone()
-            .unwrap_or_else(|| cli.data_dir.join("pki").join(TRUST_ANCHOR_FILE));
+        let anchor_path = cli.trust_anchor_path();
         let anchor_pem = std::fs::read(&anchor_path)
             .map_err(|e| CliError(format!("trust anchor {}: {e}", anchor_path.display())))?;
         let anchors = TrustAnchors::from_pem(&anchor_pem)

@@ -8,7 +8,9 @@ use super::CliError;
 /// Reads every manifest from `sources` (`-` is stdin) as JSON documents, in order.
 pub fn read(sources: &[PathBuf]) -> Result<Vec<serde_json::Value>, CliError> {
     if sources.is_empty() {
-        return Err(CliError("apply needs -f FILE, -f DIR or -f -".to_string()));
+        return Err(CliError(
+            "no manifests given: use -f FILE, -f DIR or -f -".to_string(),
+        ));
     }
     let mut manifests = Vec::new();
     for source in sources {

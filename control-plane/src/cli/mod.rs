@@ -8,6 +8,7 @@ use std::path::PathBuf;
 mod admin_client;
 mod certs;
 mod identity;
+mod inject;
 mod manifests;
 mod proxy_status;
 mod resources;
@@ -88,6 +89,21 @@ pub enum Command {
     Delete(resources::DeleteArgs),
     /// List the proxies connected to discovery and the config versions they applied.
     ProxyStatus,
+    /// Add the Weft proxy to the pods of Kubernetes manifests (what the admission webhook does).
+    Inject(inject::InjectArgs),
+    /// Remove the Weft proxy from Kubernetes manifests.
+    Uninject(inject::UninjectArgs),
+}
+
+impl Cli {
+    /// The trust anchor file: given, or the control plane's own under the data dir.
+    fn trust_anchor_path(&self) -> PathBuf {
+        self.trust_anchor.clone().unwrap_or_else(|| {
+            self.data_dir
+                .join("pki")
+                .join(crate::pki::TRUST_ANCHOR_FILE)
+        })
+    }
 }
 
 /// Why a command failed, in one line.
@@ -136,5 +152,7 @@ pub async fn run(cli: Cli, out: &mut impl std::io::Write) -> Result<(), CliError
             resources::delete(args, AdminClient::connect(&cli).await?, out).await
         }
         Command::ProxyStatus => proxy_status::run(AdminClient::connect(&cli).await?, out).await,
+        Command::Inject(ref args) => inject::inject(args, &cli.trust_anchor_path(), out),
+        Command::Uninject(ref args) => inject::uninject(args, out),
     }
 }

@@ -25,6 +25,7 @@ mod store_damage;
 mod traffic;
 mod trust_rotation;
 mod upgrades;
+mod webhook;
 
 use weft_tests::apps::{App, start_echo_app};
 use weft_tests::mesh::{ControlPlane, Proxy, ProxySpec};

@@ -52,3 +52,35 @@ async fn not_ready_once_the_certificate_expires_ready_again_after_renewal() {
     cp.restart().await;
     proxy.wait_ready().await;
 }
+
+/// The classic sidecar's `postStart` hook: it holds the app back until `/ready` says 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn await_ready_returns_only_once_the_proxy_is_ready() {
+    weft_tests::init();
+    let mut cp = ControlPlane::start("24h").await;
+    let token = cp.token_file(CLIENT_ID);
+    cp.kill9();
+    let proxy = Proxy::spawn(&cp, &ProxySpec::new(CLIENT_ID).token(token));
+    let port = proxy.admin.port().to_string();
+    let await_ready = |timeout: &str| {
+        let mut command = std::process::Command::new(weft_tests::process::bin("weft-proxy"));
+        command.args(["await-ready", "--admin-port", &port, "--timeout", timeout]);
+        tokio::task::spawn_blocking(move || weft_tests::process::run(command))
+    };
+
+    let (status, _, stderr) = await_ready("1s").await.unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("was not ready within 1s"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    let waiting = await_ready("2m");
+    cp.restart().await;
+    let (status, _, stderr) = waiting.await.unwrap();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(
+        http_get(proxy.admin, "/ready")
+            .await
+            .map(|(status, _)| status),
+        Some(200)
+    );
+}

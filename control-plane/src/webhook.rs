@@ -1,0 +1,279 @@
+//! The mutating admission webhook: `weftctl inject`'s code behind HTTPS, answering the API
+//! server's AdmissionReviews for new Pods with a JSON Patch.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use kube_core::DynamicObject;
+use kube_core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::{Map, Value};
+use tokio::net::TcpListener;
+use weft_telemetry::Drain;
+
+use crate::inject::{self, InjectSettings};
+
+/// The API server sends at most 3 MiB of object; a review is a little more.
+const MAX_REVIEW: usize = 4 * 1024 * 1024;
+/// The API server gives up after its own timeout (10 s by default); so do we.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The path the MutatingWebhookConfiguration calls (DESIGN's Kubernetes contract).
+pub const INJECT_PATH: &str = "/inject";
+
+/// The annotations of namespaces, which opt their pods in: known to the control plane through
+/// its Kubernetes store; without one, only pods that opt in themselves are injected.
+pub trait NamespaceAnnotations: Send + Sync {
+    /// The annotations of `namespace`, if it is known.
+    fn annotations(&self, namespace: &str) -> Option<Map<String, Value>>;
+}
+
+/// Namespaces known from a fixed list (tests, and control planes without a Kubernetes store).
+#[derive(Debug, Default)]
+pub struct StaticNamespaces(pub HashMap<String, Map<String, Value>>);
+
+impl NamespaceAnnotations for StaticNamespaces {
+    fn annotations(&self, namespace: &str) -> Option<Map<String, Value>> {
+        self.0.get(namespace).cloned()
+    }
+}
+
+/// Decides and patches reviews.
+#[derive(Clone)]
+pub struct Webhook {
+    settings: Arc<dyn Fn() -> InjectSettings + Send + Sync>,
+    namespaces: Arc<dyn NamespaceAnnotations>,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook").finish_non_exhaustive()
+    }
+}
+
+impl Webhook {
+    /// `settings` is asked at each review, so a rotated trust bundle reaches new pods at once.
+    pub fn new(
+        settings: impl Fn() -> InjectSettings + Send + Sync + 'static,
+        namespaces: Arc<dyn NamespaceAnnotations>,
+    ) -> Self {
+        Self {
+            settings: Arc::new(settings),
+            namespaces,
+        }
+    }
+
+    /// Answers one AdmissionReview (its JSON body); never fails: what cannot be read gets an
+    /// AdmissionReview refusing it with the reason.
+    pub fn review(&self, body: &[u8]) -> AdmissionReview<DynamicObject> {
+        let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
+            Ok(review) => review,
+            Err(error) => {
+                return AdmissionResponse::invalid(format!("not an AdmissionReview: {error}"))
+                    .into_review();
+            }
+        };
+        let request: AdmissionRequest<DynamicObject> = match review.try_into() {
+            Ok(request) => request,
+            Err(_) => {
+                return AdmissionResponse::invalid("the AdmissionReview carries no request")
+                    .into_review();
+            }
+        };
+        self.respond(&request).into_review()
+    }
+
+    fn respond(&self, request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+        let response = AdmissionResponse::from(request);
+        if request.kind.kind != "Pod" || request.operation != Operation::Create {
+            return response;
+        }
+        let Some(object) = &request.object else {
+            return response.deny("a Pod CREATE review without the pod");
+        };
+        let original = match serde_json::to_value(object) {
+            Ok(value) => value,
+            Err(error) => return response.deny(format!("cannot read the pod: {error}")),
+        };
+        let pod_annotations = original
+            .pointer("/metadata/annotations")
+            .and_then(Value::as_object);
+        let namespace = request.namespace.as_deref().unwrap_or("default");
+        let namespace_annotations = self.namespaces.annotations(namespace);
+        if !inject::wanted(pod_annotations, namespace_annotations.as_ref()) {
+            return response;
+        }
+        let mut pod = original.clone();
+        // The API server sends the pod with its type; one without is still a Pod.
+        let untyped = pod.get("kind").is_none();
+        if let (true, Value::Object(fields)) = (untyped, &mut pod) {
+            fields.insert("kind".to_string(), "Pod".into());
+        }
+        if let Err(error) = inject::inject_document(&mut pod, &(self.settings)()) {
+            return response.deny(format!("weft: {error}"));
+        }
+        if let (true, Value::Object(fields)) = (untyped, &mut pod) {
+            fields.shift_remove("kind");
+        }
+        let patch = json_patch::diff(&original, &pod);
+        match response.clone().with_patch(patch) {
+            Ok(patched) => patched,
+            Err(error) => response.deny(format!("cannot encode the patch: {error}")),
+        }
+    }
+}
+
+/// Why the webhook cannot serve.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// Its certificate or key cannot be used.
+    #[error("{path}: {reason}")]
+    Certificate {
+        /// The file at fault.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// The webhook's TLS, from the serving certificate the API server was told to trust (the
+/// chart's Secret).
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, WebhookError> {
+    let bad = |path: &Path, reason: String| WebhookError::Certificate {
+        path: path.display().to_string(),
+        reason,
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| bad(cert, e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(cert, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(bad(cert, "holds no certificate".to_string()));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| bad(cert, e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves reviews on `listener` until `drain` is signalled.
+pub async fn serve(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    webhook: Webhook,
+    drain: Drain,
+) {
+    loop {
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "webhook: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = drain.signaled() => return,
+        };
+        let (acceptor, webhook) = (acceptor.clone(), webhook.clone());
+        drain.spawn(async move {
+            if let Err(error) = serve_connection(tcp, remote, acceptor, webhook).await {
+                tracing::debug!(%remote, %error, "webhook connection ended");
+            }
+        });
+    }
+}
+
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    remote: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    webhook: Webhook,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let tls = tokio::time::timeout(REQUEST_TIMEOUT, acceptor.accept(tcp)).await??;
+    let service = hyper::service::service_fn(move |request| {
+        let webhook = webhook.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(request, &webhook, remote).await) }
+    });
+    hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+        .await
+}
+
+async fn handle(
+    request: Request<Incoming>,
+    webhook: &Webhook,
+    remote: SocketAddr,
+) -> Response<Full<Bytes>> {
+    if request.uri().path() != INJECT_PATH {
+        return plain(StatusCode::NOT_FOUND, "the webhook serves /inject only");
+    }
+    if request.method() != Method::POST {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "POST an AdmissionReview");
+    }
+    let body = Limited::new(request.into_body(), MAX_REVIEW);
+    let body = match tokio::time::timeout(REQUEST_TIMEOUT, body.collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(error)) => {
+            if error.is::<http_body_util::LengthLimitError>() {
+                return plain(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "an AdmissionReview over 4 MiB",
+                );
+            }
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+            );
+        }
+        Err(_) => {
+            return plain(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body came too slowly",
+            );
+        }
+    };
+    let review = webhook.review(&body);
+    if let Some(response) = &review.response {
+        tracing::debug!(%remote, uid = %response.uid, allowed = response.allowed, patched = response.patch.is_some(), "admission review");
+    }
+    match encode(&review) {
+        Ok(json) => Response::builder()
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(json)))
+            .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "response")),
+        Err(_) => plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the AdmissionReview could not be encoded",
+        ),
+    }
+}
+
+/// The review as JSON, its patch base64-encoded as Go's `[]byte` is (kube-core writes an array of
+/// numbers, which the API server also takes; base64 is what every other webhook sends).
+fn encode(review: &AdmissionReview<DynamicObject>) -> Result<Vec<u8>, serde_json::Error> {
+    use base64::Engine as _;
+    let mut json = serde_json::to_value(review)?;
+    if let Some(patch) = json.pointer_mut("/response/patch") {
+        let bytes: Vec<u8> = serde_json::from_value(patch.take())?;
+        *patch = base64::engine::general_purpose::STANDARD
+            .encode(bytes)
+            .into();
+    }
+    serde_json::to_vec(&json)
+}
+
+fn plain(status: StatusCode, reason: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(reason.as_bytes())));
+    *response.status_mut() = status;
+    response
+}
