@@ -137,6 +137,10 @@ pub struct Config {
     #[arg(long, env = "WEFT_CONTROL_PROXY_IMAGE", default_value = concat!("localhost/weft-proxy:", env!("CARGO_PKG_VERSION")))]
     pub proxy_image: String,
 
+    /// The init container's image the webhook injects (weft-proxy with iptables and nft).
+    #[arg(long, env = "WEFT_CONTROL_INIT_IMAGE", default_value = concat!("localhost/weft-init:", env!("CARGO_PKG_VERSION")))]
+    pub init_image: String,
+
     /// The proxy API as injected pods reach it (the Service in front of this control plane).
     #[arg(
         long,

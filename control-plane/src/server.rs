@@ -246,6 +246,7 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
         proxy_api = %running.proxy_api_addr,
         admin = %running.admin_addr,
         metrics = %running.metrics_addr,
+        webhook = %running.webhook_addr.map_or("off".to_string(), |addr| addr.to_string()),
         "weft-control started"
     );
     Ok(running)
@@ -255,6 +256,7 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
 fn inject_settings(config: &Config, trust_domain: TrustDomain) -> InjectSettings {
     InjectSettings {
         proxy_image: config.proxy_image.clone(),
+        init_image: config.init_image.clone(),
         proxy_version: env!("CARGO_PKG_VERSION").to_string(),
         trust_domain,
         control_plane_addr: config.proxy_api_service.clone(),

@@ -109,17 +109,29 @@ impl Webhook {
         if !inject::wanted(pod_annotations, namespace_annotations.as_ref()) {
             return response;
         }
+        // The API server sends the pod with its type, and with its namespace unless the pod is
+        // created through a controller; the injector needs both, the patch neither.
         let mut pod = original.clone();
-        // The API server sends the pod with its type; one without is still a Pod.
         let untyped = pod.get("kind").is_none();
-        if let (true, Value::Object(fields)) = (untyped, &mut pod) {
-            fields.insert("kind".to_string(), "Pod".into());
+        let unplaced = pod.pointer("/metadata/namespace").is_none();
+        if let Value::Object(fields) = &mut pod {
+            if untyped {
+                fields.insert("kind".to_string(), "Pod".into());
+            }
+            if let (true, Some(Value::Object(metadata))) = (unplaced, fields.get_mut("metadata")) {
+                metadata.insert("namespace".to_string(), namespace.into());
+            }
         }
         if let Err(error) = inject::inject_document(&mut pod, &(self.settings)()) {
             return response.deny(format!("weft: {error}"));
         }
-        if let (true, Value::Object(fields)) = (untyped, &mut pod) {
-            fields.shift_remove("kind");
+        if let Value::Object(fields) = &mut pod {
+            if untyped {
+                fields.shift_remove("kind");
+            }
+            if let (true, Some(Value::Object(metadata))) = (unplaced, fields.get_mut("metadata")) {
+                metadata.shift_remove("namespace");
+            }
         }
         let patch = json_patch::diff(&original, &pod);
         match response.clone().with_patch(patch) {

@@ -15,9 +15,13 @@ pub struct InjectArgs {
     #[arg(short = 'f', long = "filename", required = true)]
     pub files: Vec<PathBuf>,
 
-    /// The weft-proxy image (it also runs the init container).
+    /// The weft-proxy image.
     #[arg(long, env = "WEFT_PROXY_IMAGE", default_value = concat!("localhost/weft-proxy:", env!("CARGO_PKG_VERSION")))]
     pub proxy_image: String,
+
+    /// The init container's image (weft-proxy with iptables and nft).
+    #[arg(long, env = "WEFT_INIT_IMAGE", default_value = concat!("localhost/weft-init:", env!("CARGO_PKG_VERSION")))]
+    pub init_image: String,
 
     /// The trust domain the proxies' identities are in [default: the trust anchor's].
     #[arg(long)]
@@ -73,6 +77,7 @@ pub fn inject(
         })?;
     let settings = InjectSettings {
         proxy_image: args.proxy_image.clone(),
+        init_image: args.init_image.clone(),
         proxy_version: env!("CARGO_PKG_VERSION").to_string(),
         trust_domain,
         control_plane_addr: args.control_plane_addr.clone(),

@@ -60,12 +60,14 @@ pub fn inject(
     spec: &mut Map<String, Value>,
     settings: &InjectSettings,
     owner: Owner,
+    namespace: Option<&str>,
 ) -> Result<(), InjectError> {
     let overrides = Overrides::from_annotations(annotations(metadata))?;
+    let identity = identity(spec, namespace, settings)?;
     uninject(metadata, spec);
     let mode = overrides.sidecar_mode.unwrap_or(settings.sidecar_mode);
 
-    let proxy = proxy_container(settings, &overrides, mode, owner);
+    let proxy = proxy_container(settings, identity, &overrides, mode, owner);
     let init = init_container(settings, &overrides);
     let mut front = vec![to_value(&init)?];
     match mode {
@@ -138,42 +140,69 @@ pub fn uninject(metadata: &mut Map<String, Value>, spec: &mut Map<String, Value>
     }
 }
 
+/// The proxy's identity: its pod's ServiceAccount, in its namespace. A manifest without a
+/// namespace (applied with `kubectl -n`) leaves the namespace to the downward API.
+fn identity(
+    spec: &Map<String, Value>,
+    namespace: Option<&str>,
+    settings: &InjectSettings,
+) -> Result<Vec<EnvVar>, InjectError> {
+    // What the ServiceAccount admission plugin sets before any webhook runs.
+    let service_account = spec
+        .get("serviceAccountName")
+        .or_else(|| spec.get("serviceAccount"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let td = settings.trust_domain.clone();
+    let check = |namespace: &str| {
+        weft_certs::Identity::new(td.clone(), namespace, service_account)
+            .map_err(|e| InjectError(format!("no SPIFFE identity for its ServiceAccount: {e}")))
+    };
+    Ok(match namespace {
+        Some(namespace) => vec![env_var(
+            "WEFT_PROXY_IDENTITY",
+            &check(namespace)?.to_string(),
+        )],
+        None => {
+            check("default")?;
+            vec![
+                EnvVar {
+                    name: "WEFT_POD_NAMESPACE".to_string(),
+                    value_from: Some(EnvVarSource {
+                        field_ref: Some(ObjectFieldSelector {
+                            field_path: "metadata.namespace".to_string(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                // Kubernetes expands $(VAR) from the variable above.
+                env_var(
+                    "WEFT_PROXY_IDENTITY",
+                    &format!("spiffe://{td}/ns/$(WEFT_POD_NAMESPACE)/sa/{service_account}"),
+                ),
+            ]
+        }
+    })
+}
+
 fn proxy_container(
     settings: &InjectSettings,
+    identity: Vec<EnvVar>,
     overrides: &Overrides,
     mode: SidecarMode,
     owner: Owner,
 ) -> Container {
-    let field = |name: &str, path: &str| EnvVar {
-        name: name.to_string(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: path.to_string(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let mut env = vec![
-        field("WEFT_POD_NAMESPACE", "metadata.namespace"),
-        field("WEFT_POD_SERVICE_ACCOUNT", "spec.serviceAccountName"),
-        // Kubernetes expands $(VAR) from the variables above: the identity is the pod's
-        // ServiceAccount, as the control plane will check it.
-        env_var(
-            "WEFT_PROXY_IDENTITY",
-            &format!(
-                "spiffe://{}/ns/$(WEFT_POD_NAMESPACE)/sa/$(WEFT_POD_SERVICE_ACCOUNT)",
-                settings.trust_domain
-            ),
-        ),
+    let mut env = identity;
+    env.extend([
         env_var(
             "WEFT_PROXY_CONTROL_PLANE_ADDR",
             &settings.control_plane_addr,
         ),
         env_var("WEFT_PROXY_TRUST_ANCHORS_PEM", &settings.trust_anchors_pem),
         env_var("WEFT_PROXY_TOKEN_PATH", &format!("{IDENTITY_DIR}/token")),
-    ];
+    ]);
     let optional = [
         ("WEFT_PROXY_LOG", &overrides.log_level),
         ("WEFT_PROXY_OPAQUE_PORTS", &overrides.opaque_ports),
@@ -302,7 +331,7 @@ fn init_container(settings: &InjectSettings, overrides: &Overrides) -> Container
     resources.insert("memory".to_string(), Quantity("10Mi".to_string()));
     Container {
         name: INIT_CONTAINER.to_string(),
-        image: Some(settings.proxy_image.clone()),
+        image: Some(settings.init_image.clone()),
         image_pull_policy: Some("IfNotPresent".to_string()),
         args: Some(vec!["init".to_string()]),
         env: (!env.is_empty()).then_some(env),
@@ -360,6 +389,8 @@ fn identity_volume(identity: &IdentitySource) -> Volume {
             name: IDENTITY_VOLUME.to_string(),
             secret: Some(SecretVolumeSource {
                 secret_name: Some(secret.clone()),
+                // The default, said explicitly: podman 4.3's `kube play` dereferences it.
+                optional: Some(false),
                 items: Some(vec![KeyToPath {
                     key: "token".to_string(),
                     path: "token".to_string(),

@@ -38,8 +38,11 @@ impl std::str::FromStr for SidecarMode {
 /// The mesh-wide part of injection.
 #[derive(Debug, Clone)]
 pub struct InjectSettings {
-    /// The `weft-proxy` image (it also runs `weft-proxy init`).
+    /// The `weft-proxy` image.
     pub proxy_image: String,
+    /// The init container's image: the proxy's plus the iptables and nft programs that
+    /// `weft-proxy init` drives, kept out of the sidecar's image.
+    pub init_image: String,
     /// Written to `weft.io/proxy-version`, so upgrades can tell old pods from new.
     pub proxy_version: String,
     /// The trust domain of the identities proxies ask for.

@@ -16,6 +16,7 @@ const ANCHORS: &str = "-----BEGIN CERTIFICATE-----\nMIIBfixture\n-----END CERTIF
 fn settings(identity: IdentitySource) -> InjectSettings {
     InjectSettings {
         proxy_image: "localhost/weft-proxy:0.1.0".to_string(),
+        init_image: "localhost/weft-init:0.1.0".to_string(),
         proxy_version: "0.1.0".to_string(),
         trust_domain: weft_certs::TrustDomain::cluster_local(),
         control_plane_addr: "weft-control.weft.svc.cluster.local:7200".to_string(),

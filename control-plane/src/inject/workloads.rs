@@ -21,14 +21,14 @@ pub fn inject_document(
     settings: &InjectSettings,
 ) -> Result<Vec<Outcome>, InjectError> {
     let mut outcomes = Vec::new();
-    for_each_template(doc, &mut |object, owner, metadata, spec| {
+    for_each_template(doc, &mut |object, owner, namespace, metadata, spec| {
         let result = if opted_out(metadata) {
             Err(format!("{INJECT_ANNOTATION}: disabled"))
         } else if spec.get("hostNetwork").and_then(Value::as_bool) == Some(true) {
             // Redirect rules would be installed in the node's network namespace.
             Err("uses the node's network (hostNetwork)".to_string())
         } else {
-            pod::inject(metadata, spec, settings, owner)
+            pod::inject(metadata, spec, settings, owner, namespace)
                 .map_err(|e| InjectError(format!("{object}: {e}")))?;
             Ok(())
         };
@@ -41,7 +41,7 @@ pub fn inject_document(
 /// Removes the proxy from every pod template in `doc`.
 pub fn uninject_document(doc: &mut Value) -> Result<Vec<Outcome>, InjectError> {
     let mut outcomes = Vec::new();
-    for_each_template(doc, &mut |object, _, metadata, spec| {
+    for_each_template(doc, &mut |object, _, _, metadata, spec| {
         let result = if pod::is_injected(metadata) {
             pod::uninject(metadata, spec);
             Ok(())
@@ -65,6 +65,7 @@ fn opted_out(metadata: &Map<String, Value>) -> bool {
 type Visit<'v> = dyn FnMut(
         String,
         Owner,
+        Option<&str>,
         &mut Map<String, Value>,
         &mut Map<String, Value>,
     ) -> Result<(), InjectError>
@@ -90,6 +91,10 @@ fn for_each_template(doc: &mut Value, visit: &mut Visit<'_>) -> Result<(), Injec
         .and_then(Value::as_str)
         .unwrap_or("(unnamed)");
     let object = format!("{}/{name}", kind.to_lowercase());
+    let namespace = doc
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let (template, owner) = match kind.as_str() {
         "Pod" => {
             let never_restarts = doc
@@ -126,7 +131,7 @@ fn for_each_template(doc: &mut Value, visit: &mut Visit<'_>) -> Result<(), Injec
     let Some(Value::Object(spec)) = template.get_mut("spec") else {
         return Err(InjectError(format!("{object}: its pod has no spec")));
     };
-    let result = visit(object, owner, &mut metadata, spec);
+    let result = visit(object, owner, namespace.as_deref(), &mut metadata, spec);
     if metadata.is_empty() {
         template.shift_remove("metadata");
     } else if existed {

@@ -1,0 +1,245 @@
+#!/usr/bin/env python3
+"""Helpers for scripts/check-chart, working on `helm template` output (needs PyYAML).
+
+  manifests.py split RENDERED CORE_OUT
+      Writes the documents of kinds Kubernetes itself defines to CORE_OUT and prints one
+      `apiVersion kind name` line per document of a CRD kind (no offline schema exists for them).
+
+  manifests.py run-pki RENDERED WORK_DIR WEFTCTL WEFT_CONTROL KUBECTL
+      Does on this machine what the rendered objects would do in a cluster, with the real
+      binaries: runs the generate-mode hook Job's two containers (weftctl certs init, then its
+      kubectl command with --dry-run=client), lays out the PKI directory exactly as the
+      Deployment's projected volume maps the Secrets' keys, and starts weft-control with the
+      Deployment's own arguments (addresses moved to 127.0.0.1:0, paths into WORK_DIR). Passes
+      when it starts and its /ready and /live probes answer 200 on the metrics port.
+"""
+
+import base64
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+
+import yaml
+
+# Kinds whose schemas come from CRDs, which kubernetes-validate cannot know offline.
+CRD_GROUPS = ("monitoring.coreos.com/", "cert-manager.io/")
+START_TIMEOUT = 20
+
+
+def load(path):
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def split(rendered, core_out):
+    core = []
+    for doc in load(rendered):
+        if doc["apiVersion"].startswith(CRD_GROUPS):
+            print(doc["apiVersion"], doc["kind"], doc["metadata"]["name"])
+        else:
+            core.append(doc)
+    with open(core_out, "w") as f:
+        yaml.safe_dump_all(core, f, sort_keys=False)
+
+
+def find(docs, kind, name=None):
+    for doc in docs:
+        if doc["kind"] == kind and (name is None or doc["metadata"]["name"] == name):
+            return doc
+    return None
+
+
+def run_job(job, work, weftctl, kubectl, secrets):
+    """Runs the hook Job's containers in order; the Secret kubectl would create joins `secrets`."""
+    spec = job["spec"]["template"]["spec"]
+    pki = os.path.join(work, "job-pki")
+    mounts = {"/pki": pki, "/tmp": os.path.join(work, "job-tmp")}
+
+    def local(arg):
+        """Moves a `...=<mount path>[/file]` argument to the directory standing for the mount."""
+        for inside, outside in mounts.items():
+            match = re.fullmatch(f"(.*=){re.escape(inside)}(/.*)?", arg)
+            if match:
+                return match.group(1) + outside + (match.group(2) or "")
+        return arg
+
+    init = spec["initContainers"][0]
+    command = [weftctl] + [local(a) for a in init["command"][1:]]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    store = spec["containers"][0]
+    args = [local(a) for a in store["args"]] + ["--dry-run=client", "-o", "json"]
+    env = {"PATH": "/usr/bin:/bin", "HOME": work}
+    out = subprocess.run([kubectl] + args, check=True, capture_output=True, env=env, text=True)
+    secret = json.loads(out.stdout)
+    secrets[secret["metadata"]["name"]] = secret
+    return " ".join(["weftctl"] + init["command"][1:]) + " && kubectl " + " ".join(store["args"])
+
+
+def lay_out_projected(volume, secrets, directory):
+    """Writes the files a projected volume of Secrets would show, by the volume's own items."""
+    os.makedirs(directory, exist_ok=True)
+    for source in volume["projected"]["sources"]:
+        name = source["secret"]["name"]
+        if name not in secrets:
+            raise SystemExit(f"the projected volume needs Secret {name}, which nothing creates")
+        data = secrets[name]["data"]
+        for item in source["secret"]["items"]:
+            if item["key"] not in data:
+                raise SystemExit(f"Secret {name} has no key {item['key']}")
+            with open(os.path.join(directory, item["path"]), "wb") as f:
+                f.write(base64.b64decode(data[item["key"]]))
+
+
+def control_args(container, work, pki_dir, token_file, webhook_dir):
+    rewritten = []
+    for arg in container["args"]:
+        flag, _, value = arg.partition("=")
+        if flag.endswith("-addr"):
+            value = "127.0.0.1:0"
+        elif flag == "--data-dir":
+            value = os.path.join(work, "data")
+        elif flag == "--pki-dir":
+            value = pki_dir
+        elif flag == "--admin-token-file":
+            value = token_file
+        elif flag in ("--webhook-cert", "--webhook-key"):
+            value = os.path.join(webhook_dir, os.path.basename(value))
+        rewritten.append(f"{flag}={value}")
+    return rewritten
+
+
+def probe(metrics_addr, path):
+    with urllib.request.urlopen(f"http://{metrics_addr}{path}", timeout=5) as response:
+        return response.status
+
+
+def read_only(pki_dir, command):
+    """As root, runs `command` in a mount namespace of its own where `pki_dir` is read-only, as
+    the Secret volume is in the pod; elsewhere, as it is."""
+    if os.geteuid() != 0 or subprocess.run(["unshare", "-m", "true"]).returncode != 0:
+        return command
+    script = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
+    return ["unshare", "-m", "sh", "-c", script, "sh", pki_dir] + command
+
+
+def review_webhook(addr, client_config):
+    """POSTs an AdmissionReview for an opted-in Pod as the API server would: TLS verified
+    against the configuration's caBundle for its Service's name, on its path."""
+    service = client_config["service"]
+    context = ssl.create_default_context(
+        cadata=base64.b64decode(client_config["caBundle"]).decode()
+    )
+    host, port = addr.rsplit(":", 1)
+    review = {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "check-chart",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "shop",
+            "operation": "CREATE",
+            "userInfo": {"username": "check-chart"},
+            "object": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "web", "annotations": {"weft.io/inject": "enabled"}},
+                "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+            },
+        },
+    }
+    with socket.create_connection((host, int(port)), timeout=5) as tcp:
+        server_name = f"{service['name']}.{service['namespace']}.svc"
+        with context.wrap_socket(tcp, server_hostname=server_name) as tls:
+            connection = http.client.HTTPConnection(host, int(port), timeout=5)
+            connection.sock = tls
+            connection.request(
+                "POST", service["path"], json.dumps(review), {"Content-Type": "application/json"}
+            )
+            answer = json.loads(connection.getresponse().read())
+    response = answer["response"]
+    if not response["allowed"] or response.get("patchType") != "JSONPatch":
+        raise SystemExit(f"the webhook did not patch an opted-in pod: {response}")
+    patch = json.loads(base64.b64decode(response["patch"]))
+    return f"webhook {service['path']} patched an opted-in pod ({len(patch)} operations)"
+
+
+def start_control(binary, args, container, log_path, pki_dir, webhook_config):
+    """Starts weft-control, checks its probes and webhook, stops it; returns what it saw."""
+    with open(log_path, "w") as log:
+        command = read_only(pki_dir, [binary] + args)
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        started = None
+        while started is None:
+            text = open(log_path).read()
+            started = re.search(r".*weft-control started.*metrics=(\S+) webhook=(\S+)", text)
+            if proc.poll() is not None:
+                raise SystemExit(f"weft-control exited {proc.returncode}: {text.strip()}")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"weft-control did not start within {START_TIMEOUT}s: {text}")
+            time.sleep(0.1)
+        for kind in ("readinessProbe", "livenessProbe"):
+            path = container[kind]["httpGet"]["path"]
+            status = probe(started.group(1), path)
+            if status != 200:
+                raise SystemExit(f"{kind} {path} answered {status}")
+        return started.group(0).strip() + "\n" + review_webhook(started.group(2), webhook_config)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def run_pki(rendered, work, weftctl, weft_control, kubectl):
+    docs = load(rendered)
+    secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
+    job = find(docs, "Job", "weft-pki-init")
+    if job is not None:
+        print("job: " + run_job(job, work, weftctl, kubectl, secrets))
+    deployment = find(docs, "Deployment", "weft-control")
+    pod = deployment["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    container = pod["containers"][0]
+    pki_dir = os.path.join(work, "pki")
+    lay_out_projected(volumes["pki"], secrets, pki_dir)
+    token_volume = volumes["admin-token"]["secret"]
+    token_file = os.path.join(work, "admin-token")
+    with open(token_file, "wb") as f:
+        f.write(base64.b64decode(secrets[token_volume["secretName"]]["data"]["token"]))
+    webhook_dir = os.path.join(work, "webhook")
+    os.makedirs(webhook_dir, exist_ok=True)
+    webhook_secret = secrets[volumes["webhook-tls"]["secret"]["secretName"]]["data"]
+    for key in ("tls.crt", "tls.key"):
+        with open(os.path.join(webhook_dir, key), "wb") as f:
+            f.write(base64.b64decode(webhook_secret[key]))
+    webhook_config = find(docs, "MutatingWebhookConfiguration")["webhooks"][0]["clientConfig"]
+    args = control_args(container, work, pki_dir, token_file, webhook_dir)
+    print("files: " + " ".join(sorted(os.listdir(pki_dir))))
+    print("weft-control " + " ".join(args))
+    print(start_control(
+        weft_control, args, container, os.path.join(work, "weft-control.log"), pki_dir,
+        webhook_config,
+    ))
+
+
+def main():
+    command, *args = sys.argv[1:]
+    {"split": split, "run-pki": run_pki}[command](*args)
+
+
+if __name__ == "__main__":
+    main()
