@@ -12,6 +12,7 @@ pub mod apps;
 pub mod client;
 pub mod mesh;
 pub mod netns;
+pub mod podman;
 pub mod process;
 pub mod websocket;
 

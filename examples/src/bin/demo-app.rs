@@ -1,4 +1,5 @@
-//! `demo-app frontend|backend`: the demo's apps (see `weft_examples::app`).
+//! `demo-app frontend|backend|get`: the demo's apps (see `weft_examples::app`).
+#![allow(clippy::print_stdout)] // `get` prints what it fetched.
 
 use std::net::SocketAddr;
 
@@ -20,12 +21,42 @@ enum Args {
         #[arg(long)]
         proxy: SocketAddr,
     },
+    /// Fetches a URL as an unmeshed program would and prints the answer (the client in the
+    /// Kubernetes example and the pod tests).
+    Get {
+        url: String,
+        /// Tries before giving up (exit 1); the proxy beside it may still be starting.
+        #[arg(long, default_value_t = 60)]
+        attempts: u32,
+        /// The pause between tries.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    match Args::parse() {
+    let args = Args::parse();
+    // As a container's first process, nothing ends it on SIGTERM unless it says so itself.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = run(args) => result,
+        _ = terminate.recv() => Ok(()),
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    match args {
         Args::Backend { listen } => weft_examples::app::serve_backend(listen).await,
         Args::Frontend { listen, proxy } => weft_examples::app::serve_frontend(listen, proxy).await,
+        Args::Get {
+            url,
+            attempts,
+            interval,
+        } => {
+            let body = weft_examples::app::fetch(&url, attempts, interval).await?;
+            print!("{body}");
+            Ok(())
+        }
     }
 }

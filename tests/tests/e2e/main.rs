@@ -10,6 +10,7 @@ mod foreign;
 mod identity_api;
 mod inbound_limits;
 mod inbound_protocols;
+mod kube_play;
 mod limits;
 mod netns;
 mod outage;
