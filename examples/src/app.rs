@@ -31,26 +31,46 @@ pub async fn serve_backend(listen: SocketAddr) -> anyhow::Result<()> {
     .await
 }
 
-/// Serves `frontend`: every request calls `backend` through the frontend's proxy.
-pub async fn serve_frontend(listen: SocketAddr, proxy: SocketAddr) -> anyhow::Result<()> {
+/// Where `frontend` finds `backend`.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// Through its proxy's outbound address, naming the backend in `Host` (the local demo,
+    /// where nothing redirects the app's traffic).
+    Proxy(SocketAddr),
+    /// At this URL, as any program would call it (in a pod, the mesh's redirect rules take the
+    /// call to the proxy without the app knowing).
+    Url(String),
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Proxy(_) => write!(f, "http://{BACKEND_AUTHORITY}/"),
+            Self::Url(url) => f.write_str(url),
+        }
+    }
+}
+
+/// Serves `frontend`: every request calls `backend`.
+pub async fn serve_frontend(listen: SocketAddr, backend: Backend) -> anyhow::Result<()> {
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
     let client = Arc::new(client);
     // Steady background traffic, so the proxies' metrics move on their own.
-    let background = client.clone();
+    let (background, target) = (client.clone(), backend.clone());
     tokio::spawn(async move {
         loop {
-            let _ = call_backend(&background, proxy).await;
+            let _ = call_backend(&background, &target).await;
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
     serve(listen, move |_req: Request<Incoming>| {
-        let client = client.clone();
+        let (client, backend) = (client.clone(), backend.clone());
         async move {
-            match call_backend(&client, proxy).await {
+            match call_backend(&client, &backend).await {
                 Ok(answer) => text(
                     StatusCode::OK,
-                    format!("frontend: called http://{BACKEND_AUTHORITY}/ through weft-proxy (mTLS between the proxies)\n{answer}"),
+                    format!("frontend: called {backend} through weft-proxy (mTLS between the proxies)\n{answer}"),
                 ),
                 Err(error) => text(StatusCode::BAD_GATEWAY, format!("frontend: backend call failed: {error}\n")),
             }
@@ -59,15 +79,17 @@ pub async fn serve_frontend(listen: SocketAddr, proxy: SocketAddr) -> anyhow::Re
     .await
 }
 
-/// Calls backend the way an app in a mesh does: a plain request, addressed to the service name,
-/// sent to the local proxy.
+/// Calls backend the way an app in a mesh does: a plain request.
 pub async fn call_backend(
     client: &Client<HttpConnector, Full<Bytes>>,
-    proxy: SocketAddr,
+    backend: &Backend,
 ) -> anyhow::Result<String> {
-    let request = Request::get(format!("http://{proxy}/"))
-        .header(http::header::HOST, BACKEND_AUTHORITY)
-        .body(Full::new(Bytes::new()))?;
+    let request = match backend {
+        Backend::Proxy(proxy) => Request::get(format!("http://{proxy}/"))
+            .header(http::header::HOST, BACKEND_AUTHORITY)
+            .body(Full::new(Bytes::new()))?,
+        Backend::Url(url) => Request::get(url.as_str()).body(Full::new(Bytes::new()))?,
+    };
     let response = tokio::time::timeout(Duration::from_secs(5), client.request(request)).await??;
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
+use weft_examples::app::Backend;
 
 /// A demo app.
 #[derive(Debug, Parser)]
@@ -13,13 +14,21 @@ enum Args {
         #[arg(long)]
         listen: SocketAddr,
     },
-    /// Calls backend through its proxy on every request.
+    /// Calls backend on every request.
     Frontend {
         #[arg(long)]
         listen: SocketAddr,
-        /// The frontend's proxy outbound address.
+        /// The frontend's proxy outbound address, where nothing redirects its traffic (the
+        /// local demo).
+        #[arg(
+            long,
+            required_unless_present = "backend_url",
+            conflicts_with = "backend_url"
+        )]
+        proxy: Option<SocketAddr>,
+        /// The backend's URL, called as any program would (in a pod, the mesh intercepts it).
         #[arg(long)]
-        proxy: SocketAddr,
+        backend_url: Option<String>,
     },
     /// Fetches a URL as an unmeshed program would and prints the answer (the client in the
     /// Kubernetes example and the pod tests).
@@ -35,20 +44,37 @@ enum Args {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
     let args = Args::parse();
     // As a container's first process, nothing ends it on SIGTERM unless it says so itself.
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        result = run(args) => result,
-        _ = terminate.recv() => Ok(()),
+    let result = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut terminate) => tokio::select! {
+            result = run(args) => result,
+            _ = terminate.recv() => Ok(()),
+        },
+        Err(error) => Err(error.into()),
+    };
+    if let Err(error) = result {
+        eprintln!("demo-app: {error:#}");
+        std::process::exit(1);
     }
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
     match args {
         Args::Backend { listen } => weft_examples::app::serve_backend(listen).await,
-        Args::Frontend { listen, proxy } => weft_examples::app::serve_frontend(listen, proxy).await,
+        Args::Frontend {
+            listen,
+            proxy,
+            backend_url,
+        } => {
+            let backend = match (proxy, backend_url) {
+                (Some(proxy), _) => Backend::Proxy(proxy),
+                (None, Some(url)) => Backend::Url(url),
+                (None, None) => anyhow::bail!("frontend needs --proxy or --backend-url"),
+            };
+            weft_examples::app::serve_frontend(listen, backend).await
+        }
         Args::Get {
             url,
             attempts,
