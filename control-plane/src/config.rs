@@ -133,6 +133,11 @@ pub struct Config {
     #[arg(long, env = "WEFT_CONTROL_WEBHOOK_KEY", requires = "webhook_cert")]
     pub webhook_key: Option<PathBuf>,
 
+    /// A kubeconfig for the Kubernetes API (the webhook reads namespaces' `weft.io/inject`);
+    /// without it, the pod's own ServiceAccount when running in a cluster, else none.
+    #[arg(long, env = "WEFT_CONTROL_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
     /// The weft-proxy image the webhook injects.
     #[arg(long, env = "WEFT_CONTROL_PROXY_IMAGE", default_value = concat!("localhost/weft-proxy:", env!("CARGO_PKG_VERSION")))]
     pub proxy_image: String,

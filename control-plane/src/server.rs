@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::policy_store::PolicyStore;
 use crate::store::Store;
 use crate::trust::Trust;
-use crate::{pki, serving_cert, tls_incoming, webhook};
+use crate::{kube_namespaces, pki, serving_cert, tls_incoming, webhook};
 
 /// How often records of expired certificates, lapsed revocations and spent tokens are purged.
 const RECORD_PURGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
@@ -228,12 +228,34 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
 
     if let Some((listener, acceptor)) = webhook_listener {
         let settings = inject_settings(config, trust_domain.clone());
+        let namespaces: Arc<dyn webhook::NamespaceAnnotations> = match kube_namespaces::client(
+            config.kubeconfig.as_deref(),
+        )
+        .await
+        .map_err(|e| StartError::Setup(e.to_string()))?
+        {
+            Some(client) => {
+                let namespaces = kube_namespaces::ClusterNamespaces::watch(client, drain);
+                let synced = namespaces.clone();
+                drain.spawn(async move {
+                    synced.ready().await;
+                    tracing::info!("webhook: namespaces listed; their weft.io/inject applies");
+                });
+                Arc::new(namespaces)
+            }
+            None => {
+                tracing::info!(
+                    "webhook: no Kubernetes API; only pods annotated weft.io/inject themselves are injected"
+                );
+                Arc::new(webhook::StaticNamespaces::default())
+            }
+        };
         let webhook = webhook::Webhook::new(
             move || InjectSettings {
                 trust_anchors_pem: mesh.borrow().trust_anchors_pem.clone(),
                 ..settings.clone()
             },
-            Arc::new(webhook::StaticNamespaces::default()),
+            namespaces,
         );
         drain.spawn(webhook::serve(listener, acceptor, webhook, drain.clone()));
     }

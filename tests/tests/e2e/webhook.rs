@@ -253,3 +253,121 @@ async fn bad_reviews_and_bad_annotations_get_an_answer_saying_why_and_the_webhoo
     let (_, body) = post(addr, &pki, "/inject", review_of(&pod, "shop")).await;
     assert!(outcome(&body, &pod).1.is_some());
 }
+
+/// A stand-in for the API server, enough for a namespace watch: the list, then a watch that
+/// stays open with nothing to say.
+async fn fake_api_server(namespaces: Value) -> SocketAddr {
+    use http_body_util::combinators::BoxBody;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let namespaces = namespaces.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |request: http::Request<hyper::body::Incoming>| {
+                        let namespaces = namespaces.clone();
+                        async move {
+                            let query = request.uri().query().unwrap_or_default();
+                            let body: BoxBody<Bytes, std::convert::Infallible> = if request
+                                .uri()
+                                .path()
+                                != "/api/v1/namespaces"
+                            {
+                                Full::new(Bytes::from_static(b"{}")).boxed()
+                            } else if query.contains("watch=true") || query.contains("watch=1") {
+                                http_body_util::StreamBody::new(futures_util::stream::pending::<
+                                    Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
+                                >())
+                                .boxed()
+                            } else {
+                                let list = json!({
+                                    "apiVersion": "v1",
+                                    "kind": "NamespaceList",
+                                    "metadata": {"resourceVersion": "7"},
+                                    "items": namespaces,
+                                });
+                                Full::new(Bytes::from(list.to_string())).boxed()
+                            };
+                            Ok::<_, std::convert::Infallible>(
+                                http::Response::builder()
+                                    .header("content-type", "application/json")
+                                    .body(body)
+                                    .unwrap(),
+                            )
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_annotated_weft_io_inject_opts_its_pods_in() {
+    weft_tests::init();
+    let dir = tempfile::tempdir().unwrap();
+    let api = fake_api_server(json!([
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "resourceVersion": "5", "annotations": {"weft.io/inject": "enabled"}}},
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other", "resourceVersion": "6"}},
+    ]))
+    .await;
+    let kubeconfig = write_temp(
+        dir.path(),
+        "kubeconfig",
+        &format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"http://{api}\"}}}}]\n\
+             users: [{{name: fake, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n\
+             current-context: fake\n"
+        ),
+    );
+    let pki = webhook_pki(dir.path());
+    let addr: SocketAddr = ([127, 0, 0, 1], weft_tests::free_port()).into();
+    let _cp = ControlPlane::start_with(
+        "24h",
+        &[
+            "--webhook-addr",
+            &addr.to_string(),
+            "--webhook-cert",
+            pki.cert.to_str().unwrap(),
+            "--webhook-key",
+            pki.key.to_str().unwrap(),
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+        ],
+    )
+    .await;
+
+    let plain = pod(json!({}));
+    let pki = Arc::new(pki);
+    weft_tests::eventually(
+        "the namespace's annotation to apply",
+        std::time::Duration::from_secs(20),
+        || {
+            let (pki, plain) = (pki.clone(), plain.clone());
+            async move {
+                let (_, body) = post(addr, &pki, "/inject", review_of(&plain, "shop")).await;
+                outcome(&body, &plain).1.map(|_| ())
+            }
+        },
+    )
+    .await;
+    for (annotations, namespace) in [
+        (json!({"weft.io/inject": "disabled"}), "shop"),
+        (json!({}), "other"),
+        (json!({}), "nowhere"),
+    ] {
+        let pod = pod(annotations);
+        let (_, body) = post(addr, &pki, "/inject", review_of(&pod, namespace)).await;
+        let (response, patched) = outcome(&body, &pod);
+        assert_eq!(response["allowed"], true);
+        assert!(patched.is_none(), "{namespace}: {response}");
+    }
+}
