@@ -11,31 +11,19 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Map, Value};
 use weft_telemetry::Drain;
 
+use crate::kube_client::{self, KubeError};
 use crate::webhook::NamespaceAnnotations;
-
-/// Why the API server cannot be reached.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct KubeError(String);
 
 /// The cluster's client: from `kubeconfig` when given, else the pod's own ServiceAccount when
 /// running in a cluster; `None` outside one.
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Option<kube::Client>, KubeError> {
     let config = match kubeconfig {
-        Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| KubeError(format!("--kubeconfig {}: {e}", path.display())))?;
-            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(|e| KubeError(format!("--kubeconfig {}: {e}", path.display())))?
-        }
+        Some(path) => kube_client::from_kubeconfig(path).await?,
         None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => kube::Config::incluster()
             .map_err(|e| KubeError(format!("in-cluster configuration: {e}")))?,
         None => return Ok(None),
     };
-    kube::Client::try_from(config)
-        .map(Some)
-        .map_err(|e| KubeError(format!("Kubernetes client: {e}")))
+    kube_client::client(config).map(Some)
 }
 
 /// Every namespace's annotations, as of the watch's last event.

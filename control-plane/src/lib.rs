@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod identity_api;
 pub mod inject;
 pub mod join_tokens;
+pub mod kube_client;
 pub mod kube_namespaces;
 pub mod limits;
 pub mod lineage;

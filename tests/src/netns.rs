@@ -23,6 +23,18 @@ pub fn missing_prerequisites() -> Option<String> {
     None
 }
 
+/// Runs `body` on `runtime`'s threads (inside its namespace, for a [`NetNs::runtime`]),
+/// returning what it returns; a panic inside is the caller's.
+pub fn within<T: Send + 'static>(
+    runtime: &tokio::runtime::Runtime,
+    body: impl Future<Output = T> + Send + 'static,
+) -> T {
+    match runtime.block_on(runtime.spawn(body)) {
+        Ok(value) => value,
+        Err(error) => std::panic::resume_unwind(error.into_panic()),
+    }
+}
+
 /// A network namespace, deleted on drop.
 #[derive(Debug)]
 pub struct NetNs {

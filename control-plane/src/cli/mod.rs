@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 mod admin_client;
 mod certs;
+mod check;
 mod identity;
 mod inject;
 mod manifests;
@@ -93,6 +94,8 @@ pub enum Command {
     Inject(inject::InjectArgs),
     /// Remove the Weft proxy from Kubernetes manifests.
     Uninject(inject::UninjectArgs),
+    /// Check a cluster before installing Weft (--pre), or the installed control plane.
+    Check(check::CheckArgs),
 }
 
 impl Cli {
@@ -154,5 +157,6 @@ pub async fn run(cli: Cli, out: &mut impl std::io::Write) -> Result<(), CliError
         Command::ProxyStatus => proxy_status::run(AdminClient::connect(&cli).await?, out).await,
         Command::Inject(ref args) => inject::inject(args, &cli.trust_anchor_path(), out),
         Command::Uninject(ref args) => inject::uninject(args, out),
+        Command::Check(ref args) => check::run(args, out).await,
     }
 }

@@ -8,23 +8,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::runtime::Runtime;
 use weft_tests::mesh::{ControlPlane, write_temp};
-use weft_tests::netns::NetNs;
+use weft_tests::netns::{NetNs, within};
 use weft_tests::podman::Podman;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/shop/sa/client";
-
-fn within<T: Send + 'static>(
-    runtime: &Runtime,
-    body: impl Future<Output = T> + Send + 'static,
-) -> T {
-    match runtime.block_on(runtime.spawn(body)) {
-        Ok(value) => value,
-        Err(error) => std::panic::resume_unwind(error.into_panic()),
-    }
-}
 
 fn pod_manifest(name: &str, service_account: &str, args: &[&str]) -> String {
     let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();

@@ -4,6 +4,7 @@
 
 mod authz;
 mod bad_config;
+mod check;
 mod cluster;
 mod drain;
 mod foreign;

@@ -2,7 +2,6 @@
 //! with an unmodified app and a proxy behind rules `weft-proxy init` installed. The apps talk as
 //! if no mesh existed; a packet capture on the bridge shows only TLS.
 
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -16,7 +15,7 @@ use tokio::runtime::Runtime;
 use weft_tests::apps::{App, TcpEcho, start_echo_app_on, start_tcp_echo};
 use weft_tests::client::MeshClient;
 use weft_tests::mesh::{ControlPlane, Proxy, ProxySpec};
-use weft_tests::netns::NetNs;
+use weft_tests::netns::{NetNs, within};
 use weft_tests::process::bin;
 use weft_tests::websocket::{self, GREETING, WebSocketEcho, start_websocket_echo};
 
@@ -31,17 +30,6 @@ const SERVER_V4: &str = "10.77.0.20";
 const SERVER_V6: &str = "fd77::20";
 /// Written into every request: it must never cross the bridge in the clear.
 const MARKER: &str = "weft-plaintext-marker-5e1f";
-
-/// Runs `body` on `runtime`'s threads (inside its namespace), returning what it returns.
-fn within<T: Send + 'static>(
-    runtime: &Runtime,
-    body: impl Future<Output = T> + Send + 'static,
-) -> T {
-    match runtime.block_on(runtime.spawn(body)) {
-        Ok(value) => value,
-        Err(error) => std::panic::resume_unwind(error.into_panic()),
-    }
-}
 
 /// The node: a namespace holding the bridge, with a runtime inside it.
 struct Node {

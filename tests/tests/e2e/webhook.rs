@@ -10,17 +10,19 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
+use weft_tests::kube_api;
 use weft_tests::mesh::{ControlPlane, write_temp};
 
 /// A serving certificate for the webhook from a CA made for this test: what the chart makes and
 /// puts in the MutatingWebhookConfiguration's caBundle.
-struct WebhookPki {
+pub(crate) struct WebhookPki {
     ca: rustls::pki_types::CertificateDer<'static>,
-    cert: std::path::PathBuf,
+    pub(crate) ca_pem: String,
+    pub(crate) cert: std::path::PathBuf,
     key: std::path::PathBuf,
 }
 
-fn webhook_pki(dir: &Path) -> WebhookPki {
+pub(crate) fn webhook_pki(dir: &Path) -> WebhookPki {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -31,6 +33,7 @@ fn webhook_pki(dir: &Path) -> WebhookPki {
     let leaf = params.signed_by(&key, &issuer).unwrap();
     WebhookPki {
         ca: ca.der().clone(),
+        ca_pem: ca.pem(),
         cert: write_temp(dir, "webhook.pem", &leaf.pem()),
         key: write_temp(dir, "webhook-key.pem", &key.serialize_pem()),
     }
@@ -38,25 +41,35 @@ fn webhook_pki(dir: &Path) -> WebhookPki {
 
 async fn start() -> (ControlPlane, SocketAddr, WebhookPki, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let pki = webhook_pki(dir.path());
-    let addr: SocketAddr = ([127, 0, 0, 1], weft_tests::free_port()).into();
-    let cp = ControlPlane::start_with(
-        "24h",
-        &[
-            "--webhook-addr",
-            &addr.to_string(),
-            "--webhook-cert",
-            pki.cert.to_str().unwrap(),
-            "--webhook-key",
-            pki.key.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let (cp, addr, pki) = start_in(dir.path(), &[]).await;
     (cp, addr, pki, dir)
 }
 
+/// A control plane serving the webhook with a certificate made in `dir`, and `more` flags.
+pub(crate) async fn start_in(dir: &Path, more: &[&str]) -> (ControlPlane, SocketAddr, WebhookPki) {
+    let pki = webhook_pki(dir);
+    let addr: SocketAddr = ([127, 0, 0, 1], weft_tests::free_port()).into();
+    let addr_flag = addr.to_string();
+    let mut flags = vec![
+        "--webhook-addr",
+        &addr_flag,
+        "--webhook-cert",
+        pki.cert.to_str().unwrap(),
+        "--webhook-key",
+        pki.key.to_str().unwrap(),
+    ];
+    flags.extend_from_slice(more);
+    let cp = ControlPlane::start_with("24h", &flags).await;
+    (cp, addr, pki)
+}
+
 /// POSTs `body` to the webhook as the API server does (TLS verified against the caBundle).
-async fn post(addr: SocketAddr, pki: &WebhookPki, path: &str, body: Vec<u8>) -> (u16, Bytes) {
+pub(crate) async fn post(
+    addr: SocketAddr,
+    pki: &WebhookPki,
+    path: &str,
+    body: Vec<u8>,
+) -> (u16, Bytes) {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.ca.clone()).unwrap();
     let config = rustls::ClientConfig::builder()
@@ -254,96 +267,37 @@ async fn bad_reviews_and_bad_annotations_get_an_answer_saying_why_and_the_webhoo
     assert!(outcome(&body, &pod).1.is_some());
 }
 
-/// A stand-in for the API server, enough for a namespace watch: the list, then a watch that
-/// stays open with nothing to say.
-async fn fake_api_server(namespaces: Value) -> SocketAddr {
-    use http_body_util::combinators::BoxBody;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let namespaces = namespaces.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    move |request: http::Request<hyper::body::Incoming>| {
-                        let namespaces = namespaces.clone();
-                        async move {
-                            let query = request.uri().query().unwrap_or_default();
-                            let body: BoxBody<Bytes, std::convert::Infallible> = if request
-                                .uri()
-                                .path()
-                                != "/api/v1/namespaces"
-                            {
-                                Full::new(Bytes::from_static(b"{}")).boxed()
-                            } else if query.contains("watch=true") || query.contains("watch=1") {
-                                http_body_util::StreamBody::new(futures_util::stream::pending::<
-                                    Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
-                                >())
-                                .boxed()
-                            } else {
-                                let list = json!({
-                                    "apiVersion": "v1",
-                                    "kind": "NamespaceList",
-                                    "metadata": {"resourceVersion": "7"},
-                                    "items": namespaces,
-                                });
-                                Full::new(Bytes::from(list.to_string())).boxed()
-                            };
-                            Ok::<_, std::convert::Infallible>(
-                                http::Response::builder()
-                                    .header("content-type", "application/json")
-                                    .body(body)
-                                    .unwrap(),
-                            )
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_namespace_annotated_weft_io_inject_opts_its_pods_in() {
     weft_tests::init();
     let dir = tempfile::tempdir().unwrap();
-    let api = fake_api_server(json!([
+    let namespaces = json!([
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "resourceVersion": "5", "annotations": {"weft.io/inject": "enabled"}}},
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other", "resourceVersion": "6"}},
-    ]))
+    ]);
+    // The namespace watch: a list, then a watch that stays open.
+    let api = kube_api::serve(Arc::new(move |_, path: String, _| {
+        let namespaces = namespaces.clone();
+        Box::pin(async move {
+            if !path.starts_with("/api/v1/namespaces") {
+                kube_api::not_found(&path)
+            } else if path.contains("watch=true") || path.contains("watch=1") {
+                kube_api::Reply::Hold
+            } else {
+                kube_api::Reply::Json(
+                    200,
+                    json!({
+                        "apiVersion": "v1", "kind": "NamespaceList",
+                        "metadata": {"resourceVersion": "7"}, "items": namespaces,
+                    }),
+                )
+            }
+        })
+    }))
     .await;
-    let kubeconfig = write_temp(
-        dir.path(),
-        "kubeconfig",
-        &format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"http://{api}\"}}}}]\n\
-             users: [{{name: fake, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n\
-             current-context: fake\n"
-        ),
-    );
-    let pki = webhook_pki(dir.path());
-    let addr: SocketAddr = ([127, 0, 0, 1], weft_tests::free_port()).into();
-    let _cp = ControlPlane::start_with(
-        "24h",
-        &[
-            "--webhook-addr",
-            &addr.to_string(),
-            "--webhook-cert",
-            pki.cert.to_str().unwrap(),
-            "--webhook-key",
-            pki.key.to_str().unwrap(),
-            "--kubeconfig",
-            kubeconfig.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let kubeconfig = kube_api::kubeconfig(dir.path(), api);
+    let (_cp, addr, pki) =
+        start_in(dir.path(), &["--kubeconfig", kubeconfig.to_str().unwrap()]).await;
 
     let plain = pod(json!({}));
     let pki = Arc::new(pki);
