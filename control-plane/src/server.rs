@@ -195,6 +195,7 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
 
     let mesh = trust.mesh();
     let refused = metrics.connections_refused.clone();
+    let webhook_refused = metrics.connections_refused.clone();
     let tokens = TokenAdmin::new(store, trust_domain.clone(), config.join_token_ttl, metrics);
     let identities = IdentityAdmin::new(lineage, trust_domain.clone());
     let admin = AdminApi::new(
@@ -257,7 +258,14 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
             },
             namespaces,
         );
-        drain.spawn(webhook::serve(listener, acceptor, webhook, drain.clone()));
+        let connections = tls_incoming::incoming(
+            listener,
+            acceptor,
+            Admission::new(limits),
+            webhook_refused,
+            drain.clone(),
+        );
+        drain.spawn(webhook::serve(connections, webhook, drain.clone()));
     }
 
     let admin_http = weft_telemetry::AdminServer::new(registry, Arc::new(|| true), drain.clone());

@@ -10,20 +10,27 @@ use std::time::Duration;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use kube_core::DynamicObject;
 use kube_core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Map, Value};
-use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
 use weft_telemetry::Drain;
 
 use crate::inject::{self, InjectSettings};
+use crate::limits::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
+use crate::tls_incoming::TlsConnection;
 
 /// The API server sends at most 3 MiB of object; a review is a little more.
 const MAX_REVIEW: usize = 4 * 1024 * 1024;
 /// The API server gives up after its own timeout (10 s by default); so do we.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reviews in flight on one HTTP/2 connection; the API server sends one per pod it admits.
+const MAX_STREAMS: u32 = 100;
 /// The path the MutatingWebhookConfiguration calls (DESIGN's Kubernetes contract).
 pub const INJECT_PATH: &str = "/inject";
 
@@ -177,28 +184,27 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Serves reviews on `listener` until `drain` is signalled.
+/// Serves reviews on the `connections` that [`tls_incoming::incoming`] admits (so this port has
+/// the same bounds on connections, handshakes and silence as the gRPC ones) until `drain` is
+/// signalled.
 pub async fn serve(
-    listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
+    mut connections: ReceiverStream<Result<TlsConnection, std::io::Error>>,
     webhook: Webhook,
     drain: Drain,
 ) {
     loop {
-        let (tcp, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "webhook: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+        let connection = tokio::select! {
+            next = connections.next() => match next {
+                Some(Ok(connection)) => connection,
+                Some(Err(_)) => continue,
+                None => return,
             },
             () = drain.signaled() => return,
         };
-        let (acceptor, webhook) = (acceptor.clone(), webhook.clone());
+        let webhook = webhook.clone();
         drain.spawn(async move {
-            if let Err(error) = serve_connection(tcp, remote, acceptor, webhook).await {
+            let remote = connection.connect_info().remote;
+            if let Err(error) = serve_connection(connection, remote, webhook).await {
                 tracing::debug!(%remote, %error, "webhook connection ended");
             }
         });
@@ -206,18 +212,28 @@ pub async fn serve(
 }
 
 async fn serve_connection(
-    tcp: tokio::net::TcpStream,
+    connection: TlsConnection,
     remote: SocketAddr,
-    acceptor: tokio_rustls::TlsAcceptor,
     webhook: Webhook,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let tls = tokio::time::timeout(REQUEST_TIMEOUT, acceptor.accept(tcp)).await??;
     let service = hyper::service::service_fn(move |request| {
         let webhook = webhook.clone();
         async move { Ok::<_, std::convert::Infallible>(handle(request, &webhook, remote).await) }
     });
-    hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // A request head must arrive whole within the API server's own timeout.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(REQUEST_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .max_concurrent_streams(MAX_STREAMS);
+    builder
+        .serve_connection(TokioIo::new(connection), service)
         .await
 }
 

@@ -99,26 +99,28 @@ async fn a_destination_discovery_refused_is_not_asked_again_at_once() {
 }
 
 /// Lets this process (and what it spawns) open as many files as the system allows it.
-fn raise_fd_limit() {
+pub(crate) fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }
 
-/// A TLS connection to `addr` from the loopback address `from`, with no client certificate.
-async fn tls_from(
+const CONTROL_PLANE_NAME: &str = "weft-control.weft.serviceaccount.identity.cluster.local";
+
+/// A TLS connection to `addr`, named `name`, from the loopback address `from`, with no client
+/// certificate.
+pub(crate) async fn tls_from(
     from: std::net::Ipv4Addr,
     addr: std::net::SocketAddr,
+    name: &str,
     tls: Arc<rustls::ClientConfig>,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.bind(std::net::SocketAddr::from((from, 0)))?;
     let tcp = socket.connect(addr).await?;
-    let name = rustls::pki_types::ServerName::try_from(
-        "weft-control.weft.serviceaccount.identity.cluster.local",
-    )
-    .map_err(std::io::Error::other)?;
+    let name =
+        rustls::pki_types::ServerName::try_from(name.to_string()).map_err(std::io::Error::other)?;
     tokio::time::timeout(
         Duration::from_secs(5),
         tokio_rustls::TlsConnector::from(tls).connect(name, tcp),
@@ -163,12 +165,13 @@ async fn an_attackers_idle_connections_and_stream_flood_stop_no_proxy() {
     );
     let mut idle = Vec::new();
     for _ in 0..2000 {
-        if let Ok(stream) = tls_from(attacker, cp.proxy_api, tls.clone()).await {
+        if let Ok(stream) = tls_from(attacker, cp.proxy_api, CONTROL_PLANE_NAME, tls.clone()).await
+        {
             idle.push(stream);
         }
     }
     // …and one that floods streams.
-    let flood_tls = tls_from(attacker, cp.proxy_api, tls.clone()).await;
+    let flood_tls = tls_from(attacker, cp.proxy_api, CONTROL_PLANE_NAME, tls.clone()).await;
     let flood = tokio::spawn(async move {
         let Ok(stream) = flood_tls else { return };
         let Ok((sender, connection)) = hyper::client::conn::http2::handshake(

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -303,7 +304,7 @@ async fn a_namespace_annotated_weft_io_inject_opts_its_pods_in() {
     let pki = Arc::new(pki);
     weft_tests::eventually(
         "the namespace's annotation to apply",
-        std::time::Duration::from_secs(20),
+        Duration::from_secs(20),
         || {
             let (pki, plain) = (pki.clone(), plain.clone());
             async move {
@@ -324,4 +325,63 @@ async fn a_namespace_annotated_weft_io_inject_opts_its_pods_in() {
         assert_eq!(response["allowed"], true);
         assert!(patched.is_none(), "{namespace}: {response}");
     }
+}
+
+/// The API server is one caller among whoever reaches the webhook's port: the port's connections
+/// are capped per address like the gRPC ports', and a request head that never ends is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_hold_the_webhook_are_capped_and_timed_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    weft_tests::init();
+    crate::limits::raise_fd_limit();
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, addr, pki) = start_in(dir.path(), &["--max-connections-per-ip", "20"]).await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca.clone()).unwrap();
+    let tls = Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+
+    let attacker = std::net::Ipv4Addr::new(127, 0, 0, 3);
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        if let Ok(stream) =
+            crate::limits::tls_from(attacker, addr, "weft-webhook.weft.svc", tls.clone()).await
+        {
+            held.push(stream);
+        }
+    }
+    assert!(
+        held.len() <= 20,
+        "{} connections admitted from one address",
+        held.len()
+    );
+    let metrics = weft_tests::client::http_get(cp.metrics, "/metrics")
+        .await
+        .unwrap()
+        .1;
+    let refused = weft_tests::mesh::metric_value(
+        &metrics,
+        "weft_control_connections_refused_total{reason=\"connections_per_ip\"}",
+    );
+    assert!(refused >= Some(80.0), "{refused:?}");
+
+    // The API server, from its own address, is still answered.
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "annotations": {"weft.io/inject": "enabled"}}, "spec": {"containers": [{"name": "app", "image": "app"}]}});
+    let (status, _) = post(addr, &pki, "/inject", review_of(&pod, "default")).await;
+    assert_eq!(status, 200);
+
+    // A request head that stops half-way is closed by the server, not held.
+    let mut slow = held.pop().unwrap();
+    slow.write_all(b"POST /inject HTTP/1.1\r\nHost: weft-webhook\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(60), slow.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "a half-sent request head held its connection for a minute"
+    );
 }
