@@ -44,6 +44,12 @@ impl std::fmt::Debug for AdminCredential {
     }
 }
 
+/// A new random bearer token: 32 bytes, 43 characters.
+pub fn new_token() -> String {
+    let secret: [u8; 32] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
+}
+
 impl AdminCredential {
     /// Reads the credential from `path`, creating a new random one there if it does not exist.
     pub fn load_or_create(path: &Path) -> Result<Self, CredentialError> {
@@ -56,8 +62,7 @@ impl AdminCredential {
                 .ok_or_else(|| CredentialError::TooShort(path.to_path_buf())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 use std::os::unix::fs::OpenOptionsExt;
-                let secret: [u8; 32] = rand::random();
-                let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+                let token = new_token();
                 let mut file = fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)

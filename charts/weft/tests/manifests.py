@@ -12,6 +12,13 @@
       Deployment's projected volume maps the Secrets' keys, and starts weft-control with the
       Deployment's own arguments (addresses moved to 127.0.0.1:0, paths into WORK_DIR). Passes
       when it starts and its /ready and /live probes answer 200 on the metrics port.
+
+  manifests.py same HELM_RENDERED WEFTCTL_RENDERED
+      Passes when `weftctl install` printed the objects `helm template` did, field for field,
+      but for what each makes at random or names itself by: the admin token, the webhook's
+      certificate and key and caBundle, the pod template's checksum annotation and the
+      app.kubernetes.io/managed-by label (each must be there, not empty), and the Namespace
+      weftctl adds (Helm creates it with --create-namespace).
 """
 
 import base64
@@ -236,9 +243,64 @@ def run_pki(rendered, work, weftctl, weft_control, kubectl):
     ))
 
 
+# (kind, name) -> paths of fields that differ by design; "*" walks every item of a list.
+RANDOM_FIELDS = {
+    ("Secret", "weft-admin-token"): [["data", "token"]],
+    ("Secret", "weft-webhook-tls"): [["data", "tls.crt"], ["data", "tls.key"], ["data", "ca.crt"]],
+    ("MutatingWebhookConfiguration", "weft-inject"): [["webhooks", "*", "clientConfig", "caBundle"]],
+    ("Deployment", "weft-control"): [
+        ["spec", "template", "metadata", "annotations", "checksum/config"],
+        ["spec", "template", "metadata", "labels", "app.kubernetes.io/managed-by"],
+    ],
+}
+
+
+def mask(node, path, where):
+    """Replaces the field at `path` with a marker, failing if it is missing or empty."""
+    head, *rest = path
+    items = list(range(len(node))) if head == "*" else [head]
+    for item in items:
+        if not rest:
+            if not node.get(item):
+                sys.exit(f"{where}: {'.'.join(map(str, path))} is missing or empty")
+            node[item] = "<differs by design>"
+        else:
+            mask(node[item], rest, where)
+
+
+def keyed(path, source):
+    objects = {}
+    for doc in load(path):
+        if source == "weftctl" and doc["kind"] == "Namespace":
+            continue
+        key = (doc["kind"], doc["metadata"]["name"])
+        where = f"{source}: {key[0]}/{key[1]}"
+        mask(doc, ["metadata", "labels", "app.kubernetes.io/managed-by"], where)
+        for path in RANDOM_FIELDS.get(key, []):
+            mask(doc, path, where)
+        objects[key] = doc
+    return objects
+
+
+def same(helm_rendered, weftctl_rendered):
+    helm = keyed(helm_rendered, "helm")
+    weftctl = keyed(weftctl_rendered, "weftctl")
+    problems = [f"only helm renders {k}/{n}" for k, n in sorted(helm.keys() - weftctl.keys())]
+    problems += [f"only weftctl prints {k}/{n}" for k, n in sorted(weftctl.keys() - helm.keys())]
+    for key in sorted(helm.keys() & weftctl.keys()):
+        if helm[key] != weftctl[key]:
+            import difflib
+            dump = lambda doc: yaml.safe_dump(doc, sort_keys=True).splitlines()
+            diff = difflib.unified_diff(dump(helm[key]), dump(weftctl[key]), "helm", "weftctl", lineterm="")
+            problems.append(f"{key[0]}/{key[1]} differs:\n" + "\n".join(diff))
+    if problems:
+        sys.exit("\n".join(problems))
+    print(f"{len(helm)} objects the same")
+
+
 def main():
     command, *args = sys.argv[1:]
-    {"split": split, "run-pki": run_pki}[command](*args)
+    {"split": split, "run-pki": run_pki, "same": same}[command](*args)
 
 
 if __name__ == "__main__":

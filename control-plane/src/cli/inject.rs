@@ -110,7 +110,10 @@ pub fn uninject(args: &UninjectArgs, out: &mut impl std::io::Write) -> Result<()
     Ok(())
 }
 
-fn write(docs: &[serde_json::Value], out: &mut impl std::io::Write) -> Result<(), CliError> {
+pub(super) fn write(
+    docs: &[serde_json::Value],
+    out: &mut impl std::io::Write,
+) -> Result<(), CliError> {
     let yaml = serde_saphyr::to_string_multiple(docs)
         .map_err(|e| CliError(format!("cannot write YAML: {e}")))?;
     out.write_all(yaml.as_bytes())

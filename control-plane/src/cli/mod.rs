@@ -10,6 +10,7 @@ mod certs;
 mod check;
 mod identity;
 mod inject;
+mod install;
 mod manifests;
 mod proxy_status;
 mod resources;
@@ -96,6 +97,9 @@ pub enum Command {
     Uninject(inject::UninjectArgs),
     /// Check a cluster before installing Weft (--pre), or the installed control plane.
     Check(check::CheckArgs),
+    /// Print the control plane's manifests, as the Helm chart renders them
+    /// (`weftctl install | kubectl apply -f -`).
+    Install(install::InstallArgs),
 }
 
 impl Cli {
@@ -158,5 +162,6 @@ pub async fn run(cli: Cli, out: &mut impl std::io::Write) -> Result<(), CliError
         Command::Inject(ref args) => inject::inject(args, &cli.trust_anchor_path(), out),
         Command::Uninject(ref args) => inject::uninject(args, out),
         Command::Check(ref args) => check::run(args, out).await,
+        Command::Install(ref args) => install::run(args, out),
     }
 }

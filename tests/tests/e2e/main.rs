@@ -11,6 +11,7 @@ mod foreign;
 mod identity_api;
 mod inbound_limits;
 mod inbound_protocols;
+mod install;
 mod kube_play;
 mod limits;
 mod netns;
