@@ -102,19 +102,17 @@ pub async fn call_backend(
 /// trying `attempts` times, `interval` apart, until it answers 2xx; returns the body. In a pod,
 /// the mesh's redirect rules carry the request through the proxies without the app knowing.
 pub async fn fetch(url: &str, attempts: u32, interval: Duration) -> anyhow::Result<String> {
+    // A URL that cannot be right fails at once rather than after every attempt.
+    url.parse::<http::Uri>()
+        .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
+    let target = Backend::Url(url.to_string());
     let mut last = anyhow::anyhow!("no attempt made");
     for attempt in 1..=attempts.max(1) {
-        let request = Request::get(url).body(Full::new(Bytes::new()))?;
-        match tokio::time::timeout(Duration::from_secs(5), client.request(request)).await {
-            Ok(Ok(response)) if response.status().is_success() => {
-                let body = response.into_body().collect().await?.to_bytes();
-                return Ok(String::from_utf8_lossy(&body).into_owned());
-            }
-            Ok(Ok(response)) => last = anyhow::anyhow!("{url}: {}", response.status()),
-            Ok(Err(error)) => last = anyhow::anyhow!("{url}: {error}"),
-            Err(_) => last = anyhow::anyhow!("{url}: no answer within 5s"),
+        match call_backend(&client, &target).await {
+            Ok(body) => return Ok(body),
+            Err(error) => last = error.context(url.to_string()),
         }
         if attempt < attempts {
             tokio::time::sleep(interval).await;

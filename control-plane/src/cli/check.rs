@@ -2,6 +2,7 @@
 //! installed control plane is doing after — one line per check, ✔ or ✘ with the fix, as
 //! `linkerd check` does. Exit code 1 if any check fails.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -48,11 +49,11 @@ type Outcome = Result<String, String>;
 
 /// Runs the checks, printing a line for each.
 pub async fn run(args: &CheckArgs, out: &mut impl std::io::Write) -> Result<(), CliError> {
-    let mut checks: Vec<(&str, Outcome)> = Vec::new();
+    let mut checks: Vec<(Cow<'static, str>, Outcome)> = Vec::new();
     let client = match client(args).await {
         Ok(client) => client,
         Err(why) => {
-            checks.push(("the Kubernetes API can be reached", Err(why)));
+            checks.push(("the Kubernetes API can be reached".into(), Err(why)));
             return report(&checks, out);
         }
     };
@@ -63,12 +64,12 @@ pub async fn run(args: &CheckArgs, out: &mut impl std::io::Write) -> Result<(), 
         .as_ref()
         .map(|v| v.git_version.clone())
         .map_err(Clone::clone);
-    checks.push(("the Kubernetes API can be reached", reachable));
+    checks.push(("the Kubernetes API can be reached".into(), reachable));
     let Ok(version) = version else {
         return report(&checks, out);
     };
     checks.push((
-        "Kubernetes is 1.29 or newer (native sidecars)",
+        "Kubernetes is 1.29 or newer (native sidecars)".into(),
         minimum_version(&version),
     ));
 
@@ -90,15 +91,14 @@ pub async fn run(args: &CheckArgs, out: &mut impl std::io::Write) -> Result<(), 
         ] {
             let namespace = namespaced.then_some(args.namespace.as_str());
             checks.push((
-                leak(format!("you may create {resource}")),
+                format!("you may create {resource}").into(),
                 may_create(&client, group, resource, namespace).await,
             ));
         }
         let existing = Api::<MutatingWebhookConfiguration>::all(client.clone())
             .get_opt(WEBHOOK_CONFIGURATION)
             .await;
-        checks.push((
-            "no Weft is installed yet",
+        checks.push(("no Weft is installed yet".into(),
             match existing {
                 Ok(None) => Ok("no weft-inject webhook".to_string()),
                 Ok(Some(_)) => Err("the weft-inject webhook exists: upgrade with `helm upgrade`, or `helm uninstall weft` first".to_string()),
@@ -110,7 +110,7 @@ pub async fn run(args: &CheckArgs, out: &mut impl std::io::Write) -> Result<(), 
 
     let namespace = args.namespace.as_str();
     checks.push((
-        "the control plane is running",
+        "the control plane is running".into(),
         control_plane(&client, namespace).await,
     ));
     for (name, secret) in [
@@ -123,26 +123,24 @@ pub async fn run(args: &CheckArgs, out: &mut impl std::io::Write) -> Result<(), 
             "weft-webhook-tls",
         ),
     ] {
-        checks.push((name, certificate_expiry(&client, namespace, secret).await));
+        checks.push((
+            name.into(),
+            certificate_expiry(&client, namespace, secret).await,
+        ));
     }
     checks.push((
-        "the webhook is configured with its CA",
+        "the webhook is configured with its CA".into(),
         webhook_ca(&client, namespace).await,
     ));
     checks.push((
-        "the webhook answers AdmissionReviews",
+        "the webhook answers AdmissionReviews".into(),
         webhook_answers(&client, namespace).await,
     ));
     checks.push((
-        "the control plane is ready",
+        "the control plane is ready".into(),
         control_plane_ready(&client, namespace).await,
     ));
     report(&checks, out)
-}
-
-/// Check names built at run time live as long as the command.
-fn leak(name: String) -> &'static str {
-    Box::leak(name.into_boxed_str())
 }
 
 /// A client that reports a failure at once: the API server's 503 for a service with no endpoints
@@ -348,7 +346,10 @@ async fn control_plane_ready(client: &kube::Client, namespace: &str) -> Outcome 
         .map_err(|e| format!("/ready: {e}: see `kubectl -n {namespace} logs deploy/weft-control`"))
 }
 
-fn report(checks: &[(&str, Outcome)], out: &mut impl std::io::Write) -> Result<(), CliError> {
+fn report(
+    checks: &[(Cow<'static, str>, Outcome)],
+    out: &mut impl std::io::Write,
+) -> Result<(), CliError> {
     let write = |out: &mut dyn std::io::Write, line: String| {
         writeln!(out, "{line}").map_err(|e| CliError(format!("cannot write: {e}")))
     };

@@ -223,28 +223,9 @@ fn manifests(values: &Values<'_>, identity: &Identity) -> Result<Vec<Value>, Cli
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "weft-control"},
             "subjects": [{"kind": "ServiceAccount", "name": "weft-control", "namespace": ns}],
         }),
-        json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": metadata("weft-control", Some(ns), "control-plane"),
-            "spec": {
-                "type": "ClusterIP",
-                "selector": selector_labels("control-plane"),
-                "ports": [
-                    {"name": "proxy-api", "port": 7200, "targetPort": "proxy-api"},
-                    {"name": "admin", "port": 7201, "targetPort": "admin"},
-                    {"name": "metrics", "port": 7290, "targetPort": "metrics"},
-                ],
-            },
-        }),
-        json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": metadata("weft-webhook", Some(ns), "webhook"),
-            "spec": {
-                "type": "ClusterIP",
-                "selector": selector_labels("control-plane"),
-                "ports": [{"name": "https", "port": 443, "targetPort": "webhook"}],
-            },
-        }),
+        service(ns, "weft-control", "control-plane", &[("proxy-api", 7200, "proxy-api"), ("admin", 7201, "admin"), ("metrics", 7290, "metrics")]),
+        // Its own Service: the API server calls webhooks on 443, and the certificate names it.
+        service(ns, "weft-webhook", "webhook", &[("https", 443, "webhook")]),
         json!({
             "apiVersion": "v1", "kind": "ServiceAccount",
             "metadata": metadata("weft-control", Some(ns), "control-plane"),
@@ -252,6 +233,19 @@ fn manifests(values: &Values<'_>, identity: &Identity) -> Result<Vec<Value>, Cli
     ]);
     docs.extend(webhook(values)?);
     Ok(docs)
+}
+
+/// A ClusterIP Service in front of the control plane's pods: (name, port, container port name).
+fn service(ns: &str, name: &str, component: &str, ports: &[(&str, u16, &str)]) -> Value {
+    let ports: Vec<Value> = ports
+        .iter()
+        .map(|(name, port, target)| json!({"name": name, "port": port, "targetPort": target}))
+        .collect();
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": metadata(name, Some(ns), component),
+        "spec": {"type": "ClusterIP", "selector": selector_labels("control-plane"), "ports": ports},
+    })
 }
 
 fn deployment(values: &Values<'_>, identity: &Identity) -> Value {
