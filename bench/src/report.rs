@@ -75,7 +75,13 @@ pub fn markdown(
     workloads: &[Workload],
 ) -> String {
     let mut out = String::new();
-    let modes = [Mode::Direct, Mode::Weft, Mode::WeftAuthz, Mode::Envoy];
+    let modes = [
+        Mode::Direct,
+        Mode::Weft,
+        Mode::WeftAuthz,
+        Mode::WeftAuthzOff,
+        Mode::Envoy,
+    ];
     let _ = writeln!(out, "{}", targets(samples, startups));
     for &workload in workloads {
         let _ = writeln!(out, "\n#### {}\n", workload.label());
@@ -334,12 +340,14 @@ fn targets(samples: &[Sample], startups: &[Startup]) -> String {
         shown(wu / eu, ""),
     );
     let authz = of(samples, Mode::WeftAuthz, at_1000, 1);
-    if !authz.is_empty() {
-        let (plain, checked) = (cpu_per_1000(&weft), cpu_per_1000(&authz));
+    // The same pair with the policies off, in the slices around those with them on.
+    let baseline = of(samples, Mode::WeftAuthzOff, at_1000, 1);
+    if !authz.is_empty() && !baseline.is_empty() {
+        let (plain, checked) = (cpu_per_1000(&baseline), cpu_per_1000(&authz));
         let extra = 100.0 * (checked - plain) / plain;
         let _ = writeln!(
             out,
-            "| authorization, 10 rules: sidecar CPU per 1 000 requests ≤ 105 % of without | {checked:.3} s vs {plain:.3} s: {extra:+.1} % | — | — | {} |",
+            "| authorization, 10 rules: sidecar CPU per 1 000 requests ≤ 105 % of the same pair without | {checked:.3} s vs {plain:.3} s: {extra:+.1} % | — | — | {} |",
             if extra <= 5.0 { "yes" } else { "**no**" }
         );
     }

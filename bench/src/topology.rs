@@ -28,6 +28,9 @@ pub enum Mode {
     Weft,
     /// The Weft pair, the server side under ten AuthorizationPolicies (the allowing one last).
     WeftAuthz,
+    /// The same pair as `WeftAuthz`, between its slices, with the policies selecting nothing:
+    /// authorization's baseline, measured on the same processes.
+    WeftAuthzOff,
     Envoy,
 }
 
@@ -37,6 +40,7 @@ impl Mode {
             Mode::Direct => "direct",
             Mode::Weft => "weft",
             Mode::WeftAuthz => "weft + authz",
+            Mode::WeftAuthzOff => "weft + authz, policies off",
             Mode::Envoy => "envoy",
         }
     }
@@ -65,6 +69,8 @@ pub struct Running {
     pub proxy_pids: Vec<u32>,
     /// The client sidecar's admin address.
     pub admin: Option<SocketAddr>,
+    /// The server sidecar's admin address (Weft only).
+    pub server_admin: Option<SocketAddr>,
     _weft: Vec<Proxy>,
     _envoy: Vec<Proc>,
 }
@@ -115,11 +121,12 @@ impl Fixture {
                 entry: self.upstream,
                 proxy_pids: Vec::new(),
                 admin: None,
+                server_admin: None,
                 _weft: Vec::new(),
                 _envoy: Vec::new(),
             },
             Mode::Weft => self.run_weft(workers, false).await,
-            Mode::WeftAuthz => self.run_weft(workers, true).await,
+            Mode::WeftAuthz | Mode::WeftAuthzOff => self.run_weft(workers, true).await,
             Mode::Envoy => self.run_envoy(workers).await?,
         };
         if let Some(placement) = self.placement {
@@ -157,8 +164,7 @@ impl Fixture {
             proxy = server.inbound.port(),
         ));
         if authz {
-            self.cp
-                .apply_ok(&ten_authorization_policies(self.upstream.port()));
+            self.select_authz(true);
         }
         let client = Proxy::start(&self.cp, quiet(ProxySpec::new(CLIENT_ID))).await;
         Running {
@@ -166,6 +172,7 @@ impl Fixture {
             entry: client.outbound,
             proxy_pids: vec![client.proc.pid(), server.proc.pid()],
             admin: Some(client.admin),
+            server_admin: Some(server.admin),
             _weft: vec![client, server],
             _envoy: Vec::new(),
         }
@@ -207,9 +214,32 @@ impl Fixture {
             entry,
             proxy_pids: pids,
             admin: Some(SocketAddr::from(([127, 0, 0, 1], client_admin))),
+            server_admin: None,
             _weft: Vec::new(),
             _envoy: vec![client, server],
         })
+    }
+
+    /// Points the ten AuthorizationPolicies at the `authz: on` workload (`on`), or at none —
+    /// the server's default (`all-authenticated`) then decides alone. Only the server's inbound
+    /// policy changes; its processes, connections and endpoints stay as they are.
+    pub fn select_authz(&self, on: bool) {
+        let selecting = if on { "on" } else { "nothing" };
+        self.cp
+            .apply_ok(&ten_authorization_policies(self.upstream.port(), selecting));
+    }
+
+    /// The decisions the server sidecar has counted under `policy` so far.
+    pub async fn authz_decisions(&self, running: &Running, policy: &str) -> Option<u64> {
+        let (_, metrics) = weft_tests::client::http_get(running.server_admin?, "/metrics").await?;
+        let label = format!("policy=\"{policy}\"");
+        Some(
+            metrics
+                .lines()
+                .filter(|l| l.starts_with("weft_inbound_authz_total{") && l.contains(&label))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as u64,
+        )
     }
 
     /// What TLS the client sidecar negotiated with the server sidecar (cipher suite and key
@@ -220,7 +250,7 @@ impl Fixture {
         };
         match running.mode {
             Mode::Direct => "no TLS".to_string(),
-            Mode::Weft | Mode::WeftAuthz => {
+            Mode::Weft | Mode::WeftAuthz | Mode::WeftAuthzOff => {
                 let metrics = weft_tests::client::http_get(admin, "/metrics")
                     .await
                     .map(|(_, body)| body)
@@ -273,17 +303,18 @@ impl Fixture {
     }
 }
 
-/// Ten AuthorizationPolicies on `port` of the workloads labelled `authz: on`: nine whose path or
-/// identity the benchmark's requests never match, then the one that allows its client.
-fn ten_authorization_policies(port: u16) -> String {
+/// Ten AuthorizationPolicies on `port` of the workloads labelled `authz: <selecting>`: nine
+/// whose path or identity the benchmark's requests never match, then the one that allows its
+/// client.
+fn ten_authorization_policies(port: u16, selecting: &str) -> String {
     let mut yaml = String::new();
     for i in 0..9 {
         yaml.push_str(&format!(
-            "apiVersion: policy.weft.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: rule-{i}, namespace: bench}}\nspec:\n  selector: {{authz: \"on\"}}\n  ports: [{port}]\n  http: [{{path: {{type: PathPrefix, value: /private-{i}}}, method: POST}}, {{headers: [{{name: x-team, value: team-{i}}}]}}]\n  from: [{{identities: [\"spiffe://cluster.local/ns/other/sa/s{i}\"]}}, {{namespaces: [other-{i}]}}]\n---\n"
+            "apiVersion: policy.weft.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: rule-{i}, namespace: bench}}\nspec:\n  selector: {{authz: \"{selecting}\"}}\n  ports: [{port}]\n  http: [{{path: {{type: PathPrefix, value: /private-{i}}}, method: POST}}, {{headers: [{{name: x-team, value: team-{i}}}]}}]\n  from: [{{identities: [\"spiffe://cluster.local/ns/other/sa/s{i}\"]}}, {{namespaces: [other-{i}]}}]\n---\n"
         ));
     }
     yaml.push_str(&format!(
-        "apiVersion: policy.weft.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: rule-9, namespace: bench}}\nspec:\n  selector: {{authz: \"on\"}}\n  ports: [{port}]\n  http: [{{path: {{type: PathPrefix, value: /}}}}]\n  from: [{{identities: [\"spiffe://cluster.local/ns/bench/sa/*\"]}}]\n"
+        "apiVersion: policy.weft.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: rule-9, namespace: bench}}\nspec:\n  selector: {{authz: \"{selecting}\"}}\n  ports: [{port}]\n  http: [{{path: {{type: PathPrefix, value: /}}}}]\n  from: [{{identities: [\"spiffe://cluster.local/ns/bench/sa/*\"]}}]\n"
     ));
     yaml
 }

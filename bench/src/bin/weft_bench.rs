@@ -52,9 +52,24 @@ struct Args {
     placement: Layout,
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let placement = Placement::detect(args.placement);
+    // Pinned, the load generator has one CPU: a second runtime thread there would only take
+    // turns with the first (and with the client sidecar), each switch paid for by every mode.
+    let runtime = match placement {
+        Some(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        None => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?,
+    };
+    runtime.block_on(bench(args, placement))
+}
+
+async fn bench(args: Args, placement: Option<Placement>) -> anyhow::Result<()> {
     weft_certs::install_default_provider();
     let mut modes = vec![Mode::Direct, Mode::Weft];
     if !args.no_authz {
@@ -68,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
         ("rate1000", Workload::Rate(1000)),
         ("rate2000", Workload::Rate(2000)),
         ("max", Workload::MaxThroughput(16)),
+        ("max256", Workload::MaxThroughput(256)),
         ("grpc", Workload::Grpc(16)),
         ("transfer", Workload::Transfer(4)),
     ];
@@ -81,7 +97,6 @@ async fn main() -> anyhow::Result<()> {
     } else {
         (args.rounds.max(1), Duration::from_secs(args.seconds.max(1)))
     };
-    let placement = Placement::detect(args.placement);
     if let Some(placement) = placement {
         // The load generator is this process: every thread of its runtime, and any it starts.
         pin(std::process::id(), placement.load_generator())?;

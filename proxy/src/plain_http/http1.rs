@@ -1,9 +1,13 @@
 //! HTTP/1 to one address: a connection per request in flight, kept idle between requests.
+//! As many stay as the load needs (a busy app's connections survive between waves of
+//! requests); past a warm few, those idle for a while are closed.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -13,29 +17,62 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
+use tokio::time::Instant;
 
 use super::{PlainHttpError, connect};
 use crate::http_util::{Body, BoxError};
 
-/// Idle connections kept; more are closed as their responses end.
-const MAX_IDLE: usize = 32;
+/// Idle connections kept however long they stay idle (until the app closes them).
+const KEEP_IDLE: usize = 32;
+/// Idle connections kept at most; more are closed as their responses end. Far above what one
+/// proxy's inbound connections can have in flight to its app at once.
+const MAX_IDLE: usize = 4096;
+/// Past [`KEEP_IDLE`], a connection idle this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-type Idle = Mutex<Vec<SendRequest<Body>>>;
+/// The idle connections, and whether a task is closing the stale ones.
+#[derive(Debug)]
+struct Idle {
+    /// Most recently used last, so the warmest connection is reused first.
+    conns: Mutex<Vec<IdleConn>>,
+    reaping: AtomicBool,
+    timeout: Duration,
+}
+
+#[derive(Debug)]
+struct IdleConn {
+    sender: SendRequest<Body>,
+    since: Instant,
+}
 
 /// Connections to one address.
 #[derive(Debug)]
 pub(super) struct Pool {
     addr: SocketAddr,
-    /// Most recently used last, so the warmest connection is reused first.
     idle: Arc<Idle>,
 }
 
 impl Pool {
     pub(super) fn new(addr: SocketAddr) -> Self {
+        Self::with_idle_timeout(addr, IDLE_TIMEOUT)
+    }
+
+    /// A pool whose connections past [`KEEP_IDLE`] close once idle for `timeout`.
+    pub(super) fn with_idle_timeout(addr: SocketAddr, timeout: Duration) -> Self {
         Self {
             addr,
-            idle: Arc::new(Mutex::new(Vec::new())),
+            idle: Arc::new(Idle {
+                conns: Mutex::new(Vec::new()),
+                reaping: AtomicBool::new(false),
+                timeout,
+            }),
         }
+    }
+
+    /// Idle connections now.
+    #[cfg(test)]
+    pub(super) fn idle(&self) -> usize {
+        self.idle.conns.lock().len()
     }
 
     /// Sends `request` (origin-form, with `Host`) on an idle connection, or a new one.
@@ -66,18 +103,18 @@ impl Pool {
     /// The most recently used idle connection that is ready for a request, dropping any the
     /// app has closed.
     fn checkout(&self) -> Option<SendRequest<Body>> {
-        let mut idle = self.idle.lock();
+        let mut idle = self.idle.conns.lock();
         let mut busy = Vec::new();
         let mut ready = None;
-        while let Some(sender) = idle.pop() {
-            if sender.is_ready() {
-                ready = Some(sender);
+        while let Some(conn) = idle.pop() {
+            if conn.sender.is_ready() {
+                ready = Some(conn.sender);
                 break;
             }
             // Still open but not ready: the app answered before the request body was all
             // sent, and the connection is finishing that. It stays for a later request.
-            if !sender.is_closed() {
-                busy.push(sender);
+            if !conn.sender.is_closed() {
+                busy.push(conn);
             }
         }
         idle.splice(0..0, busy);
@@ -137,16 +174,56 @@ impl ReturnWhenDone {
         let Some(idle) = self.idle.upgrade() else {
             return;
         };
-        let mut idle = idle.lock();
+        let mut conns = idle.conns.lock();
         // Checkout skips closed senders; sweep them here only when they would keep a live
         // one out.
-        if idle.len() >= MAX_IDLE {
-            idle.retain(|sender| !sender.is_closed());
+        if conns.len() >= MAX_IDLE {
+            conns.retain(|conn| !conn.sender.is_closed());
         }
-        if idle.len() < MAX_IDLE {
-            idle.push(sender);
+        if conns.len() < MAX_IDLE {
+            conns.push(IdleConn {
+                sender,
+                since: Instant::now(),
+            });
+        }
+        // Checked under the lock the reaper decides to stop under: never two, never none
+        // while there are more than the warm few.
+        if conns.len() > KEEP_IDLE && !idle.reaping.swap(true, Ordering::Relaxed) {
+            tokio::spawn(reap(self.idle.clone()));
         }
     }
+}
+
+/// Closes connections idle past the timeout, oldest first, down to [`KEEP_IDLE`]; ends once
+/// no more than that remain, or with the pool.
+async fn reap(idle: Weak<Idle>) {
+    loop {
+        let Some(timeout) = idle.upgrade().map(|idle| idle.timeout) else {
+            return;
+        };
+        tokio::time::sleep(timeout / 2).await;
+        let Some(idle) = idle.upgrade() else {
+            return;
+        };
+        let mut conns = idle.conns.lock();
+        let stale = expired(&conns, Instant::now(), idle.timeout);
+        conns.drain(..stale);
+        if conns.len() <= KEEP_IDLE {
+            idle.reaping.store(false, Ordering::Relaxed);
+            return;
+        }
+    }
+}
+
+/// How many of `conns`, from the front (least recently returned), are idle past `timeout`
+/// and may go, leaving at least [`KEEP_IDLE`].
+fn expired(conns: &[IdleConn], now: Instant, timeout: Duration) -> usize {
+    let removable = conns.len().saturating_sub(KEEP_IDLE);
+    conns
+        .iter()
+        .take(removable)
+        .take_while(|conn| now.saturating_duration_since(conn.since) >= timeout)
+        .count()
 }
 
 impl http_body::Body for ReturnWhenDone {

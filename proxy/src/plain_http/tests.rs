@@ -4,6 +4,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, Version};
@@ -168,6 +169,60 @@ async fn concurrent_requests_get_their_own_connections_and_come_back_to_the_pool
 }
 
 #[tokio::test]
+async fn a_busy_app_keeps_as_many_connections_as_its_load_needs() {
+    // A server pod taking 200 requests at a time from the mesh: its app's connections must
+    // survive between waves, not be closed and dialed again for every request past a small
+    // idle limit (that cost 40 % more CPU per request at 64 concurrent, and throughput).
+    let (addr, accepted) = app(App::Echo, false).await;
+    let client = PlainHttp::new(addr);
+    for _ in 0..3 {
+        let responses: Vec<_> = futures_util::future::join_all(
+            (0..200).map(|_| client.send(get("/", Version::HTTP_11))),
+        )
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+        for response in responses {
+            text(response).await;
+        }
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 200);
+}
+
+#[tokio::test]
+async fn connections_past_the_warm_few_close_once_idle_for_a_while() {
+    let (addr, _) = app(App::Echo, false).await;
+    let pool = super::http1::Pool::with_idle_timeout(addr, Duration::from_millis(200));
+    let request = || {
+        Request::get("/")
+            .header(http::header::HOST, addr.to_string())
+            .body(empty_body())
+            .unwrap()
+    };
+    let responses: Vec<_> = futures_util::future::join_all((0..100).map(|_| pool.send(request())))
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    for response in responses {
+        text(response).await;
+    }
+    assert_eq!(
+        pool.idle(),
+        100,
+        "every connection idles, ready for the next wave"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while pool.idle() > 32 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(pool.idle(), 32, "the warm few stay");
+    // The pool still serves, and reaps again after another burst.
+    text(pool.send(request()).await.unwrap()).await;
+}
+
+#[tokio::test]
 async fn a_body_dropped_before_its_end_takes_its_connection_with_it() {
     let (addr, accepted) = app(App::Endless, false).await;
     let client = PlainHttp::new(addr);
@@ -233,7 +288,7 @@ async fn long_lived_http2_streams_beyond_one_connections_limit_open_more_connect
     }
     let mut open = Vec::new();
     for stream in streams {
-        let body = tokio::time::timeout(std::time::Duration::from_secs(30), stream)
+        let body = tokio::time::timeout(Duration::from_secs(30), stream)
             .await
             .expect("every stream gets its response")
             .unwrap();
@@ -247,8 +302,7 @@ async fn long_lived_http2_streams_beyond_one_connections_limit_open_more_connect
 #[tokio::test]
 async fn a_full_destination_answers_saturated_after_a_bounded_wait() {
     let (addr, _) = app(App::Hold, true).await;
-    let shared =
-        crate::transport::shared_h2::SharedH2::new(1, std::time::Duration::from_millis(200));
+    let shared = crate::transport::shared_h2::SharedH2::new(1, Duration::from_millis(200));
     let dial = |_| async move {
         let tcp = tokio::net::TcpStream::connect(addr).await?;
         let (sender, connection) = crate::http_util::h2_client()
