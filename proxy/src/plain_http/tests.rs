@@ -117,6 +117,21 @@ async fn text(response: Response<Body>) -> String {
     String::from_utf8(body.to_vec()).unwrap()
 }
 
+/// Sends every request at once and holds every response until all have come, so each
+/// request needs its own connection, then reads every body (giving the connections back).
+async fn all_at_once<E: std::fmt::Debug>(
+    sends: impl IntoIterator<Item = impl Future<Output = Result<Response<Body>, E>>>,
+) {
+    let responses: Vec<_> = futures_util::future::join_all(sends)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    for response in responses {
+        text(response).await;
+    }
+}
+
 #[tokio::test]
 async fn sequential_http1_requests_share_one_connection() {
     let (addr, accepted) = app(App::Echo, false).await;
@@ -176,16 +191,7 @@ async fn a_busy_app_keeps_as_many_connections_as_its_load_needs() {
     let (addr, accepted) = app(App::Echo, false).await;
     let client = PlainHttp::new(addr);
     for _ in 0..3 {
-        let responses: Vec<_> = futures_util::future::join_all(
-            (0..200).map(|_| client.send(get("/", Version::HTTP_11))),
-        )
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-        for response in responses {
-            text(response).await;
-        }
+        all_at_once((0..200).map(|_| client.send(get("/", Version::HTTP_11)))).await;
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 200);
 }
@@ -200,14 +206,7 @@ async fn connections_past_the_warm_few_close_once_idle_for_a_while() {
             .body(empty_body())
             .unwrap()
     };
-    let responses: Vec<_> = futures_util::future::join_all((0..100).map(|_| pool.send(request())))
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-    for response in responses {
-        text(response).await;
-    }
+    all_at_once((0..100).map(|_| pool.send(request()))).await;
     assert_eq!(
         pool.idle(),
         100,
