@@ -138,6 +138,12 @@ pub const ADMIN_CERT_FILE: &str = "admin.pem";
 /// Its key.
 pub const ADMIN_KEY_FILE: &str = "admin-key.pem";
 
+/// The identity an operator's admin certificate carries by default (`weftctl certs admin`).
+pub fn admin_identity(trust_domain: &TrustDomain) -> Identity {
+    Identity::new(trust_domain.clone(), "weft", "weft-admin")
+        .unwrap_or_else(|e| unreachable!("constant labels are valid: {e}"))
+}
+
 /// Issues an admin client certificate from the issuer in `pki_dir` into `out`; returns the
 /// certificate and key files and the identity certified.
 pub fn issue_admin(
@@ -150,7 +156,7 @@ pub fn issue_admin(
     let trust_domain = pki.issuer.trust_domain().clone();
     let identity = match identity {
         Some(identity) => identity,
-        None => crate::server::admin_identity(&trust_domain),
+        None => admin_identity(&trust_domain),
     };
     let invalid = |reason: String| PkiError::Invalid {
         path: pki_dir.to_path_buf(),

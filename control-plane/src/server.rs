@@ -206,7 +206,7 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
         trust,
     );
     let admin_identities = if config.admin_identities.is_empty() {
-        vec![admin_identity(&trust_domain)]
+        vec![pki::admin_identity(&trust_domain)]
     } else {
         config.admin_identities.clone()
     };
@@ -313,12 +313,6 @@ fn grpc_server(max_streams: u32) -> tonic::transport::Server {
         .http2_max_local_error_reset_streams(Some(MAX_LOCAL_RESETS))
         .http2_max_header_list_size(MAX_HEADER_LIST)
         .tcp_nodelay(true)
-}
-
-/// The identity an operator's admin certificate carries by default (`weftctl certs admin`).
-pub fn admin_identity(trust_domain: &TrustDomain) -> weft_certs::Identity {
-    weft_certs::Identity::new(trust_domain.clone(), "weft", "weft-admin")
-        .unwrap_or_else(|e| unreachable!("constant labels are valid: {e}"))
 }
 
 fn load_pki(config: &Config) -> Result<pki::Pki, StartError> {

@@ -52,6 +52,29 @@ pub use start::{Listening, StartError, start};
 pub const EXIT_USAGE: i32 = 64;
 
 /// The `weft-proxy` binary: validate configuration, run until SIGTERM, drain, exit.
+/// Readiness events a worker takes from the kernel per poll. Tokio's default (1 024) lets a
+/// sidecar take every ready socket at once and answer them all in one HTTP/2 write, so under
+/// load the requests in flight travel between the two sidecars as one convoy: each side's CPU
+/// idles while the other works through the whole batch (both CPUs half idle at full load).
+/// Taking a couple at a time sends the first responses on while the rest are still being
+/// read, which keeps both sides busy: +25 % closed-loop throughput for ~25 % more CPU per
+/// request at full load and none at 1 000 req/s (BENCHMARKS.md, "Splitting the convoy").
+const IO_EVENTS_PER_TICK: usize = 2;
+
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(workers);
+        builder
+    };
+    builder
+        .max_io_events_per_tick(IO_EVENTS_PER_TICK)
+        .enable_all()
+        .build()
+}
+
 pub fn main() -> ! {
     let mut args = std::env::args().skip(1).peekable();
     if args.peek().map(String::as_str) == Some("init") {
@@ -66,17 +89,7 @@ pub fn main() -> ! {
         Err(error) => exit_with(EXIT_USAGE, &error),
     };
     weft_telemetry::init_logging("WEFT_PROXY_LOG", "info");
-    let runtime = if config.workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(config.workers)
-            .enable_all()
-            .build()
-    };
-    let runtime = match runtime {
+    let runtime = match runtime(config.workers) {
         Ok(runtime) => runtime,
         Err(error) => exit_with(1, &format!("cannot start the runtime: {error}")),
     };
