@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod pki;
 pub mod policy;
 pub mod policy_store;
+pub mod resource_store;
 pub mod server;
 pub mod serving_cert;
 pub mod store;

@@ -1,28 +1,20 @@
-//! Policy resources: durable in the store, served from memory.
+//! Policy resources: durable in a [`ResourceStore`], served from memory.
 //!
-//! Every change is one store transaction that moves the revision by one; the resources it
-//! touched take that revision as their resource version. The whole state is then published as
-//! an immutable snapshot (`watch`), which discovery reads without locking, and as change events,
-//! which admin watches stream.
+//! Every change is validated here against the whole state it would produce, then written to
+//! the backend with the versions it was checked against, so a concurrent writer's change is a
+//! conflict, never overwritten. The whole state is then published as an immutable snapshot
+//! (`watch`), which discovery reads without locking; admin watches read the backend's changes.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 use crate::policy::{Key, Kind, PolicyError, Resource};
-use crate::store::{Store, StoreError};
-
-/// Events kept for watches that resume from a past revision.
-const EVENT_LOG: usize = 4096;
-
-/// A resource and the revision of its last change.
-#[derive(Debug, Clone)]
-pub struct Stored {
-    pub resource: Arc<Resource>,
-    pub resource_version: u64,
-}
+pub use crate::resource_store::{Event, Stored};
+use crate::resource_store::{Expected, ResourceStore, Watch, WatchError, WriteError};
+use crate::store::StoreError;
 
 /// Every resource at one revision.
 #[derive(Debug, Clone, Default)]
@@ -47,40 +39,24 @@ pub struct Applied {
     pub action: Action,
 }
 
-/// A change, as admin watches see it.
-#[derive(Debug, Clone)]
-pub struct Event {
-    pub deleted: bool,
-    pub stored: Stored,
-    pub revision: u64,
-}
-
 /// Why a change was refused. Nothing is stored when it is.
 #[derive(Debug, thiserror::Error)]
 pub enum ChangeError {
     /// A manifest is invalid or refers to something that does not exist.
     #[error("{0}")]
     Invalid(#[from] PolicyError),
-    /// The caller's resourceVersion is not the stored one.
-    #[error("{key} has resourceVersion {stored}, not {sent}: it changed since you read it")]
-    Conflict { key: Key, stored: u64, sent: u64 },
-    /// Nothing to delete.
-    #[error("{0} does not exist")]
-    NotFound(Key),
-    /// The store failed.
+    /// The write was refused: a conflict, nothing to delete, or the store failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Write(#[from] WriteError),
 }
 
 /// The policy resources.
 #[derive(Debug)]
 pub struct PolicyStore {
-    store: Store,
+    backend: Arc<dyn ResourceStore>,
     /// Serializes changes, so each reads the state the previous one left.
     writer: Mutex<()>,
     state: watch::Sender<Arc<PolicyState>>,
-    events: broadcast::Sender<Event>,
-    log: Mutex<VecDeque<Event>>,
 }
 
 // === impl PolicyState ===
@@ -103,46 +79,23 @@ impl PolicyState {
 // === impl PolicyStore ===
 
 impl PolicyStore {
-    /// Loads every resource from `store`. Records that no longer parse are skipped and logged,
-    /// never fatal: one bad record must not keep the control plane down.
-    pub fn load(store: Store) -> Result<Self, StoreError> {
-        let (revision, records) = store.resources()?;
-        let mut resources = BTreeMap::new();
-        for (key, bytes) in records {
-            let parsed = serde_json::from_slice::<serde_json::Value>(&bytes)
-                .map_err(|e| e.to_string())
-                .and_then(|json| {
-                    let version = json
-                        .pointer("/metadata/resourceVersion")
-                        .and_then(|v| v.as_str())
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(revision);
-                    Resource::parse(&json, &key)
-                        .map(|r| (r.without_version(), version))
-                        .map_err(|e| e.to_string())
-                });
-            // A record skipped would be policy silently lost (a route, an authorization rule).
-            let (resource, resource_version) =
-                parsed.map_err(|reason| StoreError::Unparsable { key, reason })?;
-            resources.insert(
-                resource.key(),
-                Stored {
-                    resource: Arc::new(resource),
-                    resource_version,
-                },
-            );
-        }
+    /// Loads every resource from `backend`. A record that no longer parses is an error naming
+    /// it: skipped, it would be policy silently lost (a route, an authorization rule).
+    pub fn load(backend: Arc<dyn ResourceStore>) -> Result<Self, StoreError> {
+        let listing = backend.list()?;
+        let resources = listing
+            .resources
+            .into_iter()
+            .map(|stored| (stored.resource.key(), stored))
+            .collect();
         let (state, _) = watch::channel(Arc::new(PolicyState {
-            revision,
+            revision: listing.revision,
             resources,
         }));
-        let (events, _) = broadcast::channel(EVENT_LOG);
         Ok(Self {
-            store,
+            backend,
             writer: Mutex::new(()),
             state,
-            events,
-            log: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -156,24 +109,9 @@ impl PolicyStore {
         self.state.subscribe()
     }
 
-    /// Events after `since` that are still in the log, and a receiver for those to come.
-    /// `None` when `since` is older than the log.
-    pub fn events_since(&self, since: u64) -> Option<(Vec<Event>, broadcast::Receiver<Event>)> {
-        let log = self.log.lock();
-        let receiver = self.events.subscribe();
-        if since == 0 {
-            return Some((Vec::new(), receiver));
-        }
-        let oldest = log
-            .front()
-            .map_or(self.state.borrow().revision + 1, |e| e.revision);
-        if since.saturating_add(1) < oldest {
-            return None;
-        }
-        Some((
-            log.iter().filter(|e| e.revision > since).cloned().collect(),
-            receiver,
-        ))
+    /// Changes after `since` that the backend still holds, and a receiver for those to come.
+    pub fn watch(&self, since: u64) -> Result<Watch, WatchError> {
+        self.backend.watch(since)
     }
 
     /// Creates or updates `resources`, all or none. Blocking: call from the blocking pool.
@@ -184,7 +122,6 @@ impl PolicyStore {
     ) -> Result<Vec<Applied>, ChangeError> {
         let _writer = self.writer.lock();
         let current = self.state();
-        let revision = current.revision + 1;
         let mut next = (*current).clone();
         let mut results = Vec::new();
         let mut changed = Vec::new();
@@ -207,7 +144,7 @@ impl PolicyStore {
                 })?;
                 let stored = existing.map_or(0, |s| s.resource_version);
                 if sent != stored {
-                    return Err(ChangeError::Conflict { key, stored, sent });
+                    return Err(WriteError::Conflict { key, stored, sent }.into());
                 }
             }
             let mut resource = resource.without_version();
@@ -220,41 +157,46 @@ impl PolicyStore {
                 Some(stored) if *stored.resource == resource => Action::Unchanged,
                 Some(_) => Action::Configured,
             };
-            let resource_version = match (action, existing) {
-                (Action::Unchanged, Some(stored)) => stored.resource_version,
-                _ => revision,
-            };
             if action != Action::Unchanged {
-                let stored = Stored {
-                    resource: Arc::new(resource),
-                    resource_version,
-                };
-                next.resources.insert(key.clone(), stored.clone());
-                changed.push(stored);
+                let expected =
+                    existing.map_or(Expected::Absent, |s| Expected::Version(s.resource_version));
+                next.resources.insert(
+                    key.clone(),
+                    Stored {
+                        resource: Arc::new(resource.clone()),
+                        resource_version: 0,
+                    },
+                );
+                changed.push((resource, expected));
             }
             results.push(Applied {
                 key,
-                resource_version,
+                resource_version: existing.map_or(0, |s| s.resource_version),
                 action,
             });
         }
-        check_references(&next, changed.iter().map(|s| &*s.resource))?;
-        if dry_run || changed.is_empty() {
+        check_references(&next, changed.iter().map(|(resource, _)| resource))?;
+        if changed.is_empty() {
             return Ok(results);
         }
-        let puts: Vec<(String, Vec<u8>)> = changed
-            .iter()
-            .map(|s| {
-                let json = s.resource.to_json(s.resource_version);
-                (record_key(&s.resource.key()), json.to_string().into_bytes())
-            })
-            .collect();
-        self.store.commit_resources(revision, &puts, &[])?;
-        next.revision = revision;
-        self.publish(
-            next,
-            changed.into_iter().map(|stored| (false, stored)).collect(),
-        );
+        if dry_run {
+            // What the write would make the version: the next revision, as the embedded store
+            // assigns it; a backend that numbers otherwise decides at the real write.
+            for result in results.iter_mut().filter(|r| r.action != Action::Unchanged) {
+                result.resource_version = current.revision + 1;
+            }
+            return Ok(results);
+        }
+        let written = self.backend.apply(changed)?;
+        for stored in written.stored {
+            let key = stored.resource.key();
+            if let Some(result) = results.iter_mut().find(|r| r.key == key) {
+                result.resource_version = stored.resource_version;
+            }
+            next.resources.insert(key, stored);
+        }
+        next.revision = written.revision;
+        self.state.send_replace(Arc::new(next));
         Ok(results)
     }
 
@@ -264,44 +206,25 @@ impl PolicyStore {
         let current = self.state();
         let stored = current
             .get(key)
-            .cloned()
-            .ok_or_else(|| ChangeError::NotFound(key.clone()))?;
+            .ok_or_else(|| WriteError::NotFound(key.clone()))?;
         if let Some(sent) = expected
             && sent != stored.resource_version
         {
-            return Err(ChangeError::Conflict {
+            return Err(WriteError::Conflict {
                 key: key.clone(),
                 stored: stored.resource_version,
                 sent,
-            });
+            }
+            .into());
         }
-        let revision = current.revision + 1;
-        self.store
-            .commit_resources(revision, &[], &[record_key(key)])?;
+        let revision = self
+            .backend
+            .delete(key, Expected::Version(stored.resource_version))?;
         let mut next = (*current).clone();
         next.resources.remove(key);
         next.revision = revision;
-        self.publish(next, vec![(true, stored)]);
-        Ok(revision)
-    }
-
-    fn publish(&self, next: PolicyState, changes: Vec<(bool, Stored)>) {
-        let revision = next.revision;
         self.state.send_replace(Arc::new(next));
-        let mut log = self.log.lock();
-        for (deleted, stored) in changes {
-            let event = Event {
-                deleted,
-                stored,
-                revision,
-            };
-            if log.len() == EVENT_LOG {
-                log.pop_front();
-            }
-            log.push_back(event.clone());
-            // No receiver is fine: nobody is watching.
-            let _ = self.events.send(event);
-        }
+        Ok(revision)
     }
 }
 
@@ -322,10 +245,6 @@ fn check_references<'a>(
         }
     }
     Ok(())
-}
-
-fn record_key(key: &Key) -> String {
-    format!("{}/{}/{}", key.kind, key.namespace, key.name)
 }
 
 fn now_rfc3339() -> String {

@@ -23,6 +23,7 @@ use crate::limits::{
 use crate::lineage::Lineage;
 use crate::metrics::Metrics;
 use crate::policy_store::PolicyStore;
+use crate::resource_store::Embedded;
 use crate::store::Store;
 use crate::trust::Trust;
 use crate::{kube_namespaces, pki, serving_cert, tls_incoming, webhook};
@@ -109,7 +110,7 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
     let pki = load_pki(config)?;
     let trust_domain = pki.issuer.trust_domain().clone();
     let store = Store::open(&config.data_dir.join("store.redb"))?;
-    let policy = Arc::new(PolicyStore::load(store.clone())?);
+    let policy = Arc::new(PolicyStore::load(Arc::new(Embedded::open(store.clone())?))?);
     let proxies = Arc::new(ProxyRegistry::default());
     let credential = match &config.admin_token_file {
         Some(path) => AdminCredential::load(path)?,

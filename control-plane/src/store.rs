@@ -142,15 +142,24 @@ impl Store {
         write(&self.db)
     }
 
+    /// The revision of the stored resources.
+    pub fn revision(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        read_revision(&txn)
+    }
+
+    /// One stored resource's JSON bytes.
+    pub fn resource(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let table = txn.open_table(RESOURCES).map_err(redb::Error::from)?;
+        let value = table.get(key).map_err(redb::Error::from)?;
+        Ok(value.map(|v| v.value().to_vec()))
+    }
+
     /// Every stored resource (key and JSON bytes), and the revision they were read at.
     pub fn resources(&self) -> Result<(u64, RawRecords), StoreError> {
         let txn = self.db.begin_read().map_err(redb::Error::from)?;
-        let revision = txn
-            .open_table(META)
-            .map_err(redb::Error::from)?
-            .get(REVISION)
-            .map_err(redb::Error::from)?
-            .map_or(0, |v| v.value());
+        let revision = read_revision(&txn)?;
         let table = txn.open_table(RESOURCES).map_err(redb::Error::from)?;
         let mut resources = Vec::new();
         for entry in table.iter().map_err(redb::Error::from)? {
@@ -323,6 +332,15 @@ impl Txn<'_> {
 /// A write transaction committed in two phases: the commit slot it writes is itself made durable
 /// before the file points at it, so a damaged page of the newest commit is reported as damage
 /// instead of quietly falling back to the commit before it (losing the last change).
+fn read_revision(txn: &redb::ReadTransaction) -> Result<u64, StoreError> {
+    Ok(txn
+        .open_table(META)
+        .map_err(redb::Error::from)?
+        .get(REVISION)
+        .map_err(redb::Error::from)?
+        .map_or(0, |v| v.value()))
+}
+
 fn write(db: &Database) -> Result<redb::WriteTransaction, StoreError> {
     let mut txn = db.begin_write().map_err(redb::Error::from)?;
     txn.set_two_phase_commit(true);

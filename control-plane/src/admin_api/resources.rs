@@ -12,6 +12,7 @@ use weft_api::admin::{
 use super::WatchStream;
 use crate::policy::{DEFAULT_NAMESPACE, Key, Kind, Resource};
 use crate::policy_store::{Action, ChangeError, Event, PolicyStore, Stored};
+use crate::resource_store::{Watch, WatchError, WriteError};
 
 /// More manifests than this in one apply is refused (a typo'd directory, most likely).
 const MAX_MANIFESTS: usize = 1000;
@@ -114,12 +115,18 @@ impl ResourceAdmin {
             kind.is_none_or(|k| event.stored.resource.kind == k)
                 && (namespace.is_empty() || event.stored.resource.namespace() == namespace)
         };
-        let (backlog, mut receiver) = self.store.events_since(req.since_revision).ok_or_else(|| {
-            Status::out_of_range(format!(
-                "revision {} is older than the event log; list again and watch from its revision",
-                req.since_revision
-            ))
-        })?;
+        let Watch {
+            backlog,
+            live: mut receiver,
+        } = self
+            .store
+            .watch(req.since_revision)
+            .map_err(|error| match error {
+                WatchError::Gone { since, .. } => Status::out_of_range(format!(
+                    "revision {since} is older than the event log; list again and watch from its revision"
+                )),
+                WatchError::Store(error) => Status::internal(error.to_string()),
+            })?;
         let stream = async_stream(move |tx| async move {
             for event in backlog.into_iter().filter(|e| wanted(e)) {
                 if tx.send(Ok(to_event(&event))).await.is_err() {
@@ -183,9 +190,9 @@ fn namespace(namespace: &str) -> &str {
 fn change_status(error: ChangeError) -> Status {
     match error {
         ChangeError::Invalid(e) => Status::invalid_argument(e.to_string()),
-        ChangeError::Conflict { .. } => Status::aborted(error.to_string()),
-        ChangeError::NotFound(_) => Status::not_found(error.to_string()),
-        ChangeError::Store(e) => Status::internal(e.to_string()),
+        ChangeError::Write(WriteError::Conflict { .. }) => Status::aborted(error.to_string()),
+        ChangeError::Write(WriteError::NotFound(_)) => Status::not_found(error.to_string()),
+        ChangeError::Write(WriteError::Store(e)) => Status::internal(e.to_string()),
     }
 }
 

@@ -11,8 +11,8 @@ use weft_api::discovery as pb;
 use super::names::ClusterDomain;
 use crate::policy::{
     BackendRef, GrpcRouteMatch, HeaderModifier, HttpRouteMatch, Key, Kind, NamedValueMatch,
-    ParentRef, Resource, RouteFilter, RouteRetry, RouteTimeouts, ServicePolicySpec, ServiceSpec,
-    Spec, duration, grpc_code,
+    Resource, RouteFilter, RouteMatchKind, RouteRetry, RouteSpec, RouteTimeouts, ServicePolicySpec,
+    ServiceSpec, Spec, duration, grpc_code,
 };
 use crate::policy_store::PolicyState;
 
@@ -86,23 +86,17 @@ pub fn outbound_snapshot(
     backends.index(&target.key, target.port);
     let service_policy = policy_for(state, &target.key);
     let mut entries = Vec::new();
-    let route_kinds: &[(Kind, bool)] = if target.workload.is_some() {
+    // A workload dialed by its address: the app picked its peer, the Service's routes do not
+    // apply.
+    let route_kinds: &[Kind] = if target.workload.is_some() {
         &[]
     } else {
-        &[(Kind::HttpRoute, true), (Kind::GrpcRoute, false)]
+        &[Kind::HttpRoute, Kind::GrpcRoute]
     };
-    for &(stored_kind, rules) in route_kinds {
-        for stored in state.of_kind(stored_kind) {
+    for &route_kind in route_kinds {
+        for stored in state.of_kind(route_kind) {
             let resource = &stored.resource;
             let route_key = resource.key();
-            let attached = |parents: &[ParentRef]| {
-                parents.iter().any(|p| {
-                    p.name == target.key.name
-                        && p.namespace.as_deref().unwrap_or(resource.namespace())
-                            == target.key.namespace
-                        && p.port.is_none_or(|port| port == target.port)
-                })
-            };
             let route_policy = policy_for(state, &route_key);
             let route = |rules: Vec<pb::RouteRule>| pb::Route {
                 name: format!("{}/{}", route_key.namespace, route_key.name),
@@ -114,37 +108,14 @@ pub fn outbound_snapshot(
                     .and_then(|p| p.retry_budget.as_ref())
                     .map(retry_budget),
             };
+            let at = RouteAt {
+                target: &target,
+                resource,
+                route: &route,
+            };
             match &resource.spec {
-                Spec::HttpRoute(spec) if rules && attached(&spec.parent_refs) => {
-                    for (i, rule) in spec.rules.iter().enumerate() {
-                        let common = backends.rule(
-                            resource.namespace(),
-                            target.port,
-                            &rule.backend_refs,
-                            &rule.filters,
-                            rule.timeouts.as_ref(),
-                            rule.retry.as_ref().map(|r| retry(r, false)),
-                        );
-                        let matches: Vec<pb::RouteMatch> =
-                            rule.matches.iter().map(http_match).collect();
-                        entries.extend(split_by_match(&route, common, matches, resource, i));
-                    }
-                }
-                Spec::GrpcRoute(spec) if !rules && attached(&spec.parent_refs) => {
-                    for (i, rule) in spec.rules.iter().enumerate() {
-                        let common = backends.rule(
-                            resource.namespace(),
-                            target.port,
-                            &rule.backend_refs,
-                            &rule.filters,
-                            rule.timeouts.as_ref(),
-                            rule.retry.as_ref().map(|r| retry(r, true)),
-                        );
-                        let matches: Vec<pb::RouteMatch> =
-                            rule.matches.iter().map(grpc_match).collect();
-                        entries.extend(split_by_match(&route, common, matches, resource, i));
-                    }
-                }
+                Spec::HttpRoute(spec) => entries.extend(at.entries(spec, &mut backends)),
+                Spec::GrpcRoute(spec) => entries.extend(at.entries(spec, &mut backends)),
                 _ => {}
             }
         }
@@ -465,6 +436,64 @@ fn precedence(
         rule,
         index,
     )
+}
+
+/// How the proxy matches what a route's rules match on.
+trait ToRouteMatch: RouteMatchKind {
+    fn to_route_match(&self) -> pb::RouteMatch;
+}
+
+impl ToRouteMatch for HttpRouteMatch {
+    fn to_route_match(&self) -> pb::RouteMatch {
+        http_match(self)
+    }
+}
+
+impl ToRouteMatch for GrpcRouteMatch {
+    fn to_route_match(&self) -> pb::RouteMatch {
+        grpc_match(self)
+    }
+}
+
+/// One route resource, and the target Service port it may be attached to.
+struct RouteAt<'a, R> {
+    target: &'a Target<'a>,
+    resource: &'a Resource,
+    /// Makes the proxy's route of some of its rules.
+    route: &'a R,
+}
+
+impl<R: Fn(Vec<pb::RouteRule>) -> pb::Route> RouteAt<'_, R> {
+    /// The route's entries when it is attached to the target's port: one per rule and match.
+    fn entries<M: ToRouteMatch>(
+        &self,
+        spec: &RouteSpec<M>,
+        backends: &mut Backends<'_>,
+    ) -> Vec<(Precedence, pb::Route)> {
+        let (target, resource) = (self.target, self.resource);
+        let attached = spec.parent_refs.iter().any(|p| {
+            p.name == target.key.name
+                && p.namespace.as_deref().unwrap_or(resource.namespace()) == target.key.namespace
+                && p.port.is_none_or(|port| port == target.port)
+        });
+        if !attached {
+            return Vec::new();
+        }
+        let mut entries = Vec::new();
+        for (i, rule) in spec.rules.iter().enumerate() {
+            let common = backends.rule(
+                resource.namespace(),
+                target.port,
+                &rule.backend_refs,
+                &rule.filters,
+                rule.timeouts.as_ref(),
+                rule.retry.as_ref().map(|r| retry(r, M::GRPC)),
+            );
+            let matches = rule.matches.iter().map(M::to_route_match).collect();
+            entries.extend(split_by_match(self.route, common, matches, resource, i));
+        }
+        entries
+    }
 }
 
 /// One entry per match, so the proxy can walk all routes' matches in precedence order.

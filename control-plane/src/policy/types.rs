@@ -140,23 +140,24 @@ pub struct BackendRef {
     pub weight: Option<u32>,
 }
 
+/// HTTPRoute and GRPCRoute: one shape, told apart by what their rules match on (`M`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HttpRouteSpec {
+pub struct RouteSpec<M> {
     pub parent_refs: Vec<ParentRef>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hostnames: Vec<String>,
-    #[serde(default)]
-    pub rules: Vec<HttpRouteRule>,
+    #[serde(default = "Vec::new")]
+    pub rules: Vec<RouteRule<M>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HttpRouteRule {
+pub struct RouteRule<M> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub matches: Vec<HttpRouteMatch>,
+    #[serde(default = "Vec::new", skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<M>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<RouteFilter>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -165,6 +166,23 @@ pub struct HttpRouteRule {
     pub timeouts: Option<RouteTimeouts>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RouteRetry>,
+}
+
+/// What a route's rules match on: HTTP requests or gRPC calls.
+pub trait RouteMatchKind {
+    /// gRPC: retries name gRPC statuses, and the proxy matches the HTTP/2 path of a method.
+    const GRPC: bool;
+}
+
+pub type HttpRouteSpec = RouteSpec<HttpRouteMatch>;
+pub type GrpcRouteSpec = RouteSpec<GrpcRouteMatch>;
+
+impl RouteMatchKind for HttpRouteMatch {
+    const GRPC: bool = false;
+}
+
+impl RouteMatchKind for GrpcRouteMatch {
+    const GRPC: bool = true;
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -261,33 +279,6 @@ pub struct RequestMirror {
     pub backend_ref: BackendRef,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percent: Option<u32>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct GrpcRouteSpec {
-    pub parent_refs: Vec<ParentRef>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub hostnames: Vec<String>,
-    #[serde(default)]
-    pub rules: Vec<GrpcRouteRule>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct GrpcRouteRule {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub matches: Vec<GrpcRouteMatch>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub filters: Vec<RouteFilter>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub backend_refs: Vec<BackendRef>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeouts: Option<RouteTimeouts>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry: Option<RouteRetry>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use super::{
     BackendRef, GrpcRouteMatch, HeaderModifier, HttpRouteMatch, Key, Kind, NamedValueMatch,
-    Resource, RouteFilter, RouteRetry, RouteTimeouts, ServicePolicySpec, Spec,
+    Resource, RouteFilter, RouteMatchKind, RouteRetry, RouteSpec, RouteTimeouts, ServicePolicySpec,
+    Spec,
 };
 
 /// A failed check: the field and why.
@@ -203,44 +204,8 @@ pub(super) fn check(resource: &Resource) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Spec::HttpRoute(spec) => {
-            check_parents(&spec.parent_refs)?;
-            for (i, rule) in spec.rules.iter().enumerate() {
-                let at = format!("spec.rules[{i}]");
-                for (j, m) in rule.matches.iter().enumerate() {
-                    check_http_match(&format!("{at}.matches[{j}]"), m)?;
-                }
-                check_rule_common(
-                    &at,
-                    &rule.filters,
-                    &rule.backend_refs,
-                    rule.timeouts.as_ref(),
-                )?;
-                if let Some(retry) = &rule.retry {
-                    check_retry(&format!("{at}.retry"), retry, false)?;
-                }
-            }
-            Ok(())
-        }
-        Spec::GrpcRoute(spec) => {
-            check_parents(&spec.parent_refs)?;
-            for (i, rule) in spec.rules.iter().enumerate() {
-                let at = format!("spec.rules[{i}]");
-                for (j, m) in rule.matches.iter().enumerate() {
-                    check_grpc_match(&format!("{at}.matches[{j}]"), m)?;
-                }
-                check_rule_common(
-                    &at,
-                    &rule.filters,
-                    &rule.backend_refs,
-                    rule.timeouts.as_ref(),
-                )?;
-                if let Some(retry) = &rule.retry {
-                    check_retry(&format!("{at}.retry"), retry, true)?;
-                }
-            }
-            Ok(())
-        }
+        Spec::HttpRoute(spec) => check_route(spec),
+        Spec::GrpcRoute(spec) => check_route(spec),
         Spec::ServicePolicy(spec) => check_service_policy(spec),
         Spec::InboundDefaults(spec) => super::inbound::check_inbound_defaults(spec),
         Spec::AuthorizationPolicy(spec) => super::inbound::check_authorization_policy(spec),
@@ -278,21 +243,15 @@ pub(super) fn references(resource: &Resource) -> Vec<(String, Key)> {
             }
         }
     };
+    fn rule_refs<M>(spec: &RouteSpec<M>) -> Vec<(&[BackendRef], &[RouteFilter])> {
+        spec.rules
+            .iter()
+            .map(|r| (r.backend_refs.as_slice(), r.filters.as_slice()))
+            .collect()
+    }
     match &resource.spec {
-        Spec::HttpRoute(spec) => route_refs(
-            &spec.parent_refs,
-            spec.rules
-                .iter()
-                .map(|r| (r.backend_refs.as_slice(), r.filters.as_slice()))
-                .collect(),
-        ),
-        Spec::GrpcRoute(spec) => route_refs(
-            &spec.parent_refs,
-            spec.rules
-                .iter()
-                .map(|r| (r.backend_refs.as_slice(), r.filters.as_slice()))
-                .collect(),
-        ),
+        Spec::HttpRoute(spec) => route_refs(&spec.parent_refs, rule_refs(spec)),
+        Spec::GrpcRoute(spec) => route_refs(&spec.parent_refs, rule_refs(spec)),
         Spec::ServicePolicy(spec) => {
             let kind = match spec.target_ref.kind.as_deref() {
                 Some("HTTPRoute") => Kind::HttpRoute,
@@ -473,6 +432,43 @@ fn check_named_matches(at: &str, matches: &[NamedValueMatch], header: bool) -> R
                     &format!("{other:?}: must be Exact or RegularExpression"),
                 );
             }
+        }
+    }
+    Ok(())
+}
+
+/// The checks of a route's matches, by what they match on.
+trait CheckMatch: RouteMatchKind {
+    fn check(&self, at: &str) -> Result<(), Failure>;
+}
+
+impl CheckMatch for HttpRouteMatch {
+    fn check(&self, at: &str) -> Result<(), Failure> {
+        check_http_match(at, self)
+    }
+}
+
+impl CheckMatch for GrpcRouteMatch {
+    fn check(&self, at: &str) -> Result<(), Failure> {
+        check_grpc_match(at, self)
+    }
+}
+
+fn check_route<M: CheckMatch>(spec: &RouteSpec<M>) -> Result<(), Failure> {
+    check_parents(&spec.parent_refs)?;
+    for (i, rule) in spec.rules.iter().enumerate() {
+        let at = format!("spec.rules[{i}]");
+        for (j, m) in rule.matches.iter().enumerate() {
+            m.check(&format!("{at}.matches[{j}]"))?;
+        }
+        check_rule_common(
+            &at,
+            &rule.filters,
+            &rule.backend_refs,
+            rule.timeouts.as_ref(),
+        )?;
+        if let Some(retry) = &rule.retry {
+            check_retry(&format!("{at}.retry"), retry, M::GRPC)?;
         }
     }
     Ok(())

@@ -1,10 +1,26 @@
 use super::*;
 use crate::policy::Resource;
+use crate::resource_store::{Embedded, ResourceStore, WriteError};
+use crate::store::Store;
+
+fn load(store: Store) -> Result<PolicyStore, StoreError> {
+    PolicyStore::load(Arc::new(Embedded::open(store)?))
+}
 
 fn store() -> (tempfile::TempDir, PolicyStore) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("store.redb")).unwrap();
-    (dir, PolicyStore::load(store).unwrap())
+    (dir, load(store).unwrap())
+}
+
+fn assert_conflict(err: &ChangeError, stored: u64, sent: u64) {
+    assert!(
+        matches!(
+            err,
+            ChangeError::Write(WriteError::Conflict { stored: s, sent: t, .. }) if *s == stored && *t == sent
+        ),
+        "{err}"
+    );
 }
 
 fn parse(yaml: &str) -> Vec<Resource> {
@@ -86,12 +102,12 @@ fn everything_survives_a_reload() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.redb");
     {
-        let store = PolicyStore::load(Store::open(&path).unwrap()).unwrap();
+        let store = load(Store::open(&path).unwrap()).unwrap();
         store
             .apply(parse(&format!("{SERVICE}---{ROUTE}")), false)
             .unwrap();
     }
-    let store = PolicyStore::load(Store::open(&path).unwrap()).unwrap();
+    let store = load(Store::open(&path).unwrap()).unwrap();
     let state = store.state();
     assert_eq!(state.revision, 1);
     assert_eq!(state.resources.len(), 2);
@@ -143,17 +159,7 @@ fn a_stale_resource_version_is_a_conflict() {
         "namespace: shop, resourceVersion: \"1\"}",
     );
     let err = store.apply(parse(&stale), false).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ChangeError::Conflict {
-                stored: 2,
-                sent: 1,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_conflict(&err, 2, 1);
     let current = SERVICE.replace(
         "namespace: shop}",
         "namespace: shop, resourceVersion: \"2\"}",
@@ -171,12 +177,12 @@ fn delete_checks_existence_and_version() {
     let key = Key::new(Kind::Service, "shop", "api");
     assert!(matches!(
         store.delete(&key, Some(7)),
-        Err(ChangeError::Conflict { .. })
+        Err(ChangeError::Write(WriteError::Conflict { .. }))
     ));
     assert_eq!(store.delete(&key, Some(1)).unwrap(), 2);
     assert!(matches!(
         store.delete(&key, None),
-        Err(ChangeError::NotFound(_))
+        Err(ChangeError::Write(WriteError::NotFound(_)))
     ));
 }
 
@@ -195,7 +201,7 @@ fn watch_events_resume_from_a_revision() {
     store
         .apply(parse(&SERVICE.replace("8080", "9090")), false)
         .unwrap();
-    let (events, _rx) = store.events_since(1).unwrap();
+    let events = store.watch(1).unwrap().backlog;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].revision, 2);
 }
@@ -210,7 +216,37 @@ fn a_stored_record_that_no_longer_parses_is_an_error_naming_it() {
     ] {
         raw.commit_resources(1, &[("Service/shop/api".to_string(), bad)], &[])
             .unwrap();
-        let error = PolicyStore::load(raw.clone()).unwrap_err().to_string();
+        let error = load(raw.clone()).unwrap_err().to_string();
         assert!(error.contains("Service/shop/api"), "{error}");
     }
+}
+
+#[test]
+fn a_change_made_by_another_writer_meanwhile_is_a_conflict_not_overwritten() {
+    // Two control-plane replicas on one backend: each checks its writes against the version
+    // it last saw, so the slower one is refused instead of undoing the other's change.
+    let dir = tempfile::tempdir().unwrap();
+    let backend: Arc<dyn ResourceStore> =
+        Arc::new(Embedded::open(Store::open(&dir.path().join("store.redb")).unwrap()).unwrap());
+    let first = PolicyStore::load(backend.clone()).unwrap();
+    first.apply(parse(SERVICE), false).unwrap();
+    let second = PolicyStore::load(backend.clone()).unwrap();
+    second
+        .apply(parse(&SERVICE.replace("8080", "9090")), false)
+        .unwrap();
+    let err = first
+        .apply(parse(&SERVICE.replace("8080", "7070")), false)
+        .unwrap_err();
+    assert_conflict(&err, 2, 1);
+    let key = Key::new(Kind::Service, "shop", "api");
+    assert!(matches!(
+        first.delete(&key, None),
+        Err(ChangeError::Write(WriteError::Conflict { .. }))
+    ));
+    let kept = backend.get(&key).unwrap().unwrap();
+    assert_eq!(kept.resource_version, 2);
+    assert_eq!(
+        kept.resource.spec,
+        parse(&SERVICE.replace("8080", "9090"))[0].spec
+    );
 }
