@@ -10,9 +10,9 @@ use weft_api::discovery as pb;
 
 use super::names::ClusterDomain;
 use crate::policy::{
-    BackendRef, GrpcRouteMatch, HeaderModifier, HttpRouteMatch, Key, Kind, NamedValueMatch,
-    Resource, RouteFilter, RouteMatchKind, RouteRetry, RouteSpec, RouteTimeouts, ServicePolicySpec,
-    ServiceSpec, Spec, duration, grpc_code,
+    BackendRef, GatewayDuration, GrpcRouteMatch, HeaderModifier, HttpRouteMatch, Key, Kind,
+    NamedValueMatch, Resource, RouteFilter, RouteMatchKind, RouteRetry, RouteSpec, RouteTimeouts,
+    ServicePolicySpec, ServiceSpec, Spec, grpc_code,
 };
 use crate::policy_store::PolicyState;
 
@@ -147,7 +147,7 @@ pub fn outbound_snapshot(
                 } as i32,
             }),
             circuit_breaker: p.circuit_breaker.as_ref().map(circuit_breaker),
-            connect_timeout: p.connect_timeout.as_deref().and_then(proto_duration),
+            connect_timeout: p.connect_timeout.as_ref().and_then(proto_duration),
             rate_limit: p.rate_limit.as_ref().map(|r| pb::RateLimit {
                 requests_per_second: r.requests_per_second,
                 burst: r.burst.unwrap_or(r.requests_per_second),
@@ -304,10 +304,10 @@ impl<'a> Backends<'a> {
         let mut rule = pb::RouteRule {
             backends,
             request_timeout: timeouts
-                .and_then(|t| t.request.as_deref())
+                .and_then(|t| t.request.as_ref())
                 .and_then(proto_duration),
             backend_request_timeout: timeouts
-                .and_then(|t| t.backend_request.as_deref())
+                .and_then(|t| t.backend_request.as_ref())
                 .and_then(proto_duration),
             retry,
             ..Default::default()
@@ -621,16 +621,12 @@ fn retry(retry: &RouteRetry, grpc: bool) -> pb::Retry {
         grpc_codes,
         on_connect_failure: true,
         attempts: retry.attempts.unwrap_or(1),
-        backoff: retry
-            .backoff
-            .as_deref()
-            .and_then(proto_duration)
-            .or_else(|| {
-                prost_types::Duration::try_from(std::time::Duration::from_millis(
-                    DEFAULT_RETRY_BACKOFF_MS,
-                ))
-                .ok()
-            }),
+        backoff: retry.backoff.as_ref().and_then(proto_duration).or_else(|| {
+            prost_types::Duration::try_from(std::time::Duration::from_millis(
+                DEFAULT_RETRY_BACKOFF_MS,
+            ))
+            .ok()
+        }),
     }
 }
 
@@ -656,7 +652,7 @@ fn retry_budget(budget: &crate::policy::RetryBudget) -> pb::RetryBudget {
         min_retries_per_second: budget.min_retries_per_second.unwrap_or(10),
         window: budget
             .window
-            .as_deref()
+            .as_ref()
             .and_then(proto_duration)
             .or_else(|| prost_types::Duration::try_from(std::time::Duration::from_secs(10)).ok()),
     }
@@ -670,21 +666,20 @@ fn circuit_breaker(breaker: &crate::policy::CircuitBreaker) -> pb::CircuitBreake
         min_success_rate: rate.map_or(0.0, |r| r.minimum),
         min_requests: rate.and_then(|r| r.min_requests).unwrap_or(20),
         window: rate
-            .and_then(|r| r.window.as_deref())
+            .and_then(|r| r.window.as_ref())
             .and_then(proto_duration),
         base_ejection: ejection
-            .and_then(|e| e.base.as_deref())
+            .and_then(|e| e.base.as_ref())
             .and_then(proto_duration),
         max_ejection: ejection
-            .and_then(|e| e.max.as_deref())
+            .and_then(|e| e.max.as_ref())
             .and_then(proto_duration),
     }
 }
 
-fn proto_duration(value: &str) -> Option<prost_types::Duration> {
-    duration(value)
-        .ok()
-        .and_then(|d| prost_types::Duration::try_from(d).ok())
+/// `None` only past prost's range (~292 billion years), which the policy bounds never reach.
+fn proto_duration(value: &GatewayDuration) -> Option<prost_types::Duration> {
+    prost_types::Duration::try_from(value.get()).ok()
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Policy resources: parsing Kubernetes-shaped manifests into typed resources, checking them
 //! with errors that name the field, and the references between them.
 
+mod duration;
 mod inbound;
 mod types;
 mod validate;
@@ -9,9 +10,10 @@ use std::fmt;
 
 use serde::de::DeserializeOwned;
 
+pub use self::duration::{GatewayDuration, duration, format_duration};
 pub use self::inbound::{AUTHORIZATIONS, MODES};
 pub use self::types::*;
-pub use self::validate::{duration, format_duration, grpc_code};
+pub use self::validate::grpc_code;
 
 /// The namespace of a manifest that names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -270,7 +272,7 @@ fn typed<S: DeserializeOwned>(
     let parsed: Manifest<S> = serde_path_to_error::deserialize(manifest).map_err(|e| {
         let field = e.path().to_string();
         PolicyError {
-            resource: position.to_string(),
+            resource: named(manifest).unwrap_or_else(|| position.to_string()),
             field: if field == "." {
                 "(document)".to_string()
             } else {
@@ -280,6 +282,16 @@ fn typed<S: DeserializeOwned>(
         }
     })?;
     Ok((parsed.metadata, wrap(parsed.spec)))
+}
+
+/// The resource a manifest names (`HTTPRoute shop/api`), when its kind and metadata are sound
+/// enough to name it by.
+fn named(manifest: &serde_json::Value) -> Option<String> {
+    let kind = Kind::from_manifest(manifest.get("kind")?.as_str()?)?;
+    let meta: ObjectMeta = serde_json::from_value(manifest.get("metadata")?.clone()).ok()?;
+    validate::check_meta(&meta).ok()?;
+    let namespace = meta.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+    Some(format!("{kind} {namespace}/{}", meta.name))
 }
 
 #[cfg(test)]

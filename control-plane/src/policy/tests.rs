@@ -58,11 +58,11 @@ fn each_error_names_the_resource_and_field() {
         ),
         (
             ROUTE.replace("weight: 1", "weight: heavy"),
-            "document 1: spec.rules[0].backendRefs[0].weight: invalid type",
+            "HTTPRoute shop/r: spec.rules[0].backendRefs[0].weight: invalid type",
         ),
         (
             ROUTE.replace("parentRefs", "parents"),
-            "document 1: spec.parents: unknown field `parents`, expected one of `parentRefs`",
+            "HTTPRoute shop/r: spec.parents: unknown field `parents`, expected one of `parentRefs`",
         ),
         (
             ROUTE.replace("name: r,", "name: R,"),
@@ -404,5 +404,43 @@ fn inbound_kinds_parse_and_each_error_names_the_field() {
     assert!(
         empty_from.contains("spec.from: name at least one source"),
         "{empty_from}"
+    );
+}
+
+#[test]
+fn durations_are_parsed_once_and_kept_as_written() {
+    let route = ROUTE.replace(
+        "    backendRefs:",
+        "    timeouts: {request: 90m, backendRequest: 1500ms}\n    backendRefs:",
+    );
+    let resource = parse(&route).unwrap();
+    let Spec::HttpRoute(spec) = &resource.spec else {
+        panic!("an HTTPRoute");
+    };
+    let timeouts = spec.rules[0].timeouts.as_ref().unwrap();
+    let request = timeouts.request.as_ref().unwrap();
+    assert_eq!(request.get(), std::time::Duration::from_secs(5400));
+    assert_eq!(
+        timeouts.backend_request.as_ref().unwrap().get(),
+        std::time::Duration::from_millis(1500)
+    );
+    let json = resource.to_json(1);
+    assert_eq!(
+        json.pointer("/spec/rules/0/timeouts/request"),
+        Some(&serde_json::json!("90m")),
+        "shown back as the user wrote it"
+    );
+    assert_eq!(Resource::parse(&json, "stored").unwrap(), {
+        let mut again = resource.clone();
+        again.meta.resource_version = Some("1".to_string());
+        again
+    });
+    let bad = route.replace("90m", "1 day");
+    assert!(
+        error(&bad).starts_with(
+            "HTTPRoute shop/r: spec.rules[0].timeouts.request: \"1 day\" is not a duration"
+        ),
+        "{}",
+        error(&bad)
     );
 }

@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::duration::GatewayDuration;
+
 /// `apiVersion` of Weft's own kinds.
 pub const WEFT_API_VERSION: &str = "policy.weft.io/v1alpha1";
 /// `apiVersion` of the Gateway API kinds.
@@ -222,10 +224,10 @@ pub struct NamedValueMatch {
 pub struct RouteTimeouts {
     /// The whole request, retries included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request: Option<String>,
+    pub request: Option<GatewayDuration>,
     /// Each attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backend_request: Option<String>,
+    pub backend_request: Option<GatewayDuration>,
 }
 
 /// Gateway API retry (GEP-1731). For GRPCRoute, `codes` may also name gRPC statuses
@@ -238,7 +240,7 @@ pub struct RouteRetry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backoff: Option<String>,
+    pub backoff: Option<GatewayDuration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -316,7 +318,7 @@ pub struct ServicePolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreaker>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub connect_timeout: Option<String>,
+    pub connect_timeout: Option<GatewayDuration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -345,7 +347,7 @@ pub struct RetryBudget {
     pub min_retries_per_second: Option<u32>,
     /// How long requests count (default 10s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub window: Option<String>,
+    pub window: Option<GatewayDuration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -374,16 +376,16 @@ pub struct SuccessRate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_requests: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub window: Option<String>,
+    pub window: Option<GatewayDuration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Ejection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub base: Option<String>,
+    pub base: Option<GatewayDuration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max: Option<String>,
+    pub max: Option<GatewayDuration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,10 +4,11 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use super::duration::{GatewayDuration, format_duration};
 use super::{
-    BackendRef, GrpcRouteMatch, HeaderModifier, HttpRouteMatch, Key, Kind, NamedValueMatch,
-    Resource, RouteFilter, RouteMatchKind, RouteRetry, RouteSpec, RouteTimeouts, ServicePolicySpec,
-    Spec,
+    BackendRef, DEFAULT_NAMESPACE, GrpcRouteMatch, HeaderModifier, HttpRouteMatch, Key, Kind,
+    NamedValueMatch, ObjectMeta, Resource, RouteFilter, RouteMatchKind, RouteRetry, RouteSpec,
+    RouteTimeouts, ServicePolicySpec, Spec,
 };
 
 /// A failed check: the field and why.
@@ -69,61 +70,6 @@ const GRPC_CODES: [&str; 17] = [
     "UNAUTHENTICATED",
 ];
 
-/// Parses a Gateway API duration (GEP-2257): one to four components, each one to five decimal
-/// digits followed by `h`, `m`, `s` or `ms` ("1h30m", "500ms"), added up; nothing else.
-pub fn duration(value: &str) -> Result<Duration, String> {
-    let invalid = || {
-        format!(
-            "{value:?} is not a duration: write whole h, m, s and ms, as in 1h30m or 500ms (Gateway API GEP-2257)"
-        )
-    };
-    let mut rest = value;
-    let mut total = Duration::ZERO;
-    let mut components = 0;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 || digits > 5 {
-            return Err(invalid());
-        }
-        let count: u64 = rest[..digits].parse().map_err(|_| invalid())?;
-        rest = &rest[digits..];
-        let (unit_ms, unit_len) = if rest.starts_with("ms") {
-            (1, 2)
-        } else {
-            match rest.as_bytes().first() {
-                Some(b'h') => (3_600_000, 1),
-                Some(b'm') => (60_000, 1),
-                Some(b's') => (1_000, 1),
-                _ => return Err(invalid()),
-            }
-        };
-        rest = &rest[unit_len..];
-        // At most 99999h per component and four components: no overflow.
-        total += Duration::from_millis(count * unit_ms);
-        components += 1;
-    }
-    if components == 0 || components > 4 {
-        return Err(invalid());
-    }
-    Ok(total)
-}
-
-/// A duration as the Gateway API writes it: "1h30m", "500ms", "0s".
-pub fn format_duration(duration: Duration) -> String {
-    let mut ms = duration.as_millis();
-    if ms == 0 {
-        return "0s".to_string();
-    }
-    let mut text = String::new();
-    for (unit, size) in [("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)] {
-        if ms >= size {
-            text.push_str(&format!("{}{unit}", ms / size));
-            ms %= size;
-        }
-    }
-    text
-}
-
 /// A gRPC status code by name (`UNAVAILABLE`) or number (14).
 pub fn grpc_code(value: &serde_json::Value) -> Option<u32> {
     match value {
@@ -137,11 +83,11 @@ pub fn grpc_code(value: &serde_json::Value) -> Option<u32> {
 }
 
 pub(super) fn names_are_valid(resource: &Resource) -> bool {
-    check_meta(resource).is_ok()
+    check_meta(&resource.meta).is_ok()
 }
 
 pub(super) fn check(resource: &Resource) -> Result<(), Failure> {
-    check_meta(resource)?;
+    check_meta(&resource.meta)?;
     match &resource.spec {
         Spec::Service(spec) => {
             if spec.ports.is_empty() {
@@ -275,8 +221,8 @@ pub(super) fn fail<T>(field: &str, reason: &str) -> Result<T, Failure> {
     Err((field.to_string(), reason.to_string()))
 }
 
-fn check_meta(resource: &Resource) -> Result<(), Failure> {
-    let name = &resource.meta.name;
+pub(super) fn check_meta(meta: &ObjectMeta) -> Result<(), Failure> {
+    let name = &meta.name;
     let valid_name = !name.is_empty()
         && name.len() <= 253
         && name
@@ -292,7 +238,7 @@ fn check_meta(resource: &Resource) -> Result<(), Failure> {
             ),
         );
     }
-    let namespace = resource.namespace();
+    let namespace = meta.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
     if !is_dns_label(namespace) {
         return fail(
             "metadata.namespace",
@@ -335,8 +281,12 @@ pub(super) fn check_port(field: &str, port: u32) -> Result<(), Failure> {
 }
 
 /// A duration within `range`, naming the range when it is not.
-fn check_duration(field: &str, value: &str, range: bounds::Range) -> Result<Duration, Failure> {
-    let parsed = duration(value).map_err(|reason| (field.to_string(), reason))?;
+fn check_duration(
+    field: &str,
+    value: &GatewayDuration,
+    range: bounds::Range,
+) -> Result<Duration, Failure> {
+    let parsed = value.get();
     let (min, max, zero_means_none) = range;
     if (zero_means_none && parsed.is_zero()) || (min..=max).contains(&parsed) {
         return Ok(parsed);
@@ -349,7 +299,8 @@ fn check_duration(field: &str, value: &str, range: bounds::Range) -> Result<Dura
     fail(
         field,
         &format!(
-            "{value:?} must be between {} and {}{none}",
+            "{:?} must be between {} and {}{none}",
+            value.as_str(),
             format_duration(min),
             format_duration(max)
         ),
@@ -621,12 +572,12 @@ fn check_rule_common(
     if let Some(timeouts) = timeouts {
         let request = timeouts
             .request
-            .as_deref()
+            .as_ref()
             .map(|t| check_duration(&format!("{at}.timeouts.request"), t, bounds::TIMEOUT))
             .transpose()?;
         let backend = timeouts
             .backend_request
-            .as_deref()
+            .as_ref()
             .map(|t| check_duration(&format!("{at}.timeouts.backendRequest"), t, bounds::TIMEOUT))
             .transpose()?;
         if let (Some(request), Some(backend)) = (request, backend)
@@ -768,7 +719,7 @@ fn check_service_policy(spec: &ServicePolicySpec) -> Result<(), Failure> {
         if let Some(ejection) = &breaker.ejection {
             let base = ejection
                 .base
-                .as_deref()
+                .as_ref()
                 .map(|d| {
                     check_duration(
                         "spec.circuitBreaker.ejection.base",
@@ -779,7 +730,7 @@ fn check_service_policy(spec: &ServicePolicySpec) -> Result<(), Failure> {
                 .transpose()?;
             let max = ejection
                 .max
-                .as_deref()
+                .as_ref()
                 .map(|d| {
                     check_duration("spec.circuitBreaker.ejection.max", d, bounds::EJECTION_MAX)
                 })
