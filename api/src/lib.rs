@@ -38,3 +38,4 @@ pub mod admin {
 }
 
 pub mod client;
+pub mod inbound;

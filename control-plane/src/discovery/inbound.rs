@@ -12,8 +12,8 @@ use weft_api::discovery as pb;
 
 use super::snapshot::{http_match, policy_for, selects};
 use crate::policy::{
-    AuthorizationPolicySpec, InboundDefaultsSpec, InboundRateLimit, Kind, RateLimit, ServicePort,
-    Spec,
+    AuthorizationPolicySpec, InboundDefaultsSpec, InboundPortDefaults, InboundRateLimit, Kind,
+    RateLimit, ServicePort, Spec,
 };
 use crate::policy_store::{PolicyState, Stored};
 
@@ -114,34 +114,34 @@ fn defaults_levels<'a>(
 /// Mode and authorization for `port` (or the workload's default), each from the most specific
 /// level that sets it.
 fn settings(levels: &[&InboundDefaultsSpec], port: Option<u32>) -> pb::InboundSettings {
-    let pick = |field: fn(&InboundDefaultsSpec, Option<u32>) -> Option<&String>| {
-        levels
-            .iter()
-            .find_map(|level| {
-                port.and_then(|port| field(level, Some(port)))
-                    .or_else(|| field(level, None))
-            })
-            .cloned()
-            .unwrap_or_default()
-    };
+    let mode = most_specific(levels, |level| match port {
+        Some(port) => port_defaults(level, port)
+            .and_then(|p| p.mode)
+            .or(level.mode),
+        None => level.mode,
+    });
+    let authorization = most_specific(levels, |level| match port {
+        Some(port) => port_defaults(level, port)
+            .and_then(|p| p.authorization)
+            .or(level.authorization),
+        None => level.authorization,
+    });
     pb::InboundSettings {
-        mode: pick(|level, port| match port {
-            Some(port) => level
-                .ports
-                .iter()
-                .find(|p| p.port == port)
-                .and_then(|p| p.mode.as_ref()),
-            None => level.mode.as_ref(),
-        }),
-        authorization: pick(|level, port| match port {
-            Some(port) => level
-                .ports
-                .iter()
-                .find(|p| p.port == port)
-                .and_then(|p| p.authorization.as_ref()),
-            None => level.authorization.as_ref(),
-        }),
+        mode: mode.map_or_else(String::new, |m| m.as_str().to_string()),
+        authorization: authorization.map_or_else(String::new, |a| a.as_str().to_string()),
     }
+}
+
+fn port_defaults(level: &InboundDefaultsSpec, port: u32) -> Option<&InboundPortDefaults> {
+    level.ports.iter().find(|p| p.port == port)
+}
+
+/// The first level (most specific first) that sets a value.
+fn most_specific<T>(
+    levels: &[&InboundDefaultsSpec],
+    value: impl Fn(&InboundDefaultsSpec) -> Option<T>,
+) -> Option<T> {
+    levels.iter().find_map(|level| value(level))
 }
 
 fn rate(limit: &RateLimit) -> pb::RateLimit {

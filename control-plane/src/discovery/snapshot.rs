@@ -11,8 +11,9 @@ use weft_api::discovery as pb;
 use super::names::ClusterDomain;
 use crate::policy::{
     BackendRef, GatewayDuration, GrpcRouteMatch, HeaderModifier, HttpRouteMatch, Key, Kind,
-    NamedValueMatch, Resource, RouteFilter, RouteMatchKind, RouteRetry, RouteSpec, RouteTimeouts,
-    ServicePolicySpec, ServiceSpec, Spec, grpc_code,
+    LoadBalancerType, NamedValueMatch, PathMatchType, Resource, RouteFilter, RouteMatchKind,
+    RouteRetry, RouteSpec, RouteTimeouts, ServicePolicySpec, ServiceSpec, Spec, ValueMatchType,
+    grpc_code,
 };
 use crate::policy_store::PolicyState;
 
@@ -140,7 +141,7 @@ pub fn outbound_snapshot(
         policy: service_policy.map(|p| pb::ServicePolicy {
             retry_budget: p.retry_budget.as_ref().map(retry_budget),
             load_balancer: p.load_balancer.as_ref().map(|lb| pb::LoadBalancer {
-                kind: if lb.kind == "RoundRobin" {
+                kind: if lb.kind == LoadBalancerType::RoundRobin {
                     pb::load_balancer::Kind::RoundRobin
                 } else {
                     pb::load_balancer::Kind::PeakEwma
@@ -229,12 +230,7 @@ pub(super) fn policy_for<'a>(
         let Spec::ServicePolicy(spec) = &stored.resource.spec else {
             return None;
         };
-        let kind = match spec.target_ref.kind.as_deref() {
-            Some("HTTPRoute") => Kind::HttpRoute,
-            Some("GRPCRoute") => Kind::GrpcRoute,
-            _ => Kind::Service,
-        };
-        (kind == target.kind
+        (spec.target_ref.target_kind() == target.kind
             && stored.resource.namespace() == target.namespace
             && spec.target_ref.name == target.name)
             .then_some(&**spec)
@@ -537,7 +533,7 @@ fn named(matches: &[NamedValueMatch], lowercase: bool) -> Vec<pb::NamedMatch> {
                 m.name.clone()
             },
             value: Some(string_match(
-                if m.kind.as_deref() == Some("RegularExpression") {
+                if m.kind == Some(ValueMatchType::RegularExpression) {
                     pb::string_match::Kind::Regex
                 } else {
                     pb::string_match::Kind::Exact
@@ -551,10 +547,10 @@ fn named(matches: &[NamedValueMatch], lowercase: bool) -> Vec<pb::NamedMatch> {
 pub(super) fn http_match(m: &HttpRouteMatch) -> pb::RouteMatch {
     pb::RouteMatch {
         path: m.path.as_ref().map(|p| {
-            let kind = match p.kind.as_deref() {
-                Some("Exact") => pb::string_match::Kind::Exact,
-                Some("RegularExpression") => pb::string_match::Kind::Regex,
-                _ => pb::string_match::Kind::Prefix,
+            let kind = match p.kind {
+                Some(PathMatchType::Exact) => pb::string_match::Kind::Exact,
+                Some(PathMatchType::RegularExpression) => pb::string_match::Kind::Regex,
+                None | Some(PathMatchType::PathPrefix) => pb::string_match::Kind::Prefix,
             };
             string_match(kind, &p.value)
         }),
@@ -569,7 +565,7 @@ fn grpc_match(m: &GrpcRouteMatch) -> pb::RouteMatch {
     let path = m.method.as_ref().map(|method| {
         let service = method.service.as_deref();
         let name = method.method.as_deref();
-        if method.kind.as_deref() == Some("RegularExpression") {
+        if method.kind == Some(ValueMatchType::RegularExpression) {
             let pattern = format!(
                 "^/(?:{})/(?:{})$",
                 service.unwrap_or("[^/]+"),

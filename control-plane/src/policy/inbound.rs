@@ -5,27 +5,11 @@ use std::collections::BTreeSet;
 use super::validate::{Failure, check_http_match, check_port, check_rate, fail, is_dns_label};
 use super::{AuthorizationPolicySpec, InboundDefaultsSpec};
 
-/// `mode` values.
-pub const MODES: [&str; 2] = ["strict", "permissive"];
-/// `authorization` values.
-pub const AUTHORIZATIONS: [&str; 5] = [
-    "deny",
-    "all-authenticated",
-    "cluster-authenticated",
-    "all-unauthenticated",
-    "audit",
-];
 /// More rules than this on one policy is a mistake, and each is evaluated per request.
 const MAX_MATCHES: usize = 64;
 const MAX_SOURCES: usize = 64;
 
 pub(super) fn check_inbound_defaults(spec: &InboundDefaultsSpec) -> Result<(), Failure> {
-    check_one_of("spec.mode", spec.mode.as_deref(), &MODES)?;
-    check_one_of(
-        "spec.authorization",
-        spec.authorization.as_deref(),
-        &AUTHORIZATIONS,
-    )?;
     let mut seen = BTreeSet::new();
     for (i, port) in spec.ports.iter().enumerate() {
         let at = format!("spec.ports[{i}]");
@@ -36,12 +20,6 @@ pub(super) fn check_inbound_defaults(spec: &InboundDefaultsSpec) -> Result<(), F
                 &format!("port {} is listed twice", port.port),
             );
         }
-        check_one_of(&format!("{at}.mode"), port.mode.as_deref(), &MODES)?;
-        check_one_of(
-            &format!("{at}.authorization"),
-            port.authorization.as_deref(),
-            &AUTHORIZATIONS,
-        )?;
     }
     if let Some(limit) = &spec.rate_limit {
         if limit.total.is_none() && limit.per_identity.is_none() {
@@ -126,14 +104,4 @@ fn check_identity_pattern(field: &str, pattern: &str) -> Result<(), Failure> {
                 format!("{pattern:?}: {e} (or spiffe://<td>/ns/<ns>/sa/* for a whole namespace)"),
             )
         })
-}
-
-fn check_one_of(field: &str, value: Option<&str>, allowed: &[&str]) -> Result<(), Failure> {
-    match value {
-        Some(value) if !allowed.contains(&value) => fail(
-            field,
-            &format!("{value:?} must be one of {}", allowed.join(", ")),
-        ),
-        _ => Ok(()),
-    }
 }

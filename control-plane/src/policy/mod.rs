@@ -11,7 +11,6 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 
 pub use self::duration::{GatewayDuration, duration, format_duration};
-pub use self::inbound::{AUTHORIZATIONS, MODES};
 pub use self::types::*;
 pub use self::validate::grpc_code;
 

@@ -376,14 +376,14 @@ fn inbound_kinds_parse_and_each_error_names_the_field() {
         ),
         (
             DEFAULTS.replace("mode: strict", "mode: lax"),
-            "InboundDefaults shop/api: spec.mode: \"lax\" must be one of strict, permissive",
+            "InboundDefaults shop/api: spec.mode: unknown variant `lax`, expected `strict` or `permissive`",
         ),
         (
             DEFAULTS.replace(
                 "authorization: all-unauthenticated",
                 "authorization: everyone",
             ),
-            "InboundDefaults shop/api: spec.ports[0].authorization: \"everyone\" must be one of deny,",
+            "InboundDefaults shop/api: spec.ports[0].authorization: unknown variant `everyone`, expected one of `deny`,",
         ),
         (
             DEFAULTS.replace("requestsPerSecond: 10", "requestsPerSecond: 0"),
@@ -442,5 +442,58 @@ fn durations_are_parsed_once_and_kept_as_written() {
         ),
         "{}",
         error(&bad)
+    );
+}
+
+#[test]
+fn kinds_written_as_strings_are_read_as_types_and_written_back_the_same() {
+    let policy = r#"
+apiVersion: policy.weft.io/v1alpha1
+kind: ServicePolicy
+metadata: {name: p, namespace: shop}
+spec:
+  targetRef: {kind: HTTPRoute, name: r}
+  loadBalancer: {type: RoundRobin}
+"#;
+    for (yaml, pointers) in [
+        (
+            DEFAULTS,
+            &[
+                ("/spec/mode", "strict"),
+                ("/spec/ports/0/authorization", "all-unauthenticated"),
+            ][..],
+        ),
+        (
+            policy,
+            &[
+                ("/spec/targetRef/kind", "HTTPRoute"),
+                ("/spec/loadBalancer/type", "RoundRobin"),
+            ][..],
+        ),
+        (
+            ROUTE,
+            &[("/spec/rules/0/matches/0/path/type", "RegularExpression")][..],
+        ),
+    ] {
+        let resource = parse(yaml).unwrap();
+        let json = resource.to_json(1);
+        for (pointer, text) in pointers {
+            assert_eq!(
+                json.pointer(pointer),
+                Some(&serde_json::json!(text)),
+                "{pointer}"
+            );
+        }
+        let mut again = Resource::parse(&json, "stored").unwrap();
+        again.meta.resource_version = None;
+        assert_eq!(again, resource);
+    }
+    let Spec::ServicePolicy(spec) = parse(policy).unwrap().spec else {
+        panic!("a ServicePolicy");
+    };
+    assert_eq!(spec.target_ref.target_kind(), Kind::HttpRoute);
+    assert_eq!(
+        spec.load_balancer.unwrap().kind,
+        LoadBalancerType::RoundRobin
     );
 }

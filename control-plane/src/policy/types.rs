@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use weft_api::inbound::{DefaultAuthorization, Mode};
+
+use super::Kind;
 use super::duration::GatewayDuration;
 
 /// `apiVersion` of Weft's own kinds.
@@ -142,6 +145,21 @@ pub struct BackendRef {
     pub weight: Option<u32>,
 }
 
+/// How a path is matched (Gateway API `HTTPPathMatch.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PathMatchType {
+    Exact,
+    PathPrefix,
+    RegularExpression,
+}
+
+/// How a header, a query parameter or a gRPC method is matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ValueMatchType {
+    Exact,
+    RegularExpression,
+}
+
 /// HTTPRoute and GRPCRoute: one shape, told apart by what their rules match on (`M`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -203,18 +221,18 @@ pub struct HttpRouteMatch {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PathMatch {
-    /// `Exact`, `PathPrefix` (default) or `RegularExpression`.
+    /// Absent: `PathPrefix`.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
+    pub kind: Option<PathMatchType>,
     pub value: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NamedValueMatch {
-    /// `Exact` (default) or `RegularExpression`.
+    /// Absent: `Exact`.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
+    pub kind: Option<ValueMatchType>,
     pub name: String,
     pub value: String,
 }
@@ -295,9 +313,9 @@ pub struct GrpcRouteMatch {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GrpcMethodMatch {
-    /// `Exact` (default) or `RegularExpression`.
+    /// Absent: `Exact`.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
+    pub kind: Option<ValueMatchType>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -330,10 +348,31 @@ pub struct ServicePolicySpec {
 pub struct PolicyTargetRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
-    /// `Service` (default), `HTTPRoute` or `GRPCRoute`.
+    /// Absent: a Service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
+    pub kind: Option<PolicyTargetKind>,
     pub name: String,
+}
+
+/// What a ServicePolicy may attach to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PolicyTargetKind {
+    Service,
+    #[serde(rename = "HTTPRoute")]
+    HttpRoute,
+    #[serde(rename = "GRPCRoute")]
+    GrpcRoute,
+}
+
+impl PolicyTargetRef {
+    /// The kind of resource the policy attaches to.
+    pub fn target_kind(&self) -> Kind {
+        match self.kind {
+            None | Some(PolicyTargetKind::Service) => Kind::Service,
+            Some(PolicyTargetKind::HttpRoute) => Kind::HttpRoute,
+            Some(PolicyTargetKind::GrpcRoute) => Kind::GrpcRoute,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -353,9 +392,16 @@ pub struct RetryBudget {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoadBalancer {
-    /// `PeakEWMA` (default) or `RoundRobin`.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: LoadBalancerType,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LoadBalancerType {
+    /// The default: the endpoint with the least expected latency of two picked at random.
+    #[serde(rename = "PeakEWMA")]
+    PeakEwma,
+    RoundRobin,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -408,12 +454,10 @@ pub struct InboundDefaultsSpec {
     /// Workload labels; empty: every workload of the namespace.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub selector: BTreeMap<String, String>,
-    /// `strict` (mTLS only) or `permissive` (plaintext accepted too).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<String>,
-    /// `deny`, `all-authenticated`, `cluster-authenticated`, `all-unauthenticated` or `audit`.
+    pub mode: Option<Mode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub authorization: Option<String>,
+    pub authorization: Option<DefaultAuthorization>,
     /// Per port: the same settings, for that port alone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<InboundPortDefaults>,
@@ -427,9 +471,9 @@ pub struct InboundDefaultsSpec {
 pub struct InboundPortDefaults {
     pub port: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<String>,
+    pub mode: Option<Mode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub authorization: Option<String>,
+    pub authorization: Option<DefaultAuthorization>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

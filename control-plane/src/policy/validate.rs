@@ -7,8 +7,8 @@ use std::time::Duration;
 use super::duration::{GatewayDuration, format_duration};
 use super::{
     BackendRef, DEFAULT_NAMESPACE, GrpcRouteMatch, HeaderModifier, HttpRouteMatch, Key, Kind,
-    NamedValueMatch, ObjectMeta, Resource, RouteFilter, RouteMatchKind, RouteRetry, RouteSpec,
-    RouteTimeouts, ServicePolicySpec, Spec,
+    NamedValueMatch, ObjectMeta, PathMatchType, Resource, RouteFilter, RouteMatchKind, RouteRetry,
+    RouteSpec, RouteTimeouts, ServicePolicySpec, Spec, ValueMatchType,
 };
 
 /// A failed check: the field and why.
@@ -199,14 +199,9 @@ pub(super) fn references(resource: &Resource) -> Vec<(String, Key)> {
         Spec::HttpRoute(spec) => route_refs(&spec.parent_refs, rule_refs(spec)),
         Spec::GrpcRoute(spec) => route_refs(&spec.parent_refs, rule_refs(spec)),
         Spec::ServicePolicy(spec) => {
-            let kind = match spec.target_ref.kind.as_deref() {
-                Some("HTTPRoute") => Kind::HttpRoute,
-                Some("GRPCRoute") => Kind::GrpcRoute,
-                _ => Kind::Service,
-            };
             refs.push((
                 "spec.targetRef".to_string(),
-                Key::new(kind, ns, &spec.target_ref.name),
+                Key::new(spec.target_ref.target_kind(), ns, &spec.target_ref.name),
             ));
         }
         Spec::Service(_)
@@ -374,15 +369,8 @@ fn check_named_matches(at: &str, matches: &[NamedValueMatch], header: bool) -> R
                 &format!("{:?} is not a header name", m.name),
             );
         }
-        match m.kind.as_deref() {
-            None | Some("Exact") => {}
-            Some("RegularExpression") => check_regex(&format!("{field}.value"), &m.value)?,
-            Some(other) => {
-                return fail(
-                    &format!("{field}.type"),
-                    &format!("{other:?}: must be Exact or RegularExpression"),
-                );
-            }
+        if m.kind == Some(ValueMatchType::RegularExpression) {
+            check_regex(&format!("{field}.value"), &m.value)?;
         }
     }
     Ok(())
@@ -427,8 +415,8 @@ fn check_route<M: CheckMatch>(spec: &RouteSpec<M>) -> Result<(), Failure> {
 
 pub(super) fn check_http_match(at: &str, m: &HttpRouteMatch) -> Result<(), Failure> {
     if let Some(path) = &m.path {
-        match path.kind.as_deref() {
-            None | Some("PathPrefix") | Some("Exact") => {
+        match path.kind {
+            None | Some(PathMatchType::PathPrefix) | Some(PathMatchType::Exact) => {
                 if !path.value.starts_with('/') {
                     return fail(
                         &format!("{at}.path.value"),
@@ -436,12 +424,8 @@ pub(super) fn check_http_match(at: &str, m: &HttpRouteMatch) -> Result<(), Failu
                     );
                 }
             }
-            Some("RegularExpression") => check_regex(&format!("{at}.path.value"), &path.value)?,
-            Some(other) => {
-                return fail(
-                    &format!("{at}.path.type"),
-                    &format!("{other:?}: must be Exact, PathPrefix or RegularExpression"),
-                );
+            Some(PathMatchType::RegularExpression) => {
+                check_regex(&format!("{at}.path.value"), &path.value)?;
             }
         }
     }
@@ -465,8 +449,8 @@ fn check_grpc_match(at: &str, m: &GrpcRouteMatch) -> Result<(), Failure> {
                 "needs a service, a method, or both",
             );
         }
-        match method.kind.as_deref() {
-            None | Some("Exact") => {
+        match method.kind {
+            None | Some(ValueMatchType::Exact) => {
                 for (name, value) in [("service", &method.service), ("method", &method.method)] {
                     if value
                         .as_deref()
@@ -479,18 +463,12 @@ fn check_grpc_match(at: &str, m: &GrpcRouteMatch) -> Result<(), Failure> {
                     }
                 }
             }
-            Some("RegularExpression") => {
+            Some(ValueMatchType::RegularExpression) => {
                 for (name, value) in [("service", &method.service), ("method", &method.method)] {
                     if let Some(value) = value {
                         check_regex(&format!("{at}.method.{name}"), value)?;
                     }
                 }
-            }
-            Some(other) => {
-                return fail(
-                    &format!("{at}.method.type"),
-                    &format!("{other:?}: must be Exact or RegularExpression"),
-                );
             }
         }
     }
@@ -651,14 +629,6 @@ fn check_retry(at: &str, retry: &RouteRetry, grpc: bool) -> Result<(), Failure> 
 }
 
 fn check_service_policy(spec: &ServicePolicySpec) -> Result<(), Failure> {
-    if let Some(kind) = spec.target_ref.kind.as_deref()
-        && !["Service", "HTTPRoute", "GRPCRoute"].contains(&kind)
-    {
-        return fail(
-            "spec.targetRef.kind",
-            &format!("{kind:?}: must be Service, HTTPRoute or GRPCRoute"),
-        );
-    }
     if let Some(budget) = &spec.retry_budget {
         if let Some(ratio) = budget.ratio {
             check_fraction("spec.retryBudget.ratio", ratio, 0.0, 10.0)?;
@@ -674,14 +644,6 @@ fn check_service_policy(spec: &ServicePolicySpec) -> Result<(), Failure> {
         if let Some(window) = &budget.window {
             check_duration("spec.retryBudget.window", window, bounds::BUDGET_WINDOW)?;
         }
-    }
-    if let Some(lb) = &spec.load_balancer
-        && !["PeakEWMA", "RoundRobin"].contains(&lb.kind.as_str())
-    {
-        return fail(
-            "spec.loadBalancer.type",
-            &format!("{:?}: must be PeakEWMA or RoundRobin", lb.kind),
-        );
     }
     if let Some(breaker) = &spec.circuit_breaker {
         if let Some(failures) = breaker.consecutive_failures {

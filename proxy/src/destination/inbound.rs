@@ -6,34 +6,11 @@ use std::str::FromStr;
 
 use ipnet::IpNet;
 use weft_api::discovery as pb;
+pub use weft_api::inbound::{DefaultAuthorization, Mode};
 use weft_certs::{Identity, TrustDomain};
 
 use super::compile::{CompileError, error, request_match};
 use super::{RateLimit, RequestMatch};
-
-/// Whether a port accepts clients without mTLS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// mTLS only.
-    Strict,
-    /// Plaintext clients too (kubelet probes, unmeshed callers), then authorized as
-    /// unauthenticated.
-    Permissive,
-}
-
-/// What a port allows where no AuthorizationPolicy covers it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DefaultAuthorization {
-    Deny,
-    /// Any client with a verified identity.
-    AllAuthenticated,
-    /// A client with a verified identity from inside the mesh's networks.
-    ClusterAuthenticated,
-    /// Anyone.
-    AllUnauthenticated,
-    /// Anyone; what would have been denied is counted as `audit`.
-    Audit,
-}
 
 /// What the app speaks on a port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,69 +227,7 @@ fn source(at: &str, pb: &pb::AuthorizationSource) -> Result<Source, CompileError
     })
 }
 
-// === impl Mode, DefaultAuthorization, IdentityPattern ===
-
-impl FromStr for Mode {
-    type Err = String;
-
-    fn from_str(value: &str) -> Result<Self, String> {
-        match value {
-            "strict" => Ok(Self::Strict),
-            "permissive" => Ok(Self::Permissive),
-            other => Err(format!("{other:?} is not strict or permissive")),
-        }
-    }
-}
-
-impl FromStr for DefaultAuthorization {
-    type Err = String;
-
-    fn from_str(value: &str) -> Result<Self, String> {
-        match value {
-            "deny" => Ok(Self::Deny),
-            "all-authenticated" => Ok(Self::AllAuthenticated),
-            "cluster-authenticated" => Ok(Self::ClusterAuthenticated),
-            "all-unauthenticated" => Ok(Self::AllUnauthenticated),
-            "audit" => Ok(Self::Audit),
-            other => Err(format!(
-                "{other:?} is not deny, all-authenticated, cluster-authenticated, all-unauthenticated or audit"
-            )),
-        }
-    }
-}
-
-impl DefaultAuthorization {
-    /// The metrics label of a decision this default made.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Deny => "default:deny",
-            Self::AllAuthenticated => "default:all-authenticated",
-            Self::ClusterAuthenticated => "default:cluster-authenticated",
-            Self::AllUnauthenticated => "default:all-unauthenticated",
-            Self::Audit => "default:audit",
-        }
-    }
-
-    /// The name users write.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Deny => "deny",
-            Self::AllAuthenticated => "all-authenticated",
-            Self::ClusterAuthenticated => "cluster-authenticated",
-            Self::AllUnauthenticated => "all-unauthenticated",
-            Self::Audit => "audit",
-        }
-    }
-
-    /// The mode a default implies when nothing sets one: plaintext only where unauthenticated
-    /// clients may be allowed.
-    pub fn implied_mode(self) -> Mode {
-        match self {
-            Self::AllUnauthenticated | Self::Audit => Mode::Permissive,
-            _ => Mode::Strict,
-        }
-    }
-}
+// === impl IdentityPattern ===
 
 impl FromStr for IdentityPattern {
     type Err = String;

@@ -1,0 +1,150 @@
+//! The words of inbound policy, one vocabulary for both sides: users write them in
+//! `InboundDefaults`, the control plane sends them in `InboundSettings`, the proxy enforces them.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Whether a port takes plaintext clients besides mTLS peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// mTLS only.
+    Strict,
+    /// Plaintext clients too (kubelet probes, unmeshed callers), then authorized as
+    /// unauthenticated.
+    Permissive,
+}
+
+/// What a port allows where no AuthorizationPolicy covers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DefaultAuthorization {
+    Deny,
+    /// Any client with a verified identity.
+    AllAuthenticated,
+    /// A client with a verified identity from inside the mesh's networks.
+    ClusterAuthenticated,
+    /// Anyone.
+    AllUnauthenticated,
+    /// Anyone; what would have been denied is counted as `audit`.
+    Audit,
+}
+
+impl Mode {
+    /// The name users write and the wire carries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Strict => "strict",
+            Self::Permissive => "permissive",
+        }
+    }
+}
+
+impl FromStr for Mode {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        match value {
+            "strict" => Ok(Self::Strict),
+            "permissive" => Ok(Self::Permissive),
+            other => Err(format!("{other:?} is not strict or permissive")),
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl DefaultAuthorization {
+    /// The name users write and the wire carries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deny => "deny",
+            Self::AllAuthenticated => "all-authenticated",
+            Self::ClusterAuthenticated => "cluster-authenticated",
+            Self::AllUnauthenticated => "all-unauthenticated",
+            Self::Audit => "audit",
+        }
+    }
+
+    /// The `policy` label of a decision this default made (`weft_inbound_authz_total`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Deny => "default:deny",
+            Self::AllAuthenticated => "default:all-authenticated",
+            Self::ClusterAuthenticated => "default:cluster-authenticated",
+            Self::AllUnauthenticated => "default:all-unauthenticated",
+            Self::Audit => "default:audit",
+        }
+    }
+
+    /// The mode a default implies when nothing sets one: plaintext only where unauthenticated
+    /// clients may be allowed.
+    pub fn implied_mode(self) -> Mode {
+        match self {
+            Self::AllUnauthenticated | Self::Audit => Mode::Permissive,
+            _ => Mode::Strict,
+        }
+    }
+}
+
+impl FromStr for DefaultAuthorization {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        match value {
+            "deny" => Ok(Self::Deny),
+            "all-authenticated" => Ok(Self::AllAuthenticated),
+            "cluster-authenticated" => Ok(Self::ClusterAuthenticated),
+            "all-unauthenticated" => Ok(Self::AllUnauthenticated),
+            "audit" => Ok(Self::Audit),
+            other => Err(format!(
+                "{other:?} is not deny, all-authenticated, cluster-authenticated, all-unauthenticated or audit"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for DefaultAuthorization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_word_reads_back_as_written_by_hand_and_by_serde() {
+        for mode in [Mode::Strict, Mode::Permissive] {
+            assert_eq!(mode.as_str().parse::<Mode>(), Ok(mode));
+            assert_eq!(
+                serde_json::to_value(mode).ok(),
+                Some(serde_json::json!(mode.as_str()))
+            );
+        }
+        for default in [
+            DefaultAuthorization::Deny,
+            DefaultAuthorization::AllAuthenticated,
+            DefaultAuthorization::ClusterAuthenticated,
+            DefaultAuthorization::AllUnauthenticated,
+            DefaultAuthorization::Audit,
+        ] {
+            assert_eq!(
+                default.as_str().parse::<DefaultAuthorization>(),
+                Ok(default)
+            );
+            assert_eq!(
+                serde_json::to_value(default).ok(),
+                Some(serde_json::json!(default.as_str()))
+            );
+            assert_eq!(default.label(), format!("default:{default}"));
+        }
+    }
+}
