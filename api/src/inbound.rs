@@ -33,6 +33,8 @@ pub enum DefaultAuthorization {
 }
 
 impl Mode {
+    pub const ALL: [Self; 2] = [Self::Strict, Self::Permissive];
+
     /// The name users write and the wire carries.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -46,11 +48,7 @@ impl FromStr for Mode {
     type Err = String;
 
     fn from_str(value: &str) -> Result<Self, String> {
-        match value {
-            "strict" => Ok(Self::Strict),
-            "permissive" => Ok(Self::Permissive),
-            other => Err(format!("{other:?} is not strict or permissive")),
-        }
+        one_of(value, Self::ALL, Self::as_str)
     }
 }
 
@@ -61,6 +59,14 @@ impl fmt::Display for Mode {
 }
 
 impl DefaultAuthorization {
+    pub const ALL: [Self; 5] = [
+        Self::Deny,
+        Self::AllAuthenticated,
+        Self::ClusterAuthenticated,
+        Self::AllUnauthenticated,
+        Self::Audit,
+    ];
+
     /// The name users write and the wire carries.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -97,16 +103,7 @@ impl FromStr for DefaultAuthorization {
     type Err = String;
 
     fn from_str(value: &str) -> Result<Self, String> {
-        match value {
-            "deny" => Ok(Self::Deny),
-            "all-authenticated" => Ok(Self::AllAuthenticated),
-            "cluster-authenticated" => Ok(Self::ClusterAuthenticated),
-            "all-unauthenticated" => Ok(Self::AllUnauthenticated),
-            "audit" => Ok(Self::Audit),
-            other => Err(format!(
-                "{other:?} is not deny, all-authenticated, cluster-authenticated, all-unauthenticated or audit"
-            )),
-        }
+        one_of(value, Self::ALL, Self::as_str)
     }
 }
 
@@ -116,26 +113,32 @@ impl fmt::Display for DefaultAuthorization {
     }
 }
 
+/// The word `value` names, or an error listing the words there are.
+fn one_of<T: Copy, const N: usize>(
+    value: &str,
+    all: [T; N],
+    name: fn(T) -> &'static str,
+) -> Result<T, String> {
+    all.into_iter().find(|w| name(*w) == value).ok_or_else(|| {
+        let names: Vec<&str> = all.into_iter().map(name).collect();
+        format!("{value:?} is not one of {}", names.join(", "))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn every_word_reads_back_as_written_by_hand_and_by_serde() {
-        for mode in [Mode::Strict, Mode::Permissive] {
+        for mode in Mode::ALL {
             assert_eq!(mode.as_str().parse::<Mode>(), Ok(mode));
             assert_eq!(
                 serde_json::to_value(mode).ok(),
                 Some(serde_json::json!(mode.as_str()))
             );
         }
-        for default in [
-            DefaultAuthorization::Deny,
-            DefaultAuthorization::AllAuthenticated,
-            DefaultAuthorization::ClusterAuthenticated,
-            DefaultAuthorization::AllUnauthenticated,
-            DefaultAuthorization::Audit,
-        ] {
+        for default in DefaultAuthorization::ALL {
             assert_eq!(
                 default.as_str().parse::<DefaultAuthorization>(),
                 Ok(default)
@@ -146,5 +149,9 @@ mod tests {
             );
             assert_eq!(default.label(), format!("default:{default}"));
         }
+        assert_eq!(
+            "lax".parse::<Mode>(),
+            Err("\"lax\" is not one of strict, permissive".to_string())
+        );
     }
 }

@@ -1,8 +1,9 @@
 //! Policy resources: durable in a [`ResourceStore`], served from memory.
 //!
 //! Every change is validated here against the whole state it would produce, then written to
-//! the backend with the versions it was checked against, so a concurrent writer's change is a
-//! conflict, never overwritten. The whole state is then published as an immutable snapshot
+//! the backend with the versions it was checked against: a change another writer made meanwhile
+//! is a conflict, never overwritten, and the conflict reloads this state so the next attempt
+//! sees it. The whole state is then published as an immutable snapshot
 //! (`watch`), which discovery reads without locking; admin watches read the backend's changes.
 
 use std::collections::BTreeMap;
@@ -13,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::policy::{Key, Kind, PolicyError, Resource};
 pub use crate::resource_store::{Event, Stored};
-use crate::resource_store::{Expected, ResourceStore, Watch, WatchError, WriteError};
+use crate::resource_store::{Expected, Listing, ResourceStore, Watch, WatchError, WriteError};
 use crate::store::StoreError;
 
 /// Every resource at one revision.
@@ -76,22 +77,26 @@ impl PolicyState {
     }
 }
 
+impl From<Listing> for PolicyState {
+    fn from(listing: Listing) -> Self {
+        Self {
+            revision: listing.revision,
+            resources: listing
+                .resources
+                .into_iter()
+                .map(|stored| (stored.resource.key(), stored))
+                .collect(),
+        }
+    }
+}
+
 // === impl PolicyStore ===
 
 impl PolicyStore {
     /// Loads every resource from `backend`. A record that no longer parses is an error naming
     /// it: skipped, it would be policy silently lost (a route, an authorization rule).
     pub fn load(backend: Arc<dyn ResourceStore>) -> Result<Self, StoreError> {
-        let listing = backend.list()?;
-        let resources = listing
-            .resources
-            .into_iter()
-            .map(|stored| (stored.resource.key(), stored))
-            .collect();
-        let (state, _) = watch::channel(Arc::new(PolicyState {
-            revision: listing.revision,
-            resources,
-        }));
+        let (state, _) = watch::channel(Arc::new(PolicyState::from(backend.list()?)));
         Ok(Self {
             backend,
             writer: Mutex::new(()),
@@ -187,7 +192,10 @@ impl PolicyStore {
             }
             return Ok(results);
         }
-        let written = self.backend.apply(changed)?;
+        let written = self
+            .backend
+            .apply(changed)
+            .inspect_err(|e| self.resync_after(e))?;
         for stored in written.stored {
             let key = stored.resource.key();
             if let Some(result) = results.iter_mut().find(|r| r.key == key) {
@@ -198,6 +206,23 @@ impl PolicyStore {
         next.revision = written.revision;
         self.state.send_replace(Arc::new(next));
         Ok(results)
+    }
+
+    /// After a conflict the backend knows of a change this state has not seen (another writer
+    /// on the same backend): reload, so the next read shows it and the next write can be
+    /// checked against it. Until a backend is followed by a watch, that is when this state
+    /// learns of others' changes.
+    fn resync_after(&self, error: &WriteError) {
+        if !matches!(error, WriteError::Conflict { .. }) {
+            return;
+        }
+        match self.backend.list() {
+            Ok(listing) => {
+                self.state
+                    .send_replace(Arc::new(PolicyState::from(listing)));
+            }
+            Err(error) => tracing::warn!(%error, "cannot reload the policy after a conflict"),
+        }
     }
 
     /// Deletes one resource, only at `expected` version when given. Blocking.
@@ -219,7 +244,8 @@ impl PolicyStore {
         }
         let revision = self
             .backend
-            .delete(key, Expected::Version(stored.resource_version))?;
+            .delete(key, Expected::Version(stored.resource_version))
+            .inspect_err(|e| self.resync_after(e))?;
         let mut next = (*current).clone();
         next.resources.remove(key);
         next.revision = revision;

@@ -329,9 +329,6 @@ impl Txn<'_> {
     }
 }
 
-/// A write transaction committed in two phases: the commit slot it writes is itself made durable
-/// before the file points at it, so a damaged page of the newest commit is reported as damage
-/// instead of quietly falling back to the commit before it (losing the last change).
 fn read_revision(txn: &redb::ReadTransaction) -> Result<u64, StoreError> {
     Ok(txn
         .open_table(META)
@@ -341,6 +338,9 @@ fn read_revision(txn: &redb::ReadTransaction) -> Result<u64, StoreError> {
         .map_or(0, |v| v.value()))
 }
 
+/// A write transaction committed in two phases: the commit slot it writes is itself made durable
+/// before the file points at it, so a damaged page of the newest commit is reported as damage
+/// instead of quietly falling back to the commit before it (losing the last change).
 fn write(db: &Database) -> Result<redb::WriteTransaction, StoreError> {
     let mut txn = db.begin_write().map_err(redb::Error::from)?;
     txn.set_two_phase_commit(true);

@@ -51,14 +51,14 @@ pub use start::{Listening, StartError, start};
 /// The exit code for bad configuration (BSD `EX_USAGE`).
 pub const EXIT_USAGE: i32 = 64;
 
-/// The `weft-proxy` binary: validate configuration, run until SIGTERM, drain, exit.
 /// Readiness events a worker takes from the kernel per poll. Tokio's default (1 024) lets a
 /// sidecar take every ready socket at once and answer them all in one HTTP/2 write, so under
 /// load the requests in flight travel between the two sidecars as one convoy: each side's CPU
 /// idles while the other works through the whole batch (both CPUs half idle at full load).
 /// Taking a couple at a time sends the first responses on while the rest are still being
-/// read, which keeps both sides busy: +25 % closed-loop throughput for ~25 % more CPU per
-/// request at full load and none at 1 000 req/s (BENCHMARKS.md, "Splitting the convoy").
+/// read, which keeps both sides busy: about +35 % closed-loop throughput for a third more CPU
+/// per request at full load (still well under half of Envoy's), and no change at 1 000 req/s
+/// (BENCHMARKS.md, "Splitting the convoy").
 const IO_EVENTS_PER_TICK: usize = 2;
 
 fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
@@ -75,6 +75,7 @@ fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// The `weft-proxy` binary: validate configuration, run until SIGTERM, drain, exit.
 pub fn main() -> ! {
     let mut args = std::env::args().skip(1).peekable();
     if args.peek().map(String::as_str) == Some("init") {

@@ -127,6 +127,9 @@ impl ResourceAdmin {
                 )),
                 WatchError::Store(error) => Status::internal(error.to_string()),
             })?;
+        // The backend announces a change as it commits it, a moment before the served state
+        // shows it: a watcher that reads back what it was told of must find it.
+        let mut state = self.store.subscribe_state();
         let stream = async_stream(move |tx| async move {
             for event in backlog.into_iter().filter(|e| wanted(e)) {
                 if tx.send(Ok(to_event(&event))).await.is_err() {
@@ -141,6 +144,10 @@ impl ResourceAdmin {
                 };
                 match received {
                     Ok(event) if wanted(&event) => {
+                        let caught_up = state.wait_for(|s| s.revision >= event.revision);
+                        // Bounded: a state that never catches up (another writer's change,
+                        // seen at the next conflict) must not hold the watch.
+                        let _ = tokio::time::timeout(STATE_CATCH_UP, caught_up).await;
                         if tx.send(Ok(to_event(&event))).await.is_err() {
                             return;
                         }
@@ -161,6 +168,9 @@ impl ResourceAdmin {
         Ok(stream)
     }
 }
+
+/// How long a watch waits for the served state to show a change before announcing it.
+const STATE_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A stream fed by a task, ending when the task does or the client goes away.
 fn async_stream<F, Fut>(produce: F) -> WatchStream

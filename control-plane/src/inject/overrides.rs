@@ -83,16 +83,12 @@ impl Overrides {
                     overrides.skip_outbound_cidrs = Some(text);
                 }
                 "default-inbound-policy" => {
-                    const POLICIES: &[&str] = &[
-                        "deny",
-                        "all-authenticated",
-                        "cluster-authenticated",
-                        "all-unauthenticated",
-                        "audit",
-                    ];
-                    if !POLICIES.contains(&text.as_str()) {
-                        return Err(bad(&format!("is not one of {}", POLICIES.join(", "))));
-                    }
+                    // The proxy reads the same words: one vocabulary, checked here first.
+                    use weft_api::inbound::DefaultAuthorization;
+                    text.parse::<DefaultAuthorization>().map_err(|_| {
+                        let names = DefaultAuthorization::ALL.map(DefaultAuthorization::as_str);
+                        bad(&format!("is not one of {}", names.join(", ")))
+                    })?;
                     overrides.default_inbound_policy = Some(text);
                 }
                 "sidecar-mode" => {

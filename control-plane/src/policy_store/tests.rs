@@ -222,7 +222,7 @@ fn a_stored_record_that_no_longer_parses_is_an_error_naming_it() {
 }
 
 #[test]
-fn a_change_made_by_another_writer_meanwhile_is_a_conflict_not_overwritten() {
+fn a_change_made_by_another_writer_meanwhile_is_a_conflict_then_seen() {
     // Two control-plane replicas on one backend: each checks its writes against the version
     // it last saw, so the slower one is refused instead of undoing the other's change.
     let dir = tempfile::tempdir().unwrap();
@@ -239,14 +239,34 @@ fn a_change_made_by_another_writer_meanwhile_is_a_conflict_not_overwritten() {
         .unwrap_err();
     assert_conflict(&err, 2, 1);
     let key = Key::new(Kind::Service, "shop", "api");
-    assert!(matches!(
-        first.delete(&key, None),
-        Err(ChangeError::Write(WriteError::Conflict { .. }))
-    ));
     let kept = backend.get(&key).unwrap().unwrap();
     assert_eq!(kept.resource_version, 2);
     assert_eq!(
         kept.resource.spec,
         parse(&SERVICE.replace("8080", "9090"))[0].spec
     );
+    // The conflict showed the slower writer the change: it now serves it.
+    assert_eq!(first.state().get(&key).unwrap().resource_version, 2);
+    // A delete from a stale view is refused the same way, and shows the change too.
+    second
+        .apply(parse(&SERVICE.replace("8080", "6060")), false)
+        .unwrap();
+    assert!(matches!(
+        first.delete(&key, None),
+        Err(ChangeError::Write(WriteError::Conflict {
+            stored: 3,
+            sent: 2,
+            ..
+        }))
+    ));
+    assert!(backend.get(&key).unwrap().is_some(), "not deleted");
+    // A write checked against what it now sees goes through.
+    let current = SERVICE.replace(
+        "namespace: shop}",
+        "namespace: shop, resourceVersion: \"3\"}",
+    );
+    let applied = first
+        .apply(parse(&current.replace("8080", "7070")), false)
+        .unwrap();
+    assert_eq!(applied[0].resource_version, 4);
 }

@@ -51,9 +51,19 @@ impl Embedded {
         })
     }
 
+    /// The stored version of `key`, read from its record alone: a write checks versions
+    /// without parsing (and validating) every resource it replaces.
     fn version_of(&self, key: &Key, revision: u64) -> Result<Option<u64>, StoreError> {
-        self.get_at(key, revision)
-            .map(|stored| stored.map(|s| s.resource_version))
+        let record = record_key(key);
+        let Some(bytes) = self.store.resource(&record)? else {
+            return Ok(None);
+        };
+        let json: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| StoreError::Unparsable {
+                key: record,
+                reason: e.to_string(),
+            })?;
+        Ok(Some(stored_version(&json, revision)))
     }
 
     fn get_at(&self, key: &Key, revision: u64) -> Result<Option<Stored>, StoreError> {
@@ -186,6 +196,14 @@ impl Changes {
     }
 }
 
+/// The version a record carries; records written before versions were kept take the revision.
+fn stored_version(json: &serde_json::Value, revision: u64) -> u64 {
+    json.pointer("/metadata/resourceVersion")
+        .and_then(|v| v.as_str())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(revision)
+}
+
 fn record_key(key: &Key) -> String {
     format!("{}/{}/{}", key.kind, key.namespace, key.name)
 }
@@ -197,11 +215,7 @@ fn decode(key: String, bytes: &[u8], revision: u64) -> Result<Stored, StoreError
     let parsed = serde_json::from_slice::<serde_json::Value>(bytes)
         .map_err(|e| e.to_string())
         .and_then(|json| {
-            let version = json
-                .pointer("/metadata/resourceVersion")
-                .and_then(|v| v.as_str())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(revision);
+            let version = stored_version(&json, revision);
             Resource::parse(&json, &key)
                 .map(|r| (r.without_version(), version))
                 .map_err(|e| e.to_string())
