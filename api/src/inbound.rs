@@ -31,6 +31,15 @@ pub enum DefaultAuthorization {
     Audit,
 }
 
+/// The protocol the app speaks on a port, where policy declares it (otherwise detected).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AppProtocol {
+    #[serde(rename = "http")]
+    Http1,
+    #[serde(rename = "http2")]
+    Http2,
+}
+
 impl Mode {
     pub const ALL: [Self; 2] = [Self::Strict, Self::Permissive];
 
@@ -100,6 +109,26 @@ impl FromStr for DefaultAuthorization {
     }
 }
 
+impl AppProtocol {
+    pub const ALL: [Self; 2] = [Self::Http1, Self::Http2];
+
+    /// The name the wire carries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http1 => "http",
+            Self::Http2 => "http2",
+        }
+    }
+}
+
+impl FromStr for AppProtocol {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        one_of(value, Self::ALL, Self::as_str)
+    }
+}
+
 /// The word `value` names, or an error listing the words there are.
 fn one_of<T: Copy, const N: usize>(
     value: &str,
@@ -135,6 +164,13 @@ mod tests {
                 Some(serde_json::json!(default.as_str()))
             );
             assert_eq!(default.label(), format!("default:{}", default.as_str()));
+        }
+        for protocol in AppProtocol::ALL {
+            assert_eq!(protocol.as_str().parse::<AppProtocol>(), Ok(protocol));
+            assert_eq!(
+                serde_json::to_value(protocol).ok(),
+                Some(serde_json::json!(protocol.as_str()))
+            );
         }
         assert_eq!(
             "lax".parse::<Mode>(),

@@ -8,12 +8,13 @@
 
 use std::collections::BTreeSet;
 
-use weft_api::discovery as pb;
+use weft_api::inbound::AppProtocol;
 
-use super::snapshot::{http_match, policy_for, selects};
+use super::outbound::{policy_for, selects};
+use super::request_match::RequestMatch;
 use crate::policy::{
-    AuthorizationPolicySpec, InboundDefaultsSpec, InboundPortDefaults, InboundRateLimit, Kind,
-    RateLimit, ServicePort, Spec,
+    AuthorizationPolicySpec, DefaultAuthorization, InboundDefaultsSpec, InboundPortDefaults,
+    InboundRateLimit, Key, Kind, Mode, RateLimit, ServicePort, Spec,
 };
 use crate::policy_store::{PolicyState, Stored};
 
@@ -21,8 +22,54 @@ use crate::policy_store::{PolicyState, Stored};
 /// plane's own (its identity is `spiffe://<td>/ns/weft/sa/weft-control`).
 pub const ROOT_NAMESPACE: &str = "weft";
 
+/// The inbound policy of one port, or of every port, of the workloads an identity runs as.
+#[derive(Debug)]
+pub struct Inbound<'a> {
+    /// The port asked for is forwarded as opaque TCP.
+    pub opaque: bool,
+    /// Asked for every port: those forwarded as opaque TCP.
+    pub opaque_ports: Vec<u32>,
+    /// Where no port entry says otherwise.
+    pub defaults: Settings,
+    /// The ports some policy says something of.
+    pub ports: Vec<InboundPort>,
+    pub authorizations: Vec<Authorization<'a>>,
+    pub rate_limit: Option<RateLimits<'a>>,
+}
+
+/// Mode and authorization default; `None` leaves it to the proxy's configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    pub mode: Option<Mode>,
+    pub authorization: Option<DefaultAuthorization>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboundPort {
+    pub port: u32,
+    pub settings: Settings,
+    /// Declared by a selecting Service's `appProtocol`.
+    pub app_protocol: Option<AppProtocol>,
+}
+
+/// An AuthorizationPolicy that selects the workloads.
+#[derive(Debug)]
+pub struct Authorization<'a> {
+    pub policy: Key,
+    pub spec: &'a AuthorizationPolicySpec,
+    /// The spec's HTTP matches, as the proxy matches requests.
+    pub http: Vec<RequestMatch>,
+}
+
+/// Each limit from the nearest level that sets it.
+#[derive(Debug)]
+pub struct RateLimits<'a> {
+    pub total: Option<&'a RateLimit>,
+    pub per_identity: Option<&'a RateLimit>,
+}
+
 /// The inbound policy of `port` (0: every port) on the workloads `identity` runs as.
-pub fn inbound_snapshot(state: &PolicyState, identity: &str, port: u32) -> pb::InboundSnapshot {
+pub fn resolve<'a>(state: &'a PolicyState, identity: &str, port: u32) -> Inbound<'a> {
     let workloads: Vec<&Stored> = state
         .of_kind(Kind::Workload)
         .filter(|w| matches!(&w.resource.spec, Spec::Workload(spec) if spec.identity == identity))
@@ -37,41 +84,36 @@ pub fn inbound_snapshot(state: &PolicyState, identity: &str, port: u32) -> pb::I
     listed.extend(app_protocols.iter().map(|(port, _)| *port));
     let ports = listed
         .into_iter()
-        .map(|port| pb::InboundPort {
+        .map(|port| InboundPort {
             port,
-            settings: Some(settings(&levels, Some(port))),
+            settings: settings(&levels, Some(port)),
             app_protocol: app_protocols
                 .iter()
                 .find(|(p, _)| *p == port)
-                .map(|(_, protocol)| protocol.to_string())
-                .unwrap_or_default(),
+                .map(|(_, protocol)| *protocol),
         })
         .collect();
-    // Each limit from the nearest level that sets it, as for the other settings.
     let nearest = |pick: fn(&InboundRateLimit) -> Option<&RateLimit>| {
         levels
             .iter()
             .find_map(|level| level.rate_limit.as_ref().and_then(pick))
-            .map(rate)
     };
     let total = nearest(|limit| limit.total.as_ref());
     let per_identity = nearest(|limit| limit.per_identity.as_ref());
-    let rate_limit = (total.is_some() || per_identity.is_some()).then_some(pb::InboundRateLimit {
-        total,
-        per_identity,
-    });
-    pb::InboundSnapshot {
-        version: String::new(),
+    Inbound {
         opaque: port != 0 && opaque_ports.contains(&port),
         opaque_ports: if port == 0 {
             opaque_ports.into_iter().collect()
         } else {
             Vec::new()
         },
-        defaults: Some(settings(&levels, None)),
+        defaults: settings(&levels, None),
         ports,
         authorizations: authorizations(state, &workloads),
-        rate_limit,
+        rate_limit: (total.is_some() || per_identity.is_some()).then_some(RateLimits {
+            total,
+            per_identity,
+        }),
     }
 }
 
@@ -113,7 +155,7 @@ fn defaults_levels<'a>(
 
 /// Mode and authorization for `port` (or the workload's default), each from the most specific
 /// level that sets it.
-fn settings(levels: &[&InboundDefaultsSpec], port: Option<u32>) -> pb::InboundSettings {
+fn settings(levels: &[&InboundDefaultsSpec], port: Option<u32>) -> Settings {
     let mode = most_specific(levels, |level| match port {
         Some(port) => port_defaults(level, port)
             .and_then(|p| p.mode)
@@ -126,9 +168,9 @@ fn settings(levels: &[&InboundDefaultsSpec], port: Option<u32>) -> pb::InboundSe
             .or(level.authorization),
         None => level.authorization,
     });
-    pb::InboundSettings {
-        mode: mode.map_or_else(String::new, |m| m.as_str().to_string()),
-        authorization: authorization.map_or_else(String::new, |a| a.as_str().to_string()),
+    Settings {
+        mode,
+        authorization,
     }
 }
 
@@ -144,16 +186,9 @@ fn most_specific<T>(
     levels.iter().find_map(|level| value(level))
 }
 
-fn rate(limit: &RateLimit) -> pb::RateLimit {
-    pb::RateLimit {
-        requests_per_second: limit.requests_per_second,
-        burst: limit.burst.unwrap_or(limit.requests_per_second),
-    }
-}
-
 /// The AuthorizationPolicies of the workloads' namespaces that select them (or all of the
 /// namespace), by name.
-fn authorizations(state: &PolicyState, workloads: &[&Stored]) -> Vec<pb::Authorization> {
+fn authorizations<'a>(state: &'a PolicyState, workloads: &[&Stored]) -> Vec<Authorization<'a>> {
     state
         .of_kind(Kind::AuthorizationPolicy)
         .filter_map(|stored| {
@@ -165,42 +200,24 @@ fn authorizations(state: &PolicyState, workloads: &[&Stored]) -> Vec<pb::Authori
                     && (spec.selector.is_empty()
                         || selects(&spec.selector, &w.resource.meta.labels))
             });
-            applies.then(|| authorization(stored, spec))
+            applies.then(|| Authorization {
+                policy: stored.resource.key(),
+                spec,
+                http: spec.http.iter().map(RequestMatch::from).collect(),
+            })
         })
         .collect()
 }
 
-fn authorization(stored: &Stored, spec: &AuthorizationPolicySpec) -> pb::Authorization {
-    pb::Authorization {
-        name: format!(
-            "{}/{}",
-            stored.resource.namespace(),
-            stored.resource.meta.name
-        ),
-        ports: spec.ports.clone(),
-        http: spec.http.iter().map(http_match).collect(),
-        sources: spec
-            .from
-            .iter()
-            .map(|source| pb::AuthorizationSource {
-                identities: source.identities.clone(),
-                namespaces: source.namespaces.clone(),
-                unauthenticated: source.unauthenticated,
-                cidrs: source.cidrs.clone(),
-            })
-            .collect(),
-    }
-}
-
 /// Each workload port a selecting Service declares an HTTP protocol for: `http` is HTTP/1.1,
 /// `grpc` and `kubernetes.io/h2c` are HTTP/2.
-fn app_protocols(state: &PolicyState, workloads: &[&Stored]) -> Vec<(u32, &'static str)> {
+fn app_protocols(state: &PolicyState, workloads: &[&Stored]) -> Vec<(u32, AppProtocol)> {
     let mut found = Vec::new();
     for_each_service_port(state, workloads, |_, service_port| {
         let port = service_port.target_port.unwrap_or(service_port.port);
         let protocol = match service_port.app_protocol.as_deref() {
-            Some("http") => "http",
-            Some("grpc" | "kubernetes.io/h2c") => "http2",
+            Some("http") => AppProtocol::Http1,
+            Some("grpc" | "kubernetes.io/h2c") => AppProtocol::Http2,
             _ => return,
         };
         if !found.iter().any(|(p, _)| *p == port) {

@@ -4,12 +4,15 @@
 mod inbound;
 mod limits;
 mod names;
+mod outbound;
 mod registry;
+mod request_match;
 mod server;
 mod snapshot;
+mod wire;
 
-pub use self::inbound::{ROOT_NAMESPACE, inbound_snapshot};
+pub use self::inbound::ROOT_NAMESPACE;
 pub use self::names::{ClusterDomain, ClusterDomainError};
 pub use self::registry::ProxyRegistry;
 pub use self::server::{DiscoveryApi, DiscoveryOptions};
-pub use self::snapshot::{SnapshotCache, outbound_snapshot};
+pub use self::snapshot::{SnapshotCache, inbound_snapshot, outbound_snapshot};

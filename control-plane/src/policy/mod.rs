@@ -1,6 +1,7 @@
 //! Policy resources: parsing Kubernetes-shaped manifests into typed resources, checking them
 //! with errors that name the field, and the references between them.
 
+mod defaults;
 mod duration;
 mod inbound;
 mod types;

@@ -6,18 +6,11 @@ use std::str::FromStr;
 
 use ipnet::IpNet;
 use weft_api::discovery as pb;
-pub use weft_api::inbound::{DefaultAuthorization, Mode};
+pub use weft_api::inbound::{AppProtocol, DefaultAuthorization, Mode};
 use weft_certs::{Identity, TrustDomain};
 
 use super::compile::{CompileError, error, request_match};
 use super::{RateLimit, RequestMatch};
-
-/// What the app speaks on a port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AppProtocol {
-    Http1,
-    Http2,
-}
 
 /// A port's settings; `None` leaves it to the proxy's configuration.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -102,14 +95,10 @@ impl TryFrom<&pb::InboundSnapshot> for InboundPolicy {
             let mut settings = settings(&at, entry.settings.as_ref())?;
             settings.app_protocol = match entry.app_protocol.as_str() {
                 "" => None,
-                "http" => Some(AppProtocol::Http1),
-                "http2" => Some(AppProtocol::Http2),
-                other => {
-                    return Err(error(
-                        format!("{at}.app_protocol"),
-                        format!("{other:?} is not http or http2"),
-                    ));
-                }
+                word => Some(
+                    word.parse::<AppProtocol>()
+                        .map_err(|reason| error(format!("{at}.app_protocol"), reason))?,
+                ),
             };
             ports.insert(port(&format!("{at}.port"), entry.port)?, settings);
         }

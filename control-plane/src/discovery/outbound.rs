@@ -1,0 +1,437 @@
+//! What one destination looks like to a proxy, resolved from the policy state: the Service port
+//! that answers to it, the backends its routes send to and their endpoints, the routes attached
+//! to it (one entry per match, in precedence order) and its policy. Domain values only: the
+//! wire form is made from them in [`super::wire`].
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use super::names::ClusterDomain;
+use super::request_match::{Precedence, RequestMatch, precedence};
+use crate::policy::{
+    BackendRef, HeaderModifier, Key, Kind, Resource, RouteFilter, RouteMatchKind, RouteRetry,
+    RouteSpec, RouteTimeouts, ServicePolicySpec, ServiceSpec, Spec,
+};
+use crate::policy_store::PolicyState;
+
+/// A destination resolved to a Service port.
+#[derive(Debug)]
+pub struct Outbound<'a> {
+    pub service: Key,
+    pub port: u32,
+    /// Forwarded as opaque TCP: `appProtocol: tcp`, or listed in the policy's `opaquePorts`.
+    pub opaque: bool,
+    /// Indexed by the routes; the target Service port is the first.
+    pub backends: Vec<Backend<'a>>,
+    /// In precedence order.
+    pub routes: Vec<RouteEntry<'a>>,
+    pub policy: Option<&'a ServicePolicySpec>,
+}
+
+/// A Service port traffic may be sent to, and the workloads behind it.
+#[derive(Debug)]
+pub struct Backend<'a> {
+    pub service: Key,
+    pub port: u32,
+    pub endpoints: Vec<Endpoint<'a>>,
+}
+
+/// A workload as its peers dial it.
+#[derive(Debug)]
+pub struct Endpoint<'a> {
+    pub address: SocketAddr,
+    pub identity: &'a str,
+    pub weight: u32,
+    pub labels: &'a BTreeMap<String, String>,
+    pub foreign_spiffe: bool,
+}
+
+/// One match of one rule of an attached route.
+#[derive(Debug)]
+pub struct RouteEntry<'a> {
+    /// The route resource.
+    pub route: Key,
+    /// The ServicePolicy attached to the route itself.
+    pub policy: Option<&'a ServicePolicySpec>,
+    pub rule: Rule<'a>,
+}
+
+/// What a rule does with the requests it matches.
+#[derive(Debug, Clone)]
+pub struct Rule<'a> {
+    /// `None`: every request.
+    pub matched: Option<RequestMatch>,
+    pub backends: Vec<WeightedBackend>,
+    pub timeouts: Option<&'a RouteTimeouts>,
+    pub retry: Option<Retry<'a>>,
+    pub request_headers: Option<&'a HeaderModifier>,
+    pub response_headers: Option<&'a HeaderModifier>,
+    pub mirror: Option<Mirror>,
+}
+
+/// A backend by its index in [`Outbound::backends`], with its share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WeightedBackend {
+    pub index: u32,
+    pub weight: u32,
+}
+
+/// A rule's retry, and whether its codes are gRPC statuses.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry<'a> {
+    pub spec: &'a RouteRetry,
+    pub grpc: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Mirror {
+    pub backend: u32,
+    pub percent: Option<u32>,
+}
+
+/// A Service port a destination resolved to.
+struct Target<'a> {
+    key: Key,
+    spec: &'a ServiceSpec,
+    port: u32,
+    /// Set when the app dialed one workload by its address (`ip:port`): only that workload is an
+    /// endpoint, and the Service's routes do not apply — the app picked its peer itself.
+    workload: Option<IpAddr>,
+}
+
+/// What `destination` (`host:port`) resolves to, if it names a Service port or a workload's.
+pub fn resolve<'a>(
+    state: &'a PolicyState,
+    cluster_domain: &ClusterDomain,
+    destination: &str,
+) -> Option<Outbound<'a>> {
+    let target = target(state, cluster_domain, destination)?;
+    let mut backends = Backends::new(state);
+    backends.index(&target.key, target.port);
+    let mut entries = Vec::new();
+    // A workload dialed by its address: the app picked its peer, the Service's routes do not
+    // apply.
+    let route_kinds: &[Kind] = if target.workload.is_some() {
+        &[]
+    } else {
+        &[Kind::HttpRoute, Kind::GrpcRoute]
+    };
+    for &route_kind in route_kinds {
+        for stored in state.of_kind(route_kind) {
+            let at = RouteAt {
+                target: &target,
+                resource: &stored.resource,
+                policy: policy_for(state, &stored.resource.key()),
+            };
+            match &stored.resource.spec {
+                Spec::HttpRoute(spec) => entries.extend(at.entries(spec, &mut backends)),
+                Spec::GrpcRoute(spec) => entries.extend(at.entries(spec, &mut backends)),
+                _ => {}
+            }
+        }
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let policy = policy_for(state, &target.key);
+    let opaque = target
+        .spec
+        .ports
+        .iter()
+        .any(|p| p.port == target.port && p.app_protocol.as_deref() == Some("tcp"))
+        || policy.is_some_and(|p| p.opaque_ports.contains(&target.port));
+    Some(Outbound {
+        opaque,
+        backends: backends.resolve(target.workload),
+        routes: entries.into_iter().map(|(_, entry)| entry).collect(),
+        policy,
+        service: target.key,
+        port: target.port,
+    })
+}
+
+/// The Service port a destination names: `<name>.<namespace>[.svc[.<cluster domain>]]:<port>`.
+fn target<'a>(
+    state: &'a PolicyState,
+    cluster_domain: &ClusterDomain,
+    destination: &str,
+) -> Option<Target<'a>> {
+    if let Ok(addr) = destination.parse::<SocketAddr>() {
+        return workload_target(state, addr);
+    }
+    let (host, port) = destination.rsplit_once(':')?;
+    let port: u32 = port.parse().ok()?;
+    let host = host.to_ascii_lowercase();
+    let service = cluster_domain.service(&host)?;
+    let key = Key::new(Kind::Service, service.namespace, service.name);
+    let stored = state.get(&key)?;
+    let Spec::Service(spec) = &stored.resource.spec else {
+        return None;
+    };
+    spec.ports.iter().any(|p| p.port == port).then_some(Target {
+        key,
+        spec,
+        port,
+        workload: None,
+    })
+}
+
+/// A workload's address and one of its ports, as an intercepted connection names it: the
+/// Service port whose target that is, on a Service that selects the workload (the first by
+/// namespace and name when several do).
+fn workload_target(state: &PolicyState, addr: SocketAddr) -> Option<Target<'_>> {
+    let port = u32::from(addr.port());
+    state.of_kind(Kind::Workload).find_map(|workload| {
+        let Spec::Workload(spec) = &workload.resource.spec else {
+            return None;
+        };
+        if spec.address.parse::<IpAddr>().ok()? != addr.ip() {
+            return None;
+        }
+        if !spec.ports.is_empty() && !spec.ports.iter().any(|p| p.port == port) {
+            return None;
+        }
+        state.of_kind(Kind::Service).find_map(|service| {
+            let Spec::Service(svc) = &service.resource.spec else {
+                return None;
+            };
+            if service.resource.namespace() != workload.resource.namespace()
+                || !selects(&svc.selector, &workload.resource.meta.labels)
+            {
+                return None;
+            }
+            let service_port = svc
+                .ports
+                .iter()
+                .find(|p| p.target_port.unwrap_or(p.port) == port)?;
+            Some(Target {
+                key: service.resource.key(),
+                spec: svc,
+                port: service_port.port,
+                workload: Some(addr.ip()),
+            })
+        })
+    })
+}
+
+/// The ServicePolicy that targets `target`, if any (the first by name).
+pub(super) fn policy_for<'a>(
+    state: &'a PolicyState,
+    target: &Key,
+) -> Option<&'a ServicePolicySpec> {
+    state.of_kind(Kind::ServicePolicy).find_map(|stored| {
+        let Spec::ServicePolicy(spec) = &stored.resource.spec else {
+            return None;
+        };
+        (spec.target_ref.target_kind() == target.kind
+            && stored.resource.namespace() == target.namespace
+            && spec.target_ref.name == target.name)
+            .then_some(&**spec)
+    })
+}
+
+pub(super) fn selects(
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// The backends an outbound view refers to, by index.
+struct Backends<'a> {
+    state: &'a PolicyState,
+    order: Vec<(Key, u32)>,
+}
+
+impl<'a> Backends<'a> {
+    fn new(state: &'a PolicyState) -> Self {
+        Self {
+            state,
+            order: Vec::new(),
+        }
+    }
+
+    fn index(&mut self, service: &Key, port: u32) -> u32 {
+        let entry = (service.clone(), port);
+        let position = self
+            .order
+            .iter()
+            .position(|b| *b == entry)
+            .unwrap_or_else(|| {
+                self.order.push(entry);
+                self.order.len() - 1
+            });
+        position as u32
+    }
+
+    fn backend_ref(&mut self, namespace: &str, default_port: u32, backend: &BackendRef) -> u32 {
+        let key = Key::new(
+            Kind::Service,
+            backend.namespace.as_deref().unwrap_or(namespace),
+            &backend.name,
+        );
+        self.index(&key, backend.port.unwrap_or(default_port))
+    }
+
+    /// A rule without its matches: backends, timeouts, retry and filters.
+    fn rule<'r>(
+        &mut self,
+        namespace: &str,
+        port: u32,
+        backend_refs: &[BackendRef],
+        filters: &'r [RouteFilter],
+        timeouts: Option<&'r RouteTimeouts>,
+        retry: Option<Retry<'r>>,
+    ) -> Rule<'r> {
+        let backends = backend_refs
+            .iter()
+            .map(|b| WeightedBackend {
+                index: self.backend_ref(namespace, port, b),
+                weight: b.weight(),
+            })
+            .collect();
+        let mut rule = Rule {
+            matched: None,
+            backends,
+            timeouts,
+            retry,
+            request_headers: None,
+            response_headers: None,
+            mirror: None,
+        };
+        for filter in filters {
+            if let Some(m) = &filter.request_header_modifier {
+                rule.request_headers = Some(m);
+            }
+            if let Some(m) = &filter.response_header_modifier {
+                rule.response_headers = Some(m);
+            }
+            if let Some(mirror) = &filter.request_mirror {
+                rule.mirror = Some(Mirror {
+                    backend: self.backend_ref(namespace, port, &mirror.backend_ref),
+                    percent: mirror.percent,
+                });
+            }
+        }
+        rule
+    }
+
+    /// The backends in index order; with `only`, the first (the target Service) keeps just the
+    /// endpoints at that address.
+    fn resolve(self, only: Option<IpAddr>) -> Vec<Backend<'a>> {
+        let state = self.state;
+        self.order
+            .into_iter()
+            .enumerate()
+            .map(|(index, (service, port))| {
+                let mut endpoints = endpoints(state, &service, port);
+                if let (0, Some(ip)) = (index, only) {
+                    endpoints.retain(|e| e.address.ip() == ip);
+                }
+                Backend {
+                    service,
+                    port,
+                    endpoints,
+                }
+            })
+            .collect()
+    }
+}
+
+/// The workloads a Service port sends to.
+fn endpoints<'a>(state: &'a PolicyState, service: &Key, port: u32) -> Vec<Endpoint<'a>> {
+    let Some(stored) = state.get(service) else {
+        return Vec::new();
+    };
+    let Spec::Service(spec) = &stored.resource.spec else {
+        return Vec::new();
+    };
+    let Some(service_port) = spec.ports.iter().find(|p| p.port == port) else {
+        return Vec::new();
+    };
+    let target_port = service_port.target_port.unwrap_or(port);
+    state
+        .of_kind(Kind::Workload)
+        .filter(|w| {
+            w.resource.namespace() == service.namespace
+                && selects(&spec.selector, &w.resource.meta.labels)
+        })
+        .filter_map(|w| {
+            let Spec::Workload(workload) = &w.resource.spec else {
+                return None;
+            };
+            let serves_port =
+                workload.ports.is_empty() || workload.ports.iter().any(|p| p.port == target_port);
+            let dial_port = u16::try_from(workload.proxy_port.unwrap_or(target_port)).ok()?;
+            let ip = workload.address.parse::<IpAddr>().ok()?;
+            serves_port.then(|| Endpoint {
+                address: SocketAddr::new(ip, dial_port),
+                identity: &workload.identity,
+                weight: workload.weight.unwrap_or(1),
+                labels: &w.resource.meta.labels,
+                foreign_spiffe: workload.foreign_spiffe || spec.foreign_spiffe,
+            })
+        })
+        .collect()
+}
+
+/// One route resource, and the target Service port it may be attached to.
+struct RouteAt<'a, 't> {
+    target: &'t Target<'a>,
+    resource: &'a Resource,
+    policy: Option<&'a ServicePolicySpec>,
+}
+
+impl<'a> RouteAt<'a, '_> {
+    /// The route's entries when it is attached to the target's port: one per rule and match.
+    fn entries<M: RouteMatchKind>(
+        &self,
+        spec: &'a RouteSpec<M>,
+        backends: &mut Backends<'_>,
+    ) -> Vec<(Precedence, RouteEntry<'a>)>
+    where
+        for<'m> RequestMatch: From<&'m M>,
+    {
+        let (target, resource) = (self.target, self.resource);
+        let attached = spec.parent_refs.iter().any(|p| {
+            p.name == target.key.name
+                && p.namespace.as_deref().unwrap_or(resource.namespace()) == target.key.namespace
+                && p.port.is_none_or(|port| port == target.port)
+        });
+        if !attached {
+            return Vec::new();
+        }
+        let mut entries = Vec::new();
+        for (i, rule) in spec.rules.iter().enumerate() {
+            let common = backends.rule(
+                resource.namespace(),
+                target.port,
+                &rule.backend_refs,
+                &rule.filters,
+                rule.timeouts.as_ref(),
+                rule.retry.as_ref().map(|spec| Retry {
+                    spec,
+                    grpc: M::GRPC,
+                }),
+            );
+            let entry = |order: Precedence, rule: Rule<'a>| {
+                let entry = RouteEntry {
+                    route: resource.key(),
+                    policy: self.policy,
+                    rule,
+                };
+                (order, entry)
+            };
+            if rule.matches.is_empty() {
+                entries.push(entry(precedence(None, resource, i, 0), common));
+                continue;
+            }
+            for (index, m) in rule.matches.iter().enumerate() {
+                let matched = RequestMatch::from(m);
+                let order = precedence(Some(&matched), resource, i, index);
+                let mut single = common.clone();
+                single.matched = Some(matched);
+                entries.push(entry(order, single));
+            }
+        }
+        entries
+    }
+}
