@@ -14,7 +14,7 @@ use super::outbound::{policy_for, selects};
 use super::request_match::RequestMatch;
 use crate::policy::{
     AuthorizationPolicySpec, DefaultAuthorization, InboundDefaultsSpec, InboundPortDefaults,
-    InboundRateLimit, Key, Kind, Mode, RateLimit, ServicePort, Spec,
+    InboundRateLimit, Key, Kind, Mode, Port, RateLimit, ServiceAppProtocol, ServicePort, Spec,
 };
 use crate::policy_store::{PolicyState, Stored};
 
@@ -28,7 +28,7 @@ pub struct Inbound<'a> {
     /// The port asked for is forwarded as opaque TCP.
     pub opaque: bool,
     /// Asked for every port: those forwarded as opaque TCP.
-    pub opaque_ports: Vec<u32>,
+    pub opaque_ports: Vec<Port>,
     /// Where no port entry says otherwise.
     pub defaults: Settings,
     /// The ports some policy says something of.
@@ -46,7 +46,7 @@ pub struct Settings {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InboundPort {
-    pub port: u32,
+    pub port: Port,
     pub settings: Settings,
     /// Declared by a selecting Service's `appProtocol`.
     pub app_protocol: Option<AppProtocol>,
@@ -68,15 +68,15 @@ pub struct RateLimits<'a> {
     pub per_identity: Option<&'a RateLimit>,
 }
 
-/// The inbound policy of `port` (0: every port) on the workloads `identity` runs as.
-pub fn resolve<'a>(state: &'a PolicyState, identity: &str, port: u32) -> Inbound<'a> {
+/// The inbound policy of `port` (`None`: every port) on the workloads `identity` runs as.
+pub fn resolve<'a>(state: &'a PolicyState, identity: &str, port: Option<Port>) -> Inbound<'a> {
     let workloads: Vec<&Stored> = state
         .of_kind(Kind::Workload)
         .filter(|w| matches!(&w.resource.spec, Spec::Workload(spec) if spec.identity == identity))
         .collect();
     let opaque_ports = opaque_target_ports(state, &workloads);
     let levels = defaults_levels(state, &workloads);
-    let mut listed: BTreeSet<u32> = levels
+    let mut listed: BTreeSet<Port> = levels
         .iter()
         .flat_map(|level| level.ports.iter().map(|p| p.port))
         .collect();
@@ -101,8 +101,8 @@ pub fn resolve<'a>(state: &'a PolicyState, identity: &str, port: u32) -> Inbound
     let total = nearest(|limit| limit.total.as_ref());
     let per_identity = nearest(|limit| limit.per_identity.as_ref());
     Inbound {
-        opaque: port != 0 && opaque_ports.contains(&port),
-        opaque_ports: if port == 0 {
+        opaque: port.is_some_and(|port| opaque_ports.contains(&port)),
+        opaque_ports: if port.is_none() {
             opaque_ports.into_iter().collect()
         } else {
             Vec::new()
@@ -155,7 +155,7 @@ fn defaults_levels<'a>(
 
 /// Mode and authorization for `port` (or the workload's default), each from the most specific
 /// level that sets it.
-fn settings(levels: &[&InboundDefaultsSpec], port: Option<u32>) -> Settings {
+fn settings(levels: &[&InboundDefaultsSpec], port: Option<Port>) -> Settings {
     let mode = most_specific(levels, |level| match port {
         Some(port) => port_defaults(level, port)
             .and_then(|p| p.mode)
@@ -174,7 +174,7 @@ fn settings(levels: &[&InboundDefaultsSpec], port: Option<u32>) -> Settings {
     }
 }
 
-fn port_defaults(level: &InboundDefaultsSpec, port: u32) -> Option<&InboundPortDefaults> {
+fn port_defaults(level: &InboundDefaultsSpec, port: Port) -> Option<&InboundPortDefaults> {
     level.ports.iter().find(|p| p.port == port)
 }
 
@@ -211,14 +211,14 @@ fn authorizations<'a>(state: &'a PolicyState, workloads: &[&Stored]) -> Vec<Auth
 
 /// Each workload port a selecting Service declares an HTTP protocol for: `http` is HTTP/1.1,
 /// `grpc` and `kubernetes.io/h2c` are HTTP/2.
-fn app_protocols(state: &PolicyState, workloads: &[&Stored]) -> Vec<(u32, AppProtocol)> {
+fn app_protocols(state: &PolicyState, workloads: &[&Stored]) -> Vec<(Port, AppProtocol)> {
     let mut found = Vec::new();
     for_each_service_port(state, workloads, |_, service_port| {
         let port = service_port.target_port.unwrap_or(service_port.port);
-        let protocol = match service_port.app_protocol.as_deref() {
-            Some("http") => AppProtocol::Http1,
-            Some("grpc" | "kubernetes.io/h2c") => AppProtocol::Http2,
-            _ => return,
+        let protocol = match service_port.app_protocol {
+            Some(ServiceAppProtocol::Http) => AppProtocol::Http1,
+            Some(ServiceAppProtocol::Grpc | ServiceAppProtocol::H2c) => AppProtocol::Http2,
+            Some(ServiceAppProtocol::Tcp) | None => return,
         };
         if !found.iter().any(|(p, _)| *p == port) {
             found.push((port, protocol));
@@ -229,10 +229,10 @@ fn app_protocols(state: &PolicyState, workloads: &[&Stored]) -> Vec<(u32, AppPro
 
 /// The workload ports the Services selecting the workloads make opaque: `appProtocol: tcp`, or
 /// listed in the Service's ServicePolicy `opaquePorts`.
-fn opaque_target_ports(state: &PolicyState, workloads: &[&Stored]) -> BTreeSet<u32> {
+fn opaque_target_ports(state: &PolicyState, workloads: &[&Stored]) -> BTreeSet<Port> {
     let mut ports = BTreeSet::new();
     for_each_service_port(state, workloads, |service, port| {
-        let opaque = port.app_protocol.as_deref() == Some("tcp")
+        let opaque = port.app_protocol == Some(ServiceAppProtocol::Tcp)
             || policy_for(state, &service.resource.key())
                 .is_some_and(|p| p.opaque_ports.contains(&port.port));
         if opaque {

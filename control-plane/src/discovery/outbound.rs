@@ -5,12 +5,14 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use super::names::ClusterDomain;
 use super::request_match::{Precedence, RequestMatch, precedence};
 use crate::policy::{
-    BackendRef, HeaderModifier, Key, Kind, Resource, RouteFilter, RouteMatchKind, RouteRetry,
-    RouteSpec, RouteTimeouts, ServicePolicySpec, ServiceSpec, Spec,
+    BackendRef, HeaderModifier, Key, Kind, Port, Resource, RetryCode, RetryOn, RouteFilter,
+    RouteMatchKind, RouteRetry, RouteSpec, RouteTimeouts, ServiceAppProtocol, ServicePolicySpec,
+    ServiceSpec, Spec,
 };
 use crate::policy_store::PolicyState;
 
@@ -18,7 +20,7 @@ use crate::policy_store::PolicyState;
 #[derive(Debug)]
 pub struct Outbound<'a> {
     pub service: Key,
-    pub port: u32,
+    pub port: Port,
     /// Forwarded as opaque TCP: `appProtocol: tcp`, or listed in the policy's `opaquePorts`.
     pub opaque: bool,
     /// Indexed by the routes; the target Service port is the first.
@@ -32,7 +34,7 @@ pub struct Outbound<'a> {
 #[derive(Debug)]
 pub struct Backend<'a> {
     pub service: Key,
-    pub port: u32,
+    pub port: Port,
     pub endpoints: Vec<Endpoint<'a>>,
 }
 
@@ -63,7 +65,7 @@ pub struct Rule<'a> {
     pub matched: Option<RequestMatch>,
     pub backends: Vec<WeightedBackend>,
     pub timeouts: Option<&'a RouteTimeouts>,
-    pub retry: Option<Retry<'a>>,
+    pub retry: Option<Retry>,
     pub request_headers: Option<&'a HeaderModifier>,
     pub response_headers: Option<&'a HeaderModifier>,
     pub mirror: Option<Mirror>,
@@ -76,11 +78,22 @@ pub struct WeightedBackend {
     pub weight: u32,
 }
 
-/// A rule's retry, and whether its codes are gRPC statuses.
-#[derive(Debug, Clone, Copy)]
-pub struct Retry<'a> {
-    pub spec: &'a RouteRetry,
-    pub grpc: bool,
+/// When and how often a rule retries; connect failures are always retried.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    pub on: RetryOn,
+    pub attempts: u32,
+    pub backoff: Duration,
+}
+
+impl Retry {
+    fn of<C: RetryCode>(spec: &RouteRetry<C>) -> Self {
+        Self {
+            on: C::retry_on(&spec.codes),
+            attempts: spec.attempts(),
+            backoff: spec.backoff(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -93,7 +106,7 @@ pub struct Mirror {
 struct Target<'a> {
     key: Key,
     spec: &'a ServiceSpec,
-    port: u32,
+    port: Port,
     /// Set when the app dialed one workload by its address (`ip:port`): only that workload is an
     /// endpoint, and the Service's routes do not apply — the app picked its peer itself.
     workload: Option<IpAddr>,
@@ -136,7 +149,7 @@ pub fn resolve<'a>(
         .spec
         .ports
         .iter()
-        .any(|p| p.port == target.port && p.app_protocol.as_deref() == Some("tcp"))
+        .any(|p| p.port == target.port && p.app_protocol == Some(ServiceAppProtocol::Tcp))
         || policy.is_some_and(|p| p.opaque_ports.contains(&target.port));
     Some(Outbound {
         opaque,
@@ -158,7 +171,7 @@ fn target<'a>(
         return workload_target(state, addr);
     }
     let (host, port) = destination.rsplit_once(':')?;
-    let port: u32 = port.parse().ok()?;
+    let port = port.parse::<u16>().ok().and_then(Port::new)?;
     let host = host.to_ascii_lowercase();
     let service = cluster_domain.service(&host)?;
     let key = Key::new(Kind::Service, service.namespace, service.name);
@@ -178,12 +191,12 @@ fn target<'a>(
 /// Service port whose target that is, on a Service that selects the workload (the first by
 /// namespace and name when several do).
 fn workload_target(state: &PolicyState, addr: SocketAddr) -> Option<Target<'_>> {
-    let port = u32::from(addr.port());
+    let port = Port::new(addr.port())?;
     state.of_kind(Kind::Workload).find_map(|workload| {
         let Spec::Workload(spec) = &workload.resource.spec else {
             return None;
         };
-        if spec.address.parse::<IpAddr>().ok()? != addr.ip() {
+        if spec.address.ip() != addr.ip() {
             return None;
         }
         if !spec.ports.is_empty() && !spec.ports.iter().any(|p| p.port == port) {
@@ -238,7 +251,7 @@ pub(super) fn selects(
 /// The backends an outbound view refers to, by index.
 struct Backends<'a> {
     state: &'a PolicyState,
-    order: Vec<(Key, u32)>,
+    order: Vec<(Key, Port)>,
 }
 
 impl<'a> Backends<'a> {
@@ -249,7 +262,7 @@ impl<'a> Backends<'a> {
         }
     }
 
-    fn index(&mut self, service: &Key, port: u32) -> u32 {
+    fn index(&mut self, service: &Key, port: Port) -> u32 {
         let entry = (service.clone(), port);
         let position = self
             .order
@@ -262,7 +275,7 @@ impl<'a> Backends<'a> {
         position as u32
     }
 
-    fn backend_ref(&mut self, namespace: &str, default_port: u32, backend: &BackendRef) -> u32 {
+    fn backend_ref(&mut self, namespace: &str, default_port: Port, backend: &BackendRef) -> u32 {
         let key = Key::new(
             Kind::Service,
             backend.namespace.as_deref().unwrap_or(namespace),
@@ -275,11 +288,11 @@ impl<'a> Backends<'a> {
     fn rule<'r>(
         &mut self,
         namespace: &str,
-        port: u32,
+        port: Port,
         backend_refs: &[BackendRef],
         filters: &'r [RouteFilter],
         timeouts: Option<&'r RouteTimeouts>,
-        retry: Option<Retry<'r>>,
+        retry: Option<Retry>,
     ) -> Rule<'r> {
         let backends = backend_refs
             .iter()
@@ -337,7 +350,7 @@ impl<'a> Backends<'a> {
 }
 
 /// The workloads a Service port sends to.
-fn endpoints<'a>(state: &'a PolicyState, service: &Key, port: u32) -> Vec<Endpoint<'a>> {
+fn endpoints<'a>(state: &'a PolicyState, service: &Key, port: Port) -> Vec<Endpoint<'a>> {
     let Some(stored) = state.get(service) else {
         return Vec::new();
     };
@@ -360,10 +373,9 @@ fn endpoints<'a>(state: &'a PolicyState, service: &Key, port: u32) -> Vec<Endpoi
             };
             let serves_port =
                 workload.ports.is_empty() || workload.ports.iter().any(|p| p.port == target_port);
-            let dial_port = u16::try_from(workload.proxy_port.unwrap_or(target_port)).ok()?;
-            let ip = workload.address.parse::<IpAddr>().ok()?;
+            let dial_port = workload.proxy_port.unwrap_or(target_port);
             serves_port.then(|| Endpoint {
-                address: SocketAddr::new(ip, dial_port),
+                address: SocketAddr::new(workload.address.ip(), dial_port.get()),
                 identity: &workload.identity,
                 weight: workload.weight.unwrap_or(1),
                 labels: &w.resource.meta.labels,
@@ -407,10 +419,7 @@ impl<'a> RouteAt<'a, '_> {
                 &rule.backend_refs,
                 &rule.filters,
                 rule.timeouts.as_ref(),
-                rule.retry.as_ref().map(|spec| Retry {
-                    spec,
-                    grpc: M::GRPC,
-                }),
+                rule.retry.as_ref().map(Retry::of),
             );
             let entry = |order: Precedence, rule: Rule<'a>| {
                 let entry = RouteEntry {

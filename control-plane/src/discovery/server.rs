@@ -19,6 +19,7 @@ use super::limits::WatchLimits;
 use super::registry::Caller;
 use super::{ClusterDomain, ProxyRegistry, SnapshotCache, inbound_snapshot};
 use crate::metrics::Metrics;
+use crate::policy::Port;
 use crate::policy_store::PolicyStore;
 use crate::tls_incoming::PeerInfo;
 
@@ -237,16 +238,16 @@ impl Discovery for DiscoveryApi {
         request: Request<WatchInboundRequest>,
     ) -> Result<Response<Self::WatchInboundStream>, Status> {
         let caller = caller(&request)?;
-        let port = request.into_inner().port;
-        if port > 65535 {
-            return Err(Status::invalid_argument(format!(
-                "port: {port} is not a port (or 0 for all)"
-            )));
-        }
+        let port = match request.into_inner().port {
+            0 => None,
+            port => Some(Port::from_u32(port).ok_or_else(|| {
+                Status::invalid_argument(format!("port: {port} is not a port (or 0 for all)"))
+            })?),
+        };
         let identity = caller.identity.to_string();
         let resource = match port {
-            0 => "inbound".to_string(),
-            port => format!("inbound:{port}"),
+            None => "inbound".to_string(),
+            Some(port) => format!("inbound:{port}"),
         };
         let stream = self.watch(caller, resource, move |state| {
             inbound_snapshot(state, &identity, port)

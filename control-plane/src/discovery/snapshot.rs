@@ -9,6 +9,7 @@ use weft_api::discovery as pb;
 
 use super::names::ClusterDomain;
 use super::{inbound, outbound, wire};
+use crate::policy::Port;
 use crate::policy_store::PolicyState;
 
 /// Destinations whose snapshot is kept per revision at most: a proxy naming ever new destinations
@@ -65,9 +66,13 @@ pub fn outbound_snapshot(
     wire::outbound(outbound::resolve(state, cluster_domain, destination).as_ref())
 }
 
-/// The inbound policy of `port` (0: every port) on the workloads `identity` runs as, version
-/// left empty.
-pub fn inbound_snapshot(state: &PolicyState, identity: &str, port: u32) -> pb::InboundSnapshot {
+/// The inbound policy of `port` (`None`: every port) on the workloads `identity` runs as,
+/// version left empty.
+pub fn inbound_snapshot(
+    state: &PolicyState,
+    identity: &str,
+    port: Option<Port>,
+) -> pb::InboundSnapshot {
     wire::inbound(&inbound::resolve(state, identity, port))
 }
 

@@ -7,11 +7,11 @@ use std::time::Duration;
 use weft_api::discovery as pb;
 
 use super::inbound::{Authorization, Inbound, InboundPort, Settings};
-use super::outbound::{Backend, Endpoint, Outbound, RouteEntry, Rule};
+use super::outbound::{Backend, Endpoint, Outbound, Retry, RouteEntry, Rule};
 use super::request_match::{NamedMatch, RequestMatch, TextMatch};
 use crate::policy::{
-    CircuitBreaker, GatewayDuration, HeaderModifier, Key, LoadBalancerType, RateLimit, RetryBudget,
-    RouteRetry, ServicePolicySpec, grpc_code,
+    CircuitBreaker, GatewayDuration, HeaderModifier, Key, LoadBalancerType, Port, RateLimit,
+    RetryBudget, RetryOn, ServicePolicySpec,
 };
 
 /// The snapshot of a destination that resolved (`None`: not found); version left empty.
@@ -35,7 +35,7 @@ pub fn inbound(inbound: &Inbound<'_>) -> pb::InboundSnapshot {
     pb::InboundSnapshot {
         version: String::new(),
         opaque: inbound.opaque,
-        opaque_ports: inbound.opaque_ports.clone(),
+        opaque_ports: inbound.opaque_ports.iter().map(|&p| u32::from(p)).collect(),
         defaults: Some(settings(inbound.defaults)),
         ports: inbound.ports.iter().map(inbound_port).collect(),
         authorizations: inbound.authorizations.iter().map(authorization).collect(),
@@ -50,7 +50,7 @@ pub fn inbound(inbound: &Inbound<'_>) -> pb::InboundSnapshot {
 }
 
 /// `namespace/name:port`, how the proxy names a Service port in metrics and logs.
-fn service_port(service: &Key, port: u32) -> String {
+fn service_port(service: &Key, port: Port) -> String {
     format!("{}/{}:{port}", service.namespace, service.name)
 }
 
@@ -109,7 +109,7 @@ fn rule(rule: &Rule<'_>) -> pb::RouteRule {
             .timeouts
             .and_then(|t| t.backend_request.as_ref())
             .and_then(gateway_duration),
-        retry: rule.retry.map(|r| retry(r.spec, r.grpc)),
+        retry: rule.retry.as_ref().map(retry),
         request_headers: rule.request_headers.map(header_modifier),
         response_headers: rule.response_headers.map(header_modifier),
         mirror_backend: rule.mirror.map(|m| m.backend),
@@ -145,30 +145,19 @@ fn named_match(m: &NamedMatch) -> pb::NamedMatch {
     }
 }
 
-/// Connect failures are always retried when a rule retries at all.
-fn retry(retry: &RouteRetry, grpc: bool) -> pb::Retry {
-    let (codes, grpc_codes) = if grpc {
-        (
-            Vec::new(),
-            retry.codes.iter().filter_map(grpc_code).collect(),
-        )
-    } else {
-        (
-            retry
-                .codes
-                .iter()
-                .filter_map(|c| c.as_u64())
-                .map(|c| c as u32)
-                .collect(),
-            Vec::new(),
-        )
+fn retry(retry: &Retry) -> pb::Retry {
+    let (codes, grpc_codes) = match &retry.on {
+        RetryOn::HttpStatuses(statuses) => {
+            (statuses.iter().map(|&s| u32::from(s)).collect(), Vec::new())
+        }
+        RetryOn::GrpcStatuses(statuses) => (Vec::new(), statuses.clone()),
     };
     pb::Retry {
         codes,
         grpc_codes,
         on_connect_failure: true,
-        attempts: retry.attempts(),
-        backoff: proto_duration(retry.backoff()),
+        attempts: retry.attempts,
+        backoff: proto_duration(retry.backoff),
     }
 }
 
@@ -250,7 +239,7 @@ fn settings(settings: Settings) -> pb::InboundSettings {
 
 fn inbound_port(port: &InboundPort) -> pb::InboundPort {
     pb::InboundPort {
-        port: port.port,
+        port: port.port.into(),
         settings: Some(settings(port.settings)),
         app_protocol: port
             .app_protocol
@@ -265,7 +254,7 @@ fn authorization(authorization: &Authorization<'_>) -> pb::Authorization {
             "{}/{}",
             authorization.policy.namespace, authorization.policy.name
         ),
-        ports: spec.ports.clone(),
+        ports: spec.ports.iter().map(|&p| u32::from(p)).collect(),
         http: authorization.http.iter().map(request_match).collect(),
         sources: spec
             .from
@@ -274,7 +263,7 @@ fn authorization(authorization: &Authorization<'_>) -> pb::Authorization {
                 identities: source.identities.clone(),
                 namespaces: source.namespaces.clone(),
                 unauthenticated: source.unauthenticated,
-                cidrs: source.cidrs.clone(),
+                cidrs: source.cidrs.iter().map(ToString::to_string).collect(),
             })
             .collect(),
     }

@@ -11,7 +11,7 @@ impl BackendRef {
     }
 }
 
-impl RouteRetry {
+impl<C> RouteRetry<C> {
     /// Retries after the first attempt.
     pub fn attempts(&self) -> u32 {
         self.attempts.unwrap_or(1)

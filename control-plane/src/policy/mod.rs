@@ -4,6 +4,8 @@
 mod defaults;
 mod duration;
 mod inbound;
+mod net;
+mod retry_code;
 mod types;
 mod validate;
 
@@ -12,8 +14,9 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 
 pub use self::duration::{GatewayDuration, duration, format_duration};
+pub use self::net::{Address, Cidr, Port};
+pub use self::retry_code::{GrpcStatus, HttpStatus, RetryCode, RetryOn};
 pub use self::types::*;
-pub use self::validate::grpc_code;
 
 /// The namespace of a manifest that names none.
 pub const DEFAULT_NAMESPACE: &str = "default";

@@ -13,6 +13,8 @@ pub use weft_api::inbound::{DefaultAuthorization, Mode};
 
 use super::Kind;
 use super::duration::GatewayDuration;
+use super::net::{Address, Cidr, Port};
+use super::retry_code::{GrpcStatus, HttpStatus, RetryCode};
 
 /// `apiVersion` of Weft's own kinds.
 pub const WEFT_API_VERSION: &str = "policy.weft.io/v1alpha1";
@@ -69,14 +71,30 @@ pub struct ServiceSpec {
 pub struct ServicePort {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    pub port: u32,
+    pub port: Port,
     /// The workloads' port (default: `port`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_port: Option<u32>,
-    /// `http` (HTTP/1.1), `grpc` or `kubernetes.io/h2c` (HTTP/2), or `tcp` (opaque); default:
-    /// detected.
+    pub target_port: Option<Port>,
+    /// Default: detected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub app_protocol: Option<String>,
+    pub app_protocol: Option<ServiceAppProtocol>,
+}
+
+/// What a Service port speaks, in the words of Kubernetes' `appProtocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServiceAppProtocol {
+    /// HTTP/1.1.
+    #[serde(rename = "http")]
+    Http,
+    /// HTTP/2.
+    #[serde(rename = "grpc")]
+    Grpc,
+    /// HTTP/2 without TLS.
+    #[serde(rename = "kubernetes.io/h2c")]
+    H2c,
+    /// Opaque: forwarded as TCP, never parsed.
+    #[serde(rename = "tcp")]
+    Tcp,
 }
 
 /// One instance of an app with its proxy, off Kubernetes.
@@ -84,13 +102,13 @@ pub struct ServicePort {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkloadSpec {
     /// The workload's IP address.
-    pub address: String,
+    pub address: Address,
     /// The identity its proxy's certificate carries.
     pub identity: String,
     /// The port of the workload's weft-proxy inbound listener; omit when traffic to the app's
     /// ports is intercepted on the workload's side.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proxy_port: Option<u32>,
+    pub proxy_port: Option<Port>,
     #[serde(default)]
     pub ports: Vec<WorkloadPort>,
     /// Relative share of its services' traffic (default 1).
@@ -107,7 +125,7 @@ pub struct WorkloadSpec {
 pub struct WorkloadPort {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    pub port: u32,
+    pub port: Port,
 }
 
 // === HTTPRoute and GRPCRoute (gateway.networking.k8s.io/v1) ===
@@ -124,7 +142,7 @@ pub struct ParentRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<u32>,
+    pub port: Option<Port>,
 }
 
 /// A Service to send to, with its share.
@@ -139,7 +157,7 @@ pub struct BackendRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<u32>,
+    pub port: Option<Port>,
     /// Default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
@@ -163,7 +181,11 @@ pub enum ValueMatchType {
 /// HTTPRoute and GRPCRoute: one shape, told apart by what their rules match on (`M`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RouteSpec<M> {
+#[serde(bound(
+    serialize = "M: Serialize, M::RetryCode: Serialize",
+    deserialize = "M: Deserialize<'de>, M::RetryCode: Deserialize<'de>"
+))]
+pub struct RouteSpec<M: RouteMatchKind> {
     pub parent_refs: Vec<ParentRef>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hostnames: Vec<String>,
@@ -173,7 +195,11 @@ pub struct RouteSpec<M> {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RouteRule<M> {
+#[serde(bound(
+    serialize = "M: Serialize, M::RetryCode: Serialize",
+    deserialize = "M: Deserialize<'de>, M::RetryCode: Deserialize<'de>"
+))]
+pub struct RouteRule<M: RouteMatchKind> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(default = "Vec::new", skip_serializing_if = "Vec::is_empty")]
@@ -185,24 +211,24 @@ pub struct RouteRule<M> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<RouteTimeouts>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry: Option<RouteRetry>,
+    pub retry: Option<RouteRetry<M::RetryCode>>,
 }
 
 /// What a route's rules match on: HTTP requests or gRPC calls.
 pub trait RouteMatchKind {
-    /// gRPC: retries name gRPC statuses, and the proxy matches the HTTP/2 path of a method.
-    const GRPC: bool;
+    /// What its retries are triggered by.
+    type RetryCode: RetryCode + std::fmt::Debug + Clone + PartialEq;
 }
 
 pub type HttpRouteSpec = RouteSpec<HttpRouteMatch>;
 pub type GrpcRouteSpec = RouteSpec<GrpcRouteMatch>;
 
 impl RouteMatchKind for HttpRouteMatch {
-    const GRPC: bool = false;
+    type RetryCode = HttpStatus;
 }
 
 impl RouteMatchKind for GrpcRouteMatch {
-    const GRPC: bool = true;
+    type RetryCode = GrpcStatus;
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -248,13 +274,13 @@ pub struct RouteTimeouts {
     pub backend_request: Option<GatewayDuration>,
 }
 
-/// Gateway API retry (GEP-1731). For GRPCRoute, `codes` may also name gRPC statuses
-/// (`UNAVAILABLE`); connect failures are always retried when a retry is configured.
+/// Gateway API retry (GEP-1731): HTTP statuses for HTTPRoute, gRPC statuses (`UNAVAILABLE` or
+/// 14) for GRPCRoute; connect failures are always retried when a retry is configured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RouteRetry {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub codes: Vec<serde_json::Value>,
+pub struct RouteRetry<C> {
+    #[serde(default = "Vec::new", skip_serializing_if = "Vec::is_empty")]
+    pub codes: Vec<C>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -340,7 +366,7 @@ pub struct ServicePolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub opaque_ports: Vec<u32>,
+    pub opaque_ports: Vec<Port>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -469,7 +495,7 @@ pub struct InboundDefaultsSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct InboundPortDefaults {
-    pub port: u32,
+    pub port: Port,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -497,7 +523,7 @@ pub struct AuthorizationPolicySpec {
     pub selector: BTreeMap<String, String>,
     /// Workload ports; empty: every port.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ports: Vec<u32>,
+    pub ports: Vec<Port>,
     /// HTTP requests (any one must match); empty: every request and every TCP connection.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub http: Vec<HttpRouteMatch>,
@@ -519,5 +545,5 @@ pub struct AuthorizationSource {
     pub unauthenticated: bool,
     /// Client addresses.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub cidrs: Vec<String>,
+    pub cidrs: Vec<Cidr>,
 }

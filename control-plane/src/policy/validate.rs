@@ -1,7 +1,6 @@
 //! Semantic checks of one resource, each error naming the field; and the references between
 //! resources, which the store checks against everything else it holds.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use super::duration::{GatewayDuration, format_duration};
@@ -49,39 +48,6 @@ mod bounds {
     /// `connectTimeout`.
     pub const CONNECT_TIMEOUT: Range = (MS, Duration::from_secs(300), false);
 }
-/// The gRPC status names, by code.
-const GRPC_CODES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
-
-/// A gRPC status code by name (`UNAVAILABLE`) or number (14).
-pub fn grpc_code(value: &serde_json::Value) -> Option<u32> {
-    match value {
-        serde_json::Value::Number(n) => n.as_u64().filter(|n| *n < 17).map(|n| n as u32),
-        serde_json::Value::String(s) => GRPC_CODES
-            .iter()
-            .position(|name| name.eq_ignore_ascii_case(s))
-            .map(|i| i as u32),
-        _ => None,
-    }
-}
-
 pub(super) fn names_are_valid(resource: &Resource) -> bool {
     check_meta(&resource.meta).is_ok()
 }
@@ -95,18 +61,6 @@ pub(super) fn check(resource: &Resource) -> Result<(), Failure> {
             }
             let mut seen = std::collections::BTreeSet::new();
             for (i, port) in spec.ports.iter().enumerate() {
-                check_port(&format!("spec.ports[{i}].port"), port.port)?;
-                if let Some(target) = port.target_port {
-                    check_port(&format!("spec.ports[{i}].targetPort"), target)?;
-                }
-                if let Some(protocol) = &port.app_protocol
-                    && !["http", "grpc", "kubernetes.io/h2c", "tcp"].contains(&protocol.as_str())
-                {
-                    return fail(
-                        &format!("spec.ports[{i}].appProtocol"),
-                        "must be http (HTTP/1.1), grpc or kubernetes.io/h2c (HTTP/2), or tcp",
-                    );
-                }
                 if !seen.insert(port.port) {
                     return fail(
                         &format!("spec.ports[{i}].port"),
@@ -117,12 +71,6 @@ pub(super) fn check(resource: &Resource) -> Result<(), Failure> {
             Ok(())
         }
         Spec::Workload(spec) => {
-            spec.address.parse::<IpAddr>().map_err(|_| {
-                (
-                    "spec.address".to_string(),
-                    format!("{:?} is not an IP address", spec.address),
-                )
-            })?;
             let identity = spec
                 .identity
                 .parse::<weft_certs::Identity>()
@@ -138,12 +86,6 @@ pub(super) fn check(resource: &Resource) -> Result<(), Failure> {
                         resource.namespace()
                     ),
                 );
-            }
-            if let Some(port) = spec.proxy_port {
-                check_port("spec.proxyPort", port)?;
-            }
-            for (i, port) in spec.ports.iter().enumerate() {
-                check_port(&format!("spec.ports[{i}].port"), port.port)?;
             }
             if let Some(weight) = spec.weight {
                 check_count("spec.weight", weight, 0, MAX_WEIGHT)?;
@@ -189,7 +131,7 @@ pub(super) fn references(resource: &Resource) -> Vec<(String, Key)> {
             }
         }
     };
-    fn rule_refs<M>(spec: &RouteSpec<M>) -> Vec<(&[BackendRef], &[RouteFilter])> {
+    fn rule_refs<M: RouteMatchKind>(spec: &RouteSpec<M>) -> Vec<(&[BackendRef], &[RouteFilter])> {
         spec.rules
             .iter()
             .map(|r| (r.backend_refs.as_slice(), r.filters.as_slice()))
@@ -264,13 +206,6 @@ pub(super) fn check_rate(at: &str, limit: &super::RateLimit) -> Result<(), Failu
     )?;
     if let Some(burst) = limit.burst {
         check_count(&format!("{at}.burst"), burst, 1, 10_000_000)?;
-    }
-    Ok(())
-}
-
-pub(super) fn check_port(field: &str, port: u32) -> Result<(), Failure> {
-    if port == 0 || port > 65535 {
-        return fail(field, &format!("{port} is not a port (1-65535)"));
     }
     Ok(())
 }
@@ -353,9 +288,6 @@ fn check_parents(parents: &[super::ParentRef]) -> Result<(), Failure> {
                 "only Service parents are supported (GAMMA)",
             );
         }
-        if let Some(port) = parent.port {
-            check_port(&format!("spec.parentRefs[{i}].port"), port)?;
-        }
     }
     Ok(())
 }
@@ -407,7 +339,7 @@ fn check_route<M: CheckMatch>(spec: &RouteSpec<M>) -> Result<(), Failure> {
             rule.timeouts.as_ref(),
         )?;
         if let Some(retry) = &rule.retry {
-            check_retry(&format!("{at}.retry"), retry, M::GRPC)?;
+            check_retry(&format!("{at}.retry"), retry)?;
         }
     }
     Ok(())
@@ -489,9 +421,6 @@ fn check_rule_common(
                 "only Service backends are supported",
             );
         }
-        if let Some(port) = backend.port {
-            check_port(&format!("{field}.port"), port)?;
-        }
         if let Some(weight) = backend.weight {
             check_count(&format!("{field}.weight"), weight, 0, MAX_WEIGHT)?;
         }
@@ -532,9 +461,6 @@ fn check_rule_common(
                 })?;
                 if let Some(percent) = mirror.percent {
                     check_count(&format!("{field}.requestMirror.percent"), percent, 0, 100)?;
-                }
-                if let Some(port) = mirror.backend_ref.port {
-                    check_port(&format!("{field}.requestMirror.backendRef.port"), port)?;
                 }
             }
             other => {
@@ -599,26 +525,7 @@ fn check_header_modifier(at: &str, modifier: &HeaderModifier) -> Result<(), Fail
     Ok(())
 }
 
-fn check_retry(at: &str, retry: &RouteRetry, grpc: bool) -> Result<(), Failure> {
-    for (i, code) in retry.codes.iter().enumerate() {
-        let http_code = code.as_u64().filter(|c| (400..=599).contains(c));
-        let valid = if grpc {
-            grpc_code(code).is_some()
-        } else {
-            http_code.is_some()
-        };
-        if !valid {
-            let expected = if grpc {
-                "a gRPC status (UNAVAILABLE or 14)"
-            } else {
-                "an HTTP status 400-599"
-            };
-            return fail(
-                &format!("{at}.codes[{i}]"),
-                &format!("{code} is not {expected}"),
-            );
-        }
-    }
+fn check_retry<C>(at: &str, retry: &RouteRetry<C>) -> Result<(), Failure> {
     if let Some(attempts) = retry.attempts {
         check_count(&format!("{at}.attempts"), attempts, 0, MAX_RETRY_ATTEMPTS)?;
     }
@@ -712,9 +619,6 @@ fn check_service_policy(spec: &ServicePolicySpec) -> Result<(), Failure> {
     }
     if let Some(limit) = &spec.rate_limit {
         check_rate("spec.rateLimit", limit)?;
-    }
-    for (i, port) in spec.opaque_ports.iter().enumerate() {
-        check_port(&format!("spec.opaquePorts[{i}]"), *port)?;
     }
     Ok(())
 }

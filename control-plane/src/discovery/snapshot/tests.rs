@@ -331,7 +331,7 @@ metadata: {name: elsewhere, namespace: other}
 spec: {from: [{namespaces: [shop]}]}
 "#,
     );
-    let snapshot = inbound_snapshot(&state, "spiffe://cluster.local/ns/shop/sa/api", 0);
+    let snapshot = inbound_snapshot(&state, "spiffe://cluster.local/ns/shop/sa/api", None);
     let defaults = snapshot.defaults.unwrap();
     // The namespace sets the authorization, the mesh the mode.
     assert_eq!(
@@ -369,7 +369,7 @@ spec: {from: [{namespaces: [shop]}]}
     let limit = snapshot.rate_limit.unwrap().total.unwrap();
     assert_eq!((limit.requests_per_second, limit.burst), (100, 100));
     // Another identity's workloads get none of it but the mesh's.
-    let other = inbound_snapshot(&state, "spiffe://cluster.local/ns/shop/sa/web", 0);
+    let other = inbound_snapshot(&state, "spiffe://cluster.local/ns/shop/sa/web", None);
     assert_eq!(other.defaults.unwrap().authorization, "all-authenticated");
     assert!(other.authorizations.is_empty());
 }
