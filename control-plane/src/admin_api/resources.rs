@@ -37,15 +37,16 @@ impl ResourceAdmin {
             )));
         }
         let mut resources = Vec::with_capacity(req.manifests_json.len());
+        let mut warnings = Vec::new();
         for (i, json) in req.manifests_json.iter().enumerate() {
             let position = format!("document {}", i + 1);
             let value: serde_json::Value = serde_json::from_str(json).map_err(|e| {
                 Status::invalid_argument(format!("{position}: not a JSON document: {e}"))
             })?;
-            resources.push(
-                Resource::parse(&value, &position)
-                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
-            );
+            let parsed = Resource::parse_reporting(&value, &position)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            warnings.extend(parsed.warnings);
+            resources.push(parsed.resource);
         }
         let store = self.store.clone();
         let dry_run = req.dry_run;
@@ -69,6 +70,7 @@ impl ResourceAdmin {
                     .to_string(),
                 })
                 .collect(),
+            warnings,
         })
     }
 

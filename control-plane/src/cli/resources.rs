@@ -69,7 +69,12 @@ pub(super) async fn apply(
         manifests_json: manifests.iter().map(|m| m.to_string()).collect(),
         dry_run: args.dry_run,
     };
-    let results = client.admin.apply(request).await?.into_inner().results;
+    let response = client.admin.apply(request).await?.into_inner();
+    // As kubectl shows the API server's warnings: on stderr, so stdout stays the result.
+    for warning in &response.warnings {
+        eprintln!("Warning: {warning}");
+    }
+    let results = response.results;
     let suffix = if args.dry_run { " (dry run)" } else { "" };
     for result in results {
         let _ = writeln!(

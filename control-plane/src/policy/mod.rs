@@ -72,6 +72,26 @@ pub enum Spec {
     AuthorizationPolicy(AuthorizationPolicySpec),
 }
 
+/// Fields the API server sets, which `kubectl get -o yaml` shows: dropped without a warning, so
+/// such a manifest applies as it is.
+const SERVER_SET_FIELDS: [&str; 7] = [
+    "status",
+    "metadata.uid",
+    "metadata.generation",
+    "metadata.managedFields",
+    "metadata.selfLink",
+    "metadata.deletionTimestamp",
+    "metadata.deletionGracePeriodSeconds",
+];
+
+/// A manifest parsed and checked, with what in it was ignored.
+#[derive(Debug)]
+pub struct Parsed {
+    pub resource: Resource,
+    /// One line per field ignored: `HTTPRoute shop/api: unknown field "spec.rules[0].mirror", ignored`.
+    pub warnings: Vec<String>,
+}
+
 /// A checked policy resource, its namespace filled in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resource {
@@ -167,6 +187,15 @@ impl fmt::Display for Key {
 impl Resource {
     /// Parses and checks one manifest. `position` names it in errors until its own name is known.
     pub fn parse(manifest: &serde_json::Value, position: &str) -> Result<Self, PolicyError> {
+        Self::parse_reporting(manifest, position).map(|parsed| parsed.resource)
+    }
+
+    /// [`Resource::parse`], reporting the fields it ignored: unknown ones are warned of, those
+    /// the API server sets are dropped quietly.
+    pub fn parse_reporting(
+        manifest: &serde_json::Value,
+        position: &str,
+    ) -> Result<Parsed, PolicyError> {
         let error = |field: &str, reason: String| PolicyError {
             resource: position.to_string(),
             field: field.to_string(),
@@ -193,14 +222,21 @@ impl Resource {
                 format!("{kind} must be {}, not {api_version:?}", kind.api_version()),
             ));
         }
+        let mut ignored = Vec::new();
         let (meta, spec) = match kind {
-            Kind::Service => typed(manifest, position, Spec::Service)?,
-            Kind::Workload => typed(manifest, position, Spec::Workload)?,
-            Kind::HttpRoute => typed(manifest, position, Spec::HttpRoute)?,
-            Kind::GrpcRoute => typed(manifest, position, Spec::GrpcRoute)?,
-            Kind::ServicePolicy => typed(manifest, position, |s| Spec::ServicePolicy(Box::new(s)))?,
-            Kind::InboundDefaults => typed(manifest, position, Spec::InboundDefaults)?,
-            Kind::AuthorizationPolicy => typed(manifest, position, Spec::AuthorizationPolicy)?,
+            Kind::Service => typed(manifest, position, &mut ignored, Spec::Service)?,
+            Kind::Workload => typed(manifest, position, &mut ignored, Spec::Workload)?,
+            Kind::HttpRoute => typed(manifest, position, &mut ignored, Spec::HttpRoute)?,
+            Kind::GrpcRoute => typed(manifest, position, &mut ignored, Spec::GrpcRoute)?,
+            Kind::ServicePolicy => typed(manifest, position, &mut ignored, |s| {
+                Spec::ServicePolicy(Box::new(s))
+            })?,
+            Kind::InboundDefaults => {
+                typed(manifest, position, &mut ignored, Spec::InboundDefaults)?
+            }
+            Kind::AuthorizationPolicy => {
+                typed(manifest, position, &mut ignored, Spec::AuthorizationPolicy)?
+            }
         };
         let mut resource = Resource { kind, meta, spec };
         let namespace = resource
@@ -211,14 +247,19 @@ impl Resource {
         let named = format!("{kind} {namespace}/{}", resource.meta.name);
         validate::check(&resource).map_err(|(field, reason)| PolicyError {
             resource: if validate::names_are_valid(&resource) {
-                named
+                named.clone()
             } else {
                 position.to_string()
             },
             field,
             reason,
         })?;
-        Ok(resource)
+        let warnings = ignored
+            .into_iter()
+            .filter(|field| !SERVER_SET_FIELDS.contains(&field.as_str()))
+            .map(|field| format!("{named}: unknown field {field:?}, ignored"))
+            .collect();
+        Ok(Parsed { resource, warnings })
     }
 
     /// The resource's key.
@@ -266,13 +307,17 @@ impl Resource {
     }
 }
 
-/// Deserializes `manifest` as `Manifest<S>`, naming the failing field.
+/// Deserializes `manifest` as `Manifest<S>`, naming the failing field
+/// and adding the fields it ignores to `ignored`.
 fn typed<S: DeserializeOwned>(
     manifest: &serde_json::Value,
     position: &str,
+    ignored: &mut Vec<String>,
     wrap: impl FnOnce(S) -> Spec,
 ) -> Result<(ObjectMeta, Spec), PolicyError> {
-    let parsed: Manifest<S> = serde_path_to_error::deserialize(manifest).map_err(|e| {
+    let mut report = |path: serde_ignored::Path<'_>| ignored.push(field_path(&path));
+    let reporting = serde_ignored::Deserializer::new(manifest, &mut report);
+    let parsed: Manifest<S> = serde_path_to_error::deserialize(reporting).map_err(|e| {
         let field = e.path().to_string();
         PolicyError {
             resource: named(manifest).unwrap_or_else(|| position.to_string()),
@@ -285,6 +330,22 @@ fn typed<S: DeserializeOwned>(
         }
     })?;
     Ok((parsed.metadata, wrap(parsed.spec)))
+}
+
+/// A field's path as errors name it: `spec.rules[0].filters`.
+fn field_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
+        Path::Map { parent, key } => match field_path(parent) {
+            parent if parent.is_empty() => key.clone(),
+            parent => format!("{parent}.{key}"),
+        },
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => field_path(parent),
+    }
 }
 
 /// The resource a manifest names (`HTTPRoute shop/api`), when its kind and metadata are sound

@@ -20,6 +20,93 @@ spec:
     backendRefs: [{name: api, port: 8080, weight: 1}]
 "#;
 
+/// An HTTPRoute as `kubectl get -o yaml` prints it, with a field Weft does not know.
+const ROUTE_FROM_CLUSTER: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  annotations:
+    kubectl.kubernetes.io/last-applied-configuration: '{"apiVersion":"gateway.networking.k8s.io/v1"}'
+  creationTimestamp: "2026-11-30T10:00:00Z"
+  generation: 3
+  managedFields:
+  - apiVersion: gateway.networking.k8s.io/v1
+    fieldsType: FieldsV1
+    fieldsV1: {f:spec: {f:rules: {}}}
+    manager: kubectl-client-side-apply
+    operation: Update
+    time: "2026-11-30T10:00:00Z"
+  name: r
+  namespace: shop
+  resourceVersion: "4711"
+  uid: 3c0f6a8e-1d2b-4c5d-9e8f-0a1b2c3d4e5f
+spec:
+  parentRefs:
+  - group: ""
+    kind: Service
+    name: api
+    port: 8080
+  rules:
+  - backendRefs:
+    - group: ""
+      kind: Service
+      name: api
+      port: 8080
+      weight: 1
+    matches:
+    - path: {type: PathPrefix, value: /}
+    sessionPersistence: {sessionName: shop, type: Cookie}
+status:
+  parents:
+  - conditions:
+    - lastTransitionTime: "2026-11-30T10:00:01Z"
+      message: Route was valid
+      observedGeneration: 3
+      reason: Accepted
+      status: "True"
+      type: Accepted
+    controllerName: weft.io/mesh
+    parentRef: {group: "", kind: Service, name: api, port: 8080}
+"#;
+
+#[test]
+fn a_manifest_from_a_cluster_applies_warning_only_of_what_weft_does_not_know() {
+    let doc: serde_json::Value = serde_saphyr::from_str(ROUTE_FROM_CLUSTER).unwrap();
+    let parsed = Resource::parse_reporting(&doc, "document 1").unwrap();
+    assert_eq!(
+        parsed.warnings,
+        ["HTTPRoute shop/r: unknown field \"spec.rules[0].sessionPersistence\", ignored"]
+    );
+    let Spec::HttpRoute(spec) = &parsed.resource.spec else {
+        panic!("not a route: {:?}", parsed.resource.spec);
+    };
+    assert_eq!(spec.rules[0].backend_refs[0].weight(), 1);
+    // What the API server set is not kept: the stored manifest is the user's.
+    let stored = parsed.resource.to_json(1).to_string();
+    for server_set in [
+        "status",
+        "uid",
+        "managedFields",
+        "generation",
+        "sessionPersistence",
+    ] {
+        assert!(!stored.contains(server_set), "{server_set} in {stored}");
+    }
+    // A misspelt field is a warning too, with the field's full path.
+    let misspelt = ROUTE_FROM_CLUSTER.replace("weight: 1", "wieght: 1");
+    let doc: serde_json::Value = serde_saphyr::from_str(&misspelt).unwrap();
+    let warnings = Resource::parse_reporting(&doc, "document 1")
+        .unwrap()
+        .warnings;
+    assert!(
+        warnings.contains(
+            &"HTTPRoute shop/r: unknown field \"spec.rules[0].backendRefs[0].wieght\", ignored"
+                .to_string()
+        ),
+        "{warnings:?}"
+    );
+}
+
 #[test]
 fn a_valid_route_parses_with_its_namespace() {
     let route = parse(ROUTE).unwrap();
@@ -62,7 +149,7 @@ fn each_error_names_the_resource_and_field() {
         ),
         (
             ROUTE.replace("parentRefs", "parents"),
-            "HTTPRoute shop/r: spec.parents: unknown field `parents`, expected one of `parentRefs`",
+            "HTTPRoute shop/r: spec: missing field `parentRefs`",
         ),
         (
             ROUTE.replace("name: r,", "name: R,"),

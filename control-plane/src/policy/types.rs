@@ -3,7 +3,8 @@
 //! `parentRefs` to a Service); Weft's own kinds cover services and workloads off Kubernetes and
 //! what the Gateway API lacks (`ServicePolicy`).
 //!
-//! Durations stay the strings users wrote ("10s", "250ms"); `validate` checks they parse.
+//! Fields a type does not know are not refused: parsing reports them as warnings (see
+//! `Resource::parse_reporting`), as a Gateway API implementation reports what it ignores.
 
 use std::collections::BTreeMap;
 
@@ -23,7 +24,7 @@ pub const GATEWAY_API_VERSION: &str = "gateway.networking.k8s.io/v1";
 
 /// `metadata`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -43,7 +44,7 @@ pub struct ObjectMeta {
 
 /// A whole manifest of one kind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Manifest<S> {
     pub api_version: String,
     pub kind: String,
@@ -55,7 +56,7 @@ pub struct Manifest<S> {
 
 /// A service off Kubernetes: the workloads its selector picks, on its ports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
     /// Workload labels that pick the service's endpoints.
     #[serde(default)]
@@ -67,7 +68,7 @@ pub struct ServiceSpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ServicePort {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -99,7 +100,7 @@ pub enum ServiceAppProtocol {
 
 /// One instance of an app with its proxy, off Kubernetes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct WorkloadSpec {
     /// The workload's IP address.
     pub address: Address,
@@ -121,7 +122,7 @@ pub struct WorkloadSpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct WorkloadPort {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -132,7 +133,7 @@ pub struct WorkloadPort {
 
 /// A reference to the Service a route attaches to (GAMMA).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ParentRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
@@ -147,7 +148,7 @@ pub struct ParentRef {
 
 /// A Service to send to, with its share.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct BackendRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
@@ -180,7 +181,7 @@ pub enum ValueMatchType {
 
 /// HTTPRoute and GRPCRoute: one shape, told apart by what their rules match on (`M`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 #[serde(bound(
     serialize = "M: Serialize, M::RetryCode: Serialize",
     deserialize = "M: Deserialize<'de>, M::RetryCode: Deserialize<'de>"
@@ -194,7 +195,7 @@ pub struct RouteSpec<M: RouteMatchKind> {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 #[serde(bound(
     serialize = "M: Serialize, M::RetryCode: Serialize",
     deserialize = "M: Deserialize<'de>, M::RetryCode: Deserialize<'de>"
@@ -232,7 +233,7 @@ impl RouteMatchKind for GrpcRouteMatch {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HttpRouteMatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathMatch>,
@@ -245,7 +246,7 @@ pub struct HttpRouteMatch {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct PathMatch {
     /// Absent: `PathPrefix`.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
@@ -254,7 +255,7 @@ pub struct PathMatch {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct NamedValueMatch {
     /// Absent: `Exact`.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
@@ -264,7 +265,7 @@ pub struct NamedValueMatch {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct RouteTimeouts {
     /// The whole request, retries included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -277,7 +278,7 @@ pub struct RouteTimeouts {
 /// Gateway API retry (GEP-1731): HTTP statuses for HTTPRoute, gRPC statuses (`UNAVAILABLE` or
 /// 14) for GRPCRoute; connect failures are always retried when a retry is configured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct RouteRetry<C> {
     #[serde(default = "Vec::new", skip_serializing_if = "Vec::is_empty")]
     pub codes: Vec<C>,
@@ -288,7 +289,7 @@ pub struct RouteRetry<C> {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct RouteFilter {
     /// `RequestHeaderModifier`, `ResponseHeaderModifier` or `RequestMirror`.
     #[serde(rename = "type")]
@@ -302,7 +303,7 @@ pub struct RouteFilter {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HeaderModifier {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub set: Vec<HeaderValue>,
@@ -313,14 +314,14 @@ pub struct HeaderModifier {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HeaderValue {
     pub name: String,
     pub value: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct RequestMirror {
     pub backend_ref: BackendRef,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -328,7 +329,7 @@ pub struct RequestMirror {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct GrpcRouteMatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<GrpcMethodMatch>,
@@ -337,7 +338,7 @@ pub struct GrpcRouteMatch {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct GrpcMethodMatch {
     /// Absent: `Exact`.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
@@ -352,7 +353,7 @@ pub struct GrpcMethodMatch {
 
 /// What the Gateway API lacks, attached to a Service (or to one route of it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ServicePolicySpec {
     pub target_ref: PolicyTargetRef,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -370,7 +371,7 @@ pub struct ServicePolicySpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct PolicyTargetRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
@@ -402,7 +403,7 @@ impl PolicyTargetRef {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct RetryBudget {
     /// Retries as a fraction of requests (default 0.2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -416,7 +417,7 @@ pub struct RetryBudget {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct LoadBalancer {
     #[serde(rename = "type")]
     pub kind: LoadBalancerType,
@@ -431,7 +432,7 @@ pub enum LoadBalancerType {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct CircuitBreaker {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consecutive_failures: Option<u32>,
@@ -442,7 +443,7 @@ pub struct CircuitBreaker {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct SuccessRate {
     pub minimum: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -452,7 +453,7 @@ pub struct SuccessRate {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Ejection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<GatewayDuration>,
@@ -461,7 +462,7 @@ pub struct Ejection {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct RateLimit {
     pub requests_per_second: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -475,7 +476,7 @@ pub struct RateLimit {
 /// Without a selector it covers its whole namespace; in the root namespace (`weft`) without a
 /// selector, the whole mesh. The most specific setting wins: port, workload, namespace, mesh.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct InboundDefaultsSpec {
     /// Workload labels; empty: every workload of the namespace.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -493,7 +494,7 @@ pub struct InboundDefaultsSpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct InboundPortDefaults {
     pub port: Port,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -503,7 +504,7 @@ pub struct InboundPortDefaults {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct InboundRateLimit {
     /// Every client together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -516,7 +517,7 @@ pub struct InboundRateLimit {
 /// Who may call the workloads it selects, on which ports and HTTP routes. Once any policy
 /// covers a port, requests there that no policy allows are denied.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct AuthorizationPolicySpec {
     /// Workload labels; empty: every workload of the namespace.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -532,7 +533,7 @@ pub struct AuthorizationPolicySpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct AuthorizationSource {
     /// SPIFFE ids, exact or `spiffe://<td>/ns/<ns>/sa/*`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

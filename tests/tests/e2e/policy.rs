@@ -520,6 +520,56 @@ async fn bad_policy_is_refused_naming_the_field_and_nothing_changes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_copied_from_a_cluster_applies_with_a_warning_for_what_weft_ignores() {
+    weft_tests::init();
+    let cp = ControlPlane::start("24h").await;
+    cp.apply_ok(SERVICES);
+    // As `kubectl get httproute -o yaml` prints it: status, uid, generation, managedFields, and
+    // a Gateway API field Weft does not implement.
+    let from_cluster = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  creationTimestamp: "2026-11-30T10:00:00Z"
+  generation: 2
+  managedFields:
+  - {apiVersion: gateway.networking.k8s.io/v1, manager: kubectl, operation: Update}
+  name: copied
+  namespace: shop
+  uid: 3c0f6a8e-1d2b-4c5d-9e8f-0a1b2c3d4e5f
+spec:
+  parentRefs: [{group: "", kind: Service, name: api, port: 8080}]
+  rules:
+  - backendRefs: [{group: "", kind: Service, name: api-v2, port: 8080, weight: 1}]
+    sessionPersistence: {sessionName: shop, type: Cookie}
+status:
+  parents:
+  - conditions: [{type: Accepted, status: "True", reason: Accepted, lastTransitionTime: "2026-11-30T10:00:01Z", message: ok}]
+    controllerName: example.com/other
+    parentRef: {name: api}
+"#;
+    let (status, stdout, stderr) = cp.apply(from_cluster);
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stdout.trim(), "HTTPRoute shop/copied created");
+    assert_eq!(
+        stderr.trim(),
+        "Warning: HTTPRoute shop/copied: unknown field \"spec.rules[0].sessionPersistence\", ignored"
+    );
+    let (_, route, _) = cp.weftctl(&["get", "httproute", "copied", "-n", "shop", "-o", "json"]);
+    let route: serde_json::Value = serde_json::from_str(&route).expect("weftctl get -o json");
+    assert_eq!(
+        route["spec"]["rules"][0]["backendRefs"][0]["name"],
+        "api-v2"
+    );
+    for dropped in ["status", "uid", "managedFields", "sessionPersistence"] {
+        assert!(
+            !route.to_string().contains(dropped),
+            "{dropped} kept: {route}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_status_lists_proxies_with_their_applied_versions() {
     let cluster = Cluster::start().await;
     cluster
