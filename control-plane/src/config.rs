@@ -133,8 +133,9 @@ pub struct Config {
     #[arg(long, env = "WEFT_CONTROL_WEBHOOK_KEY", requires = "webhook_cert")]
     pub webhook_key: Option<PathBuf>,
 
-    /// A kubeconfig for the Kubernetes API (the webhook reads namespaces' `weft.io/inject`);
-    /// without it, the pod's own ServiceAccount when running in a cluster, else none.
+    /// A kubeconfig for the Kubernetes API (ServiceAccount tokens are reviewed with it, and the
+    /// webhook reads namespaces' `weft.io/inject`); without it, the pod's own ServiceAccount
+    /// when running in a cluster, else none.
     #[arg(long, env = "WEFT_CONTROL_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
 

@@ -8,10 +8,11 @@ use weft_api::identity::identity_server::Identity as IdentityService;
 use weft_api::identity::{CertifyRequest, CertifyResponse};
 use weft_certs::{AuthorityError, CertificateRequest, CsrError, Identity};
 
-use crate::join_tokens::JoinTokenError;
+use crate::join_tokens::{self, JoinTokenError};
 use crate::limits::RateLimit;
 use crate::lineage::{Issue, Lineage, LineageError, Proof};
 use crate::metrics::Metrics;
+use crate::service_account_tokens::TokenReviewer;
 use crate::tls_incoming::PeerInfo;
 use crate::trust::Trust;
 
@@ -23,6 +24,8 @@ pub struct IdentityApi {
     leaf_lifetime: Duration,
     rate: Arc<RateLimit>,
     metrics: Metrics,
+    /// Set on Kubernetes: ServiceAccount tokens prove identities too.
+    reviewer: Option<TokenReviewer>,
 }
 
 impl IdentityApi {
@@ -42,7 +45,14 @@ impl IdentityApi {
             leaf_lifetime,
             rate: Arc::new(rate),
             metrics,
+            reviewer: None,
         }
+    }
+
+    /// Accepts Kubernetes ServiceAccount tokens besides join tokens, reviewed by `reviewer`.
+    pub fn with_service_account_tokens(mut self, reviewer: TokenReviewer) -> Self {
+        self.reviewer = Some(reviewer);
+        self
     }
 
     async fn certify(
@@ -76,7 +86,17 @@ impl IdentityApi {
             )));
         }
         let now = SystemTime::now();
-        let proof = proof(peer, req.token, now)?;
+        let proof = match proof(peer, req.token, now)? {
+            Presented::Proof(proof) => proof,
+            Presented::OtherToken(token) => match &self.reviewer {
+                Some(reviewer) => Proof::ServiceAccount(reviewer.review(&token).await?),
+                None => {
+                    return Err(Status::unauthenticated(
+                        "not a join token (weftjt_…), and this control plane reviews no Kubernetes ServiceAccount tokens (it has no --kubeconfig and is not in a cluster)",
+                    ));
+                }
+            },
+        };
         let proven = self.lineage.check(&proof, now).await.map_err(refusal)?;
         csr.require_identity(&proven).map_err(|e| match e {
             CsrError::NotProven { .. } => Status::permission_denied(e.to_string()),
@@ -112,9 +132,17 @@ impl IdentityApi {
     }
 }
 
+/// What a caller presented to prove who it is.
+enum Presented {
+    /// Its current certificate, or a join token.
+    Proof(Proof),
+    /// A token that is not a join token: a Kubernetes ServiceAccount token, if anything.
+    OtherToken(String),
+}
+
 /// How the caller proves who it is: its current certificate if it presented a still-valid one
-/// (renewal), otherwise its join token.
-fn proof(peer: Option<&PeerInfo>, token: String, now: SystemTime) -> Result<Proof, Status> {
+/// (renewal), otherwise its token.
+fn proof(peer: Option<&PeerInfo>, token: String, now: SystemTime) -> Result<Presented, Status> {
     if let Some(PeerInfo {
         identity: Some(identity),
         not_after: Some(not_after),
@@ -123,17 +151,20 @@ fn proof(peer: Option<&PeerInfo>, token: String, now: SystemTime) -> Result<Proo
     }) = peer
         && *not_after > now
     {
-        return Ok(Proof::Certificate {
+        return Ok(Presented::Proof(Proof::Certificate {
             serial: serial.clone(),
             identity: identity.clone(),
-        });
+        }));
     }
     if token.is_empty() {
         return Err(Status::unauthenticated(
-            "no join token and no valid client certificate: prove the identity with a token",
+            "no token and no valid client certificate: prove the identity with a join token or a ServiceAccount token",
         ));
     }
-    Ok(Proof::Token(token))
+    if join_tokens::is_join_token(&token) {
+        return Ok(Presented::Proof(Proof::Token(token)));
+    }
+    Ok(Presented::OtherToken(token))
 }
 
 /// The gRPC status of a refusal: an unproven caller is UNAUTHENTICATED (a proxy then falls back

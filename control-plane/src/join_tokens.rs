@@ -21,6 +21,11 @@ const ID_LEN: usize = 16;
 /// The longest lifetime a token may be given.
 pub const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
 
+/// Whether `token` is a join token at all (and not, say, a Kubernetes ServiceAccount token).
+pub fn is_join_token(token: &str) -> bool {
+    token.starts_with(TOKEN_PREFIX)
+}
+
 /// Why a token was refused or could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum JoinTokenError {

@@ -2,8 +2,6 @@
 //! the webhook reads a namespace's `weft.io/inject` from memory, never with a request of its own
 //! on the admission path.
 
-use std::path::Path;
-
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -11,20 +9,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Map, Value};
 use weft_telemetry::Drain;
 
-use crate::kube_client::{self, KubeError};
 use crate::webhook::NamespaceAnnotations;
-
-/// The cluster's client: from `kubeconfig` when given, else the pod's own ServiceAccount when
-/// running in a cluster; `None` outside one.
-pub async fn client(kubeconfig: Option<&Path>) -> Result<Option<kube::Client>, KubeError> {
-    let config = match kubeconfig {
-        Some(path) => kube_client::from_kubeconfig(path).await?,
-        None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => kube::Config::incluster()
-            .map_err(|e| KubeError(format!("in-cluster configuration: {e}")))?,
-        None => return Ok(None),
-    };
-    kube_client::client(config).map(Some)
-}
 
 /// Every namespace's annotations, as of the watch's last event.
 #[derive(Debug, Clone)]

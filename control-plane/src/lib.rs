@@ -23,6 +23,7 @@ pub mod policy;
 pub mod policy_store;
 pub mod resource_store;
 pub mod server;
+pub mod service_account_tokens;
 pub mod serving_cert;
 pub mod store;
 pub mod tls_incoming;

@@ -54,11 +54,18 @@ pub enum LineageError {
     Store(String),
 }
 
+/// The root recorded for a lineage that began with a ServiceAccount token: such lineages end
+/// with an identity revocation (Kubernetes rotates and expires the tokens themselves).
+const SERVICE_ACCOUNT_ROOT: &str = "serviceaccount:";
+
 /// How a Certify caller proved who it is.
 #[derive(Debug, Clone)]
 pub enum Proof {
     /// A join token, on first contact.
     Token(String),
+    /// A Kubernetes ServiceAccount token, already reviewed by the API server: the identity of
+    /// that ServiceAccount.
+    ServiceAccount(Identity),
     /// Its current certificate (already verified by the TLS handshake), on renewal.
     Certificate {
         /// The certificate's serial.
@@ -235,6 +242,7 @@ fn proven(
 ) -> Result<Identity, LineageError> {
     let identity = match proof {
         Proof::Token(token) => join_tokens::check(records, token, now)?,
+        Proof::ServiceAccount(identity) => identity.clone(),
         Proof::Certificate { serial, identity } => {
             root_of(records, serial, identity)?;
             identity.clone()
@@ -287,6 +295,9 @@ fn root_of(
     if cert.identity != identity.to_string() {
         return Err(no_lineage());
     }
+    if cert.token.starts_with(SERVICE_ACCOUNT_ROOT) {
+        return Ok(cert.token);
+    }
     let token: JoinTokenRecord = records
         .read(Records::JoinTokens, &cert.token)
         .map_err(store_error)?
@@ -315,6 +326,7 @@ fn apply(txn: &Txn<'_>, issue: &Issue, now: SystemTime) -> Result<(), LineageErr
             }
             (hash, None)
         }
+        Proof::ServiceAccount(identity) => (format!("{SERVICE_ACCOUNT_ROOT}{identity}"), None),
         Proof::Certificate { serial, identity } => {
             (root_of(txn, serial, identity)?, Some(serial.clone()))
         }

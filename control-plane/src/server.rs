@@ -24,9 +24,10 @@ use crate::lineage::Lineage;
 use crate::metrics::Metrics;
 use crate::policy_store::PolicyStore;
 use crate::resource_store::Embedded;
+use crate::service_account_tokens::TokenReviewer;
 use crate::store::Store;
 use crate::trust::Trust;
-use crate::{kube_namespaces, pki, serving_cert, tls_incoming, webhook};
+use crate::{kube_client, kube_namespaces, pki, serving_cert, tls_incoming, webhook};
 
 /// How often records of expired certificates, lapsed revocations and spent tokens are purged.
 const RECORD_PURGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
@@ -159,13 +160,23 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
             .purge_periodically(RECORD_PURGE_INTERVAL, drain.clone()),
     );
     let limits = config.limits;
-    let identity = crate::identity_api::IdentityApi::new(
+    let kubernetes = kube_client::cluster_client(config.kubeconfig.as_deref())
+        .await
+        .map_err(|e| StartError::Setup(e.to_string()))?;
+    let mut identity = crate::identity_api::IdentityApi::new(
         trust.clone(),
         lineage.clone(),
         config.leaf_lifetime,
         RateLimit::new(limits.certify_rate, limits.certify_rate_per_ip),
         metrics.clone(),
     );
+    if let Some(client) = &kubernetes {
+        tracing::info!(
+            "identity: Kubernetes ServiceAccount tokens are reviewed with the API server"
+        );
+        identity = identity
+            .with_service_account_tokens(TokenReviewer::new(client.clone(), trust_domain.clone()));
+    }
     let discovery = DiscoveryServer::new(DiscoveryApi::new(
         policy.clone(),
         proxies.clone(),
@@ -230,12 +241,7 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
 
     if let Some((listener, acceptor)) = webhook_listener {
         let settings = inject_settings(config, trust_domain.clone());
-        let namespaces: Arc<dyn webhook::NamespaceAnnotations> = match kube_namespaces::client(
-            config.kubeconfig.as_deref(),
-        )
-        .await
-        .map_err(|e| StartError::Setup(e.to_string()))?
-        {
+        let namespaces: Arc<dyn webhook::NamespaceAnnotations> = match kubernetes {
             Some(client) => {
                 let namespaces = kube_namespaces::ClusterNamespaces::watch(client, drain);
                 let synced = namespaces.clone();

@@ -10,6 +10,7 @@
 
 pub mod apps;
 pub mod client;
+pub mod fake_apiserver;
 pub mod kube_api;
 pub mod mesh;
 pub mod netns;

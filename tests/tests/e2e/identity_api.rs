@@ -56,6 +56,37 @@ impl Caller {
     }
 }
 
+impl Caller {
+    /// `chain` as DER certificates, checked to be `identity`'s under the trust anchors.
+    fn verified(
+        &self,
+        chain: Vec<Vec<u8>>,
+        identity: &Identity,
+    ) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+        let chain: Vec<_> = chain
+            .into_iter()
+            .map(rustls::pki_types::CertificateDer::from)
+            .collect();
+        weft_certs::verify_peer(&self.anchors, &chain, identity, SystemTime::now()).unwrap();
+        chain
+    }
+
+    /// Presents `chain` (for `key`) as the client certificate from now on: renewal's proof.
+    fn present(
+        &self,
+        key: &LeafKey,
+        chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+        identity: &Identity,
+    ) {
+        self.certs.set(Credential {
+            key: key.certify(chain).unwrap(),
+            identity: identity.clone(),
+            valid_from: SystemTime::now(),
+            not_after: SystemTime::now() + Duration::from_secs(3600),
+        });
+    }
+}
+
 fn csr_for(identity: &str) -> (LeafKey, Vec<u8>) {
     let key = LeafKey::generate().unwrap();
     let csr = key.csr(&identity.parse().unwrap()).unwrap().to_vec();
@@ -80,12 +111,8 @@ async fn certify_signs_a_csr_proven_by_a_token_and_renews_by_certificate() {
 
     let (key, csr) = csr_for(WEB);
     let chain = caller.certify(WEB, csr, &web_token).await.unwrap();
-    let chain: Vec<_> = chain
-        .into_iter()
-        .map(rustls::pki_types::CertificateDer::from)
-        .collect();
     let web: Identity = WEB.parse().unwrap();
-    weft_certs::verify_peer(&caller.anchors, &chain, &web, SystemTime::now()).unwrap();
+    let chain = caller.verified(chain, &web);
 
     // Without a token and without a certificate: refused.
     let (_, csr) = csr_for(WEB);
@@ -93,12 +120,7 @@ async fn certify_signs_a_csr_proven_by_a_token_and_renews_by_certificate() {
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
 
     // Presenting the current certificate is proof enough.
-    caller.certs.set(Credential {
-        key: key.certify(chain).unwrap(),
-        identity: web.clone(),
-        valid_from: SystemTime::now(),
-        not_after: SystemTime::now() + Duration::from_secs(3600),
-    });
+    caller.present(&key, chain, &web);
     let (_, csr) = csr_for(WEB);
     caller.certify(WEB, csr, "").await.unwrap();
 
@@ -344,4 +366,107 @@ async fn an_admin_client_certificate_replaces_the_token() {
     let (status, _, stderr) = with_cert("web");
     assert_eq!(status.code(), Some(1));
     assert!(stderr.contains("Unauthenticated"), "{stderr}");
+}
+
+/// Tokens as the kubelet projects them: JWT-shaped, opaque to Weft, known to the API server.
+const SA_WEB: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzaG9wL3dlYiJ9.c2lnbmF0dXJl";
+const SA_API: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzaG9wL2FwaSJ9.c2lnbmF0dXJl";
+const SA_WEB_FOR_API_SERVER: &str = "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJrdWJlIn0.c2lnbmF0dXJl";
+const SA_WEB_EXPIRED: &str = "eyJhbGciOiJSUzI1NiJ9.eyJleHAiOjF9.c2lnbmF0dXJl";
+const SA_WEB_LATER: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJsYXRlciJ9.c2lnbmF0dXJl";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_account_token_reviewed_by_the_api_server_proves_that_service_account_only() {
+    weft_tests::init();
+    let api = weft_tests::fake_apiserver::FakeApiServer::start().await;
+    let kubeconfig = api.kubeconfig().to_str().unwrap().to_string();
+    let cp = ControlPlane::start_with("1h", &["--kubeconfig", &kubeconfig]).await;
+    api.add_token(SA_WEB, "shop", "web", &["weft"], false).await;
+    api.add_token(SA_API, "shop", "api", &["weft"], false).await;
+    api.add_token(
+        SA_WEB_FOR_API_SERVER,
+        "shop",
+        "web",
+        &["https://kubernetes.default.svc"],
+        false,
+    )
+    .await;
+    api.add_token(SA_WEB_EXPIRED, "shop", "web", &["weft"], true)
+        .await;
+    api.add_token(SA_WEB_LATER, "shop", "web", &["weft"], false)
+        .await;
+    let caller = Caller::new(&cp);
+
+    // The token of ServiceAccount shop/web gets exactly spiffe://…/ns/shop/sa/web.
+    let (key, csr) = csr_for(WEB);
+    let chain = caller.certify(WEB, csr, SA_WEB).await.unwrap();
+    let web: Identity = WEB.parse().unwrap();
+    let chain = caller.verified(chain, &web);
+
+    // Another ServiceAccount's token proves that one, not web: the identity comes from the
+    // review, never from the request.
+    let (_, csr) = csr_for(WEB);
+    let status = caller.certify(WEB, csr, SA_API).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+
+    // A token minted for the API server's audience, not Weft's.
+    let (_, csr) = csr_for(WEB);
+    let status = caller
+        .certify(WEB, csr, SA_WEB_FOR_API_SERVER)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("is invalid for the target audiences"),
+        "{}",
+        status.message()
+    );
+
+    let (_, csr) = csr_for(WEB);
+    let status = caller.certify(WEB, csr, SA_WEB_EXPIRED).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("expired"), "{}", status.message());
+
+    // The API server cannot review: the caller is told to come back, not refused for good.
+    api.fail_token_reviews(Some(500)).await;
+    let (_, csr) = csr_for(WEB);
+    let status = caller.certify(WEB, csr, SA_WEB_LATER).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    api.fail_token_reviews(None).await;
+    let (_, csr) = csr_for(WEB);
+    caller.certify(WEB, csr, SA_WEB_LATER).await.unwrap();
+
+    // Join tokens keep working beside them (VMs).
+    let api_join_token = token(&cp, API, None);
+    let (_, csr) = csr_for(API);
+    caller.certify(API, csr, &api_join_token).await.unwrap();
+
+    // A certificate from a ServiceAccount token renews like any other…
+    caller.present(&key, chain, &web);
+    let (_, csr) = csr_for(WEB);
+    caller.certify(WEB, csr, "").await.unwrap();
+    // …until the identity is revoked.
+    let (status, _, stderr) = cp.weftctl(&["identity", "revoke", WEB]);
+    assert!(status.success(), "{stderr}");
+    let (_, csr) = csr_for(WEB);
+    let status = caller.certify(WEB, csr, "").await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_kubernetes_api_a_service_account_token_is_refused_saying_why() {
+    let cp = ControlPlane::start("1h").await;
+    let caller = Caller::new(&cp);
+    let (_, csr) = csr_for(WEB);
+    let status = caller.certify(WEB, csr, SA_WEB).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("reviews no Kubernetes ServiceAccount tokens"),
+        "{}",
+        status.message()
+    );
 }

@@ -7,6 +7,7 @@ mod bad_config;
 mod check;
 mod cluster;
 mod drain;
+mod fake_apiserver;
 mod foreign;
 mod identity_api;
 mod inbound_limits;

@@ -1,0 +1,108 @@
+//! `weft-fake-apiserver` started for one test: a real HTTPS process speaking the Kubernetes API
+//! (no kube-apiserver can run here), its kubeconfig, a kube-rs client for it, and the controls a
+//! test steers it with — ServiceAccount tokens, compaction, failing TokenReviews.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::process::{Proc, bin};
+
+#[derive(Debug)]
+pub struct FakeApiServer {
+    proc: Proc,
+    kubeconfig: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl FakeApiServer {
+    /// Starts one and waits until it serves.
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = std::process::Command::new(bin("weft-fake-apiserver"));
+        command.arg("--dir").arg(dir.path());
+        let proc = Proc::spawn(
+            "weft-fake-apiserver",
+            command,
+            dir.path().join("fake-apiserver.log"),
+        );
+        let server = Self {
+            kubeconfig: dir.path().join("kubeconfig"),
+            proc,
+            _dir: dir,
+        };
+        crate::eventually(
+            "the fake API server to listen",
+            Duration::from_secs(10),
+            || {
+                let up = server.proc.log().contains("listening on");
+                async move { up.then_some(()) }
+            },
+        )
+        .await;
+        server
+    }
+
+    /// Its kubeconfig: the address, its CA and an admin bearer token.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// A kube-rs client of it, configured from the kubeconfig like any other cluster's.
+    pub async fn client(&self) -> kube::Client {
+        let file = kube::config::Kubeconfig::read_from(&self.kubeconfig).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+            .await
+            .unwrap();
+        kube::Client::try_from(config).unwrap()
+    }
+
+    /// Makes `token` a projected token of ServiceAccount `namespace/service_account` for
+    /// `audiences`, expired or not.
+    pub async fn add_token(
+        &self,
+        token: &str,
+        namespace: &str,
+        service_account: &str,
+        audiences: &[&str],
+        expired: bool,
+    ) {
+        self.control(
+            http::Method::POST,
+            "tokens",
+            serde_json::json!({
+                "token": token,
+                "namespace": namespace,
+                "serviceAccount": service_account,
+                "audiences": audiences,
+                "expired": expired,
+            }),
+        )
+        .await;
+    }
+
+    /// Drops the change history: watches end with 410 Gone, resumes from before get it too.
+    pub async fn compact(&self) {
+        self.control(http::Method::POST, "compact", serde_json::json!({}))
+            .await;
+    }
+
+    /// Makes every TokenReview fail with HTTP `code` (`None`: answer them again).
+    pub async fn fail_token_reviews(&self, code: Option<u16>) {
+        self.control(
+            http::Method::PUT,
+            "token-review-failure",
+            serde_json::json!({ "code": code }),
+        )
+        .await;
+    }
+
+    async fn control(&self, method: http::Method, what: &str, body: serde_json::Value) {
+        let request = http::Request::builder()
+            .method(method)
+            .uri(format!("/fake/{what}"))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string().into_bytes())
+            .unwrap();
+        self.client().await.request_text(request).await.unwrap();
+    }
+}
