@@ -19,6 +19,11 @@
       certificate and key and caBundle, the pod template's checksum annotation and the
       app.kubernetes.io/managed-by label (each must be there, not empty), and the Namespace
       weftctl adds (Helm creates it with --create-namespace).
+
+  manifests.py resources CRDS GOOD_DIR BAD_DIR
+      Checks custom resources against the CRDs' OpenAPI schemas as the API server would (its
+      `nullable` and int-or-string read as JSON Schema): every document in GOOD_DIR must pass;
+      each file in BAD_DIR must fail at the field its first line names (`# expect: spec.mode`).
 """
 
 import base64
@@ -34,6 +39,7 @@ import sys
 import time
 import urllib.request
 
+import jsonschema
 import yaml
 
 # Kinds whose schemas come from CRDs, which kubernetes-validate cannot know offline.
@@ -298,9 +304,76 @@ def same(helm_rendered, weftctl_rendered):
     print(f"{len(helm)} objects the same")
 
 
+def json_schema(node):
+    """An OpenAPI v3 structural schema as JSON Schema: `nullable` and int-or-string spelled out."""
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, value in node.items():
+        if key in ("properties", "patternProperties"):
+            out[key] = {name: json_schema(v) for name, v in value.items()}
+        elif key in ("items", "additionalProperties", "not"):
+            out[key] = json_schema(value)
+        elif key in ("anyOf", "oneOf", "allOf"):
+            out[key] = [json_schema(v) for v in value]
+        else:
+            out[key] = value
+    if out.get("x-kubernetes-int-or-string"):
+        out["type"] = ["integer", "string"]
+    if out.pop("nullable", False) and "type" in out:
+        out["type"] = [*([out["type"]] if isinstance(out["type"], str) else out["type"]), "null"]
+    return out
+
+
+def field_path(error):
+    path = ""
+    for part in error.absolute_path:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else part)
+    # A missing required field is reported on its parent.
+    if error.validator == "required":
+        missing = re.search(r"'([^']+)' is a required property", error.message)
+        if missing:
+            path += f".{missing.group(1)}" if path else missing.group(1)
+    return path
+
+
+def resources(crds, good_dir, bad_dir):
+    schemas = {}
+    for crd in load(crds):
+        spec = crd["spec"]
+        for version in spec["versions"]:
+            key = (f"{spec['group']}/{version['name']}", spec["names"]["kind"])
+            schemas[key] = json_schema(version["schema"]["openAPIV3Schema"])
+    problems, checked = [], 0
+
+    def errors(doc):
+        schema = schemas.get((doc["apiVersion"], doc["kind"]))
+        if schema is None:
+            return [f"no CRD for {doc['apiVersion']} {doc['kind']}"]
+        return sorted(jsonschema.Draft7Validator(schema).iter_errors(doc), key=str)
+
+    for name in sorted(os.listdir(good_dir)):
+        for doc in load(os.path.join(good_dir, name)):
+            checked += 1
+            for error in errors(doc):
+                problems.append(f"{name} {doc['kind']}: refused: {getattr(error, 'message', error)}")
+    for name in sorted(os.listdir(bad_dir)):
+        path = os.path.join(bad_dir, name)
+        with open(path) as f:
+            expect = f.readline().removeprefix("# expect:").strip()
+        for doc in load(path):
+            checked += 1
+            paths = [field_path(e) for e in errors(doc) if not isinstance(e, str)]
+            if not any(p.startswith(expect) for p in paths):
+                problems.append(f"{name}: expected a refusal at {expect}, got {paths or 'none'}")
+    if problems:
+        sys.exit("\n".join(problems))
+    print(f"{checked} resources checked")
+
+
 def main():
     command, *args = sys.argv[1:]
-    {"split": split, "run-pki": run_pki, "same": same}[command](*args)
+    {"split": split, "run-pki": run_pki, "same": same, "resources": resources}[command](*args)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ use weft_certs::{TrustAnchor, TrustDomain};
 
 use super::CliError;
 use crate::pki;
+use crate::policy::crds;
 
 const CHART: &str = "weft";
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -48,6 +49,11 @@ pub struct InstallArgs {
     /// Where the images are, as `<registry>/weft-control` etc.
     #[arg(long, default_value = "localhost")]
     pub registry: String,
+
+    /// Print only Weft's CustomResourceDefinitions (policy.weft.io), for
+    /// `weftctl install --crds | kubectl apply -f -` before the control plane.
+    #[arg(long)]
+    pub crds: bool,
 }
 
 /// What varies between installs, as the chart's values.
@@ -103,11 +109,28 @@ struct Identity {
 
 /// Prints the manifests.
 pub fn run(args: &InstallArgs, out: &mut impl std::io::Write) -> Result<(), CliError> {
+    if args.crds {
+        return write_crds(out);
+    }
     let identity = match &args.identity_dir {
         Some(dir) => read_identity(dir, &args.trust_domain)?,
         None => new_identity(&args.trust_domain)?,
     };
     let docs = manifests(&Values::of(args), &identity)?;
+    super::inject::write(&docs, out)
+}
+
+/// Weft's CRDs as YAML, as the chart ships them in `crds/`.
+pub fn write_crds(out: &mut impl std::io::Write) -> Result<(), CliError> {
+    let docs = crds::definitions()
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CliError(format!("cannot write the CRDs: {e}")))?;
+    out.write_all(
+        b"# Weft's CustomResourceDefinitions, generated from the Rust types by `weftctl install --crds`.\n",
+    )
+    .map_err(|e| CliError(format!("cannot write: {e}")))?;
     super::inject::write(&docs, out)
 }
 

@@ -17,6 +17,7 @@ mod resources;
 mod token;
 
 pub use admin_client::AdminClient;
+pub use install::write_crds;
 
 /// Operate a Weft mesh.
 #[derive(Debug, clap::Parser)]

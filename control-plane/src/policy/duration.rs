@@ -46,6 +46,12 @@ impl Serialize for GatewayDuration {
     }
 }
 
+inline_json_schema!(GatewayDuration, {
+    "type": "string",
+    "pattern": "^([0-9]{1,5}(h|m|s|ms)){1,4}$",
+    "description": "A Gateway API duration (GEP-2257): 10s, 250ms, 1h30m.",
+});
+
 impl<'de> Deserialize<'de> for GatewayDuration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;

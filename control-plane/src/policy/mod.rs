@@ -1,6 +1,27 @@
 //! Policy resources: parsing Kubernetes-shaped manifests into typed resources, checking them
 //! with errors that name the field, and the references between them.
 
+/// Implements `JsonSchema` for a type that is one inline schema in every CRD that uses it (a
+/// port, a duration): its serde form is custom, so schemars cannot derive it.
+macro_rules! inline_json_schema {
+    ($type:ty, $schema:tt) => {
+        impl schemars::JsonSchema for $type {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($type).into()
+            }
+
+            fn inline_schema() -> bool {
+                true
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!($schema)
+            }
+        }
+    };
+}
+
+pub mod crds;
 mod defaults;
 mod duration;
 mod inbound;

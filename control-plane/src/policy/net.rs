@@ -58,6 +58,8 @@ impl<'de> Deserialize<'de> for Port {
     }
 }
 
+inline_json_schema!(Port, {"type": "integer", "minimum": 1, "maximum": 65535});
+
 /// An IP address, v4 or v6.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Address(IpAddr);
@@ -78,6 +80,8 @@ impl FromStr for Address {
     }
 }
 
+inline_json_schema!(Address, {"type": "string", "description": "An IPv4 or IPv6 address."});
+
 /// A network in CIDR notation, v4 or v6.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Cidr(IpNet);
@@ -97,6 +101,8 @@ impl FromStr for Cidr {
             .map_err(|_| format!("{text:?} is not a CIDR such as 10.0.0.0/8 or fd00::/8"))
     }
 }
+
+inline_json_schema!(Cidr, {"type": "string", "format": "cidr"});
 
 /// Written and read as text: `Display` out, `FromStr` in, the parse error as serde's message.
 macro_rules! text_serde {

@@ -58,6 +58,8 @@ impl<'de> Deserialize<'de> for HttpStatus {
     }
 }
 
+inline_json_schema!(HttpStatus, {"type": "integer", "minimum": 400, "maximum": 599});
+
 /// The gRPC status names, by code.
 const GRPC_CODES: [&str; 17] = [
     "OK",
@@ -98,6 +100,11 @@ impl Serialize for GrpcStatus {
         self.written.serialize(serializer)
     }
 }
+
+inline_json_schema!(GrpcStatus, {
+    "x-kubernetes-int-or-string": true,
+    "description": "A gRPC status by name (UNAVAILABLE) or number (14).",
+});
 
 impl<'de> Deserialize<'de> for GrpcStatus {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

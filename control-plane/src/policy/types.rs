@@ -8,6 +8,8 @@
 
 use std::collections::BTreeMap;
 
+use kube::CustomResource;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use weft_api::inbound::{DefaultAuthorization, Mode};
@@ -55,7 +57,15 @@ pub struct Manifest<S> {
 // === Service and Workload (policy.weft.io/v1alpha1) ===
 
 /// A service off Kubernetes: the workloads its selector picks, on its ports.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, CustomResource)]
+#[kube(
+    group = "policy.weft.io",
+    version = "v1alpha1",
+    kind = "Service",
+    root = "ServiceCrd",
+    namespaced,
+    doc = "A service off Kubernetes: the Workloads its selector picks, on its ports."
+)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
     /// Workload labels that pick the service's endpoints.
@@ -67,7 +77,7 @@ pub struct ServiceSpec {
     pub foreign_spiffe: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServicePort {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -82,7 +92,7 @@ pub struct ServicePort {
 }
 
 /// What a Service port speaks, in the words of Kubernetes' `appProtocol`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ServiceAppProtocol {
     /// HTTP/1.1.
     #[serde(rename = "http")]
@@ -99,7 +109,16 @@ pub enum ServiceAppProtocol {
 }
 
 /// One instance of an app with its proxy, off Kubernetes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, CustomResource)]
+#[kube(
+    group = "policy.weft.io",
+    version = "v1alpha1",
+    kind = "Workload",
+    root = "WorkloadCrd",
+    namespaced,
+    doc = "One instance of an app with its weft-proxy, off Kubernetes.",
+    shortname = "wl"
+)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadSpec {
     /// The workload's IP address.
@@ -121,7 +140,7 @@ pub struct WorkloadSpec {
     pub foreign_spiffe: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadPort {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -132,7 +151,7 @@ pub struct WorkloadPort {
 // === HTTPRoute and GRPCRoute (gateway.networking.k8s.io/v1) ===
 
 /// A reference to the Service a route attaches to (GAMMA).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ParentRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -147,7 +166,7 @@ pub struct ParentRef {
 }
 
 /// A Service to send to, with its share.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BackendRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -165,7 +184,7 @@ pub struct BackendRef {
 }
 
 /// How a path is matched (Gateway API `HTTPPathMatch.type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum PathMatchType {
     Exact,
     PathPrefix,
@@ -173,7 +192,7 @@ pub enum PathMatchType {
 }
 
 /// How a header, a query parameter or a gRPC method is matched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ValueMatchType {
     Exact,
     RegularExpression,
@@ -232,7 +251,7 @@ impl RouteMatchKind for GrpcRouteMatch {
     type RetryCode = GrpcStatus;
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpRouteMatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -245,7 +264,7 @@ pub struct HttpRouteMatch {
     pub method: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PathMatch {
     /// Absent: `PathPrefix`.
@@ -254,7 +273,7 @@ pub struct PathMatch {
     pub value: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NamedValueMatch {
     /// Absent: `Exact`.
@@ -264,7 +283,7 @@ pub struct NamedValueMatch {
     pub value: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteTimeouts {
     /// The whole request, retries included.
@@ -288,7 +307,7 @@ pub struct RouteRetry<C> {
     pub backoff: Option<GatewayDuration>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteFilter {
     /// `RequestHeaderModifier`, `ResponseHeaderModifier` or `RequestMirror`.
@@ -302,7 +321,7 @@ pub struct RouteFilter {
     pub request_mirror: Option<RequestMirror>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HeaderModifier {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -313,14 +332,14 @@ pub struct HeaderModifier {
     pub remove: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HeaderValue {
     pub name: String,
     pub value: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestMirror {
     pub backend_ref: BackendRef,
@@ -328,7 +347,7 @@ pub struct RequestMirror {
     pub percent: Option<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GrpcRouteMatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -337,7 +356,7 @@ pub struct GrpcRouteMatch {
     pub headers: Vec<NamedValueMatch>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GrpcMethodMatch {
     /// Absent: `Exact`.
@@ -352,7 +371,16 @@ pub struct GrpcMethodMatch {
 // === ServicePolicy (policy.weft.io/v1alpha1) ===
 
 /// What the Gateway API lacks, attached to a Service (or to one route of it).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, CustomResource)]
+#[kube(
+    group = "policy.weft.io",
+    version = "v1alpha1",
+    kind = "ServicePolicy",
+    root = "ServicePolicyCrd",
+    namespaced,
+    doc = "Traffic policy the Gateway API lacks (retry budget, load balancer, circuit breaker, connect timeout, rate limit, opaque ports), attached to a Service or a route.",
+    shortname = "sp"
+)]
 #[serde(rename_all = "camelCase")]
 pub struct ServicePolicySpec {
     pub target_ref: PolicyTargetRef,
@@ -370,7 +398,7 @@ pub struct ServicePolicySpec {
     pub opaque_ports: Vec<Port>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyTargetRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -382,7 +410,7 @@ pub struct PolicyTargetRef {
 }
 
 /// What a ServicePolicy may attach to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum PolicyTargetKind {
     Service,
     #[serde(rename = "HTTPRoute")]
@@ -402,7 +430,7 @@ impl PolicyTargetRef {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RetryBudget {
     /// Retries as a fraction of requests (default 0.2).
@@ -416,14 +444,14 @@ pub struct RetryBudget {
     pub window: Option<GatewayDuration>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LoadBalancer {
     #[serde(rename = "type")]
     pub kind: LoadBalancerType,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum LoadBalancerType {
     /// The default: the endpoint with the least expected latency of two picked at random.
     #[serde(rename = "PeakEWMA")]
@@ -431,7 +459,7 @@ pub enum LoadBalancerType {
     RoundRobin,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CircuitBreaker {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -442,7 +470,7 @@ pub struct CircuitBreaker {
     pub ejection: Option<Ejection>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SuccessRate {
     pub minimum: f64,
@@ -452,7 +480,7 @@ pub struct SuccessRate {
     pub window: Option<GatewayDuration>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Ejection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -461,7 +489,7 @@ pub struct Ejection {
     pub max: Option<GatewayDuration>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimit {
     pub requests_per_second: u32,
@@ -475,7 +503,17 @@ pub struct RateLimit {
 /// mode (whether plaintext clients are accepted), the authorization default and rate limits.
 /// Without a selector it covers its whole namespace; in the root namespace (`weft`) without a
 /// selector, the whole mesh. The most specific setting wins: port, workload, namespace, mesh.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, CustomResource)]
+#[kube(
+    group = "policy.weft.io",
+    version = "v1alpha1",
+    kind = "InboundDefaults",
+    root = "InboundDefaultsCrd",
+    namespaced,
+    doc = "How the selected workloads take inbound traffic where nothing more specific says: mode, authorization default, rate limits.",
+    plural = "inbounddefaults",
+    shortname = "id"
+)]
 #[serde(rename_all = "camelCase")]
 pub struct InboundDefaultsSpec {
     /// Workload labels; empty: every workload of the namespace.
@@ -493,7 +531,7 @@ pub struct InboundDefaultsSpec {
     pub rate_limit: Option<InboundRateLimit>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InboundPortDefaults {
     pub port: Port,
@@ -503,7 +541,7 @@ pub struct InboundPortDefaults {
     pub authorization: Option<DefaultAuthorization>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InboundRateLimit {
     /// Every client together.
@@ -516,7 +554,17 @@ pub struct InboundRateLimit {
 
 /// Who may call the workloads it selects, on which ports and HTTP routes. Once any policy
 /// covers a port, requests there that no policy allows are denied.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, CustomResource)]
+#[kube(
+    group = "policy.weft.io",
+    version = "v1alpha1",
+    kind = "AuthorizationPolicy",
+    root = "AuthorizationPolicyCrd",
+    namespaced,
+    doc = "Who may call the selected workloads, on which ports and HTTP routes.",
+    shortname = "authz",
+    shortname = "ap"
+)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthorizationPolicySpec {
     /// Workload labels; empty: every workload of the namespace.
@@ -532,7 +580,7 @@ pub struct AuthorizationPolicySpec {
     pub from: Vec<AuthorizationSource>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthorizationSource {
     /// SPIFFE ids, exact or `spiffe://<td>/ns/<ns>/sa/*`.

@@ -82,3 +82,29 @@ fn a_pki_it_cannot_use_is_refused_in_one_line() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("other.example"), "{stderr}");
 }
+
+#[test]
+fn install_crds_prints_weft_s_crds_as_the_chart_ships_them() {
+    let (status, stdout, stderr) = weftctl(&["install", "--crds"]);
+    assert!(status.success(), "{stderr}");
+    let shipped = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../charts/weft/crds/policy.weft.io.yaml"),
+    )
+    .unwrap();
+    assert_eq!(stdout, shipped);
+    let kinds: Vec<String> = parse(&stdout)
+        .iter()
+        .map(|crd| crd["spec"]["names"]["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "Service",
+            "Workload",
+            "ServicePolicy",
+            "InboundDefaults",
+            "AuthorizationPolicy"
+        ]
+    );
+}
