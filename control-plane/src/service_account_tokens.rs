@@ -17,6 +17,8 @@ use weft_certs::{Identity, TrustDomain};
 /// The audience a proxy's token must be minted for (the injector projects it so): a token for
 /// the API server, or for another system, does not prove anything to Weft.
 pub const AUDIENCE: &str = "weft";
+/// How long a review may take: Certify must not hang on an API server that does not answer.
+const REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a review's outcome is reused.
 const CACHE_TTL: Duration = Duration::from_secs(10);
 /// Reviews remembered at most: past it the cache is emptied, never grown.
@@ -121,11 +123,18 @@ impl TokenReviewer {
             },
             ..Default::default()
         };
-        let reviewed = self
-            .reviews
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|e| ReviewError::Unavailable(e.to_string()))?;
+        let reviewed = tokio::time::timeout(
+            REVIEW_TIMEOUT,
+            self.reviews.create(&PostParams::default(), &review),
+        )
+        .await
+        .map_err(|_| {
+            ReviewError::Unavailable(format!(
+                "the Kubernetes API did not answer within {}s",
+                REVIEW_TIMEOUT.as_secs()
+            ))
+        })?
+        .map_err(|e| ReviewError::Unavailable(e.to_string()))?;
         let status = reviewed.status.unwrap_or_default();
         if status.authenticated != Some(true) {
             return Err(ReviewError::NotAuthenticated(

@@ -27,13 +27,22 @@ pub type Body = BoxBody<Bytes, Infallible>;
 const MAX_BODY: usize = 3 * 1024 * 1024;
 const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 
+/// How TokenReview fails when a test asks it to.
+#[derive(Debug, Clone, Copy)]
+enum ReviewFailure {
+    /// With this HTTP status.
+    Status(u16),
+    /// By never answering.
+    Hang,
+}
+
 /// The fake's whole state.
 #[derive(Debug)]
 pub struct Fake {
     store: Mutex<Store>,
     tokens: Mutex<Tokens>,
-    /// When set, TokenReview fails with this HTTP status.
-    review_failure: Mutex<Option<u16>>,
+    /// When set, TokenReview fails this way.
+    review_failure: Mutex<Option<ReviewFailure>>,
     bearer: String,
     bookmark_every: Duration,
 }
@@ -92,7 +101,7 @@ impl Fake {
             return self.control(&method, control, &body);
         }
         if path == TOKEN_REVIEWS && method == Method::POST {
-            return self.token_review(&body);
+            return self.token_review(&body).await;
         }
         let target = Target::parse(&path)
             .ok_or_else(|| ApiError::bad_request(format!("{path}: not a resource path")))?;
@@ -340,21 +349,28 @@ impl Fake {
         ))
     }
 
-    fn token_review(&self, body: &[u8]) -> Result<Response<Body>, ApiError> {
+    async fn token_review(&self, body: &[u8]) -> Result<Response<Body>, ApiError> {
         let review = json_body(body)?;
-        if let Some(code) = *self.review_failure.lock() {
-            return Err(ApiError {
-                code,
-                reason: "InternalError",
-                message: "Internal error occurred: the token reviewer is failing (as asked)".into(),
-            });
+        let failure = *self.review_failure.lock();
+        match failure {
+            Some(ReviewFailure::Status(code)) => {
+                return Err(ApiError {
+                    code,
+                    reason: "InternalError",
+                    message: "Internal error occurred: the token reviewer is failing (as asked)"
+                        .into(),
+                });
+            }
+            Some(ReviewFailure::Hang) => std::future::pending::<()>().await,
+            None => {}
         }
         let reviewed = self.tokens.lock().review(review);
         Ok(json_response(201, &reviewed))
     }
 
     /// `POST /fake/tokens` registers a token; `POST /fake/compact` drops the history;
-    /// `PUT /fake/token-review-failure` `{"code": 500}` makes reviews fail (`{}` stops it).
+    /// `PUT /fake/token-review-failure` `{"code": 500}` makes reviews fail, `{"hang": true}`
+    /// makes them never answer, `{}` stops either.
     fn control(
         &self,
         method: &Method,
@@ -370,10 +386,13 @@ impl Fake {
             }
             (&Method::POST, "compact") => self.store().compact(),
             (&Method::PUT, "token-review-failure") => {
-                let code = json_body(body)?["code"]
-                    .as_u64()
-                    .and_then(|c| u16::try_from(c).ok());
-                *self.review_failure.lock() = code;
+                let asked = json_body(body)?;
+                let code = asked["code"].as_u64().and_then(|c| u16::try_from(c).ok());
+                *self.review_failure.lock() = match (asked["hang"].as_bool(), code) {
+                    (Some(true), _) => Some(ReviewFailure::Hang),
+                    (_, Some(code)) => Some(ReviewFailure::Status(code)),
+                    _ => None,
+                };
             }
             _ => {
                 return Err(ApiError::bad_request(format!(

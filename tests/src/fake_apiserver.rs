@@ -96,6 +96,16 @@ impl FakeApiServer {
         .await;
     }
 
+    /// Makes every TokenReview hang, never answering (until `fail_token_reviews(None)`).
+    pub async fn hang_token_reviews(&self) {
+        self.control(
+            http::Method::PUT,
+            "token-review-failure",
+            serde_json::json!({ "hang": true }),
+        )
+        .await;
+    }
+
     async fn control(&self, method: http::Method, what: &str, body: serde_json::Value) {
         let request = http::Request::builder()
             .method(method)

@@ -434,6 +434,22 @@ async fn a_service_account_token_reviewed_by_the_api_server_proves_that_service_
     let (_, csr) = csr_for(WEB);
     let status = caller.certify(WEB, csr, SA_WEB_LATER).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    // An API server that does not answer at all: the same, after a bounded wait, never a hang.
+    api.hang_token_reviews().await;
+    let (_, csr) = csr_for(WEB);
+    let waited = tokio::time::timeout(
+        Duration::from_secs(60),
+        caller.certify(WEB, csr, SA_WEB_LATER),
+    )
+    .await
+    .expect("Certify must not hang on a silent API server");
+    let status = waited.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("did not answer"),
+        "{}",
+        status.message()
+    );
     api.fail_token_reviews(None).await;
     let (_, csr) = csr_for(WEB);
     caller.certify(WEB, csr, SA_WEB_LATER).await.unwrap();

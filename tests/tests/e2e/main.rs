@@ -14,6 +14,7 @@ mod inbound_limits;
 mod inbound_protocols;
 mod install;
 mod kube_play;
+mod kubernetes;
 mod limits;
 mod netns;
 mod outage;
