@@ -41,6 +41,8 @@ enum ReviewFailure {
 pub struct Fake {
     store: Mutex<Store>,
     tokens: Mutex<Tokens>,
+    /// TokenReviews answered, so a test can see what a client's cache saved.
+    reviews: std::sync::atomic::AtomicU64,
     /// When set, TokenReview fails this way.
     review_failure: Mutex<Option<ReviewFailure>>,
     bearer: String,
@@ -53,6 +55,7 @@ impl Fake {
             store: Mutex::default(),
             tokens: Mutex::default(),
             review_failure: Mutex::default(),
+            reviews: std::sync::atomic::AtomicU64::new(0),
             bearer,
             bookmark_every,
         }
@@ -365,12 +368,15 @@ impl Fake {
             None => {}
         }
         let reviewed = self.tokens.lock().review(review);
+        self.reviews
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(json_response(201, &reviewed))
     }
 
     /// `POST /fake/tokens` registers a token; `POST /fake/compact` drops the history;
     /// `PUT /fake/token-review-failure` `{"code": 500}` makes reviews fail, `{"hang": true}`
-    /// makes them never answer, `{}` stops either.
+    /// makes them never answer, `{}` stops either; `GET /fake/token-reviews` counts the reviews
+    /// answered.
     fn control(
         &self,
         method: &Method,
@@ -385,6 +391,10 @@ impl Fake {
                     .map_err(ApiError::invalid)?;
             }
             (&Method::POST, "compact") => self.store().compact(),
+            (&Method::GET, "token-reviews") => {
+                let answered = self.reviews.load(std::sync::atomic::Ordering::Relaxed);
+                return Ok(json_response(200, &json!({ "answered": answered })));
+            }
             (&Method::PUT, "token-review-failure") => {
                 let asked = json_body(body)?;
                 let code = asked["code"].as_u64().and_then(|c| u16::try_from(c).ok());

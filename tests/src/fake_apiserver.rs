@@ -106,6 +106,16 @@ impl FakeApiServer {
         .await;
     }
 
+    /// How many TokenReviews it has answered.
+    pub async fn token_reviews_answered(&self) -> u64 {
+        let request = http::Request::get("/fake/token-reviews")
+            .body(Vec::new())
+            .unwrap();
+        let text = self.client().await.request_text(request).await.unwrap();
+        let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+        answer["answered"].as_u64().unwrap()
+    }
+
     async fn control(&self, method: http::Method, what: &str, body: serde_json::Value) {
         let request = http::Request::builder()
             .method(method)

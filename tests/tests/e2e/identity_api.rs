@@ -403,6 +403,16 @@ async fn a_service_account_token_reviewed_by_the_api_server_proves_that_service_
     let web: Identity = WEB.parse().unwrap();
     let chain = caller.verified(chain, &web);
 
+    // The review is reused for a while: a burst of Certify calls with one token (a proxy
+    // restarting, retrying) costs the API server one review, not one each.
+    let reviewed = api.token_reviews_answered().await;
+    assert!(reviewed >= 1, "the first Certify was reviewed");
+    for _ in 0..3 {
+        let (_, csr) = csr_for(WEB);
+        caller.certify(WEB, csr, SA_WEB).await.unwrap();
+    }
+    assert_eq!(api.token_reviews_answered().await, reviewed);
+
     // Another ServiceAccount's token proves that one, not web: the identity comes from the
     // review, never from the request.
     let (_, csr) = csr_for(WEB);
