@@ -1,8 +1,11 @@
 //! Where every certificate comes from, so that a revocation reaches all of its renewals.
 //!
 //! Each certificate issued to a workload is recorded by serial with the join token its lineage
-//! began with: a renewal (the caller presents its current certificate) is refused when that
-//! token was revoked, and any Certify is refused for a revoked identity. Token uses are counted
+//! began with, or with its ServiceAccount when a Kubernetes token began it: a renewal (the caller
+//! presents its current certificate) is refused when that join token was revoked, and any
+//! Certify is refused for a revoked identity. A ServiceAccount lineage renews without asking
+//! the API server again: it ends with its identity's revocation, or when a proxy lets its
+//! certificate lapse and must present a fresh token. Token uses are counted
 //! here too. Writes are group-committed by one thread: a burst of Certify calls costs one durable
 //! commit, not one each, and each call answers only once its record is on disk.
 
@@ -37,7 +40,7 @@ pub enum LineageError {
     /// The presented certificate was not issued by this control plane to a workload (or its
     /// record is gone): its holder must prove itself afresh.
     #[error(
-        "renewal refused: certificate {serial} has no recorded lineage; prove the identity with a join token"
+        "renewal refused: certificate {serial} has no recorded lineage; prove the identity afresh with a join token or a ServiceAccount token"
     )]
     NoLineage {
         /// The certificate's serial.
@@ -80,7 +83,7 @@ pub enum Proof {
 pub struct CertificateRecord {
     /// The identity it carries.
     pub identity: String,
-    /// The hash of the join token its lineage began with.
+    /// Where its lineage began: the hash of a join token, or `serviceaccount:<identity>`.
     pub token: String,
     /// The serial of the certificate it renewed, if it was a renewal.
     #[serde(default, skip_serializing_if = "Option::is_none")]

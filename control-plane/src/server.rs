@@ -160,9 +160,16 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
             .purge_periodically(RECORD_PURGE_INTERVAL, drain.clone()),
     );
     let limits = config.limits;
-    let kubernetes = kube_client::cluster_client(config.kubeconfig.as_deref())
-        .await
-        .map_err(|e| StartError::Setup(e.to_string()))?;
+    let kubernetes = match kube_client::cluster_client(config.kubeconfig.as_deref()).await {
+        Ok(client) => client,
+        // A kubeconfig asked for and unusable is a mistake to stop on; an in-cluster setup
+        // without its ServiceAccount token only costs TokenReview and the namespace watch.
+        Err(error) if config.kubeconfig.is_none() => {
+            tracing::warn!(%error, "no Kubernetes API: ServiceAccount tokens are not reviewed, the webhook reads no namespaces");
+            None
+        }
+        Err(error) => return Err(StartError::Setup(error.to_string())),
+    };
     let mut identity = crate::identity_api::IdentityApi::new(
         trust.clone(),
         lineage.clone(),

@@ -1,7 +1,8 @@
 //! Identity on Kubernetes: a pod proves its ServiceAccount with a projected token (audience
 //! `weft`), which the API server reviews (TokenReview). The namespace and ServiceAccount come
-//! from the review, never from the request; outcomes are cached briefly so a burst of Certify
-//! calls costs the API server one review per token.
+//! from the review, never from the request; outcomes are cached briefly, so calls in a row with
+//! one token (a proxy retrying, restarting) cost the API server one review. Concurrent first
+//! calls with the same token may each review it.
 
 use std::collections::HashMap;
 use std::sync::Arc;

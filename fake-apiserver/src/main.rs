@@ -4,6 +4,10 @@
 //! pagination, watch with bookmarks and 410 Gone, status subresources, TokenReview — for any
 //! resource path, so kube-rs clients and reflectors talk to it unmodified.
 //!
+//! Not modelled: a watch with a label selector sees no DELETED when an object's labels move it
+//! out of the selection (a real API server sends one); strategic merge and server-side apply
+//! are merge patches here.
+//!
 //! It writes a kubeconfig (its CA, address and bearer token) into `--dir`, prints
 //! `listening on <addr>` on stdout once it accepts connections, and serves until killed.
 
@@ -35,7 +39,7 @@ struct Args {
     #[arg(long)]
     dir: PathBuf,
     /// How often watches that ask for bookmarks get one, in milliseconds.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
     bookmark_ms: u64,
 }
 

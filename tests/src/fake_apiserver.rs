@@ -86,7 +86,8 @@ impl FakeApiServer {
             .await;
     }
 
-    /// Makes every TokenReview fail with HTTP `code` (`None`: answer them again).
+    /// Makes every TokenReview fail with HTTP `code` (`None`: answer new ones again; those
+    /// already hanging stay hung).
     pub async fn fail_token_reviews(&self, code: Option<u16>) {
         self.control(
             http::Method::PUT,

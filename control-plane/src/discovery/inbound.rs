@@ -44,6 +44,7 @@ pub struct Settings {
     pub authorization: Option<DefaultAuthorization>,
 }
 
+/// What policy says of one port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InboundPort {
     pub port: Port,

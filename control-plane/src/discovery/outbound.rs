@@ -19,7 +19,9 @@ use crate::policy_store::PolicyState;
 /// A destination resolved to a Service port.
 #[derive(Debug)]
 pub struct Outbound<'a> {
+    /// The Service the destination names (or whose port a dialed workload serves).
     pub service: Key,
+    /// Its port the destination names.
     pub port: Port,
     /// Forwarded as opaque TCP: `appProtocol: tcp`, or listed in the policy's `opaquePorts`.
     pub opaque: bool,
@@ -27,6 +29,7 @@ pub struct Outbound<'a> {
     pub backends: Vec<Backend<'a>>,
     /// In precedence order.
     pub routes: Vec<RouteEntry<'a>>,
+    /// The ServicePolicy attached to the Service.
     pub policy: Option<&'a ServicePolicySpec>,
 }
 
@@ -35,16 +38,21 @@ pub struct Outbound<'a> {
 pub struct Backend<'a> {
     pub service: Key,
     pub port: Port,
+    /// The selected workloads that serve the port, at the address their peers dial.
     pub endpoints: Vec<Endpoint<'a>>,
 }
 
 /// A workload as its peers dial it.
 #[derive(Debug)]
 pub struct Endpoint<'a> {
+    /// The workload's proxy port when it has one, else the Service's target port.
     pub address: SocketAddr,
+    /// The identity its certificate must carry.
     pub identity: &'a str,
+    /// Its share of the Service's traffic.
     pub weight: u32,
     pub labels: &'a BTreeMap<String, String>,
+    /// Reached with standard mTLS, without Weft's transport header.
     pub foreign_spiffe: bool,
 }
 
@@ -96,6 +104,7 @@ impl Retry {
     }
 }
 
+/// A copy of each request (or `percent` of them) sent to a backend, its answer dropped.
 #[derive(Debug, Clone, Copy)]
 pub struct Mirror {
     pub backend: u32,
@@ -320,7 +329,7 @@ impl<'a> Backends<'a> {
             if let Some(mirror) = &filter.request_mirror {
                 rule.mirror = Some(Mirror {
                     backend: self.backend_ref(namespace, port, &mirror.backend_ref),
-                    percent: mirror.percent,
+                    percent: mirror.percent(),
                 });
             }
         }
@@ -377,7 +386,7 @@ fn endpoints<'a>(state: &'a PolicyState, service: &Key, port: Port) -> Vec<Endpo
             serves_port.then(|| Endpoint {
                 address: SocketAddr::new(workload.address.ip(), dial_port.get()),
                 identity: &workload.identity,
-                weight: workload.weight.unwrap_or(1),
+                weight: workload.weight(),
                 labels: &w.resource.meta.labels,
                 foreign_spiffe: workload.foreign_spiffe || spec.foreign_spiffe,
             })

@@ -11,7 +11,7 @@ use super::outbound::{Backend, Endpoint, Outbound, Retry, RouteEntry, Rule};
 use super::request_match::{NamedMatch, RequestMatch, TextMatch};
 use crate::policy::{
     CircuitBreaker, GatewayDuration, HeaderModifier, Key, LoadBalancerType, Port, RateLimit,
-    RetryBudget, RetryOn, ServicePolicySpec,
+    RetryBudget, RetryOn, ServicePolicySpec, SuccessRate,
 };
 
 /// The snapshot of a destination that resolved (`None`: not found); version left empty.
@@ -206,7 +206,7 @@ fn circuit_breaker(breaker: &CircuitBreaker) -> pb::CircuitBreaker {
     pb::CircuitBreaker {
         consecutive_failures: breaker.consecutive_failures(),
         min_success_rate: rate.map_or(0.0, |r| r.minimum),
-        min_requests: rate.map_or(20, |r| r.min_requests()),
+        min_requests: rate.map_or(SuccessRate::DEFAULT_MIN_REQUESTS, |r| r.min_requests()),
         window: rate
             .and_then(|r| r.window.as_ref())
             .and_then(gateway_duration),

@@ -1,10 +1,11 @@
 //! Weft's own kinds as CustomResourceDefinitions (`policy.weft.io/v1alpha1`), generated from the
-//! Rust types manifests are parsed into: the API server's schema and the control plane's parser
-//! cannot drift apart. HTTPRoute and GRPCRoute are the Gateway API's own CRDs.
+//! Rust types manifests are parsed into, so the API server's schema follows every change to the
+//! parser's fields. HTTPRoute and GRPCRoute are the Gateway API's own CRDs.
 //!
-//! The schemas carry what a type can say (kinds, enums, ports 1–65535, durations' grammar, HTTP
-//! statuses 400–599, descriptions from the doc comments); references, regular expressions and
-//! ranges across fields are checked by the control plane when it reads a resource.
+//! The schemas carry what a type can say (fields, enums, ports 1–65535, durations' grammar,
+//! descriptions from the doc comments); what they cannot (an address's syntax, references,
+//! regular expressions, ranges across fields) the control plane checks when it reads a
+//! resource.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

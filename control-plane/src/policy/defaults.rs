@@ -3,11 +3,36 @@
 
 use std::time::Duration;
 
-use super::{BackendRef, CircuitBreaker, RateLimit, RetryBudget, RouteRetry, SuccessRate};
+use super::{
+    BackendRef, CircuitBreaker, RateLimit, RequestMirror, RetryBudget, RouteRetry, SuccessRate,
+    WorkloadSpec,
+};
 
-impl BackendRef {
+impl WorkloadSpec {
+    /// Relative share of its services' traffic.
     pub fn weight(&self) -> u32 {
         self.weight.unwrap_or(1)
+    }
+}
+
+impl BackendRef {
+    /// Relative share of the rule's traffic.
+    pub fn weight(&self) -> u32 {
+        self.weight.unwrap_or(1)
+    }
+}
+
+impl RequestMirror {
+    /// Requests mirrored, in percent: all when neither `percent` nor `fraction` says.
+    pub fn percent(&self) -> Option<u32> {
+        match (&self.percent, &self.fraction) {
+            (Some(percent), _) => Some(*percent),
+            (None, Some(fraction)) => {
+                let denominator = u64::from(fraction.denominator.unwrap_or(100)).max(1);
+                u32::try_from(u64::from(fraction.numerator) * 100 / denominator).ok()
+            }
+            (None, None) => None,
+        }
     }
 }
 
@@ -52,9 +77,12 @@ impl CircuitBreaker {
 }
 
 impl SuccessRate {
+    /// When `minRequests` is left out.
+    pub const DEFAULT_MIN_REQUESTS: u32 = 20;
+
     /// Requests an endpoint must have served in the window before its rate is judged.
     pub fn min_requests(&self) -> u32 {
-        self.min_requests.unwrap_or(20)
+        self.min_requests.unwrap_or(Self::DEFAULT_MIN_REQUESTS)
     }
 }
 

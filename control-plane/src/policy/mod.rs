@@ -211,8 +211,9 @@ impl Resource {
         Self::parse_reporting(manifest, position).map(|parsed| parsed.resource)
     }
 
-    /// [`Resource::parse`], reporting the fields it ignored: unknown ones are warned of, those
-    /// the API server sets are dropped quietly.
+    /// [`Resource::parse`], reporting the fields it ignored: those the API server sets are
+    /// dropped quietly; other unknown fields are warned of in Gateway API kinds and refused in
+    /// Weft's own.
     pub fn parse_reporting(
         manifest: &serde_json::Value,
         position: &str,
@@ -260,6 +261,11 @@ impl Resource {
             }
         };
         let mut resource = Resource { kind, meta, spec };
+        // A uid means the manifest came from an API server: its resourceVersion is that
+        // server's, not a version of this store, and would only make the apply conflict.
+        if ignored.iter().any(|field| field == "metadata.uid") {
+            resource.meta.resource_version = None;
+        }
         let namespace = resource
             .meta
             .namespace
@@ -275,9 +281,24 @@ impl Resource {
             field,
             reason,
         })?;
-        let warnings = ignored
+        let unknown: Vec<String> = ignored
             .into_iter()
             .filter(|field| !SERVER_SET_FIELDS.contains(&field.as_str()))
+            .collect();
+        // Weft's own kinds fail closed: a misspelt `http`, `ports` or `selector` ignored would
+        // widen an AuthorizationPolicy to every request, port or workload. (On Kubernetes their
+        // CRDs' schemas refuse the same under kubectl's default strict field validation.)
+        if kind.api_version() == WEFT_API_VERSION
+            && let Some(field) = unknown.first()
+        {
+            return Err(PolicyError {
+                resource: named,
+                field: field.clone(),
+                reason: format!("unknown field; {kind} has no such field"),
+            });
+        }
+        let warnings = unknown
+            .into_iter()
             .map(|field| format!("{named}: unknown field {field:?}, ignored"))
             .collect();
         Ok(Parsed { resource, warnings })

@@ -1,5 +1,6 @@
 //! Ports, addresses and networks as manifests write them, checked once when a manifest is read
-//! and kept typed from then on. Each is shown back as written.
+//! and kept typed from then on. They are shown back in canonical form (`fd00:0::1` as
+//! `fd00::1`).
 
 use std::fmt;
 use std::net::IpAddr;
@@ -25,6 +26,7 @@ impl Port {
         u16::try_from(port).ok().and_then(Self::new)
     }
 
+    /// The port number.
     pub fn get(self) -> u16 {
         self.0.get()
     }
@@ -65,6 +67,7 @@ inline_json_schema!(Port, {"type": "integer", "minimum": 1, "maximum": 65535});
 pub struct Address(IpAddr);
 
 impl Address {
+    /// The address.
     pub fn ip(self) -> IpAddr {
         self.0
     }
@@ -87,6 +90,7 @@ inline_json_schema!(Address, {"type": "string", "description": "An IPv4 or IPv6 
 pub struct Cidr(IpNet);
 
 impl Cidr {
+    /// The network.
     pub fn net(self) -> IpNet {
         self.0
     }

@@ -13,6 +13,7 @@ pub enum RetryOn {
 
 /// A code a route kind's retry names.
 pub trait RetryCode {
+    /// What the proxy retries on, for a rule's `codes`.
     fn retry_on(codes: &[Self]) -> RetryOn
     where
         Self: Sized;
@@ -35,6 +36,7 @@ impl RetryCode for GrpcStatus {
 pub struct HttpStatus(u16);
 
 impl HttpStatus {
+    /// The status code.
     pub fn get(self) -> u16 {
         self.0
     }

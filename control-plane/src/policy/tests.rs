@@ -92,6 +92,9 @@ fn a_manifest_from_a_cluster_applies_warning_only_of_what_weft_does_not_know() {
     ] {
         assert!(!stored.contains(server_set), "{server_set} in {stored}");
     }
+    // Another API server's resourceVersion is not this store's: it is dropped, not sent as the
+    // version the apply expects.
+    assert_eq!(parsed.resource.meta.resource_version, None);
     // A misspelt field is a warning too, with the field's full path.
     let misspelt = ROUTE_FROM_CLUSTER.replace("weight: 1", "wieght: 1");
     let doc: serde_json::Value = serde_saphyr::from_str(&misspelt).unwrap();
@@ -583,4 +586,57 @@ spec:
         spec.load_balancer.unwrap().kind,
         LoadBalancerType::RoundRobin
     );
+}
+
+#[test]
+fn weft_kinds_refuse_unknown_fields_so_a_typo_never_widens_a_policy() {
+    let typo = AUTHZ.replace("http:", "htpp:");
+    assert_ne!(typo, AUTHZ);
+    assert_eq!(
+        error(&typo),
+        "AuthorizationPolicy shop/web: spec.htpp: unknown field; AuthorizationPolicy has no such field"
+    );
+    // What the API server sets is still accepted there.
+    let from_cluster = AUTHZ.replacen(
+        "metadata: {",
+        "status: {}\nmetadata: {uid: 3c0f6a8e-1d2b-4c5d-9e8f-0a1b2c3d4e5f, generation: 2, ",
+        1,
+    );
+    assert_ne!(from_cluster, AUTHZ);
+    parse(&from_cluster).unwrap();
+}
+
+#[test]
+fn a_mirror_fraction_is_honoured_as_a_whole_percent_or_refused() {
+    let mirrored = |mirror: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: shop}}\nspec:\n  parentRefs: [{{name: api}}]\n  rules:\n  - backendRefs: [{{name: api, port: 8080}}]\n    filters: [{{type: RequestMirror, requestMirror: {{backendRef: {{name: shadow, port: 8080}}, {mirror}}}}}]\n"
+        )
+    };
+    let route = parse(&mirrored("fraction: {numerator: 1, denominator: 10}")).unwrap();
+    let Spec::HttpRoute(spec) = &route.spec else {
+        panic!("not a route");
+    };
+    let mirror = spec.rules[0].filters[0].request_mirror.as_ref().unwrap();
+    assert_eq!(mirror.percent(), Some(10));
+    for (mirror, reason) in [
+        (
+            "fraction: {numerator: 1, denominator: 3}",
+            "1/3 is not a whole percent",
+        ),
+        (
+            "fraction: {numerator: 2, denominator: 1}",
+            "must be a share between 0 and 1",
+        ),
+        (
+            "percent: 5, fraction: {numerator: 5}",
+            "set percent or fraction, not both",
+        ),
+    ] {
+        let error = error(&mirrored(mirror));
+        assert!(
+            error.contains("requestMirror.fraction") && error.contains(reason),
+            "{mirror}: {error}"
+        );
+    }
 }

@@ -462,6 +462,30 @@ fn check_rule_common(
                 if let Some(percent) = mirror.percent {
                     check_count(&format!("{field}.requestMirror.percent"), percent, 0, 100)?;
                 }
+                if let Some(fraction) = &mirror.fraction {
+                    let at = format!("{field}.requestMirror.fraction");
+                    if mirror.percent.is_some() {
+                        return fail(&at, "set percent or fraction, not both");
+                    }
+                    let denominator = fraction.denominator.unwrap_or(100);
+                    if denominator == 0 || fraction.numerator > denominator {
+                        return fail(
+                            &at,
+                            "must be a share between 0 and 1 (numerator ≤ denominator, denominator > 0)",
+                        );
+                    }
+                    // The proxy mirrors whole percents: a share it cannot honour exactly is
+                    // refused, never rounded into mirroring more or less than asked.
+                    if (u64::from(fraction.numerator) * 100) % u64::from(denominator) != 0 {
+                        return fail(
+                            &at,
+                            &format!(
+                                "{}/{denominator} is not a whole percent; Weft mirrors whole percents",
+                                fraction.numerator
+                            ),
+                        );
+                    }
+                }
             }
             other => {
                 return fail(

@@ -524,8 +524,8 @@ async fn a_route_copied_from_a_cluster_applies_with_a_warning_for_what_weft_igno
     weft_tests::init();
     let cp = ControlPlane::start("24h").await;
     cp.apply_ok(SERVICES);
-    // As `kubectl get httproute -o yaml` prints it: status, uid, generation, managedFields, and
-    // a Gateway API field Weft does not implement.
+    // As `kubectl get httproute -o yaml` prints it: status, uid, generation, managedFields, the
+    // other API server's resourceVersion, and a Gateway API field Weft does not implement.
     let from_cluster = r#"
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -536,6 +536,7 @@ metadata:
   - {apiVersion: gateway.networking.k8s.io/v1, manager: kubectl, operation: Update}
   name: copied
   namespace: shop
+  resourceVersion: "4711"
   uid: 3c0f6a8e-1d2b-4c5d-9e8f-0a1b2c3d4e5f
 spec:
   parentRefs: [{group: "", kind: Service, name: api, port: 8080}]
