@@ -140,9 +140,16 @@ enum Presented {
     OtherToken(String),
 }
 
-/// How the caller proves who it is: its current certificate if it presented a still-valid one
-/// (renewal), otherwise its token.
+/// How the caller proves who it is: the token it sent, if any (a proxy sends one only when
+/// renewal by certificate was refused, so the token must then be what counts); otherwise its
+/// current certificate if still valid (renewal).
 fn proof(peer: Option<&PeerInfo>, token: String, now: SystemTime) -> Result<Presented, Status> {
+    if !token.is_empty() {
+        if join_tokens::is_join_token(&token) {
+            return Ok(Presented::Proof(Proof::Token(token)));
+        }
+        return Ok(Presented::OtherToken(token));
+    }
     if let Some(PeerInfo {
         identity: Some(identity),
         not_after: Some(not_after),
@@ -156,15 +163,9 @@ fn proof(peer: Option<&PeerInfo>, token: String, now: SystemTime) -> Result<Pres
             identity: identity.clone(),
         }));
     }
-    if token.is_empty() {
-        return Err(Status::unauthenticated(
-            "no token and no valid client certificate: prove the identity with a join token or a ServiceAccount token",
-        ));
-    }
-    if join_tokens::is_join_token(&token) {
-        return Ok(Presented::Proof(Proof::Token(token)));
-    }
-    Ok(Presented::OtherToken(token))
+    Err(Status::unauthenticated(
+        "no token and no valid client certificate: prove the identity with a join token or a ServiceAccount token",
+    ))
 }
 
 /// The gRPC status of a refusal: an unproven caller is UNAUTHENTICATED (a proxy then falls back
@@ -173,9 +174,9 @@ fn refusal(error: LineageError) -> Status {
     match error {
         LineageError::Token(JoinTokenError::Corrupt(_) | JoinTokenError::Store(_))
         | LineageError::Store(_) => Status::internal(error.to_string()),
-        LineageError::Token(_) | LineageError::NoLineage { .. } => {
-            Status::unauthenticated(error.to_string())
-        }
+        LineageError::Token(_)
+        | LineageError::NoLineage { .. }
+        | LineageError::ServiceAccountRenewal { .. } => Status::unauthenticated(error.to_string()),
         LineageError::IdentityRevoked { .. } | LineageError::TokenRevoked { .. } => {
             Status::permission_denied(error.to_string())
         }

@@ -3,9 +3,10 @@
 //! Each certificate issued to a workload is recorded by serial with the join token its lineage
 //! began with, or with its ServiceAccount when a Kubernetes token began it: a renewal (the caller
 //! presents its current certificate) is refused when that join token was revoked, and any
-//! Certify is refused for a revoked identity. A ServiceAccount lineage renews without asking
-//! the API server again: it ends with its identity's revocation, or when a proxy lets its
-//! certificate lapse and must present a fresh token. Token uses are counted
+//! Certify is refused for a revoked identity. A ServiceAccount lineage does not renew by
+//! certificate: each renewal presents a fresh token for the API server to review again (as a
+//! proxy falls back to its token when renewal by certificate is refused), so deleting the pod or
+//! its ServiceAccount ends it, as does revoking the identity. Token uses are counted
 //! here too. Writes are group-committed by one thread: a burst of Certify calls costs one durable
 //! commit, not one each, and each call answers only once its record is on disk.
 
@@ -46,6 +47,15 @@ pub enum LineageError {
         /// The certificate's serial.
         serial: String,
     },
+    /// The presented certificate descends from a ServiceAccount token: it renews with a fresh
+    /// one, reviewed again, so a deleted pod or ServiceAccount stops renewing.
+    #[error(
+        "renewal refused: certificate {serial} began with a ServiceAccount token; renew with a fresh one"
+    )]
+    ServiceAccountRenewal {
+        /// The certificate's serial.
+        serial: String,
+    },
     /// The join token the presented certificate descends from was revoked.
     #[error("renewal refused: join token {id} was revoked, and this certificate descends from it")]
     TokenRevoked {
@@ -57,8 +67,8 @@ pub enum LineageError {
     Store(String),
 }
 
-/// The root recorded for a lineage that began with a ServiceAccount token: such lineages end
-/// with an identity revocation (Kubernetes rotates and expires the tokens themselves).
+/// The root recorded for a lineage that began with a ServiceAccount token: it never renews by
+/// certificate, only by a token reviewed again.
 const SERVICE_ACCOUNT_ROOT: &str = "serviceaccount:";
 
 /// How a Certify caller proved who it is.
@@ -299,7 +309,9 @@ fn root_of(
         return Err(no_lineage());
     }
     if cert.token.starts_with(SERVICE_ACCOUNT_ROOT) {
-        return Ok(cert.token);
+        return Err(LineageError::ServiceAccountRenewal {
+            serial: serial.to_string(),
+        });
     }
     let token: JoinTokenRecord = records
         .read(Records::JoinTokens, &cert.token)

@@ -469,15 +469,25 @@ async fn a_service_account_token_reviewed_by_the_api_server_proves_that_service_
     let (_, csr) = csr_for(API);
     caller.certify(API, csr, &api_join_token).await.unwrap();
 
-    // A certificate from a ServiceAccount token renews like any other…
+    // A certificate from a ServiceAccount token does not renew by itself: a deleted pod or
+    // ServiceAccount must stop renewing, so each renewal brings a token to review again (a
+    // proxy falls back to its token on this UNAUTHENTICATED).
     caller.present(&key, chain, &web);
     let (_, csr) = csr_for(WEB);
-    caller.certify(WEB, csr, "").await.unwrap();
-    // …until the identity is revoked.
+    let status = caller.certify(WEB, csr, "").await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert!(
+        status.message().contains("renew with a fresh one"),
+        "{}",
+        status.message()
+    );
+    let (_, csr) = csr_for(WEB);
+    caller.certify(WEB, csr, SA_WEB_LATER).await.unwrap();
+    // A revoked identity gets nothing, whatever the token.
     let (status, _, stderr) = cp.weftctl(&["identity", "revoke", WEB]);
     assert!(status.success(), "{stderr}");
     let (_, csr) = csr_for(WEB);
-    let status = caller.certify(WEB, csr, "").await.unwrap_err();
+    let status = caller.certify(WEB, csr, SA_WEB_LATER).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
 }
 

@@ -1,6 +1,8 @@
 //! The mesh on Kubernetes, against weft-fake-apiserver (no kube-apiserver can run here): real
 //! proxies and a real control plane that reaches the API over HTTPS with a kubeconfig.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use weft_tests::apps::start_echo_app;
 use weft_tests::client::MeshClient;
@@ -20,7 +22,8 @@ async fn proxies_proving_their_service_accounts_with_projected_tokens_talk_as_th
     weft_tests::init();
     let api = FakeApiServer::start().await;
     let kubeconfig = api.kubeconfig().to_str().unwrap().to_string();
-    let cp = ControlPlane::start_with("24h", &["--kubeconfig", &kubeconfig]).await;
+    // Certificates live 10 s, so the proxies renew during the test.
+    let cp = ControlPlane::start_with("10s", &["--kubeconfig", &kubeconfig]).await;
     api.add_token(WEB_TOKEN, "shop", "web", &["weft"], false)
         .await;
     api.add_token(API_TOKEN, "shop", "api", &["weft"], false)
@@ -33,19 +36,44 @@ async fn proxies_proving_their_service_accounts_with_projected_tokens_talk_as_th
     };
 
     let app = start_echo_app().await;
-    let mut server = ProxySpec::new(SERVER_ID).app_port(app.port);
-    server.token = Some(token_file("api", API_TOKEN));
+    let server = ProxySpec::new(SERVER_ID)
+        .app_port(app.port)
+        .token(token_file("api", API_TOKEN));
     let server = Proxy::start(&cp, server).await;
-    let mut client = ProxySpec::new(CLIENT_ID).route(HTTP_AUTHORITY, &server);
-    client.token = Some(token_file("web", WEB_TOKEN));
+    let client = ProxySpec::new(CLIENT_ID)
+        .route(HTTP_AUTHORITY, &server)
+        .token(token_file("web", WEB_TOKEN));
     let client = Proxy::start(&cp, client).await;
 
-    let response = MeshClient::http1(client.outbound)
-        .send("GET", HTTP_AUTHORITY, "/", Bytes::new())
-        .await
-        .unwrap();
+    let call = || async {
+        MeshClient::http1(client.outbound)
+            .send("GET", HTTP_AUTHORITY, "/", Bytes::new())
+            .await
+            .unwrap()
+    };
+    let response = call().await;
     assert_eq!(response.status(), 200);
     // The server proxy verified the client's certificate, issued for the ServiceAccount the
     // API server said the token belongs to.
+    assert_eq!(response.headers()["x-seen-client-id"], CLIENT_ID);
+
+    // A ServiceAccount certificate renews only with the token, reviewed again: the proxy's
+    // renewal by certificate is refused, it falls back to its token, and carries on.
+    weft_tests::eventually(
+        "the client proxy to renew its certificate",
+        Duration::from_secs(60),
+        || async {
+            let metrics = client.metrics().await;
+            let renewed = metrics.lines().any(|line| {
+                line.strip_prefix(r#"weft_identity_cert_requests_total{result="ok"} "#)
+                    .and_then(|count| count.parse::<u64>().ok())
+                    .is_some_and(|count| count >= 2)
+            });
+            renewed.then_some(())
+        },
+    )
+    .await;
+    let response = call().await;
+    assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-seen-client-id"], CLIENT_ID);
 }
