@@ -1,6 +1,6 @@
-//! A stand-in for the Kubernetes API server (none can run here): plain HTTP on loopback, each
-//! request answered by the test's handler, enough for kube-rs clients — gets, creates, lists,
-//! and watches held open with nothing to say.
+//! Canned Kubernetes API answers for one test (plain HTTP on loopback, each request answered by
+//! the test's handler): for `weftctl check`, which asks for versions and access reviews case by
+//! case. Lists, watches and TokenReview are served by the real stand-in, `fake_apiserver`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
 /// What the stand-in answers.
@@ -21,8 +21,6 @@ pub enum Reply {
     Json(u16, serde_json::Value),
     /// A status and a text body.
     Text(u16, String),
-    /// A watch: 200, then nothing until the client goes.
-    Hold,
 }
 
 /// A request: method, path with query, body.
@@ -74,14 +72,6 @@ pub async fn serve(handler: Handler) -> SocketAddr {
                                     Reply::Text(status, text) => {
                                         (status, Full::new(Bytes::from(text)).boxed())
                                     }
-                                    Reply::Hold => (
-                                        200,
-                                        StreamBody::new(futures_util::stream::pending::<
-                                            Result<hyper::body::Frame<Bytes>, Infallible>,
-                                        >(
-                                        ))
-                                        .boxed(),
-                                    ),
                                 };
                             Ok::<_, Infallible>(
                                 http::Response::builder()

@@ -89,13 +89,6 @@ inline_json_schema!(Address, {"type": "string", "description": "An IPv4 or IPv6 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Cidr(IpNet);
 
-impl Cidr {
-    /// The network.
-    pub fn net(self) -> IpNet {
-        self.0
-    }
-}
-
 impl FromStr for Cidr {
     type Err = String;
 

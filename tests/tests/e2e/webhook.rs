@@ -10,8 +10,9 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use k8s_openapi::api::core::v1::Namespace;
 use serde_json::{Value, json};
-use weft_tests::kube_api;
+use weft_tests::fake_apiserver::FakeApiServer;
 use weft_tests::mesh::{ControlPlane, write_temp};
 
 /// A serving certificate for the webhook from a CA made for this test: what the chart makes and
@@ -272,31 +273,20 @@ async fn bad_reviews_and_bad_annotations_get_an_answer_saying_why_and_the_webhoo
 async fn a_namespace_annotated_weft_io_inject_opts_its_pods_in() {
     weft_tests::init();
     let dir = tempfile::tempdir().unwrap();
-    let namespaces = json!([
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "resourceVersion": "5", "annotations": {"weft.io/inject": "enabled"}}},
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other", "resourceVersion": "6"}},
-    ]);
-    // The namespace watch: a list, then a watch that stays open.
-    let api = kube_api::serve(Arc::new(move |_, path: String, _| {
-        let namespaces = namespaces.clone();
-        Box::pin(async move {
-            if !path.starts_with("/api/v1/namespaces") {
-                kube_api::not_found(&path)
-            } else if path.contains("watch=true") || path.contains("watch=1") {
-                kube_api::Reply::Hold
-            } else {
-                kube_api::Reply::Json(
-                    200,
-                    json!({
-                        "apiVersion": "v1", "kind": "NamespaceList",
-                        "metadata": {"resourceVersion": "7"}, "items": namespaces,
-                    }),
-                )
-            }
-        })
-    }))
-    .await;
-    let kubeconfig = kube_api::kubeconfig(dir.path(), api);
+    // The namespaces, on an API server the webhook lists and watches.
+    let api = FakeApiServer::start().await;
+    let namespaces: kube::Api<Namespace> = kube::Api::all(api.client().await);
+    for namespace in [
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "annotations": {"weft.io/inject": "enabled"}}}),
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other"}}),
+    ] {
+        let namespace: Namespace = serde_json::from_value(namespace).unwrap();
+        namespaces
+            .create(&kube::api::PostParams::default(), &namespace)
+            .await
+            .unwrap();
+    }
+    let kubeconfig = api.kubeconfig().to_path_buf();
     let (_cp, addr, pki) =
         start_in(dir.path(), &["--kubeconfig", kubeconfig.to_str().unwrap()]).await;
 
