@@ -11,6 +11,15 @@ use weft_certs::TrustDomain;
 pub const DEFAULT_MESH_NETWORKS: &str =
     "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8";
 
+/// Where policy resources live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PolicyBackend {
+    /// The control plane's own file.
+    Embedded,
+    /// The Kubernetes API server.
+    Kubernetes,
+}
+
 /// weft-control: signs proxy certificates and serves the admin API.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "weft-control", version, about)]
@@ -138,6 +147,12 @@ pub struct Config {
     /// when running in a cluster, else none.
     #[arg(long, env = "WEFT_CONTROL_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+
+    /// Where policy resources live: `embedded` (a file under --data-dir) or `kubernetes` (the
+    /// API server, as Weft's CRDs and the Gateway API's routes, so kubectl and weftctl edit
+    /// the same policy; needs --kubeconfig or running in a cluster).
+    #[arg(long, env = "WEFT_CONTROL_POLICY_STORE", value_enum, default_value_t = PolicyBackend::Embedded)]
+    pub policy_store: PolicyBackend,
 
     /// The weft-proxy image the webhook injects.
     #[arg(long, env = "WEFT_CONTROL_PROXY_IMAGE", default_value = concat!("localhost/weft-proxy:", env!("CARGO_PKG_VERSION")))]

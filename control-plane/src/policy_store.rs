@@ -5,11 +5,14 @@
 //! is a conflict, never overwritten, and the conflict reloads this state so the next attempt
 //! sees it. The whole state is then published as an immutable snapshot
 //! (`watch`), which discovery reads without locking; admin watches read the backend's changes.
+//! Changes other writers make (kubectl on the API server, another replica) reach the snapshot
+//! through [`PolicyStore::follow`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 
 use crate::policy::{Key, Kind, PolicyError, Resource};
@@ -196,15 +199,21 @@ impl PolicyStore {
             .backend
             .apply(changed)
             .inspect_err(|e| self.resync_after(e))?;
-        for stored in written.stored {
+        for stored in &written.stored {
             let key = stored.resource.key();
             if let Some(result) = results.iter_mut().find(|r| r.key == key) {
                 result.resource_version = stored.resource_version;
             }
-            next.resources.insert(key, stored);
         }
-        next.revision = written.revision;
-        self.state.send_replace(Arc::new(next));
+        // Merged into the latest state, not replacing it with `next`: a change followed from
+        // the backend meanwhile must not be lost.
+        self.state.send_if_modified(|state| {
+            let mut modified = false;
+            for stored in written.stored {
+                modified |= observe(state, false, stored, written.revision);
+            }
+            modified
+        });
         Ok(results)
     }
 
@@ -246,12 +255,97 @@ impl PolicyStore {
             .backend
             .delete(key, Expected::Version(stored.resource_version))
             .inspect_err(|e| self.resync_after(e))?;
-        let mut next = (*current).clone();
-        next.resources.remove(key);
-        next.revision = revision;
-        self.state.send_replace(Arc::new(next));
+        let stored = stored.clone();
+        self.state
+            .send_if_modified(|state| observe(state, true, stored, revision));
         Ok(revision)
     }
+
+    /// Follows the backend's changes into the served state until the backend's watch ends:
+    /// what another writer changes (kubectl on the API server, another replica) is served as
+    /// soon as the backend reports it. A watch that cannot resume lists again.
+    pub async fn follow(self: Arc<Self>) {
+        loop {
+            let since = self.state().revision;
+            let mut watch = match self.backend.watch(since) {
+                Ok(watch) => watch,
+                Err(WatchError::Gone { .. }) => {
+                    self.relist().await;
+                    continue;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot follow the policy store; retrying");
+                    tokio::time::sleep(FOLLOW_RETRY).await;
+                    continue;
+                }
+            };
+            for event in watch.backlog {
+                self.state.send_if_modified(|state| {
+                    observe(state, event.deleted, event.stored, event.revision)
+                });
+            }
+            loop {
+                match watch.live.recv().await {
+                    Ok(event) => {
+                        self.state.send_if_modified(|state| {
+                            observe(state, event.deleted, event.stored, event.revision)
+                        });
+                    }
+                    Err(RecvError::Lagged(_)) => {
+                        self.relist().await;
+                        break;
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        }
+    }
+
+    /// Replaces the served state with a fresh listing (the backend's watch fell behind).
+    async fn relist(&self) {
+        let backend = self.backend.clone();
+        match tokio::task::spawn_blocking(move || backend.list()).await {
+            Ok(Ok(listing)) => {
+                self.state
+                    .send_replace(Arc::new(PolicyState::from(listing)));
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot list the policy store; retrying");
+                tokio::time::sleep(FOLLOW_RETRY).await;
+            }
+            Err(error) => tracing::warn!(%error, "listing the policy store failed"),
+        }
+    }
+}
+
+/// How long following waits after the backend failed.
+const FOLLOW_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Applies one change to `state` unless it already shows it or something newer (a change this
+/// store wrote, announced again by the backend); whether `state` changed.
+fn observe(state: &mut Arc<PolicyState>, deleted: bool, stored: Stored, revision: u64) -> bool {
+    let key = stored.resource.key();
+    let present = state.resources.get(&key).map(|s| s.resource_version);
+    let applies = if deleted {
+        // A resource created again after the delete is newer than it.
+        present.is_some_and(|version| version <= revision)
+    } else {
+        present.is_none_or(|version| version < stored.resource_version)
+    };
+    if !applies {
+        if revision > state.revision {
+            Arc::make_mut(state).revision = revision;
+        }
+        return false;
+    }
+    let state = Arc::make_mut(state);
+    if deleted {
+        state.resources.remove(&key);
+    } else {
+        state.resources.insert(key, stored);
+    }
+    state.revision = state.revision.max(revision);
+    true
 }
 
 /// Every reference of a changed resource must resolve in the state it would produce.

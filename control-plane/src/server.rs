@@ -13,7 +13,7 @@ use weft_telemetry::Drain;
 
 use crate::admin_api::{AdminApi, IdentityAdmin, RequireAdmin, ResourceAdmin, TokenAdmin};
 use crate::admin_credential::{ADMIN_TOKEN_FILE, AdminCredential};
-use crate::config::Config;
+use crate::config::{Config, PolicyBackend};
 use crate::discovery::{DiscoveryApi, DiscoveryOptions, ProxyRegistry};
 use crate::inject::{IdentitySource, InjectSettings};
 use crate::limits::{
@@ -23,7 +23,7 @@ use crate::limits::{
 use crate::lineage::Lineage;
 use crate::metrics::Metrics;
 use crate::policy_store::PolicyStore;
-use crate::resource_store::Embedded;
+use crate::resource_store::{Embedded, Kubernetes, ResourceStore};
 use crate::service_account_tokens::TokenReviewer;
 use crate::store::Store;
 use crate::trust::Trust;
@@ -66,6 +66,30 @@ pub enum StartError {
     /// Anything else during setup.
     #[error("{0}")]
     Setup(String),
+}
+
+/// The policy store on the backend `config` names.
+async fn load_policy(
+    config: &Config,
+    store: &Store,
+    kubernetes: Option<&kube::Client>,
+) -> Result<PolicyStore, StartError> {
+    let backend: Arc<dyn ResourceStore> = match (config.policy_store, kubernetes) {
+        (PolicyBackend::Embedded, _) => Arc::new(Embedded::open(store.clone())?),
+        (PolicyBackend::Kubernetes, Some(client)) => {
+            tracing::info!("policy: resources live in the Kubernetes API server");
+            Arc::new(Kubernetes::connect(client.clone()).await?)
+        }
+        (PolicyBackend::Kubernetes, None) => {
+            return Err(StartError::Setup(
+                "--policy-store kubernetes needs --kubeconfig, or running in a cluster".to_string(),
+            ));
+        }
+    };
+    tokio::task::spawn_blocking(move || PolicyStore::load(backend))
+        .await
+        .map_err(|e| StartError::Setup(format!("loading the policy failed: {e}")))?
+        .map_err(StartError::from)
 }
 
 /// A started control plane: its listeners are bound, so the addresses are final.
@@ -111,7 +135,27 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
     let pki = load_pki(config)?;
     let trust_domain = pki.issuer.trust_domain().clone();
     let store = Store::open(&config.data_dir.join("store.redb"))?;
-    let policy = Arc::new(PolicyStore::load(Arc::new(Embedded::open(store.clone())?))?);
+    let kubernetes = match kube_client::cluster_client(config.kubeconfig.as_deref()).await {
+        Ok(client) => client,
+        // A kubeconfig asked for and unusable is a mistake to stop on; an in-cluster setup
+        // without its ServiceAccount token only costs TokenReview and the namespace watch.
+        Err(error)
+            if config.kubeconfig.is_none() && config.policy_store == PolicyBackend::Embedded =>
+        {
+            tracing::warn!(%error, "no Kubernetes API: ServiceAccount tokens are not reviewed, the webhook reads no namespaces");
+            None
+        }
+        Err(error) => return Err(StartError::Setup(error.to_string())),
+    };
+    let policy = Arc::new(load_policy(config, &store, kubernetes.as_ref()).await?);
+    let following = policy.clone().follow();
+    let draining = drain.clone();
+    drain.spawn(async move {
+        tokio::select! {
+            () = following => {}
+            () = draining.signaled() => {}
+        }
+    });
     let proxies = Arc::new(ProxyRegistry::default());
     let credential = match &config.admin_token_file {
         Some(path) => AdminCredential::load(path)?,
@@ -160,16 +204,6 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
             .purge_periodically(RECORD_PURGE_INTERVAL, drain.clone()),
     );
     let limits = config.limits;
-    let kubernetes = match kube_client::cluster_client(config.kubeconfig.as_deref()).await {
-        Ok(client) => client,
-        // A kubeconfig asked for and unusable is a mistake to stop on; an in-cluster setup
-        // without its ServiceAccount token only costs TokenReview and the namespace watch.
-        Err(error) if config.kubeconfig.is_none() => {
-            tracing::warn!(%error, "no Kubernetes API: ServiceAccount tokens are not reviewed, the webhook reads no namespaces");
-            None
-        }
-        Err(error) => return Err(StartError::Setup(error.to_string())),
-    };
     let mut identity = crate::identity_api::IdentityApi::new(
         trust.clone(),
         lineage.clone(),

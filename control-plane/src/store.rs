@@ -93,6 +93,9 @@ pub enum StoreError {
         /// Why it does not parse.
         reason: String,
     },
+    /// The Kubernetes API server failed or refused, with its reason.
+    #[error("store (Kubernetes API): {0}")]
+    Kubernetes(String),
     /// A stored value could not be decoded.
     #[error("store: corrupt record {key}: {source}")]
     Corrupt {

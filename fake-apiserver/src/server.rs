@@ -153,7 +153,8 @@ impl Fake {
             }
             (Method::PATCH, false) => self.patch(&place, &content_type, &body, status_only),
             (Method::DELETE, false) => {
-                let deleted = self.store().delete(&place)?;
+                let precondition = delete_precondition(&body)?;
+                let deleted = self.store().delete(&place, precondition.as_deref())?;
                 Ok(json_response(200, &deleted))
             }
             (method, _) => Err(ApiError::method_not_allowed(&method)),
@@ -503,6 +504,18 @@ async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
             reason: "RequestEntityTooLarge",
             message: format!("request body: {e}"),
         })
+}
+
+/// The `preconditions.resourceVersion` a DeleteOptions body names, if any.
+fn delete_precondition(body: &[u8]) -> Result<Option<String>, ApiError> {
+    if body.is_empty() {
+        return Ok(None);
+    }
+    let options = json_body(body)?;
+    Ok(options["preconditions"]["resourceVersion"]
+        .as_str()
+        .filter(|v| !v.is_empty())
+        .map(str::to_string))
 }
 
 fn json_body(body: &[u8]) -> Result<Value, ApiError> {

@@ -217,7 +217,15 @@ impl Store {
         Ok(updated)
     }
 
-    pub fn delete(&mut self, place: &Place) -> Result<Value, ApiError> {
+    /// Deletes the object at `place`; with `precondition`, only at that resourceVersion (409
+    /// Conflict otherwise, as the API server's DeleteOptions.preconditions).
+    pub fn delete(&mut self, place: &Place, precondition: Option<&str>) -> Result<Value, ApiError> {
+        if let Some(expected) = precondition {
+            let stored = self.get(place)?;
+            if meta_str(&stored, "resourceVersion") != Some(expected) {
+                return Err(ApiError::conflict(place));
+            }
+        }
         let key = (place.namespace.clone(), place.name.clone());
         let mut object = self
             .objects

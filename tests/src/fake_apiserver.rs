@@ -126,4 +126,77 @@ impl FakeApiServer {
             .unwrap();
         self.client().await.request_text(request).await.unwrap();
     }
+
+    /// What `kubectl apply --server-side -f -` does with `yaml` (documents separated by
+    /// `---`): creates or updates each object.
+    pub async fn kubectl_apply(&self, yaml: &str) {
+        let client = self.client().await;
+        for document in yaml.split("\n---").filter(|d| !d.trim().is_empty()) {
+            let object: serde_json::Value = serde_saphyr::from_str(document).unwrap();
+            let (api, name) = dynamic_api(&client, &object);
+            let object: kube::api::DynamicObject = serde_json::from_value(object).unwrap();
+            api.patch(
+                &name,
+                &kube::api::PatchParams::apply("kubectl").force(),
+                &kube::api::Patch::Apply(&object),
+            )
+            .await
+            .unwrap();
+        }
+    }
+
+    /// What `kubectl delete` does with the object `yaml` names.
+    pub async fn kubectl_delete(&self, yaml: &str) {
+        let client = self.client().await;
+        let object: serde_json::Value = serde_saphyr::from_str(yaml).unwrap();
+        let (api, name) = dynamic_api(&client, &object);
+        api.delete(&name, &Default::default()).await.unwrap();
+    }
+
+    /// The names of the objects of `kind` (`apiVersion` and `kind` as in a manifest) in
+    /// `namespace`, as `kubectl get` lists them.
+    pub async fn kubectl_get(&self, api_version: &str, kind: &str, namespace: &str) -> Vec<String> {
+        let client = self.client().await;
+        let object = serde_json::json!({
+            "apiVersion": api_version,
+            "kind": kind,
+            "metadata": {"namespace": namespace, "name": ""},
+        });
+        let (api, _) = dynamic_api(&client, &object);
+        api.list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|o| o.metadata.name)
+            .collect()
+    }
+}
+
+/// The API of the kind `object` says, in its namespace, and its name.
+fn dynamic_api(
+    client: &kube::Client,
+    object: &serde_json::Value,
+) -> (kube::Api<kube::api::DynamicObject>, String) {
+    let api_version = object["apiVersion"].as_str().unwrap();
+    let kind = object["kind"].as_str().unwrap();
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let lower = kind.to_ascii_lowercase();
+    let plural = match lower.strip_suffix('y') {
+        Some(stem) => format!("{stem}ies"),
+        None if lower.ends_with('s') => lower,
+        None => format!("{lower}s"),
+    };
+    let resource = kube::api::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk(group, version, kind),
+        &plural,
+    );
+    let namespace = object["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("default");
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    (
+        kube::Api::namespaced_with(client.clone(), namespace, &resource),
+        name.to_string(),
+    )
 }

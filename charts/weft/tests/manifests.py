@@ -185,8 +185,49 @@ def review_webhook(addr, client_config):
     return f"webhook {service['path']} patched an opted-in pod ({len(patch)} operations)"
 
 
+def start_api_server(binary, work):
+    """Starts weft-fake-apiserver (built beside weft-control) for a control plane that keeps
+    its policy in the API server, where the pod would reach the cluster's; returns the process
+    and its kubeconfig."""
+    fake = os.path.join(os.path.dirname(binary), "weft-fake-apiserver")
+    directory = os.path.join(work, "apiserver")
+    os.makedirs(directory, exist_ok=True)
+    log_path = os.path.join(directory, "fake-apiserver.log")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([fake, "--dir", directory], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + START_TIMEOUT
+    while "listening on" not in open(log_path).read():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit(f"weft-fake-apiserver did not start: {open(log_path).read()}")
+        time.sleep(0.1)
+    return proc, os.path.join(directory, "kubeconfig")
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def start_control(binary, args, container, log_path, pki_dir, webhook_config):
     """Starts weft-control, checks its probes and webhook, stops it; returns what it saw."""
+    api_server = None
+    if "--policy-store=kubernetes" in args:
+        api_server, kubeconfig = start_api_server(binary, os.path.dirname(log_path))
+        args = args + [f"--kubeconfig={kubeconfig}"]
+    try:
+        return run_control(binary, args, container, log_path, pki_dir, webhook_config)
+    finally:
+        if api_server is not None:
+            stop(api_server)
+
+
+def run_control(binary, args, container, log_path, pki_dir, webhook_config):
     with open(log_path, "w") as log:
         command = read_only(pki_dir, [binary] + args)
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -208,13 +249,7 @@ def start_control(binary, args, container, log_path, pki_dir, webhook_config):
                 raise SystemExit(f"{kind} {path} answered {status}")
         return started.group(0).strip() + "\n" + review_webhook(started.group(2), webhook_config)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc)
 
 
 def run_pki(rendered, work, weftctl, weft_control, kubectl):

@@ -238,6 +238,9 @@ fn manifests(values: &Values<'_>, identity: &Identity) -> Result<Vec<Value>, Cli
                 {"apiGroups": [""], "resources": ["namespaces", "pods", "services"], "verbs": ["get", "list", "watch"]},
                 {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
                 {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+                // Policy lives in the API server: weftctl apply and delete write through weft-control.
+                {"apiGroups": ["policy.weft.io"], "resources": ["services", "workloads", "servicepolicies", "inbounddefaults", "authorizationpolicies"], "verbs": ["get", "list", "watch", "create", "update", "delete"]},
+                {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes", "grpcroutes"], "verbs": ["get", "list", "watch", "create", "update", "delete"]},
             ],
         }),
         json!({
@@ -334,6 +337,7 @@ fn deployment(values: &Values<'_>, identity: &Identity) -> Value {
                             "--pki-dir=/var/run/weft/pki",
                             format!("--trust-domain={}", args.trust_domain),
                             format!("--cluster-domain={}", args.cluster_domain),
+                            "--policy-store=kubernetes",
                             "--proxy-api-addr=0.0.0.0:7200",
                             "--admin-addr=0.0.0.0:7201",
                             "--metrics-addr=0.0.0.0:7290",

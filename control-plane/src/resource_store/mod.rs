@@ -1,6 +1,6 @@
 //! Where policy resources live durably, behind one contract every backend keeps: the embedded
-//! file today; the Kubernetes API server and etcd are the backends to come. The policy layer
-//! above (validation, the published state discovery reads) never knows which one it talks to.
+//! file, or the Kubernetes API server (etcd is the backend to come). The policy layer above
+//! (validation, the published state discovery reads) never knows which one it talks to.
 //!
 //! The contract is the API server's: every resource carries the version of its last change,
 //! writes name the version they expect (optimistic concurrency, no locks held by callers), and
@@ -9,6 +9,7 @@
 //! runs it.
 
 mod embedded;
+mod kubernetes;
 
 #[cfg(test)]
 pub(crate) mod conformance;
@@ -16,8 +17,10 @@ pub(crate) mod conformance;
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 pub use embedded::Embedded;
+pub use kubernetes::Kubernetes;
 
 use crate::policy::{Key, Resource};
 use crate::store::StoreError;
@@ -67,10 +70,20 @@ pub struct Written {
 /// The backlog of a watch and the receiver of what comes after it.
 #[derive(Debug)]
 pub struct Watch {
-    /// Changes after the revision asked for, oldest first.
+    /// Changes after the revision asked for that the backend has seen, oldest first.
     pub backlog: Vec<Event>,
-    /// Changes to come. A receiver that lags has lost events: list again and watch anew.
-    pub live: broadcast::Receiver<Event>,
+    /// Changes to come. A backend that learns of changes from a stream of its own (the API
+    /// server's watches) may deliver here some it had not seen when the watch started, never
+    /// one at or before the revision asked for. A receiver that lags has lost events: list
+    /// again and watch anew.
+    pub live: Live,
+}
+
+/// The live side of a [`Watch`]: changes after a revision.
+#[derive(Debug)]
+pub struct Live {
+    receiver: broadcast::Receiver<Event>,
+    after: u64,
 }
 
 /// Why a write was refused. Nothing is written when it is.
@@ -117,6 +130,32 @@ pub trait ResourceStore: Send + Sync + std::fmt::Debug {
 
     /// Changes after `since` (0: only those to come).
     fn watch(&self, since: u64) -> Result<Watch, WatchError>;
+}
+
+impl Live {
+    fn new(receiver: broadcast::Receiver<Event>, after: u64) -> Self {
+        Self { receiver, after }
+    }
+
+    /// The next change.
+    pub async fn recv(&mut self) -> Result<Event, RecvError> {
+        loop {
+            let event = self.receiver.recv().await?;
+            if event.revision > self.after {
+                return Ok(event);
+            }
+        }
+    }
+
+    /// The next change, if one has come.
+    pub fn try_recv(&mut self) -> Result<Event, TryRecvError> {
+        loop {
+            let event = self.receiver.try_recv()?;
+            if event.revision > self.after {
+                return Ok(event);
+            }
+        }
+    }
 }
 
 impl Expected {

@@ -77,3 +77,67 @@ async fn proxies_proving_their_service_accounts_with_projected_tokens_talk_as_th
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-seen-client-id"], CLIENT_ID);
 }
+
+/// Policy in the API server: `weftctl apply` writes it there through weft-control, what
+/// kubectl writes there is served to the proxies (traffic moves when a route changes), and
+/// `weftctl get` shows what kubectl wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_and_weftctl_change_the_same_policy_in_the_api_server() {
+    use crate::cluster::{Backend, SERVICES, split};
+
+    weft_tests::init();
+    let api = FakeApiServer::start().await;
+    let kubeconfig = api.kubeconfig().to_str().unwrap().to_string();
+    let cp = ControlPlane::start_with(
+        "24h",
+        &["--kubeconfig", &kubeconfig, "--policy-store", "kubernetes"],
+    )
+    .await;
+    cp.apply_ok(SERVICES);
+    let v1 = Backend::start(&cp, "api-1", "v1").await;
+    let v2 = Backend::start(&cp, "api-2", "v2").await;
+    let client = Proxy::start(&cp, ProxySpec::new(CLIENT_ID)).await;
+    let mut workloads = api
+        .kubectl_get("policy.weft.io/v1alpha1", "Workload", "shop")
+        .await;
+    workloads.sort();
+    assert_eq!(
+        workloads,
+        ["api-1", "api-2"],
+        "weftctl apply wrote to the API server"
+    );
+
+    let client = MeshClient::http1(client.outbound);
+    api.kubectl_apply(&split(0, 100)).await;
+    all_traffic_reaches(&client, &v2).await;
+    api.kubectl_apply(&split(100, 0)).await;
+    all_traffic_reaches(&client, &v1).await;
+
+    let (status, stdout, stderr) = cp.weftctl(&["get", "httproutes", "-n", "shop"]);
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stdout.contains("split"),
+        "weftctl shows kubectl's route: {stdout}"
+    );
+    api.kubectl_delete(&split(100, 0)).await;
+    weft_tests::eventually("weftctl to see the delete", Duration::from_secs(10), || {
+        let (_, stdout, _) = cp.weftctl(&["get", "httproutes", "-n", "shop"]);
+        async move { (!stdout.contains("split")).then_some(()) }
+    })
+    .await;
+}
+
+/// Waits until every one of a round of requests succeeds at `backend`.
+async fn all_traffic_reaches(client: &MeshClient, backend: &crate::cluster::Backend) {
+    weft_tests::eventually(
+        "traffic to follow the route",
+        Duration::from_secs(15),
+        || async {
+            let before = backend.app.request_count();
+            let statuses = crate::cluster::load(client, 20, 4, "/", &[]).await;
+            (statuses.iter().all(|s| *s == 200) && backend.app.request_count() - before == 20)
+                .then_some(())
+        },
+    )
+    .await;
+}
