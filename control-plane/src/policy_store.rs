@@ -96,8 +96,10 @@ impl From<Listing> for PolicyState {
 // === impl PolicyStore ===
 
 impl PolicyStore {
-    /// Loads every resource from `backend`. A record that no longer parses is an error naming
-    /// it: skipped, it would be policy silently lost (a route, an authorization rule).
+    /// Loads every resource from `backend`. In the embedded store a record that no longer
+    /// parses is an error naming it: skipped, it would be policy silently lost (a route, an
+    /// authorization rule). The Kubernetes backend, whose objects kubectl writes past what a
+    /// CRD's schema checks, serves the readable ones and warns of the rest.
     pub fn load(backend: Arc<dyn ResourceStore>) -> Result<Self, StoreError> {
         let (state, _) = watch::channel(Arc::new(PolicyState::from(backend.list()?)));
         Ok(Self {
@@ -218,9 +220,8 @@ impl PolicyStore {
     }
 
     /// After a conflict the backend knows of a change this state has not seen (another writer
-    /// on the same backend): reload, so the next read shows it and the next write can be
-    /// checked against it. Until a backend is followed by a watch, that is when this state
-    /// learns of others' changes.
+    /// on the same backend): read it, so the next read shows it and the next write can be
+    /// checked against it, without waiting for [`PolicyStore::follow`] to bring it.
     fn resync_after(&self, error: &WriteError) {
         if !matches!(error, WriteError::Conflict { .. }) {
             return;
@@ -228,7 +229,7 @@ impl PolicyStore {
         match self.backend.list() {
             Ok(listing) => {
                 self.state
-                    .send_replace(Arc::new(PolicyState::from(listing)));
+                    .send_if_modified(|state| merge_listing(state, listing));
             }
             Err(error) => tracing::warn!(%error, "cannot reload the policy after a conflict"),
         }
@@ -307,7 +308,7 @@ impl PolicyStore {
         match tokio::task::spawn_blocking(move || backend.list()).await {
             Ok(Ok(listing)) => {
                 self.state
-                    .send_replace(Arc::new(PolicyState::from(listing)));
+                    .send_if_modified(|state| merge_listing(state, listing));
             }
             Ok(Err(error)) => {
                 tracing::warn!(%error, "cannot list the policy store; retrying");
@@ -320,6 +321,32 @@ impl PolicyStore {
 
 /// How long following waits after the backend failed.
 const FOLLOW_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Brings `state` to a listing without undoing what it already shows newer (a change followed
+/// while the listing was read): whether `state` changed.
+fn merge_listing(state: &mut Arc<PolicyState>, listing: Listing) -> bool {
+    let listed: std::collections::BTreeSet<Key> = listing
+        .resources
+        .iter()
+        .map(|stored| stored.resource.key())
+        .collect();
+    let gone: Vec<Stored> = state
+        .resources
+        .iter()
+        .filter(|(key, stored)| {
+            !listed.contains(*key) && stored.resource_version <= listing.revision
+        })
+        .map(|(_, stored)| stored.clone())
+        .collect();
+    let mut modified = false;
+    for stored in gone {
+        modified |= observe(state, true, stored, listing.revision);
+    }
+    for stored in listing.resources {
+        modified |= observe(state, false, stored, listing.revision);
+    }
+    modified
+}
 
 /// Applies one change to `state` unless it already shows it or something newer (a change this
 /// store wrote, announced again by the backend); whether `state` changed.

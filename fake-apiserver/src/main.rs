@@ -41,6 +41,10 @@ struct Args {
     /// How often watches that ask for bookmarks get one, in milliseconds.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
     bookmark_ms: u64,
+    /// Resources it answers 404 for, as a cluster without their CRDs does
+    /// (`httproutes.gateway.networking.k8s.io`).
+    #[arg(long, value_delimiter = ',')]
+    unserved: Vec<String>,
 }
 
 #[tokio::main]
@@ -52,7 +56,11 @@ async fn main() -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let bearer = format!("fake-admin-{:016x}", rand::random::<u64>());
     write_kubeconfig(&args.dir, addr, &ca_pem, &bearer)?;
-    let fake = Arc::new(Fake::new(bearer, Duration::from_millis(args.bookmark_ms)));
+    let fake = Arc::new(Fake::new(
+        bearer,
+        Duration::from_millis(args.bookmark_ms),
+        args.unserved,
+    ));
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     // The line tests wait for; stdout is the fake's only output.
     let mut stdout = std::io::stdout();

@@ -14,6 +14,14 @@ pub struct Target {
 }
 
 impl Target {
+    /// The resource as kubectl names it: `httproutes.gateway.networking.k8s.io`.
+    pub fn plural_and_group(&self) -> String {
+        let mut parts = self.resource.splitn(3, '/');
+        let group = parts.next().unwrap_or_default();
+        let plural = parts.nth(1).unwrap_or_default();
+        format!("{plural}.{group}")
+    }
+
     pub fn parse(path: &str) -> Option<Self> {
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         let (group, version, rest) = match segments.as_slice() {

@@ -47,10 +47,13 @@ pub struct Fake {
     review_failure: Mutex<Option<ReviewFailure>>,
     bearer: String,
     bookmark_every: Duration,
+    /// Resources (`httproutes.gateway.networking.k8s.io`) answered with 404, as if their CRDs
+    /// were not installed.
+    unserved: Vec<String>,
 }
 
 impl Fake {
-    pub fn new(bearer: String, bookmark_every: Duration) -> Self {
+    pub fn new(bearer: String, bookmark_every: Duration, unserved: Vec<String>) -> Self {
         Self {
             store: Mutex::default(),
             tokens: Mutex::default(),
@@ -58,6 +61,7 @@ impl Fake {
             reviews: std::sync::atomic::AtomicU64::new(0),
             bearer,
             bookmark_every,
+            unserved,
         }
     }
 
@@ -108,6 +112,9 @@ impl Fake {
         }
         let target = Target::parse(&path)
             .ok_or_else(|| ApiError::bad_request(format!("{path}: not a resource path")))?;
+        if self.unserved.contains(&target.plural_and_group()) {
+            return Err(ApiError::not_served());
+        }
         let place = Place {
             resource: target.resource.clone(),
             namespace: target.namespace.clone(),

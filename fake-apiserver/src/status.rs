@@ -29,6 +29,15 @@ impl ApiError {
         )
     }
 
+    /// What the API server answers for a resource no API group serves.
+    pub fn not_served() -> Self {
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+    }
+
     pub fn already_exists(place: &Place) -> Self {
         Self::new(
             409,

@@ -17,9 +17,15 @@ pub struct FakeApiServer {
 impl FakeApiServer {
     /// Starts one and waits until it serves.
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts one with `args` (`--unserved httproutes.gateway.networking.k8s.io`: as a cluster
+    /// without that CRD).
+    pub async fn start_with(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut command = std::process::Command::new(bin("weft-fake-apiserver"));
-        command.arg("--dir").arg(dir.path());
+        command.arg("--dir").arg(dir.path()).args(args);
         let proc = Proc::spawn(
             "weft-fake-apiserver",
             command,

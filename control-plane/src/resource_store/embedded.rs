@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
 use super::{
-    Event, Expected, Listing, Live, ResourceStore, Stored, Watch, WatchError, WriteError, Written,
+    Event, Expected, Listing, ResourceStore, Stored, Watch, WatchError, WriteError, Written,
 };
 use crate::policy::{Key, Resource};
 use crate::store::{Store, StoreError};
@@ -152,7 +152,7 @@ impl ResourceStore for Embedded {
 
     fn watch(&self, since: u64) -> Result<Watch, WatchError> {
         let changes = self.changes.lock();
-        let live = Live::new(self.events.subscribe(), since);
+        let live = self.events.subscribe();
         if since == 0 {
             return Ok(Watch {
                 backlog: Vec::new(),

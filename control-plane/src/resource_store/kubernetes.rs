@@ -28,7 +28,7 @@ use tokio::sync::{broadcast, oneshot};
 use tokio::task::AbortHandle;
 
 use super::{
-    Event, Expected, Listing, Live, ResourceStore, Stored, Watch, WatchError, WriteError, Written,
+    Event, Expected, Listing, ResourceStore, Stored, Watch, WatchError, WriteError, Written,
 };
 use crate::policy::{Key, Kind, Resource};
 use crate::store::StoreError;
@@ -139,9 +139,7 @@ impl Kubernetes {
         loop {
             let page = match api.list(&params).await {
                 Ok(page) => page,
-                Err(kube::Error::Api(status)) if status.code == 404 && is_route(kind) => {
-                    return Ok(u64::MAX);
-                }
+                Err(error) if not_served(&error) && is_route(kind) => return Ok(u64::MAX),
                 Err(error) => return Err(api_error(kind, &error)),
             };
             if revision.is_none() {
@@ -178,9 +176,12 @@ impl Kubernetes {
             let key = resource.key();
             let api = self.api(&key);
             let mut object = to_object(&resource)?;
-            object.metadata.resource_version = current
-                .as_ref()
-                .and_then(|c| c.metadata.resource_version.clone());
+            if let Some(current) = &current {
+                // A replace is whole: what other controllers keep in the metadata stays.
+                object.metadata.resource_version = current.metadata.resource_version.clone();
+                object.metadata.finalizers = current.metadata.finalizers.clone();
+                object.metadata.owner_references = current.metadata.owner_references.clone();
+            }
             let outcome = match &current {
                 None => api.create(&PostParams::default(), &object).await,
                 Some(_) => {
@@ -236,7 +237,13 @@ impl Kubernetes {
 
     /// A refused write as the contract says it: a conflict with the version found now.
     async fn write_error(&self, key: Key, expected: Expected, error: &kube::Error) -> WriteError {
-        if matches!(error, kube::Error::Api(status) if status.code == 409 || status.code == 404) {
+        let raced = match error {
+            kube::Error::Api(status) => {
+                status.code == 409 || (status.code == 404 && !not_served(error))
+            }
+            _ => false,
+        };
+        if raced {
             let stored = match self.read(&key).await {
                 Ok(Some(object)) => version_of(&object).unwrap_or(0),
                 _ => 0,
@@ -268,11 +275,9 @@ impl Kubernetes {
             .delete(&key.name, &precondition(version))
             .await
         {
-            Ok(outcome) => match outcome.left() {
-                Some(deleted) => Ok(version_of(&deleted)?),
-                // Deletion pending (finalizers): the revision it is announced at comes later.
-                None => Ok(self.current_revision().await?),
-            },
+            // What the answer carries differs (the object, its last state, or a Status): the
+            // revision now is at or after the delete, whichever it was.
+            Ok(_) => Ok(self.current_revision().await?),
             Err(kube::Error::Api(status)) if status.code == 404 => {
                 Err(WriteError::NotFound(key.clone()))
             }
@@ -341,7 +346,6 @@ impl ResourceStore for Kubernetes {
                 oldest: changes.floor + 1,
             });
         }
-        let after = if since == 0 { changes.latest } else { since };
         let mut backlog: Vec<Event> = changes
             .log
             .iter()
@@ -351,7 +355,7 @@ impl ResourceStore for Kubernetes {
         backlog.sort_by_key(|e| e.revision);
         Ok(Watch {
             backlog,
-            live: Live::new(self.events.subscribe(), after),
+            live: self.events.subscribe(),
         })
     }
 }
@@ -385,6 +389,7 @@ async fn follow(
     let mut synced = Some(synced);
     let mut known: HashMap<Key, Stored> = HashMap::new();
     let mut listing: HashMap<Key, Stored> = HashMap::new();
+    let probe = api.clone();
     let stream = watcher(api, watcher::Config::default()).default_backoff();
     let mut stream = std::pin::pin!(stream);
     while let Some(item) = stream.next().await {
@@ -411,14 +416,32 @@ async fn follow(
         match change {
             watcher::Event::Init => listing.clear(),
             watcher::Event::InitApply(object) => {
-                if let Some(stored) = readable(kind, object) {
-                    listing.insert(stored.resource.key(), stored);
+                let key = key_of(kind, &object);
+                match readable(kind, object) {
+                    Some(stored) => {
+                        listing.insert(stored.resource.key(), stored);
+                    }
+                    // Unreadable now: what was served stays, rather than being deleted.
+                    None => {
+                        if let Some(stored) = key.and_then(|key| known.get(&key)) {
+                            listing.insert(stored.resource.key(), stored.clone());
+                        }
+                    }
                 }
             }
             watcher::Event::InitDone => {
                 let listed = std::mem::take(&mut listing);
                 if synced.is_none() {
-                    announce_difference(&known, &listed, &changes, &events);
+                    // The relist's own revision: the etcd revision moves with every object in
+                    // the cluster, so the listed objects' versions may be far behind it.
+                    let now = probe
+                        .list(&ListParams::default().limit(1))
+                        .await
+                        .ok()
+                        .and_then(|page| {
+                            parse_version(page.metadata.resource_version.as_deref()).ok()
+                        });
+                    announce_difference(&known, &listed, now, &changes, &events);
                 }
                 known = listed;
                 if let Some(tx) = synced.take() {
@@ -462,6 +485,7 @@ async fn follow(
 fn announce_difference(
     known: &HashMap<Key, Stored>,
     listed: &HashMap<Key, Stored>,
+    now: Option<u64>,
     changes: &Mutex<Changes>,
     events: &broadcast::Sender<Event>,
 ) {
@@ -471,7 +495,8 @@ fn announce_difference(
         .map(|s| s.resource_version)
         .max()
         .unwrap_or(0)
-        .max(changes.latest);
+        .max(changes.latest)
+        .max(now.unwrap_or(0));
     for (key, stored) in listed {
         if known.get(key).map(|k| k.resource_version) != Some(stored.resource_version) {
             let event = Event {
@@ -501,6 +526,14 @@ fn readable(kind: Kind, object: DynamicObject) -> Option<Stored> {
     decode(kind, object)
         .inspect_err(|reason| tracing::warn!(%reason, "ignoring a resource Weft cannot read"))
         .ok()
+}
+
+fn key_of(kind: Kind, object: &DynamicObject) -> Option<Key> {
+    Some(Key::new(
+        kind,
+        object.metadata.namespace.as_deref()?,
+        object.metadata.name.as_deref()?,
+    ))
 }
 
 fn decode(kind: Kind, object: DynamicObject) -> Result<Stored, String> {
@@ -553,17 +586,32 @@ fn precondition(version: u64) -> DeleteParams {
 }
 
 fn api_error(kind: Kind, error: &kube::Error) -> StoreError {
-    StoreError::Kubernetes(format!("{kind}: {error}{}", hint(kind, error)))
+    StoreError::Kubernetes(format!("{kind}: {}{}", describe(error), hint(kind, error)))
 }
 
 fn watch_failure(kind: Kind, error: &watcher::Error) -> String {
-    let hint = match error {
+    match error {
         watcher::Error::InitialListFailed(error) | watcher::Error::WatchStartFailed(error) => {
-            hint(kind, error)
+            format!("{kind}: {}{}", describe(error), hint(kind, error))
         }
-        _ => "",
-    };
-    format!("{kind}: {error}{hint}")
+        _ => format!("{kind}: {error}"),
+    }
+}
+
+/// The API server's answer in one line (kube's own display repeats it in debug form).
+fn describe(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => format!(
+            "the API server answered {} {}",
+            status.code,
+            if status.message.is_empty() {
+                &status.reason
+            } else {
+                &status.message
+            }
+        ),
+        error => error.to_string(),
+    }
 }
 
 fn is_route(kind: Kind) -> bool {
@@ -573,14 +621,20 @@ fn is_route(kind: Kind) -> bool {
 /// Whether a failure to list `kind` means only that there are none: the Gateway API's CRDs
 /// are not installed.
 fn optional(kind: Kind, error: &watcher::Error) -> bool {
-    matches!(error, watcher::Error::InitialListFailed(kube::Error::Api(status)) if status.code == 404)
-        && is_route(kind)
+    matches!(error, watcher::Error::InitialListFailed(error) if not_served(error)) && is_route(kind)
+}
+
+/// Whether the API server serves no such resource at all (its CRD is not installed), rather
+/// than lacking one object of it.
+fn not_served(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status)
+        if status.code == 404 && status.message.contains("could not find the requested resource"))
 }
 
 /// What to do about a kind the API server does not serve.
 fn hint(kind: Kind, error: &kube::Error) -> &'static str {
     match error {
-        kube::Error::Api(status) if status.code == 404 => match kind {
+        kube::Error::Api(_) if not_served(error) => match kind {
             Kind::HttpRoute | Kind::GrpcRoute => {
                 " (are the Gateway API CRDs installed? kubectl apply -f the standard-install.yaml of gateway-api)"
             }
@@ -724,8 +778,15 @@ mod tests {
         let first = Key::new(Kind::HttpRoute, "shop", "first");
         served(&store, &first, true).await;
 
-        // The API server forgets its history: every watch ends with 410 Gone and lists again.
+        // The cluster's revision runs ahead of the policy's (other objects change too), then
+        // the API server forgets its history: every watch ends with 410 Gone and lists again.
         // What changes around it is served all the same.
+        for n in 0..20 {
+            api.kubectl_apply(&format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: unrelated-{n}, namespace: shop}}\ndata: {{}}\n"
+            ))
+            .await;
+        }
         api.compact().await;
         kubectl_delete(&client, &first).await;
         kubectl_apply(&client, route("second")).await;
@@ -737,6 +798,55 @@ mod tests {
             matches!(resumed, Err(WatchError::Gone { since: 1, .. })),
             "{resumed:?}"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_the_gateway_api_crds_there_are_no_routes_and_a_route_says_what_to_install() {
+        weft_tests::init();
+        let api = FakeApiServer::start_with(&[
+            "--unserved",
+            "httproutes.gateway.networking.k8s.io,grpcroutes.gateway.networking.k8s.io",
+        ])
+        .await;
+        let backend = Arc::new(Kubernetes::connect(api.client().await).await.unwrap());
+        let route = Resource::parse(&route("r"), "test").unwrap();
+        let service = conformance::service("shop", "api", 8080);
+        let outcome = {
+            let backend = backend.clone();
+            tokio::task::spawn_blocking(move || {
+                let listing = backend.list().unwrap();
+                let service = backend.apply(vec![(service, Expected::Absent)]);
+                let route = backend.apply(vec![(route, Expected::Absent)]);
+                (listing, service, route)
+            })
+            .await
+            .unwrap()
+        };
+        let (listing, service, route) = outcome;
+        assert!(listing.resources.is_empty());
+        assert!(service.is_ok(), "{service:?}");
+        let refused = route.unwrap_err().to_string();
+        assert_eq!(
+            refused,
+            "store (Kubernetes API): HTTPRoute: the API server answered 404 the server could not \
+             find the requested resource (are the Gateway API CRDs installed? kubectl apply -f \
+             the standard-install.yaml of gateway-api)"
+        );
+        assert!(refused.contains("Gateway API CRDs"), "{refused}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_weft_s_crds_the_store_does_not_start_and_says_what_to_install() {
+        weft_tests::init();
+        let api =
+            FakeApiServer::start_with(&["--unserved", "authorizationpolicies.policy.weft.io"])
+                .await;
+        let refused = Kubernetes::connect(api.client().await)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("AuthorizationPolicy"), "{refused}");
+        assert!(refused.contains("weftctl install --crds"), "{refused}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

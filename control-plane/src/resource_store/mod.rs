@@ -17,7 +17,6 @@ pub(crate) mod conformance;
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 pub use embedded::Embedded;
 pub use kubernetes::Kubernetes;
@@ -72,18 +71,12 @@ pub struct Written {
 pub struct Watch {
     /// Changes after the revision asked for that the backend has seen, oldest first.
     pub backlog: Vec<Event>,
-    /// Changes to come. A backend that learns of changes from a stream of its own (the API
-    /// server's watches) may deliver here some it had not seen when the watch started, never
-    /// one at or before the revision asked for. A receiver that lags has lost events: list
-    /// again and watch anew.
-    pub live: Live,
-}
-
-/// The live side of a [`Watch`]: changes after a revision.
-#[derive(Debug)]
-pub struct Live {
-    receiver: broadcast::Receiver<Event>,
-    after: u64,
+    /// Changes to come. A backend that learns of changes from streams of its own (the API
+    /// server's watches, one per kind) delivers them as they arrive: some may come late, out
+    /// of revision order across kinds, or again (one at or before the revision asked for, or
+    /// already in the backlog). Consumers apply a change only when its version is newer than
+    /// what they hold. A receiver that lags has lost events: list again and watch anew.
+    pub live: broadcast::Receiver<Event>,
 }
 
 /// Why a write was refused. Nothing is written when it is.
@@ -130,32 +123,6 @@ pub trait ResourceStore: Send + Sync + std::fmt::Debug {
 
     /// Changes after `since` (0: only those to come).
     fn watch(&self, since: u64) -> Result<Watch, WatchError>;
-}
-
-impl Live {
-    fn new(receiver: broadcast::Receiver<Event>, after: u64) -> Self {
-        Self { receiver, after }
-    }
-
-    /// The next change.
-    pub async fn recv(&mut self) -> Result<Event, RecvError> {
-        loop {
-            let event = self.receiver.recv().await?;
-            if event.revision > self.after {
-                return Ok(event);
-            }
-        }
-    }
-
-    /// The next change, if one has come.
-    pub fn try_recv(&mut self) -> Result<Event, TryRecvError> {
-        loop {
-            let event = self.receiver.try_recv()?;
-            if event.revision > self.after {
-                return Ok(event);
-            }
-        }
-    }
 }
 
 impl Expected {
