@@ -154,6 +154,15 @@ pub struct Config {
     #[arg(long, env = "WEFT_CONTROL_POLICY_STORE", value_enum, default_value_t = PolicyBackend::Embedded)]
     pub policy_store: PolicyBackend,
 
+    /// The namespace of the Lease replicas elect the one that writes route status with (the
+    /// control plane's own), with --policy-store kubernetes.
+    #[arg(long, env = "WEFT_CONTROL_LEASE_NAMESPACE", default_value = "weft")]
+    pub lease_namespace: String,
+
+    /// How long a leader's Lease lasts unrenewed before another replica takes over.
+    #[arg(long, env = "WEFT_CONTROL_LEASE_DURATION", default_value = "15s", value_parser = parse_lease_duration)]
+    pub lease_duration: Duration,
+
     /// The weft-proxy image the webhook injects.
     #[arg(long, env = "WEFT_CONTROL_PROXY_IMAGE", default_value = concat!("localhost/weft-proxy:", env!("CARGO_PKG_VERSION")))]
     pub proxy_image: String,
@@ -200,4 +209,13 @@ impl Config {
             .clone()
             .unwrap_or_else(|| self.data_dir.join("pki"))
     }
+}
+
+/// A Lease's duration: whole seconds, as the Lease holds it, at least 3 (renewed every third).
+fn parse_lease_duration(value: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(value).map_err(|e| e.to_string())?;
+    if duration.as_secs() < 3 || duration.subsec_nanos() != 0 {
+        return Err(format!("{value}: a lease lasts whole seconds, at least 3s"));
+    }
+    Ok(duration)
 }

@@ -1,9 +1,9 @@
 //! `weft-control`, the Weft control plane, and `weftctl`, its CLI.
 //!
-//! The control plane signs proxies' CSRs (identity), will stream endpoints and policy to them
+//! The control plane signs proxies' CSRs (identity), streams endpoints and policy to them
 //! (discovery), and takes operator requests on an authenticated admin API. Its state lives in an
-//! embedded store under `--data-dir`. It shares nothing with the proxy but the `.proto` contract
-//! in `weft-api`.
+//! embedded store under `--data-dir`, its policy there or in the Kubernetes API server. It
+//! shares nothing with the proxy but the `.proto` contract in `weft-api`.
 
 pub mod admin_api;
 pub mod admin_credential;
@@ -15,6 +15,7 @@ pub mod inject;
 pub mod join_tokens;
 pub mod kube_client;
 pub mod kube_namespaces;
+pub mod leader;
 pub mod limits;
 pub mod lineage;
 pub mod metrics;
@@ -22,6 +23,7 @@ pub mod pki;
 pub mod policy;
 pub mod policy_store;
 pub mod resource_store;
+pub mod route_status;
 pub mod server;
 pub mod service_account_tokens;
 pub mod serving_cert;

@@ -1,6 +1,6 @@
 //! The control plane's metrics.
 
-use prometheus::{Histogram, IntCounterVec, IntGauge, Registry};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
 use weft_telemetry::metrics;
 
 /// Counters and histograms the services update.
@@ -22,6 +22,10 @@ pub struct Metrics {
     pub discovery_watches_open: IntGauge,
     /// Connections closed before their handshake, by the bound they hit.
     pub connections_refused: IntCounterVec,
+    /// 1 while this replica holds the leader Lease (it alone writes route status).
+    pub leader: IntGauge,
+    /// Route status writes to the API server.
+    pub route_status_writes: IntCounter,
 }
 
 impl Metrics {
@@ -71,6 +75,16 @@ impl Metrics {
                 "weft_control_connections_refused_total",
                 "Connections to the API ports closed before or at their handshake, by reason.",
                 &["reason"],
+            )?,
+            leader: metrics::gauge(
+                registry,
+                "weft_control_leader",
+                "1 while this replica holds the leader Lease and writes route status, else 0.",
+            )?,
+            route_status_writes: metrics::counter(
+                registry,
+                "weft_control_route_status_writes_total",
+                "Route status written to the Kubernetes API server.",
             )?,
         })
     }

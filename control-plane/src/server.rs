@@ -16,6 +16,7 @@ use crate::admin_credential::{ADMIN_TOKEN_FILE, AdminCredential};
 use crate::config::{Config, PolicyBackend};
 use crate::discovery::{DiscoveryApi, DiscoveryOptions, ProxyRegistry};
 use crate::inject::{IdentitySource, InjectSettings};
+use crate::leader::{self, LeaseConfig};
 use crate::limits::{
     Admission, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_ADMIN_MESSAGE, MAX_HEADER_LIST,
     MAX_LOCAL_RESETS, MAX_PENDING_RESETS, MAX_PROXY_MESSAGE, RateLimit,
@@ -27,7 +28,7 @@ use crate::resource_store::{Embedded, Kubernetes, ResourceStore};
 use crate::service_account_tokens::TokenReviewer;
 use crate::store::Store;
 use crate::trust::Trust;
-use crate::{kube_client, kube_namespaces, pki, serving_cert, tls_incoming, webhook};
+use crate::{kube_client, kube_namespaces, pki, route_status, serving_cert, tls_incoming, webhook};
 
 /// How often records of expired certificates, lapsed revocations and spent tokens are purged.
 const RECORD_PURGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
@@ -66,6 +67,37 @@ pub enum StartError {
     /// Anything else during setup.
     #[error("{0}")]
     Setup(String),
+}
+
+/// Elects, through a Lease, the one replica that writes route status, and writes it there.
+fn write_route_status(
+    config: &Config,
+    client: &kube::Client,
+    policy: &PolicyStore,
+    metrics: &Metrics,
+    drain: &Drain,
+) {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "weft-control".to_string());
+    let lease = LeaseConfig {
+        namespace: config.lease_namespace.clone(),
+        name: "weft-control".to_string(),
+        // Unique even for two processes of one host (a restart before the lease expires).
+        identity: format!("{host}-{:08x}", rand::random::<u32>()),
+        duration: config.lease_duration,
+    };
+    let draining = drain.clone();
+    let (leading, elect) = leader::elect(client.clone(), lease, async move {
+        draining.signaled().await;
+    });
+    drain.spawn(elect);
+    let draining = drain.clone();
+    drain.spawn(route_status::keep_written(
+        client.clone(),
+        policy.subscribe_state(),
+        leading,
+        metrics.clone(),
+        async move { draining.signaled().await },
+    ));
 }
 
 /// The policy store on the backend `config` names.
@@ -164,6 +196,9 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
 
     let registry = weft_telemetry::metrics::new_registry();
     let metrics = Metrics::register(&registry).map_err(|e| StartError::Setup(e.to_string()))?;
+    if let (PolicyBackend::Kubernetes, Some(client)) = (config.policy_store, &kubernetes) {
+        write_route_status(config, client, &policy, &metrics, drain);
+    }
 
     let serving = CertStore::new();
     let not_after = serving_cert::issue(&pki.issuer, &serving).map_err(StartError::Setup)?;

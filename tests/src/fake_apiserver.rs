@@ -159,6 +159,27 @@ impl FakeApiServer {
         api.delete(&name, &Default::default()).await.unwrap();
     }
 
+    /// One object as `kubectl get -o json` prints it (`null` when absent).
+    pub async fn kubectl_get_json(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> serde_json::Value {
+        let client = self.client().await;
+        let object = serde_json::json!({
+            "apiVersion": api_version,
+            "kind": kind,
+            "metadata": {"namespace": namespace, "name": name},
+        });
+        let (api, name) = dynamic_api(&client, &object);
+        match api.get_opt(&name).await.unwrap() {
+            Some(object) => serde_json::to_value(object).unwrap(),
+            None => serde_json::Value::Null,
+        }
+    }
+
     /// The names of the objects of `kind` (`apiVersion` and `kind` as in a manifest) in
     /// `namespace`, as `kubectl get` lists them.
     pub async fn kubectl_get(&self, api_version: &str, kind: &str, namespace: &str) -> Vec<String> {

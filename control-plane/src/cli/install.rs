@@ -241,6 +241,9 @@ fn manifests(values: &Values<'_>, identity: &Identity) -> Result<Vec<Value>, Cli
                 // Policy lives in the API server: weftctl apply and delete write through weft-control.
                 {"apiGroups": ["policy.weft.io"], "resources": ["services", "workloads", "servicepolicies", "inbounddefaults", "authorizationpolicies"], "verbs": ["get", "list", "watch", "create", "update", "delete"]},
                 {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes", "grpcroutes"], "verbs": ["get", "list", "watch", "create", "update", "delete"]},
+                // Route status, written by the replica holding the Lease.
+                {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes/status", "grpcroutes/status"], "verbs": ["get", "patch", "update"]},
+                {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
             ],
         }),
         json!({
@@ -338,6 +341,7 @@ fn deployment(values: &Values<'_>, identity: &Identity) -> Value {
                             format!("--trust-domain={}", args.trust_domain),
                             format!("--cluster-domain={}", args.cluster_domain),
                             "--policy-store=kubernetes",
+                            format!("--lease-namespace={ns}"),
                             "--proxy-api-addr=0.0.0.0:7200",
                             "--admin-addr=0.0.0.0:7201",
                             "--metrics-addr=0.0.0.0:7290",

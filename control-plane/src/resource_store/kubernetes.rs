@@ -648,7 +648,7 @@ fn hint(kind: Kind, error: &kube::Error) -> &'static str {
 }
 
 /// Where the API server serves a kind.
-fn api_resource(kind: Kind) -> ApiResource {
+pub(crate) fn api_resource(kind: Kind) -> ApiResource {
     let (group, version) = kind
         .api_version()
         .split_once('/')

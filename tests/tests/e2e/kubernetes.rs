@@ -141,3 +141,96 @@ async fn all_traffic_reaches(client: &MeshClient, backend: &crate::cluster::Back
     )
     .await;
 }
+
+/// Two replicas on one API server: the one holding the Lease writes route status, the other
+/// writes nothing until the first dies, then takes over and keeps the status true.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_status_is_written_by_the_replica_holding_the_lease() {
+    use weft_tests::client::http_get;
+    use weft_tests::mesh::metric_value;
+
+    weft_tests::init();
+    let api = FakeApiServer::start().await;
+    let kubeconfig = api.kubeconfig().to_str().unwrap().to_string();
+    let args = [
+        "--kubeconfig",
+        &kubeconfig,
+        "--policy-store",
+        "kubernetes",
+        "--lease-duration",
+        "3s",
+    ];
+    let mut replicas = vec![
+        ControlPlane::start_with("24h", &args).await,
+        ControlPlane::start_with("24h", &args).await,
+    ];
+    let metric = |cp: &ControlPlane, name: &'static str| {
+        let addr = cp.metrics;
+        async move {
+            let (_, text) = http_get(addr, "/metrics").await?;
+            metric_value(&text, name)
+        }
+    };
+    let leader = |replicas: &[ControlPlane]| {
+        let replicas: Vec<_> = replicas.iter().map(|cp| cp.metrics).collect();
+        async move {
+            let mut leading = Vec::new();
+            for addr in replicas {
+                let (_, text) = http_get(addr, "/metrics").await?;
+                leading.push(metric_value(&text, "weft_control_leader")? == 1.0);
+            }
+            (leading.iter().filter(|l| **l).count() == 1)
+                .then(|| leading.iter().position(|l| *l))?
+        }
+    };
+    let first =
+        weft_tests::eventually("one leader", Duration::from_secs(20), || leader(&replicas)).await;
+    api.kubectl_apply(crate::cluster::SERVICES).await;
+    api.kubectl_apply(&crate::cluster::split(50, 50)).await;
+    let route_status = |wanted: &'static str| {
+        let api = &api;
+        async move {
+            weft_tests::eventually("the route's status", Duration::from_secs(20), || async {
+                let text = api
+                    .kubectl_get_json("gateway.networking.k8s.io/v1", "HTTPRoute", "shop", "split")
+                    .await;
+                let conditions = &text["status"]["parents"][0]["conditions"];
+                (conditions[0]["reason"] == wanted).then(|| text["status"].clone())
+            })
+            .await
+        }
+    };
+    let status = route_status("Accepted").await;
+    assert_eq!(
+        status["parents"][0]["controllerName"],
+        "weft.io/mesh-controller"
+    );
+    assert_eq!(
+        status["parents"][0]["conditions"][1]["reason"],
+        "ResolvedRefs"
+    );
+    let follower = 1 - first;
+    assert_eq!(
+        metric(
+            &replicas[follower],
+            "weft_control_route_status_writes_total"
+        )
+        .await,
+        Some(0.0),
+        "the follower writes nothing"
+    );
+
+    // The leader dies without a word: the other takes the Lease over once it expires, and
+    // keeps the status true (the parent Service goes: NoMatchingParent).
+    replicas[first].kill9();
+    api.kubectl_delete(
+        "apiVersion: policy.weft.io/v1alpha1\nkind: Service\nmetadata: {name: api, namespace: shop}\n",
+    )
+    .await;
+    route_status("NoMatchingParent").await;
+    assert_eq!(
+        metric(&replicas[follower], "weft_control_leader").await,
+        Some(1.0)
+    );
+    replicas.clear();
+}

@@ -1,0 +1,338 @@
+//! Route status written back as a Gateway API implementation must (GAMMA, routes attached to
+//! Services): for each `parentRefs[]` entry of kind Service, a `status.parents[]` entry under
+//! Weft's controller name with `Accepted` and `ResolvedRefs` conditions, each with its reason,
+//! `observedGeneration` and `lastTransitionTime`. Entries of other controllers are kept.
+//!
+//! Only the replica that leads (see `leader.rs`) writes, and only what differs from what the
+//! API server holds; every write names the resourceVersion it was computed from.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use kube::Api;
+use kube::api::{DynamicObject, Patch, PatchParams};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::policy::{Key, Kind};
+use crate::policy_store::{PolicyState, Stored};
+use crate::resource_store::api_resource;
+
+/// The `controllerName` Weft writes its status entries under.
+pub const CONTROLLER_NAME: &str = "weft.io/mesh-controller";
+
+/// Keeps the status of every route in the served state true while `leading` says so, until
+/// `stop` resolves.
+pub async fn keep_written(
+    client: kube::Client,
+    mut state: watch::Receiver<Arc<PolicyState>>,
+    mut leading: watch::Receiver<bool>,
+    metrics: Metrics,
+    stop: impl Future<Output = ()>,
+) {
+    let mut stop = std::pin::pin!(stop);
+    // What each route's status was last confirmed as, at which version of the route.
+    let mut confirmed: HashMap<Key, (u64, Value)> = HashMap::new();
+    loop {
+        let lead = *leading.borrow_and_update();
+        metrics.leader.set(i64::from(lead));
+        if lead {
+            let snapshot = state.borrow_and_update().clone();
+            let routes = snapshot
+                .of_kind(Kind::HttpRoute)
+                .chain(snapshot.of_kind(Kind::GrpcRoute));
+            for route in routes {
+                if let Err(error) =
+                    reconcile(&client, &snapshot, route, &mut confirmed, &metrics).await
+                {
+                    let key = route.resource.key();
+                    tracing::warn!(%key, %error, "cannot write route status; retrying at the next change");
+                }
+            }
+            confirmed.retain(|key, _| snapshot.get(key).is_some());
+        } else {
+            // Another replica writes meanwhile: nothing confirmed before holds.
+            confirmed.clear();
+        }
+        tokio::select! {
+            changed = state.changed(), if lead => if changed.is_err() { return },
+            changed = leading.changed() => if changed.is_err() { return },
+            () = &mut stop => return,
+        }
+    }
+}
+
+/// Writes one route's status if it differs from what the API server holds.
+async fn reconcile(
+    client: &kube::Client,
+    state: &PolicyState,
+    route: &Stored,
+    confirmed: &mut HashMap<Key, (u64, Value)>,
+    metrics: &Metrics,
+) -> Result<(), kube::Error> {
+    let key = route.resource.key();
+    let conditions = conditions(state, route);
+    if confirmed
+        .get(&key)
+        .is_some_and(|(version, was)| *version == route.resource_version && *was == conditions)
+    {
+        return Ok(());
+    }
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &key.namespace, &api_resource(key.kind));
+    let Some(object) = api.get_opt(&key.name).await? else {
+        return Ok(());
+    };
+    let existing = object.data["status"]["parents"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let parents = parents(&object, &existing, &conditions);
+    if parents != existing {
+        let patch = json!({
+            "metadata": {"resourceVersion": object.metadata.resource_version},
+            "status": {"parents": parents},
+        });
+        api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        metrics.route_status_writes.inc();
+    }
+    confirmed.insert(key, (route.resource_version, conditions));
+    Ok(())
+}
+
+/// The conditions a route's Service parents get: `[Accepted, ResolvedRefs]`, each as
+/// `(status, reason, message)`; the same for every Service parent but the parent's own
+/// existence, which `parents` decides.
+fn conditions(state: &PolicyState, route: &Stored) -> Value {
+    let missing: Vec<String> = route
+        .resource
+        .references()
+        .into_iter()
+        .filter(|(field, _)| field.starts_with("spec.rules"))
+        .filter(|(_, target)| state.get(target).is_none())
+        .map(|(field, target)| format!("{field}: {target} does not exist"))
+        .collect();
+    let parents: Vec<Value> = route
+        .resource
+        .references()
+        .into_iter()
+        .filter(|(field, _)| field.starts_with("spec.parentRefs"))
+        .map(|(_, target)| json!(state.get(&target).is_some()))
+        .collect();
+    let resolved = if missing.is_empty() {
+        json!(["True", "ResolvedRefs", "every backend exists"])
+    } else {
+        json!(["False", "BackendNotFound", missing.join("; ")])
+    };
+    json!({"parentsFound": parents, "resolved": resolved})
+}
+
+/// The `status.parents` the route should have: other controllers' entries as they are, then
+/// Weft's, one per Service parent, keeping each condition's transition time while its status
+/// holds.
+fn parents(object: &DynamicObject, existing: &[Value], conditions: &Value) -> Vec<Value> {
+    let generation = object.metadata.generation.unwrap_or(0);
+    let namespace = object.metadata.namespace.clone().unwrap_or_default();
+    let now = k8s_openapi::jiff::Timestamp::now()
+        .round(k8s_openapi::jiff::Unit::Second)
+        .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now())
+        .to_string();
+    let mut parents: Vec<Value> = existing
+        .iter()
+        .filter(|p| p["controllerName"] != CONTROLLER_NAME)
+        .cloned()
+        .collect();
+    let refs = object.data["spec"]["parentRefs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for (i, parent_ref) in refs.iter().enumerate() {
+        if parent_ref["kind"]
+            .as_str()
+            .is_some_and(|kind| kind != "Service")
+        {
+            // A Gateway's: that Gateway's controller reports on it.
+            continue;
+        }
+        let found = conditions["parentsFound"][i].as_bool().unwrap_or(false);
+        let accepted = if found {
+            json!([
+                "True",
+                "Accepted",
+                "Weft routes this Service's traffic by this route"
+            ])
+        } else {
+            let name = parent_ref["name"].as_str().unwrap_or_default();
+            let parent_namespace = parent_ref["namespace"].as_str().unwrap_or(&namespace);
+            json!([
+                "False",
+                "NoMatchingParent",
+                format!("Service {parent_namespace}/{name} does not exist")
+            ])
+        };
+        let previous = existing
+            .iter()
+            .find(|p| p["controllerName"] == CONTROLLER_NAME && p["parentRef"] == *parent_ref);
+        let condition = |kind: &str, says: &Value| {
+            let status = says[0].clone();
+            let since = previous
+                .and_then(|p| p["conditions"].as_array())
+                .and_then(|cs| cs.iter().find(|c| c["type"] == kind))
+                .filter(|c| c["status"] == status)
+                .map_or_else(|| json!(now), |c| c["lastTransitionTime"].clone());
+            json!({
+                "type": kind,
+                "status": status,
+                "reason": says[1],
+                "message": says[2],
+                "observedGeneration": generation,
+                "lastTransitionTime": since,
+            })
+        };
+        parents.push(json!({
+            "parentRef": parent_ref,
+            "controllerName": CONTROLLER_NAME,
+            "conditions": [
+                condition("Accepted", &accepted),
+                condition("ResolvedRefs", &conditions["resolved"]),
+            ],
+        }));
+    }
+    parents
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use weft_tests::fake_apiserver::FakeApiServer;
+
+    use super::*;
+    use crate::policy_store::PolicyStore;
+    use crate::resource_store::{Kubernetes, ResourceStore};
+
+    const SERVICE: &str = "apiVersion: policy.weft.io/v1alpha1\nkind: Service\nmetadata: {name: api, namespace: shop}\nspec: {selector: {app: api}, ports: [{port: 8080}]}\n";
+    const CANARY: &str = "apiVersion: policy.weft.io/v1alpha1\nkind: Service\nmetadata: {name: canary, namespace: shop}\nspec: {selector: {app: canary}, ports: [{port: 8080}]}\n";
+    const ROUTE: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: split, namespace: shop}
+spec:
+  parentRefs:
+  - {group: "", kind: Service, name: api, port: 8080}
+  rules:
+  - backendRefs: [{name: api, port: 8080}, {name: canary, port: 8080}]
+"#;
+
+    /// A replica: the Kubernetes store followed, and a status writer that leads or not.
+    async fn replica(api: &FakeApiServer, lead: bool) -> (Metrics, watch::Sender<bool>) {
+        let client = api.client().await;
+        let backend: Arc<dyn ResourceStore> =
+            Arc::new(Kubernetes::connect(client.clone()).await.unwrap());
+        let store = Arc::new(
+            tokio::task::spawn_blocking(move || PolicyStore::load(backend))
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+        tokio::spawn(store.clone().follow());
+        let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
+        let (leading, receiver) = watch::channel(lead);
+        tokio::spawn(keep_written(
+            client,
+            store.subscribe_state(),
+            receiver,
+            metrics.clone(),
+            std::future::pending(),
+        ));
+        (metrics, leading)
+    }
+
+    /// Weft's conditions on the route's first parent, once they say `resolved`.
+    async fn weft_status(api: &FakeApiServer, resolved: &str) -> Value {
+        let routes: Api<DynamicObject> =
+            Api::namespaced_with(api.client().await, "shop", &api_resource(Kind::HttpRoute));
+        weft_tests::eventually("the route's status", Duration::from_secs(15), || async {
+            let route = routes.get("split").await.ok()?;
+            let parents = route.data["status"]["parents"].as_array()?.clone();
+            let ours = parents
+                .iter()
+                .find(|p| p["controllerName"] == CONTROLLER_NAME)?
+                .clone();
+            (ours["conditions"][1]["status"] == resolved).then_some(json!({
+                "all": parents,
+                "ours": ours,
+                "generation": route.metadata.generation,
+            }))
+        })
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_leader_alone_writes_each_service_parent_s_conditions() {
+        weft_tests::init();
+        let api = FakeApiServer::start().await;
+        api.kubectl_apply(SERVICE).await;
+        api.kubectl_apply(ROUTE).await;
+        // Another controller's entry (a Gateway's, say), which Weft must keep.
+        let theirs = json!({
+            "parentRef": {"kind": "Gateway", "name": "public"},
+            "controllerName": "example.com/gateway",
+            "conditions": [],
+        });
+        let routes: Api<DynamicObject> =
+            Api::namespaced_with(api.client().await, "shop", &api_resource(Kind::HttpRoute));
+        routes
+            .patch_status(
+                "split",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"parents": [theirs]}})),
+            )
+            .await
+            .unwrap();
+        let (leader, _lead) = replica(&api, true).await;
+        let (follower, _follow) = replica(&api, false).await;
+
+        let status = weft_status(&api, "False").await;
+        let ours = &status["ours"];
+        // The other controller's entry stays as it was.
+        assert_eq!(status["all"].as_array().unwrap().len(), 2, "{status}");
+        assert_eq!(status["all"][0], theirs);
+        assert_eq!(ours["parentRef"]["name"], "api");
+        let accepted = &ours["conditions"][0];
+        assert_eq!(accepted["type"], "Accepted");
+        assert_eq!(accepted["status"], "True");
+        assert_eq!(accepted["reason"], "Accepted");
+        assert_eq!(accepted["observedGeneration"], status["generation"]);
+        let resolved = &ours["conditions"][1];
+        assert_eq!(resolved["type"], "ResolvedRefs");
+        assert_eq!(resolved["reason"], "BackendNotFound");
+        assert!(
+            resolved["message"]
+                .as_str()
+                .unwrap()
+                .contains("spec.rules[0].backendRefs[1]: Service shop/canary does not exist"),
+            "{resolved}"
+        );
+
+        // The missing backend appears: ResolvedRefs turns True; Accepted keeps its time.
+        api.kubectl_apply(CANARY).await;
+        let status = weft_status(&api, "True").await;
+        let ours = &status["ours"];
+        assert_eq!(ours["conditions"][1]["reason"], "ResolvedRefs");
+        assert_eq!(
+            ours["conditions"][0]["lastTransitionTime"],
+            accepted["lastTransitionTime"]
+        );
+        assert!(leader.route_status_writes.get() >= 2);
+        assert_eq!(leader.leader.get(), 1);
+        assert_eq!(
+            follower.route_status_writes.get(),
+            0,
+            "only the leader writes"
+        );
+        assert_eq!(follower.leader.get(), 0);
+    }
+}
