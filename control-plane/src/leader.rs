@@ -4,9 +4,11 @@
 //! The rules are client-go's: the holder renews every third of the lease's duration; another
 //! replica takes the lease over only once it has seen the same holder and renew time for a
 //! whole duration — measured on its own clock, so the replicas' clocks need not agree; every
-//! write carries the resourceVersion it read, so two candidates never both win. A holder that
-//! cannot renew for two thirds of the duration steps down before anyone may take over, and one
-//! that stops releases the lease so the next takes over at once.
+//! write carries the resourceVersion it read, so two candidates never both win. Each attempt is
+//! bounded by a third of the duration, and a holder counts its lease from when it sent the
+//! renewal that succeeded: one that cannot renew (the API server slow or out of reach) steps
+//! down two thirds of a duration after its last renewal, before anyone may take over. One that
+//! stops releases the lease so the next takes over at once.
 
 use std::time::{Duration, Instant};
 
@@ -34,8 +36,9 @@ struct Observed {
     since: Instant,
 }
 
-/// Takes part in the election until `stop` resolves (then releases the lease if held). The
-/// receiver says whether this replica leads now.
+/// Takes part in the election until `stop` resolves (then releases the lease if held): resolve
+/// it only once whatever the leader does has stopped. The receiver says whether this replica
+/// leads now.
 pub fn elect(
     client: kube::Client,
     config: LeaseConfig,
@@ -52,11 +55,15 @@ pub fn elect(
         let mut renewed_at: Option<Instant> = None;
         let retry = config.duration / 3;
         loop {
-            match try_lead(&api, &config, &mut observed).await {
-                Ok(true) => renewed_at = Some(Instant::now()),
-                Ok(false) => renewed_at = None,
-                Err(error) => {
-                    tracing::warn!(%error, lease = %config.name, "cannot read or renew the lease")
+            let sent = Instant::now();
+            match tokio::time::timeout(retry, try_lead(&api, &config, &mut observed)).await {
+                Ok(Ok(true)) => renewed_at = Some(sent),
+                Ok(Ok(false)) => renewed_at = None,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, lease = %config.name, "cannot read or renew the lease");
+                }
+                Err(_) => {
+                    tracing::warn!(lease = %config.name, "the API server did not answer in time");
                 }
             }
             // Still leading only while the last renewal is recent enough that nobody else can
@@ -77,8 +84,16 @@ pub fn elect(
         }
         if *leading.borrow() {
             leading.send_replace(false);
-            if let Err(error) = release(&api, &config).await {
-                tracing::warn!(%error, "cannot release the lease; the next leader waits for it to expire");
+            match tokio::time::timeout(retry, release(&api, &config)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "cannot release the lease; the next leader waits for it to expire");
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        "releasing the lease timed out; the next leader waits for it to expire"
+                    );
+                }
             }
         }
     };
@@ -218,10 +233,16 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(4)).await;
         assert!(*a.borrow() && !*b.borrow(), "one leader at a time");
 
-        // a stops and releases the lease: b takes over without waiting for it to expire.
+        // a stops and releases the lease (no holder: b need not wait for it to expire).
         stop_a.send(()).unwrap();
         task_a.await.unwrap();
         assert!(!*a.borrow());
+        let held: Api<Lease> = Api::namespaced(client.clone(), "weft");
+        let released = held.get("weft-control").await.unwrap().spec.unwrap();
+        assert!(
+            released.holder_identity.is_none() || released.holder_identity.as_deref() == Some("b"),
+            "{released:?}"
+        );
         until(&mut b, true).await;
 
         // b dies without releasing: c takes over once the lease has gone unrenewed.
@@ -229,7 +250,6 @@ mod tests {
         let (mut c, task_c) = elect(client.clone(), lease("c"), std::future::pending());
         let task_c = tokio::spawn(task_c);
         until(&mut c, true).await;
-        let held: Api<Lease> = Api::namespaced(client, "weft");
         let spec = held.get("weft-control").await.unwrap().spec.unwrap();
         assert_eq!(spec.holder_identity.as_deref(), Some("c"));
         assert_eq!(spec.lease_transitions, Some(2));

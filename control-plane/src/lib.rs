@@ -21,6 +21,7 @@ pub mod lineage;
 pub mod metrics;
 pub mod pki;
 pub mod policy;
+pub mod policy_admission;
 pub mod policy_store;
 pub mod resource_store;
 pub mod route_status;

@@ -3,8 +3,9 @@
 //! Weft's controller name with `Accepted` and `ResolvedRefs` conditions, each with its reason,
 //! `observedGeneration` and `lastTransitionTime`. Entries of other controllers are kept.
 //!
-//! Only the replica that leads (see `leader.rs`) writes, and only what differs from what the
-//! API server holds; every write names the resourceVersion it was computed from.
+//! Only the replica that leads (see `leader.rs`) writes, checking it still leads before each
+//! route, and only what differs from what the API server holds; a write is computed from the
+//! route at the version the served policy holds, and names that resourceVersion.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +19,9 @@ use crate::metrics::Metrics;
 use crate::policy::{Key, Kind};
 use crate::policy_store::{PolicyState, Stored};
 use crate::resource_store::api_resource;
+
+/// How long a pass that failed waits before trying again (nothing else may change meanwhile).
+const RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The `controllerName` Weft writes its status entries under.
 pub const CONTROLLER_NAME: &str = "weft.io/mesh-controller";
@@ -37,17 +41,25 @@ pub async fn keep_written(
     loop {
         let lead = *leading.borrow_and_update();
         metrics.leader.set(i64::from(lead));
+        let mut failed = false;
         if lead {
             let snapshot = state.borrow_and_update().clone();
             let routes = snapshot
                 .of_kind(Kind::HttpRoute)
                 .chain(snapshot.of_kind(Kind::GrpcRoute));
             for route in routes {
-                if let Err(error) =
-                    reconcile(&client, &snapshot, route, &mut confirmed, &metrics).await
-                {
+                // Leadership may go mid-pass: the next leader writes from then on.
+                if !*leading.borrow() {
+                    break;
+                }
+                let outcome = tokio::select! {
+                    outcome = reconcile(&client, &snapshot, route, &mut confirmed, &metrics) => outcome,
+                    () = &mut stop => return,
+                };
+                if let Err(error) = outcome {
+                    failed = true;
                     let key = route.resource.key();
-                    tracing::warn!(%key, %error, "cannot write route status; retrying at the next change");
+                    tracing::warn!(%key, %error, "cannot write route status; retrying");
                 }
             }
             confirmed.retain(|key, _| snapshot.get(key).is_some());
@@ -58,6 +70,7 @@ pub async fn keep_written(
         tokio::select! {
             changed = state.changed(), if lead => if changed.is_err() { return },
             changed = leading.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(RETRY), if failed => {}
             () = &mut stop => return,
         }
     }
@@ -84,6 +97,11 @@ async fn reconcile(
     let Some(object) = api.get_opt(&key.name).await? else {
         return Ok(());
     };
+    if object.metadata.resource_version != Some(route.resource_version.to_string()) {
+        // The served policy has not caught up with this version yet; it will, and this route's
+        // status is computed again then, from the version it describes.
+        return Ok(());
+    }
     let existing = object.data["status"]["parents"]
         .as_array()
         .cloned()
@@ -94,9 +112,19 @@ async fn reconcile(
             "metadata": {"resourceVersion": object.metadata.resource_version},
             "status": {"parents": parents},
         });
-        api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+        let written = api
+            .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
         metrics.route_status_writes.inc();
+        // The write moved the route's version on; the served policy will show that version.
+        if let Some(version) = written
+            .metadata
+            .resource_version
+            .and_then(|v| v.parse().ok())
+        {
+            confirmed.insert(key, (version, conditions));
+            return Ok(());
+        }
     }
     confirmed.insert(key, (route.resource_version, conditions));
     Ok(())
@@ -317,7 +345,9 @@ spec:
             "{resolved}"
         );
 
-        // The missing backend appears: ResolvedRefs turns True; Accepted keeps its time.
+        // The missing backend appears: ResolvedRefs turns True; Accepted keeps its time (a
+        // second later, so a time written anew would differ).
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         api.kubectl_apply(CANARY).await;
         let status = weft_status(&api, "True").await;
         let ours = &status["ours"];

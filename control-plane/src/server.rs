@@ -85,19 +85,25 @@ fn write_route_status(
         identity: format!("{host}-{:08x}", rand::random::<u32>()),
         duration: config.lease_duration,
     };
-    let draining = drain.clone();
+    // The lease is released only once status writing has stopped, so the next leader never
+    // writes beside this one.
+    let (written, writing_stopped) = tokio::sync::oneshot::channel::<()>();
     let (leading, elect) = leader::elect(client.clone(), lease, async move {
-        draining.signaled().await;
+        let _ = writing_stopped.await;
     });
     drain.spawn(elect);
     let draining = drain.clone();
-    drain.spawn(route_status::keep_written(
+    let writing = route_status::keep_written(
         client.clone(),
         policy.subscribe_state(),
         leading,
         metrics.clone(),
         async move { draining.signaled().await },
-    ));
+    );
+    drain.spawn(async move {
+        writing.await;
+        let _ = written.send(());
+    });
 }
 
 /// The policy store on the backend `config` names.

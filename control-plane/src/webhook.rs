@@ -23,6 +23,7 @@ use weft_telemetry::Drain;
 
 use crate::inject::{self, InjectSettings};
 use crate::limits::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
+use crate::policy_admission;
 use crate::tls_incoming::TlsConnection;
 
 /// The API server sends at most 3 MiB of object; a review is a little more.
@@ -79,21 +80,10 @@ impl Webhook {
     /// Answers one AdmissionReview (its JSON body); never fails: what cannot be read gets an
     /// AdmissionReview refusing it with the reason.
     pub fn review(&self, body: &[u8]) -> AdmissionReview<DynamicObject> {
-        let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
-            Ok(review) => review,
-            Err(error) => {
-                return AdmissionResponse::invalid(format!("not an AdmissionReview: {error}"))
-                    .into_review();
-            }
-        };
-        let request: AdmissionRequest<DynamicObject> = match review.try_into() {
-            Ok(request) => request,
-            Err(_) => {
-                return AdmissionResponse::invalid("the AdmissionReview carries no request")
-                    .into_review();
-            }
-        };
-        self.respond(&request).into_review()
+        match request_of(body) {
+            Ok(request) => self.respond(&request).into_review(),
+            Err(reason) => AdmissionResponse::invalid(reason).into_review(),
+        }
     }
 
     fn respond(&self, request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
@@ -242,8 +232,12 @@ async fn handle(
     webhook: &Webhook,
     remote: SocketAddr,
 ) -> Response<Full<Bytes>> {
-    if request.uri().path() != INJECT_PATH {
-        return plain(StatusCode::NOT_FOUND, "the webhook serves /inject only");
+    let path = request.uri().path().to_string();
+    if path != INJECT_PATH && path != policy_admission::VALIDATE_PATH {
+        return plain(
+            StatusCode::NOT_FOUND,
+            "the webhook serves /inject and /validate only",
+        );
     }
     if request.method() != Method::POST {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "POST an AdmissionReview");
@@ -270,7 +264,11 @@ async fn handle(
             );
         }
     };
-    let review = webhook.review(&body);
+    let review = if path == INJECT_PATH {
+        webhook.review(&body)
+    } else {
+        policy_admission::review(&body)
+    };
     if let Some(response) = &review.response {
         tracing::debug!(%remote, uid = %response.uid, allowed = response.allowed, patched = response.patch.is_some(), "admission review");
     }
@@ -284,6 +282,15 @@ async fn handle(
             "the AdmissionReview could not be encoded",
         ),
     }
+}
+
+/// The request an AdmissionReview (its JSON body) carries, or why there is none.
+pub(crate) fn request_of(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, String> {
+    let review: AdmissionReview<DynamicObject> =
+        serde_json::from_slice(body).map_err(|error| format!("not an AdmissionReview: {error}"))?;
+    review
+        .try_into()
+        .map_err(|_| "the AdmissionReview carries no request".to_string())
 }
 
 /// The review as JSON, its patch base64-encoded as Go's `[]byte` is (kube-core writes an array of

@@ -143,14 +143,27 @@ def read_only(pki_dir, command):
     return ["unshare", "-m", "sh", "-c", script, "sh", pki_dir] + command
 
 
-def review_webhook(addr, client_config):
-    """POSTs an AdmissionReview for an opted-in Pod as the API server would: TLS verified
-    against the configuration's caBundle for its Service's name, on its path."""
+def post_review(addr, client_config, review):
+    """POSTs an AdmissionReview as the API server would: TLS verified against the
+    configuration's caBundle for its Service's name, on its path; returns the response."""
     service = client_config["service"]
     context = ssl.create_default_context(
         cadata=base64.b64decode(client_config["caBundle"]).decode()
     )
     host, port = addr.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as tcp:
+        server_name = f"{service['name']}.{service['namespace']}.svc"
+        with context.wrap_socket(tcp, server_hostname=server_name) as tls:
+            connection = http.client.HTTPConnection(host, int(port), timeout=5)
+            connection.sock = tls
+            connection.request(
+                "POST", service["path"], json.dumps(review), {"Content-Type": "application/json"}
+            )
+            return json.loads(connection.getresponse().read())["response"]
+
+
+def review_webhook(addr, client_config):
+    """Sends the injecting webhook an opted-in Pod; it must patch it."""
     review = {
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
@@ -169,20 +182,41 @@ def review_webhook(addr, client_config):
             },
         },
     }
-    with socket.create_connection((host, int(port)), timeout=5) as tcp:
-        server_name = f"{service['name']}.{service['namespace']}.svc"
-        with context.wrap_socket(tcp, server_hostname=server_name) as tls:
-            connection = http.client.HTTPConnection(host, int(port), timeout=5)
-            connection.sock = tls
-            connection.request(
-                "POST", service["path"], json.dumps(review), {"Content-Type": "application/json"}
-            )
-            answer = json.loads(connection.getresponse().read())
-    response = answer["response"]
+    response = post_review(addr, client_config, review)
     if not response["allowed"] or response.get("patchType") != "JSONPatch":
         raise SystemExit(f"the webhook did not patch an opted-in pod: {response}")
     patch = json.loads(base64.b64decode(response["patch"]))
-    return f"webhook {service['path']} patched an opted-in pod ({len(patch)} operations)"
+    return f"webhook {client_config['service']['path']} patched an opted-in pod ({len(patch)} operations)"
+
+
+def review_validation(addr, client_config):
+    """Sends the validating webhook an AuthorizationPolicy with a misspelt field; it must
+    refuse it naming the field."""
+    policy = {
+        "apiVersion": "policy.weft.io/v1alpha1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "web-to-api", "namespace": "shop"},
+        "spec": {"from": [{"namespaces": ["shop"]}], "htpp": [{"method": "GET"}]},
+    }
+    review = {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "check-chart",
+            "kind": {"group": "policy.weft.io", "version": "v1alpha1", "kind": "AuthorizationPolicy"},
+            "resource": {"group": "policy.weft.io", "version": "v1alpha1", "resource": "authorizationpolicies"},
+            "name": "web-to-api",
+            "namespace": "shop",
+            "operation": "CREATE",
+            "userInfo": {"username": "check-chart"},
+            "object": policy,
+        },
+    }
+    response = post_review(addr, client_config, review)
+    message = response.get("status", {}).get("message", "")
+    if response["allowed"] or "htpp" not in message:
+        raise SystemExit(f"the webhook did not refuse a misspelt AuthorizationPolicy: {response}")
+    return f"webhook {client_config['service']['path']} refused a misspelt AuthorizationPolicy: {message}"
 
 
 def start_api_server(binary, work):
@@ -247,7 +281,11 @@ def run_control(binary, args, container, log_path, pki_dir, webhook_config):
             status = probe(started.group(1), path)
             if status != 200:
                 raise SystemExit(f"{kind} {path} answered {status}")
-        return started.group(0).strip() + "\n" + review_webhook(started.group(2), webhook_config)
+        return "\n".join([
+            started.group(0).strip(),
+            review_webhook(started.group(2), webhook_config["inject"]),
+            review_validation(started.group(2), webhook_config["validate"]),
+        ])
     finally:
         stop(proc)
 
@@ -274,7 +312,10 @@ def run_pki(rendered, work, weftctl, weft_control, kubectl):
     for key in ("tls.crt", "tls.key"):
         with open(os.path.join(webhook_dir, key), "wb") as f:
             f.write(base64.b64decode(webhook_secret[key]))
-    webhook_config = find(docs, "MutatingWebhookConfiguration")["webhooks"][0]["clientConfig"]
+    webhook_config = {
+        "inject": find(docs, "MutatingWebhookConfiguration")["webhooks"][0]["clientConfig"],
+        "validate": find(docs, "ValidatingWebhookConfiguration")["webhooks"][0]["clientConfig"],
+    }
     args = control_args(container, work, pki_dir, token_file, webhook_dir)
     print("files: " + " ".join(sorted(os.listdir(pki_dir))))
     print("weft-control " + " ".join(args))
@@ -289,6 +330,7 @@ RANDOM_FIELDS = {
     ("Secret", "weft-admin-token"): [["data", "token"]],
     ("Secret", "weft-webhook-tls"): [["data", "tls.crt"], ["data", "tls.key"], ["data", "ca.crt"]],
     ("MutatingWebhookConfiguration", "weft-inject"): [["webhooks", "*", "clientConfig", "caBundle"]],
+    ("ValidatingWebhookConfiguration", "weft-validate"): [["webhooks", "*", "clientConfig", "caBundle"]],
     ("Deployment", "weft-control"): [
         ["spec", "template", "metadata", "annotations", "checksum/config"],
         ["spec", "template", "metadata", "labels", "app.kubernetes.io/managed-by"],

@@ -243,13 +243,27 @@ fn manifests(values: &Values<'_>, identity: &Identity) -> Result<Vec<Value>, Cli
                 {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes", "grpcroutes"], "verbs": ["get", "list", "watch", "create", "update", "delete"]},
                 // Route status, written by the replica holding the Lease.
                 {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes/status", "grpcroutes/status"], "verbs": ["get", "patch", "update"]},
-                {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
             ],
         }),
         json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
             "metadata": metadata("weft-control", None, "control-plane"),
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "weft-control"},
+            "subjects": [{"kind": "ServiceAccount", "name": "weft-control", "namespace": ns}],
+        }),
+        // The Lease the replicas elect the route status writer with: its own alone.
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": metadata("weft-control", Some(ns), "control-plane"),
+            "rules": [
+                {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["weft-control"], "verbs": ["get", "update"]},
+                {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+            ],
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": metadata("weft-control", Some(ns), "control-plane"),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "weft-control"},
             "subjects": [{"kind": "ServiceAccount", "name": "weft-control", "namespace": ns}],
         }),
         service(ns, "weft-control", "control-plane", &[("proxy-api", 7200, "proxy-api"), ("admin", 7201, "admin"), ("metrics", 7290, "metrics")]),
@@ -396,7 +410,7 @@ fn deployment(values: &Values<'_>, identity: &Identity) -> Value {
 
 /// The webhook's serving certificate from a CA made for it alone, and the configuration that
 /// trusts that CA.
-fn webhook(values: &Values<'_>) -> Result<[Value; 2], CliError> {
+fn webhook(values: &Values<'_>) -> Result<[Value; 3], CliError> {
     let args = values.args;
     let ns = args.namespace.as_str();
     let failed = |e: rcgen::Error| CliError(format!("the webhook's certificate: {e}"));
@@ -458,6 +472,29 @@ fn webhook(values: &Values<'_>) -> Result<[Value; 2], CliError> {
                 ]},
                 "objectSelector": {"matchExpressions": [not_disabled]},
                 "failurePolicy": values.failure_policy,
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 10,
+            }],
+        }),
+        // Weft's own kinds, checked as weft-control reads them (fail closed).
+        json!({
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+            "metadata": metadata("weft-validate", None, "webhook"),
+            "webhooks": [{
+                "name": "validate.weft.io",
+                "clientConfig": {
+                    "service": {"name": "weft-webhook", "namespace": ns, "path": crate::policy_admission::VALIDATE_PATH, "port": 443},
+                    "caBundle": b64(&ca_pem),
+                },
+                "rules": [{
+                    "operations": ["CREATE", "UPDATE"],
+                    "apiGroups": ["policy.weft.io"],
+                    "apiVersions": ["v1alpha1"],
+                    "resources": ["services", "workloads", "servicepolicies", "inbounddefaults", "authorizationpolicies"],
+                    "scope": "Namespaced",
+                }],
+                "failurePolicy": "Fail",
                 "sideEffects": "None",
                 "admissionReviewVersions": ["v1"],
                 "timeoutSeconds": 10,

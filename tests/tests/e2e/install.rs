@@ -32,6 +32,7 @@ fn without_a_pki_it_makes_one_and_prints_the_namespace_first() {
             "ClusterRole",
             "ClusterRoleBinding",
             "MutatingWebhookConfiguration",
+            "ValidatingWebhookConfiguration",
         ];
         if !cluster_scoped.contains(&object["kind"].as_str().unwrap()) {
             assert_eq!(object["metadata"]["namespace"], "mesh", "{object}");
@@ -47,6 +48,16 @@ fn without_a_pki_it_makes_one_and_prints_the_namespace_first() {
         "{excluded}"
     );
     assert_eq!(webhook["webhooks"][0]["failurePolicy"], "Ignore");
+    // Weft's own kinds are checked at admission, failing closed.
+    let validating = objects
+        .iter()
+        .find(|o| o["kind"] == "ValidatingWebhookConfiguration")
+        .unwrap();
+    assert_eq!(
+        validating["webhooks"][0]["clientConfig"]["service"]["path"],
+        "/validate"
+    );
+    assert_eq!(validating["webhooks"][0]["failurePolicy"], "Fail");
 
     let (status, stdout, _) = weftctl(&["install", "--ha"]);
     assert!(status.success());
