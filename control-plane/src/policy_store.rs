@@ -25,6 +25,10 @@ use crate::store::StoreError;
 pub struct PolicyState {
     pub revision: u64,
     pub resources: BTreeMap<Key, Stored>,
+    /// The revision each recently deleted resource was deleted at: an announcement of an older
+    /// version arriving late (a backend's stream behind this store's own delete) must not bring
+    /// it back.
+    pub(crate) deleted: BTreeMap<Key, u64>,
 }
 
 /// What an apply did to one resource.
@@ -89,6 +93,7 @@ impl From<Listing> for PolicyState {
                 .into_iter()
                 .map(|stored| (stored.resource.key(), stored))
                 .collect(),
+            deleted: BTreeMap::new(),
         }
     }
 }
@@ -358,6 +363,10 @@ fn observe(state: &mut Arc<PolicyState>, deleted: bool, stored: Stored, revision
         present.is_some_and(|version| version <= revision)
     } else {
         present.is_none_or(|version| version < stored.resource_version)
+            && state
+                .deleted
+                .get(&key)
+                .is_none_or(|at| *at < stored.resource_version)
     };
     if !applies {
         if revision > state.revision {
@@ -368,12 +377,26 @@ fn observe(state: &mut Arc<PolicyState>, deleted: bool, stored: Stored, revision
     let state = Arc::make_mut(state);
     if deleted {
         state.resources.remove(&key);
+        if state.deleted.len() >= TOMBSTONES
+            && let Some(oldest) = state
+                .deleted
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(key, _)| key.clone())
+        {
+            state.deleted.remove(&oldest);
+        }
+        state.deleted.insert(key, revision);
     } else {
+        state.deleted.remove(&key);
         state.resources.insert(key, stored);
     }
     state.revision = state.revision.max(revision);
     true
 }
+
+/// Deletions remembered against late announcements; the oldest are forgotten first.
+const TOMBSTONES: usize = 4096;
 
 /// Every reference of a changed resource must resolve in the state it would produce.
 fn check_references<'a>(

@@ -270,3 +270,30 @@ fn a_change_made_by_another_writer_meanwhile_is_a_conflict_then_seen() {
         .unwrap();
     assert_eq!(applied[0].resource_version, 4);
 }
+
+/// A backend's stream may announce a change after this store has applied a newer one itself:
+/// the served state keeps the newer, and a deletion is not undone by its resource's late
+/// creation.
+#[test]
+fn late_announcements_never_undo_newer_changes() {
+    let service = crate::resource_store::conformance::service("shop", "api", 8080);
+    let at = |version: u64| Stored {
+        resource: Arc::new(service.clone()),
+        resource_version: version,
+    };
+    let mut state = Arc::new(PolicyState::default());
+    assert!(observe(&mut state, false, at(3), 3));
+    assert!(
+        !observe(&mut state, false, at(2), 2),
+        "older than what is served"
+    );
+    assert!(observe(&mut state, true, at(3), 4));
+    assert!(state.resources.is_empty());
+    assert!(
+        !observe(&mut state, false, at(3), 3),
+        "the creation announced after the delete it preceded"
+    );
+    assert!(state.resources.is_empty());
+    assert!(observe(&mut state, false, at(5), 5), "created again");
+    assert_eq!(state.get(&service.key()).unwrap().resource_version, 5);
+}
