@@ -37,7 +37,7 @@ pub async fn keep_written(
 ) {
     let mut stop = std::pin::pin!(stop);
     // What each route's status was last confirmed as, at which version of the route.
-    let mut confirmed: HashMap<Key, (u64, Value)> = HashMap::new();
+    let mut confirmed: HashMap<Key, (u64, Verdict)> = HashMap::new();
     loop {
         let lead = *leading.borrow_and_update();
         metrics.leader.set(i64::from(lead));
@@ -81,14 +81,14 @@ async fn reconcile(
     client: &kube::Client,
     state: &PolicyState,
     route: &Stored,
-    confirmed: &mut HashMap<Key, (u64, Value)>,
+    confirmed: &mut HashMap<Key, (u64, Verdict)>,
     metrics: &Metrics,
 ) -> Result<(), kube::Error> {
     let key = route.resource.key();
-    let conditions = conditions(state, route);
+    let verdict = verdict(state, route);
     if confirmed
         .get(&key)
-        .is_some_and(|(version, was)| *version == route.resource_version && *was == conditions)
+        .is_some_and(|(version, was)| *version == route.resource_version && *was == verdict)
     {
         return Ok(());
     }
@@ -106,7 +106,7 @@ async fn reconcile(
         .as_array()
         .cloned()
         .unwrap_or_default();
-    let parents = parents(&object, &existing, &conditions);
+    let parents = parents(&object, &existing, &verdict);
     if parents != existing {
         let patch = json!({
             "metadata": {"resourceVersion": object.metadata.resource_version},
@@ -122,45 +122,64 @@ async fn reconcile(
             .resource_version
             .and_then(|v| v.parse().ok())
         {
-            confirmed.insert(key, (version, conditions));
+            confirmed.insert(key, (version, verdict));
             return Ok(());
         }
     }
-    confirmed.insert(key, (route.resource_version, conditions));
+    confirmed.insert(key, (route.resource_version, verdict));
     Ok(())
 }
 
-/// The conditions a route's Service parents get: `[Accepted, ResolvedRefs]`, each as
-/// `(status, reason, message)`; the same for every Service parent but the parent's own
-/// existence, which `parents` decides.
-fn conditions(state: &PolicyState, route: &Stored) -> Value {
-    let missing: Vec<String> = route
-        .resource
-        .references()
-        .into_iter()
-        .filter(|(field, _)| field.starts_with("spec.rules"))
-        .filter(|(_, target)| state.get(target).is_none())
-        .map(|(field, target)| format!("{field}: {target} does not exist"))
-        .collect();
-    let parents: Vec<Value> = route
-        .resource
-        .references()
-        .into_iter()
-        .filter(|(field, _)| field.starts_with("spec.parentRefs"))
-        .map(|(_, target)| json!(state.get(&target).is_some()))
-        .collect();
+/// One condition as written: status, reason, message.
+#[derive(Debug, Clone, PartialEq)]
+struct Said {
+    status: &'static str,
+    reason: &'static str,
+    message: String,
+}
+
+/// What the served policy says of a route: whether each parent Service exists (in
+/// `parentRefs` order) and whether its backends resolve.
+#[derive(Debug, Clone, PartialEq)]
+struct Verdict {
+    parents_found: Vec<bool>,
+    resolved: Said,
+}
+
+fn verdict(state: &PolicyState, route: &Stored) -> Verdict {
+    let mut parents_found = Vec::new();
+    let mut missing = Vec::new();
+    for (field, target) in route.resource.references() {
+        let exists = state.get(&target).is_some();
+        if field.starts_with("spec.parentRefs") {
+            parents_found.push(exists);
+        } else if !exists {
+            missing.push(format!("{field}: {target} does not exist"));
+        }
+    }
     let resolved = if missing.is_empty() {
-        json!(["True", "ResolvedRefs", "every backend exists"])
+        Said {
+            status: "True",
+            reason: "ResolvedRefs",
+            message: "every backend exists".to_string(),
+        }
     } else {
-        json!(["False", "BackendNotFound", missing.join("; ")])
+        Said {
+            status: "False",
+            reason: "BackendNotFound",
+            message: missing.join("; "),
+        }
     };
-    json!({"parentsFound": parents, "resolved": resolved})
+    Verdict {
+        parents_found,
+        resolved,
+    }
 }
 
 /// The `status.parents` the route should have: other controllers' entries as they are, then
 /// Weft's, one per Service parent, keeping each condition's transition time while its status
 /// holds.
-fn parents(object: &DynamicObject, existing: &[Value], conditions: &Value) -> Vec<Value> {
+fn parents(object: &DynamicObject, existing: &[Value], verdict: &Verdict) -> Vec<Value> {
     let generation = object.metadata.generation.unwrap_or(0);
     let namespace = object.metadata.namespace.clone().unwrap_or_default();
     let now = k8s_openapi::jiff::Timestamp::now()
@@ -184,37 +203,35 @@ fn parents(object: &DynamicObject, existing: &[Value], conditions: &Value) -> Ve
             // A Gateway's: that Gateway's controller reports on it.
             continue;
         }
-        let found = conditions["parentsFound"][i].as_bool().unwrap_or(false);
-        let accepted = if found {
-            json!([
-                "True",
-                "Accepted",
-                "Weft routes this Service's traffic by this route"
-            ])
+        let accepted = if verdict.parents_found.get(i).copied().unwrap_or(false) {
+            Said {
+                status: "True",
+                reason: "Accepted",
+                message: "Weft routes this Service's traffic by this route".to_string(),
+            }
         } else {
             let name = parent_ref["name"].as_str().unwrap_or_default();
             let parent_namespace = parent_ref["namespace"].as_str().unwrap_or(&namespace);
-            json!([
-                "False",
-                "NoMatchingParent",
-                format!("Service {parent_namespace}/{name} does not exist")
-            ])
+            Said {
+                status: "False",
+                reason: "NoMatchingParent",
+                message: format!("Service {parent_namespace}/{name} does not exist"),
+            }
         };
         let previous = existing
             .iter()
             .find(|p| p["controllerName"] == CONTROLLER_NAME && p["parentRef"] == *parent_ref);
-        let condition = |kind: &str, says: &Value| {
-            let status = says[0].clone();
+        let condition = |kind: &str, said: &Said| {
             let since = previous
                 .and_then(|p| p["conditions"].as_array())
                 .and_then(|cs| cs.iter().find(|c| c["type"] == kind))
-                .filter(|c| c["status"] == status)
+                .filter(|c| c["status"] == said.status)
                 .map_or_else(|| json!(now), |c| c["lastTransitionTime"].clone());
             json!({
                 "type": kind,
-                "status": status,
-                "reason": says[1],
-                "message": says[2],
+                "status": said.status,
+                "reason": said.reason,
+                "message": said.message,
                 "observedGeneration": generation,
                 "lastTransitionTime": since,
             })
@@ -224,7 +241,7 @@ fn parents(object: &DynamicObject, existing: &[Value], conditions: &Value) -> Ve
             "controllerName": CONTROLLER_NAME,
             "conditions": [
                 condition("Accepted", &accepted),
-                condition("ResolvedRefs", &conditions["resolved"]),
+                condition("ResolvedRefs", &verdict.resolved),
             ],
         }));
     }

@@ -162,27 +162,33 @@ def post_review(addr, client_config, review):
             return json.loads(connection.getresponse().read())["response"]
 
 
-def review_webhook(addr, client_config):
-    """Sends the injecting webhook an opted-in Pod; it must patch it."""
-    review = {
+def admission_review(group, kind, resource, obj):
+    """An AdmissionReview of the CREATE of `obj` in namespace shop, as the API server sends it."""
+    return {
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
         "request": {
             "uid": "check-chart",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "kind": {"group": group, "version": obj["apiVersion"].split("/")[-1], "kind": kind},
+            "resource": {"group": group, "version": obj["apiVersion"].split("/")[-1], "resource": resource},
+            "name": obj["metadata"]["name"],
             "namespace": "shop",
             "operation": "CREATE",
             "userInfo": {"username": "check-chart"},
-            "object": {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": "web", "annotations": {"weft.io/inject": "enabled"}},
-                "spec": {"containers": [{"name": "app", "image": "app:1"}]},
-            },
+            "object": obj,
         },
     }
-    response = post_review(addr, client_config, review)
+
+
+def review_webhook(addr, client_config):
+    """Sends the injecting webhook an opted-in Pod; it must patch it."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "web", "annotations": {"weft.io/inject": "enabled"}},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+    }
+    response = post_review(addr, client_config, admission_review("", "Pod", "pods", pod))
     if not response["allowed"] or response.get("patchType") != "JSONPatch":
         raise SystemExit(f"the webhook did not patch an opted-in pod: {response}")
     patch = json.loads(base64.b64decode(response["patch"]))
@@ -198,20 +204,7 @@ def review_validation(addr, client_config):
         "metadata": {"name": "web-to-api", "namespace": "shop"},
         "spec": {"from": [{"namespaces": ["shop"]}], "htpp": [{"method": "GET"}]},
     }
-    review = {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "check-chart",
-            "kind": {"group": "policy.weft.io", "version": "v1alpha1", "kind": "AuthorizationPolicy"},
-            "resource": {"group": "policy.weft.io", "version": "v1alpha1", "resource": "authorizationpolicies"},
-            "name": "web-to-api",
-            "namespace": "shop",
-            "operation": "CREATE",
-            "userInfo": {"username": "check-chart"},
-            "object": policy,
-        },
-    }
+    review = admission_review("policy.weft.io", "AuthorizationPolicy", "authorizationpolicies", policy)
     response = post_review(addr, client_config, review)
     message = response.get("status", {}).get("message", "")
     if response["allowed"] or "htpp" not in message:

@@ -239,7 +239,7 @@ fn manifests(values: &Values<'_>, identity: &Identity) -> Result<Vec<Value>, Cli
                 {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
                 {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
                 // Policy lives in the API server: weftctl apply and delete write through weft-control.
-                {"apiGroups": ["policy.weft.io"], "resources": ["services", "workloads", "servicepolicies", "inbounddefaults", "authorizationpolicies"], "verbs": ["get", "list", "watch", "create", "update", "delete"]},
+                {"apiGroups": ["policy.weft.io"], "resources": crds::plurals(), "verbs": ["get", "list", "watch", "create", "update", "delete"]},
                 {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes", "grpcroutes"], "verbs": ["get", "list", "watch", "create", "update", "delete"]},
                 // Route status, written by the replica holding the Lease.
                 {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes/status", "grpcroutes/status"], "verbs": ["get", "patch", "update"]},
@@ -449,6 +449,13 @@ fn webhook(values: &Values<'_>) -> Result<[Value; 3], CliError> {
     }
     let not_disabled =
         json!({"key": "weft.io/admission-webhooks", "operator": "NotIn", "values": ["disabled"]});
+    // Both webhooks are served by weft-control behind one Service, vouched for by one CA.
+    let client_config = |path: &str| {
+        json!({
+            "service": {"name": "weft-webhook", "namespace": ns, "path": path, "port": 443},
+            "caBundle": b64(&ca_pem),
+        })
+    };
     Ok([
         json!({
             "apiVersion": "v1", "kind": "Secret",
@@ -461,10 +468,7 @@ fn webhook(values: &Values<'_>) -> Result<[Value; 3], CliError> {
             "metadata": metadata("weft-inject", None, "webhook"),
             "webhooks": [{
                 "name": "inject.weft.io",
-                "clientConfig": {
-                    "service": {"name": "weft-webhook", "namespace": ns, "path": crate::webhook::INJECT_PATH, "port": 443},
-                    "caBundle": b64(&ca_pem),
-                },
+                "clientConfig": client_config(crate::webhook::INJECT_PATH),
                 "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "scope": "Namespaced"}],
                 "namespaceSelector": {"matchExpressions": [
                     {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": excluded},
@@ -483,15 +487,12 @@ fn webhook(values: &Values<'_>) -> Result<[Value; 3], CliError> {
             "metadata": metadata("weft-validate", None, "webhook"),
             "webhooks": [{
                 "name": "validate.weft.io",
-                "clientConfig": {
-                    "service": {"name": "weft-webhook", "namespace": ns, "path": crate::policy_admission::VALIDATE_PATH, "port": 443},
-                    "caBundle": b64(&ca_pem),
-                },
+                "clientConfig": client_config(crate::policy_admission::VALIDATE_PATH),
                 "rules": [{
                     "operations": ["CREATE", "UPDATE"],
                     "apiGroups": ["policy.weft.io"],
                     "apiVersions": ["v1alpha1"],
-                    "resources": ["services", "workloads", "servicepolicies", "inbounddefaults", "authorizationpolicies"],
+                    "resources": crds::plurals(),
                     "scope": "Namespaced",
                 }],
                 "failurePolicy": "Fail",

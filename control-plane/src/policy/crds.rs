@@ -28,6 +28,15 @@ pub fn definitions() -> Vec<CustomResourceDefinition> {
     ]
 }
 
+/// The resource names of Weft's kinds in their API group (`kubectl get <plural>`), in the same
+/// order: what RBAC rules and admission webhooks name.
+pub fn plurals() -> Vec<String> {
+    definitions()
+        .into_iter()
+        .map(|crd| crd.spec.names.plural)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
