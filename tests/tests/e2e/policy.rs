@@ -173,8 +173,11 @@ async fn retries_hide_a_flaky_upstream_within_their_budget() {
     let cluster = Cluster::start().await;
     cluster.cp.apply_ok(&retry_route(0.5, 10));
     let client = cluster.http();
-    // Every fifth request the app serves fails: 20 %.
-    let statuses = load(&client, 1000, 4, "/flaky/5", &[]).await;
+    // Every fifth request the app serves fails: 20 %. One at a time, so a retry is the app's
+    // next request, which succeeds: with several in flight, another request can take that turn
+    // and a retry land on the next failing one, so whether all three attempts fail depends on
+    // scheduling (about 0.8 % under a loaded machine, over the 0.5 % allowed).
+    let statuses = load(&client, 1000, 1, "/flaky/5", &[]).await;
     let ok = statuses.iter().filter(|s| **s == 200).count();
     assert!(share(ok, 1000) >= 99.5, "only {ok} of 1000 succeeded");
     let retries = cluster
