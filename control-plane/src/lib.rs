@@ -8,6 +8,7 @@
 pub mod admin_api;
 pub mod admin_credential;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod discovery;
 pub mod identity_api;

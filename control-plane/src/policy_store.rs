@@ -15,16 +15,21 @@ use parking_lot::Mutex;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 
+use crate::cluster::{ClusterState, SliceEndpoint};
 use crate::policy::{Key, Kind, PolicyError, Resource};
 pub use crate::resource_store::{Event, Stored};
 use crate::resource_store::{Expected, Listing, ResourceStore, Watch, WatchError, WriteError};
 use crate::store::StoreError;
 
-/// Every resource at one revision.
+/// Every resource at one revision, and what the cluster says of its Services and Pods.
 #[derive(Debug, Clone, Default)]
 pub struct PolicyState {
     pub revision: u64,
+    /// The declared resources (what `weftctl apply` and kubectl write).
     pub resources: BTreeMap<Key, Stored>,
+    /// On Kubernetes, the cluster's Services and meshed Pods, served beside the declared
+    /// resources; a declared one of the same kind and name wins.
+    pub cluster: Arc<ClusterState>,
     /// The revision each recently deleted resource was deleted at: an announcement of an older
     /// version arriving late (a backend's stream behind this store's own delete) must not bring
     /// it back.
@@ -70,18 +75,62 @@ pub struct PolicyStore {
 // === impl PolicyState ===
 
 impl PolicyState {
-    /// The resources of one kind.
+    /// The resources of one kind that are served: the declared ones, then the cluster's.
     pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Stored> {
-        self.resources
-            .range(Key::new(kind, "", "")..)
-            .take_while(move |(key, _)| key.kind == kind)
-            .map(|(_, stored)| stored)
+        let derived = of_kind(self.cluster.resources(), kind)
+            .filter(|stored| !self.resources.contains_key(&stored.resource.key()));
+        self.declared_of_kind(kind).chain(derived)
     }
 
-    /// One resource.
+    /// One served resource, declared or the cluster's.
     pub fn get(&self, key: &Key) -> Option<&Stored> {
+        self.resources.get(key).or_else(|| self.cluster.get(key))
+    }
+
+    /// The declared resources of one kind.
+    pub fn declared_of_kind(&self, kind: Kind) -> impl Iterator<Item = &Stored> {
+        of_kind(&self.resources, kind)
+    }
+
+    /// One declared resource.
+    pub fn declared(&self, key: &Key) -> Option<&Stored> {
         self.resources.get(key)
     }
+
+    /// A cluster Service's endpoints on its port named `port_name` (see
+    /// [`ClusterState::endpoints`]), unless a declared Service of that name replaces it.
+    pub fn cluster_endpoints(
+        &self,
+        service: &Key,
+        port_name: &str,
+    ) -> Option<Vec<(std::net::SocketAddr, &SliceEndpoint)>> {
+        if self.resources.contains_key(service) {
+            return None;
+        }
+        self.cluster.endpoints(service, port_name)
+    }
+
+    /// What discovery's snapshots are versioned by: the declared revision and the cluster
+    /// view's generation, each only ever growing.
+    pub fn served_version(&self) -> (u64, u64) {
+        (self.revision, self.cluster.generation)
+    }
+
+    /// [`PolicyState::served_version`] as snapshots carry it: the revision alone off
+    /// Kubernetes, `<revision>.<generation>` once the cluster is followed.
+    pub fn served_version_string(&self) -> String {
+        match self.cluster.generation {
+            0 => self.revision.to_string(),
+            generation => format!("{}.{generation}", self.revision),
+        }
+    }
+}
+
+fn of_kind(resources: &BTreeMap<Key, Stored>, kind: Kind) -> impl Iterator<Item = &Stored> {
+    resources
+        .range(Key::new(kind, "", "")..)
+        .take_while(move |(key, _)| key.kind == kind)
+        .map(|(_, stored)| stored)
 }
 
 impl From<Listing> for PolicyState {
@@ -94,6 +143,7 @@ impl From<Listing> for PolicyState {
                 .map(|stored| (stored.resource.key(), stored))
                 .collect(),
             deleted: BTreeMap::new(),
+            cluster: Arc::default(),
         }
     }
 }
@@ -150,7 +200,7 @@ impl PolicyStore {
                 }
                 .into());
             }
-            let existing = current.get(&key);
+            let existing = current.declared(&key);
             if let Some(sent) = resource.meta.resource_version.as_deref() {
                 let sent: u64 = sent.parse().map_err(|_| PolicyError {
                     resource: key.to_string(),
@@ -245,7 +295,7 @@ impl PolicyStore {
         let _writer = self.writer.lock();
         let current = self.state();
         let stored = current
-            .get(key)
+            .declared(key)
             .ok_or_else(|| WriteError::NotFound(key.clone()))?;
         if let Some(sent) = expected
             && sent != stored.resource_version
@@ -265,6 +315,18 @@ impl PolicyStore {
         self.state
             .send_if_modified(|state| observe(state, true, stored, revision));
         Ok(revision)
+    }
+
+    /// Serves `cluster` as the cluster's view, unless it serves what the current one does:
+    /// whether it replaced it.
+    pub fn set_cluster(&self, cluster: ClusterState) -> bool {
+        self.state.send_if_modified(|state| {
+            if state.cluster.same_view(&cluster) {
+                return false;
+            }
+            Arc::make_mut(state).cluster = Arc::new(cluster);
+            true
+        })
     }
 
     /// Follows the backend's changes into the served state until the backend's watch ends:

@@ -28,7 +28,9 @@ use crate::resource_store::{Embedded, Kubernetes, ResourceStore};
 use crate::service_account_tokens::TokenReviewer;
 use crate::store::Store;
 use crate::trust::Trust;
-use crate::{kube_client, kube_namespaces, pki, route_status, serving_cert, tls_incoming, webhook};
+use crate::{
+    cluster, kube_client, kube_namespaces, pki, route_status, serving_cert, tls_incoming, webhook,
+};
 
 /// How often records of expired certificates, lapsed revocations and spent tokens are purged.
 const RECORD_PURGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
@@ -194,6 +196,10 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
             () = draining.signaled() => {}
         }
     });
+    if let Some(client) = &kubernetes {
+        tracing::info!("discovery: following the cluster's Services, EndpointSlices and Pods");
+        cluster::follow(client.clone(), trust_domain.clone(), policy.clone(), drain).await;
+    }
     let proxies = Arc::new(ProxyRegistry::default());
     let credential = match &config.admin_token_file {
         Some(path) => AdminCredential::load(path)?,

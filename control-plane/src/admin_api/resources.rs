@@ -78,7 +78,7 @@ impl ResourceAdmin {
         let key = Key::new(kind(&req.kind)?, namespace(&req.namespace), &req.name);
         self.store
             .state()
-            .get(&key)
+            .declared(&key)
             .map(to_message)
             .ok_or_else(|| Status::not_found(format!("{key} does not exist")))
     }
@@ -87,7 +87,7 @@ impl ResourceAdmin {
         let kind = kind(&req.kind)?;
         let state = self.store.state();
         let resources = state
-            .of_kind(kind)
+            .declared_of_kind(kind)
             .filter(|s| req.namespace.is_empty() || s.resource.namespace() == req.namespace)
             .map(to_message)
             .collect();

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::names::ClusterDomain;
 use super::request_match::{Precedence, RequestMatch, precedence};
+use crate::cluster::SliceEndpoint;
 use crate::policy::{
     BackendRef, HeaderModifier, Key, Kind, Port, Resource, RetryCode, RetryOn, RouteFilter,
     RouteMatchKind, RouteRetry, RouteSpec, RouteTimeouts, ServiceAppProtocol, ServicePolicySpec,
@@ -128,6 +129,9 @@ pub fn resolve<'a>(
     destination: &str,
 ) -> Option<Outbound<'a>> {
     let target = target(state, cluster_domain, destination)?;
+    if unmeshed_only(state, &target) {
+        return None;
+    }
     let mut backends = Backends::new(state);
     backends.index(&target.key, target.port);
     let mut entries = Vec::new();
@@ -177,7 +181,9 @@ fn target<'a>(
     destination: &str,
 ) -> Option<Target<'a>> {
     if let Ok(addr) = destination.parse::<SocketAddr>() {
-        return workload_target(state, addr);
+        return cluster_ip_target(state, addr)
+            .or_else(|| endpoint_target(state, addr))
+            .or_else(|| workload_target(state, addr));
     }
     let (host, port) = destination.rsplit_once(':')?;
     let port = port.parse::<u16>().ok().and_then(Port::new)?;
@@ -194,6 +200,72 @@ fn target<'a>(
         port,
         workload: None,
     })
+}
+
+/// A cluster Service's cluster IP and one of its ports.
+fn cluster_ip_target(state: &PolicyState, addr: SocketAddr) -> Option<Target<'_>> {
+    let key = state.cluster.service_at(addr.ip())?;
+    let (key, spec) = service_spec(state, key)?;
+    let port = Port::new(addr.port())?;
+    spec.ports.iter().any(|p| p.port == port).then_some(Target {
+        key,
+        spec,
+        port,
+        workload: None,
+    })
+}
+
+/// An endpoint of a cluster Service, dialed by its address (a headless Service's, or a Pod
+/// named directly): the Service port whose EndpointSlices list that address on that port (the
+/// first Service by namespace and name when several do).
+fn endpoint_target(state: &PolicyState, addr: SocketAddr) -> Option<Target<'_>> {
+    state
+        .cluster
+        .services_listing(addr.ip())
+        .iter()
+        .find_map(|key| {
+            let (key, spec) = service_spec(state, key)?;
+            let service_port = spec.ports.iter().find(|p| {
+                state
+                    .cluster_endpoints(&key, p.name.as_deref().unwrap_or_default())
+                    .is_some_and(|endpoints| endpoints.iter().any(|(at, _)| *at == addr))
+            })?;
+            Some(Target {
+                port: service_port.port,
+                key,
+                spec,
+                workload: Some(addr.ip()),
+            })
+        })
+}
+
+/// Whether a cluster Service port (or the one endpoint of it dialed) is served only by Pods
+/// without a proxy: not Weft's to route. Placed outside the mesh, it is sent to in plaintext as
+/// the app asked; with some Pods meshed, only those are sent to.
+fn unmeshed_only(state: &PolicyState, target: &Target<'_>) -> bool {
+    let port_name = target
+        .spec
+        .ports
+        .iter()
+        .find(|p| p.port == target.port)
+        .and_then(|p| p.name.as_deref())
+        .unwrap_or_default();
+    let Some(listed) = state.cluster_endpoints(&target.key, port_name) else {
+        return false;
+    };
+    let mut dialed = listed
+        .iter()
+        .filter(|(at, _)| target.workload.is_none_or(|ip| at.ip() == ip))
+        .peekable();
+    dialed.peek().is_some() && dialed.all(|(_, endpoint)| endpoint.workload.is_none())
+}
+
+/// A Service's key and spec, as served.
+fn service_spec<'a>(state: &'a PolicyState, key: &Key) -> Option<(Key, &'a ServiceSpec)> {
+    match &state.get(key)?.resource.spec {
+        Spec::Service(spec) => Some((key.clone(), spec)),
+        _ => None,
+    }
 }
 
 /// A workload's address and one of its ports, as an intercepted connection names it: the
@@ -369,6 +441,14 @@ fn endpoints<'a>(state: &'a PolicyState, service: &Key, port: Port) -> Vec<Endpo
     let Some(service_port) = spec.ports.iter().find(|p| p.port == port) else {
         return Vec::new();
     };
+    if let Some(listed) =
+        state.cluster_endpoints(service, service_port.name.as_deref().unwrap_or_default())
+    {
+        return listed
+            .into_iter()
+            .filter_map(|(address, listed)| slice_endpoint(state, address, listed))
+            .collect();
+    }
     let target_port = service_port.target_port.unwrap_or(port);
     state
         .of_kind(Kind::Workload)
@@ -392,6 +472,28 @@ fn endpoints<'a>(state: &'a PolicyState, service: &Key, port: Port) -> Vec<Endpo
             })
         })
         .collect()
+}
+
+/// An endpoint from a cluster Service's EndpointSlices, when a meshed Pod serves it: dialed at
+/// its proxy's inbound port, or at the app's port that its proxy intercepts. An unmeshed one is
+/// left out: Weft never sends to it in plaintext from inside a meshed destination.
+fn slice_endpoint<'a>(
+    state: &'a PolicyState,
+    address: SocketAddr,
+    listed: &SliceEndpoint,
+) -> Option<Endpoint<'a>> {
+    let stored = state.get(listed.workload.as_ref()?)?;
+    let Spec::Workload(workload) = &stored.resource.spec else {
+        return None;
+    };
+    let port = workload.proxy_port.map_or(address.port(), Port::get);
+    Some(Endpoint {
+        address: SocketAddr::new(address.ip(), port),
+        identity: &workload.identity,
+        weight: workload.weight(),
+        labels: &stored.resource.meta.labels,
+        foreign_spiffe: workload.foreign_spiffe,
+    })
 }
 
 /// One route resource, and the target Service port it may be attached to.

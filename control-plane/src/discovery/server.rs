@@ -93,7 +93,7 @@ impl DiscoveryApi {
     {
         let states = self.store.subscribe_state();
         self.follow(caller, resource, states, move |state| {
-            (compute(state), state.revision.to_string())
+            (compute(state), state.served_version_string())
         })
     }
 

@@ -16,12 +16,15 @@ use crate::policy_store::PolicyState;
 /// cannot grow the cache without bound (past it, snapshots are computed but not kept).
 const MAX_CACHED: usize = 10_000;
 
+/// What a state's snapshots are versioned by: its revision and cluster generation.
+type ServedVersion = (u64, u64);
+
 /// Snapshots computed at the current revision, shared by every watcher of a destination: a
 /// change watched by a thousand proxies is computed once per destination.
 #[derive(Debug, Default)]
 pub struct SnapshotCache {
     cluster_domain: ClusterDomain,
-    entries: Mutex<(u64, HashMap<String, Arc<pb::OutboundSnapshot>>)>,
+    entries: Mutex<(ServedVersion, HashMap<String, Arc<pb::OutboundSnapshot>>)>,
 }
 
 impl SnapshotCache {
@@ -35,9 +38,10 @@ impl SnapshotCache {
 
     /// The snapshot of `destination` in `state` (its version left empty).
     pub fn outbound(&self, state: &PolicyState, destination: &str) -> Arc<pb::OutboundSnapshot> {
+        let version = state.served_version();
         {
             let entries = self.entries.lock();
-            if entries.0 == state.revision
+            if entries.0 == version
                 && let Some(snapshot) = entries.1.get(destination)
             {
                 return snapshot.clone();
@@ -45,12 +49,12 @@ impl SnapshotCache {
         }
         let snapshot = Arc::new(outbound_snapshot(state, &self.cluster_domain, destination));
         let mut entries = self.entries.lock();
-        if state.revision > entries.0 {
-            // A new revision: everything cached is stale.
-            *entries = (state.revision, HashMap::new());
+        if version > entries.0 {
+            // A new version: everything cached is stale.
+            *entries = (version, HashMap::new());
         }
         // A watcher still on an older state must not replace the newer cache.
-        if state.revision == entries.0 && entries.1.len() < MAX_CACHED {
+        if version == entries.0 && entries.1.len() < MAX_CACHED {
             entries.1.insert(destination.to_string(), snapshot.clone());
         }
         snapshot

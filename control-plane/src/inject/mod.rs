@@ -14,7 +14,7 @@ mod workloads;
 mod tests;
 
 pub use overrides::Overrides;
-pub use pod::{INIT_CONTAINER, PROXY_CONTAINER, PROXY_VERSION_ANNOTATION};
+pub use pod::{INBOUND_PORT_NAME, INIT_CONTAINER, PROXY_CONTAINER, PROXY_VERSION_ANNOTATION};
 pub use settings::{IdentitySource, InjectSettings, SidecarMode};
 pub use workloads::{Outcome, inject_document, uninject_document};
 

@@ -38,6 +38,8 @@ const PROXY_BINARY: &str = "/weft-proxy";
 /// The proxy's UID: the init rules exempt it, so its own traffic is never redirected.
 const PROXY_UID: i64 = 7102;
 const INBOUND_PORT: i32 = 7143;
+/// The proxy container's inbound port, by name: discovery dials a meshed Pod there.
+pub const INBOUND_PORT_NAME: &str = "weft-inbound";
 const ADMIN_PORT: i32 = 7191;
 
 /// Which workload the template belongs to, where that changes the proxy.
@@ -251,7 +253,7 @@ fn proxy_container(
         env: Some(env),
         ports: Some(vec![
             ContainerPort {
-                name: Some("weft-inbound".to_string()),
+                name: Some(INBOUND_PORT_NAME.to_string()),
                 container_port: INBOUND_PORT,
                 ..Default::default()
             },

@@ -46,14 +46,19 @@ impl Backend {
 
     /// A backend fronting `app`.
     pub async fn start_with(cp: &ControlPlane, name: &str, version: &str, app: App) -> Self {
+        let backend = Self::start_undeclared(cp, name, app).await;
+        cp.apply_ok(&backend.workload(version));
+        backend
+    }
+
+    /// A backend fronting `app` that the test makes known some other way (as a Pod).
+    pub async fn start_undeclared(cp: &ControlPlane, name: &str, app: App) -> Self {
         let proxy = Proxy::start(cp, ProxySpec::new(API_ID).app_port(app.port)).await;
-        let backend = Self {
+        Self {
             app,
             proxy,
             name: name.to_string(),
-        };
-        cp.apply_ok(&backend.workload(version));
-        backend
+        }
     }
 
     pub fn workload(&self, version: &str) -> String {

@@ -87,12 +87,7 @@ async fn kubectl_and_weftctl_change_the_same_policy_in_the_api_server() {
 
     weft_tests::init();
     let api = FakeApiServer::start().await;
-    let kubeconfig = api.kubeconfig().to_str().unwrap().to_string();
-    let cp = ControlPlane::start_with(
-        "24h",
-        &["--kubeconfig", &kubeconfig, "--policy-store", "kubernetes"],
-    )
-    .await;
+    let cp = control_plane_keeping_policy_in(&api).await;
     cp.apply_ok(SERVICES);
     let v1 = Backend::start(&cp, "api-1", "v1").await;
     let v2 = Backend::start(&cp, "api-2", "v2").await;
@@ -125,6 +120,110 @@ async fn kubectl_and_weftctl_change_the_same_policy_in_the_api_server() {
         async move { (!stdout.contains("split")).then_some(()) }
     })
     .await;
+}
+
+/// Discovery from the cluster itself: core Services, their EndpointSlices and meshed Pods, all
+/// written with kubectl and no Weft resource, place a Service's traffic at the Pods' proxies;
+/// traffic follows the EndpointSlice as it changes (across a watch broken by 410 Gone too), and
+/// an HTTPRoute kubectl attaches to the Service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_follows_the_clusters_endpoint_slices_pods_and_routes() {
+    use crate::cluster::{Backend, load};
+
+    weft_tests::init();
+    let api = FakeApiServer::start().await;
+    let cp = control_plane_keeping_policy_in(&api).await;
+    let v1 = Backend::start_undeclared(&cp, "api-1", start_echo_app().await).await;
+    let v2 = Backend::start_undeclared(&cp, "api-2", start_echo_app().await).await;
+    let client = Proxy::start(&cp, ProxySpec::new(CLIENT_ID)).await;
+    let client = MeshClient::http1(client.outbound);
+
+    api.kubectl_apply(&core_service("api")).await;
+    api.kubectl_apply(&core_service("api-v2")).await;
+    api.kubectl_apply(&meshed_pod(&v1)).await;
+    api.kubectl_apply(&meshed_pod(&v2)).await;
+    // The Service is known, but no EndpointSlice lists anything for it yet.
+    weft_tests::eventually(
+        "the Service without endpoints",
+        Duration::from_secs(15),
+        || async { (load(&client, 1, 1, "/", &[]).await == [503]).then_some(()) },
+    )
+    .await;
+    assert_eq!(v1.app.request_count(), 0);
+    api.kubectl_apply(&endpoint_slice("api", "api-1")).await;
+    api.kubectl_apply(&endpoint_slice("api-v2", "api-2")).await;
+    all_traffic_reaches(&client, &v1).await;
+
+    api.kubectl_apply(&endpoint_slice("api", "api-2")).await;
+    all_traffic_reaches(&client, &v2).await;
+    // Every watch ends with 410 Gone: the reflectors list again, and follow what comes after.
+    api.compact().await;
+    api.kubectl_apply(&endpoint_slice("api", "api-1")).await;
+    all_traffic_reaches(&client, &v1).await;
+
+    api.kubectl_apply(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: to-v2, namespace: shop}
+spec:
+  parentRefs: [{name: api, kind: Service, port: 8080}]
+  rules: [{backendRefs: [{name: api-v2, port: 8080}]}]
+"#,
+    )
+    .await;
+    all_traffic_reaches(&client, &v2).await;
+}
+
+/// A control plane whose policy lives in `api`.
+async fn control_plane_keeping_policy_in(api: &FakeApiServer) -> ControlPlane {
+    let kubeconfig = api.kubeconfig().to_str().unwrap().to_string();
+    ControlPlane::start_with(
+        "24h",
+        &["--kubeconfig", &kubeconfig, "--policy-store", "kubernetes"],
+    )
+    .await
+}
+
+/// A core Service whose port 8080 targets the Pods' port named `http`.
+fn core_service(name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: shop}}\nspec: {{selector: {{app: {name}}}, ports: [{{name: http, port: 8080, targetPort: http}}]}}\n"
+    )
+}
+
+/// The EndpointSlice of Service `service`, listing Pod `pod` alone, ready.
+fn endpoint_slice(service: &str, pod: &str) -> String {
+    format!(
+        r#"
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {service}-abc, namespace: shop, labels: {{kubernetes.io/service-name: {service}}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080}}]
+endpoints: [{{addresses: [127.0.0.1], conditions: {{ready: true}}, targetRef: {{kind: Pod, name: {pod}, namespace: shop}}}}]
+"#
+    )
+}
+
+/// `backend` as the injector leaves its Pod: annotated, the proxy beside the app, running as
+/// ServiceAccount `api` (the identity its proxy holds).
+fn meshed_pod(backend: &crate::cluster::Backend) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: shop, labels: {{app: api}}, annotations: {{weft.io/proxy-version: test}}}}
+spec:
+  serviceAccountName: api
+  containers:
+  - {{name: app, image: echo, ports: [{{name: http, containerPort: 8080}}]}}
+  - {{name: weft-proxy, image: weft-proxy, ports: [{{name: weft-inbound, containerPort: {inbound}}}]}}
+status: {{phase: Running, podIP: 127.0.0.1}}
+"#,
+        name = backend.name,
+        inbound = backend.proxy.inbound.port(),
+    )
 }
 
 /// Waits until every one of a round of requests succeeds at `backend`.

@@ -373,3 +373,142 @@ spec: {from: [{namespaces: [shop]}]}
     assert_eq!(other.defaults.unwrap().authorization, "all-authenticated");
     assert!(other.authorizations.is_empty());
 }
+
+/// `policy` served beside the cluster of [`crate::cluster::TEST_CLUSTER`].
+fn on_cluster(policy: &str) -> PolicyState {
+    let mut state = if policy.is_empty() {
+        PolicyState::default()
+    } else {
+        state(policy)
+    };
+    state.cluster = Arc::new(crate::cluster::translate_yaml(crate::cluster::TEST_CLUSTER));
+    state
+}
+
+fn addresses(backend: &pb::Backend) -> Vec<&str> {
+    let mut addresses: Vec<&str> = backend
+        .endpoints
+        .iter()
+        .map(|e| e.address.as_str())
+        .collect();
+    addresses.sort();
+    addresses
+}
+
+#[test]
+fn a_cluster_service_sends_to_its_meshed_endpoints_at_their_proxies() {
+    let state = on_cluster("");
+    let domain = ClusterDomain::default();
+    for destination in [
+        "api.shop.svc.cluster.local:8080",
+        "api.shop:8080",
+        "10.96.0.10:8080",
+        "[fd00::10]:8080",
+    ] {
+        let snapshot = outbound_snapshot(&state, &domain, destination);
+        assert!(snapshot.found, "{destination}");
+        assert_eq!(snapshot.service, "shop/api:8080", "{destination}");
+        // The unmeshed Pod is left out: a meshed destination is never sent to in plaintext.
+        assert_eq!(
+            addresses(&snapshot.backends[0]),
+            ["10.0.0.1:7143", "10.0.0.2:7143"],
+            "{destination}"
+        );
+        let identities: Vec<&str> = snapshot.backends[0]
+            .endpoints
+            .iter()
+            .map(|e| e.identity.as_str())
+            .collect();
+        assert_eq!(identities, ["spiffe://cluster.local/ns/shop/sa/api"; 2]);
+    }
+    // A port the Service does not have, a cluster IP of nothing.
+    assert!(!outbound_snapshot(&state, &domain, "10.96.0.10:80").found);
+    assert!(!outbound_snapshot(&state, &domain, "10.96.0.11:8080").found);
+}
+
+#[test]
+fn a_pod_dialed_by_its_address_is_that_endpoint_alone() {
+    let state = on_cluster("");
+    let domain = ClusterDomain::default();
+    // The named target port as this Pod resolves it.
+    let snapshot = outbound_snapshot(&state, &domain, "10.0.0.2:8081");
+    assert!(snapshot.found);
+    assert_eq!(snapshot.service, "shop/api:8080");
+    assert_eq!(addresses(&snapshot.backends[0]), ["10.0.0.2:7143"]);
+    assert!(!outbound_snapshot(&state, &domain, "10.0.0.2:8080").found);
+}
+
+#[test]
+fn what_only_unmeshed_pods_serve_is_outside_the_mesh() {
+    let state = on_cluster("");
+    let domain = ClusterDomain::default();
+    // Placed outside the mesh, the proxy sends on in plaintext as the app asked.
+    for destination in ["db.shop:5432", "10.0.0.9:5432", "10.0.0.3:8080"] {
+        assert!(
+            !outbound_snapshot(&state, &domain, destination).found,
+            "{destination}"
+        );
+    }
+}
+
+#[test]
+fn routes_attach_to_cluster_services_and_declared_services_win_a_name() {
+    let route = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: metrics, namespace: shop}
+spec:
+  parentRefs: [{name: api, kind: Service, port: 9090}]
+  rules: [{matches: [{path: {type: PathPrefix, value: /admin}}], backendRefs: [{name: api, port: 9090}]}]
+"#;
+    let state = on_cluster(route);
+    let snapshot = outbound_snapshot(&state, &ClusterDomain::default(), "api.shop:9090");
+    assert_eq!(snapshot.routes.len(), 1);
+    assert_eq!(snapshot.routes[0].name, "shop/metrics");
+    assert_eq!(
+        addresses(&snapshot.backends[0]),
+        ["10.0.0.1:7143"],
+        "only one slice lists the metrics port"
+    );
+
+    // A Weft Service of the same name is what its author meant.
+    let declared = r#"
+apiVersion: policy.weft.io/v1alpha1
+kind: Service
+metadata: {name: api, namespace: shop}
+spec: {selector: {app: vm}, ports: [{port: 8080}]}
+---
+apiVersion: policy.weft.io/v1alpha1
+kind: Workload
+metadata: {name: vm-1, namespace: shop, labels: {app: vm}}
+spec: {address: 192.168.1.5, proxyPort: 4143, identity: "spiffe://cluster.local/ns/shop/sa/vm"}
+"#;
+    let state = on_cluster(declared);
+    let snapshot = outbound_snapshot(&state, &ClusterDomain::default(), "api.shop:8080");
+    assert_eq!(addresses(&snapshot.backends[0]), ["192.168.1.5:4143"]);
+}
+
+#[test]
+fn a_meshed_pod_takes_its_inbound_policy_from_the_cluster_services_selecting_it() {
+    let state = on_cluster("");
+    let snapshot = inbound_snapshot(&state, "spiffe://cluster.local/ns/shop/sa/api", None);
+    let metrics = snapshot.ports.iter().find(|p| p.port == 9090).unwrap();
+    assert_eq!(metrics.app_protocol, "http");
+}
+
+#[test]
+fn a_new_cluster_view_is_a_new_snapshot_version() {
+    let mut state = on_cluster("");
+    let cache = SnapshotCache::default();
+    let before = cache.outbound(&state, "api.shop:8080");
+    let mut cluster = crate::cluster::translate_yaml(&crate::cluster::TEST_CLUSTER.replace(
+        "- addresses: [10.0.0.2]\n",
+        "- addresses: [10.0.0.2]\n  conditions: {ready: false}\n",
+    ));
+    cluster.generation = 2;
+    state.cluster = Arc::new(cluster);
+    assert_eq!(state.served_version_string(), "0.2");
+    let after = cache.outbound(&state, "api.shop:8080");
+    assert_eq!(addresses(&before.backends[0]).len(), 2);
+    assert_eq!(addresses(&after.backends[0]), ["10.0.0.1:7143"]);
+}

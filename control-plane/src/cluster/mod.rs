@@ -1,0 +1,112 @@
+//! What a Kubernetes cluster itself says of its services and workloads, in Weft's terms: a core
+//! Service is served as a Weft Service, a meshed Pod as a Workload, and a Service's endpoints are
+//! those its EndpointSlices list (ready, or serving while terminating), not a selector's pick.
+//!
+//! The view is rebuilt from reflectors ([`follow`]) and served beside the declared policy in
+//! [`crate::policy_store::PolicyState`], so discovery's streams are exactly those served off
+//! Kubernetes. It is never written anywhere: the API server is its only source.
+
+mod reflect;
+mod translate;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+
+pub use self::reflect::follow;
+pub use self::translate::translate;
+#[cfg(test)]
+pub(crate) use self::translate::{tests::CLUSTER as TEST_CLUSTER, translate_yaml};
+
+use crate::policy::{Key, Port};
+use crate::resource_store::Stored;
+
+/// The cluster's Services and meshed Pods as Weft resources, and where their traffic goes.
+#[derive(Debug, Default, Clone)]
+pub struct ClusterState {
+    /// Bumped on every new view, so discovery versions tell two views apart.
+    pub generation: u64,
+    /// Core Services as `Service`, meshed Pods as `Workload` (named after the Pod).
+    resources: BTreeMap<Key, Stored>,
+    /// Each cluster IP, and the Service it belongs to.
+    cluster_ips: HashMap<IpAddr, Key>,
+    /// Each Service's endpoints, from its EndpointSlices.
+    endpoints: HashMap<Key, Vec<SliceEndpoint>>,
+    /// Each endpoint address, and the Services whose slices list it.
+    services_at: HashMap<IpAddr, Vec<Key>>,
+}
+
+/// One endpoint address of a Service, as its EndpointSlices list it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceEndpoint {
+    pub ip: IpAddr,
+    /// Each Service port name (empty for the unnamed port) and the number it resolved to here:
+    /// a named target port resolves per Pod.
+    pub ports: Vec<(String, Port)>,
+    pub condition: Condition,
+    /// The meshed Pod behind it, as its `Workload`; `None` for an unmeshed Pod or no Pod.
+    pub workload: Option<Key>,
+}
+
+/// Whether an endpoint takes traffic, in EndpointSlice terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Condition {
+    /// Neither ready nor serving.
+    Down,
+    /// Shutting down but still serving: used only when a Service has no ready endpoint, as
+    /// kube-proxy does, so connections drain instead of failing.
+    Terminating,
+    Ready,
+}
+
+impl ClusterState {
+    /// One derived resource.
+    pub fn get(&self, key: &Key) -> Option<&Stored> {
+        self.resources.get(key)
+    }
+
+    /// Every derived resource, by key.
+    pub fn resources(&self) -> &BTreeMap<Key, Stored> {
+        &self.resources
+    }
+
+    /// The Service whose cluster IP `ip` is.
+    pub fn service_at(&self, ip: IpAddr) -> Option<&Key> {
+        self.cluster_ips.get(&ip)
+    }
+
+    /// The Services whose EndpointSlices list `ip`.
+    pub fn services_listing(&self, ip: IpAddr) -> &[Key] {
+        self.services_at.get(&ip).map_or(&[], Vec::as_slice)
+    }
+
+    /// The endpoints of a cluster Service that take traffic on its port named `port_name`, with
+    /// the port each serves it on: the ready ones, or while none is, those serving as they
+    /// terminate. `None` when `service` is not a cluster Service.
+    pub fn endpoints(
+        &self,
+        service: &Key,
+        port_name: &str,
+    ) -> Option<Vec<(SocketAddr, &SliceEndpoint)>> {
+        let listed = self.endpoints.get(service)?;
+        let on_port = |endpoint: &'_ SliceEndpoint| {
+            endpoint
+                .ports
+                .iter()
+                .find(|(name, _)| name == port_name)
+                .map(|(_, port)| SocketAddr::new(endpoint.ip, port.get()))
+        };
+        let best = listed
+            .iter()
+            .filter(|e| on_port(e).is_some())
+            .map(|e| e.condition)
+            .max()
+            .filter(|best| *best != Condition::Down);
+        Some(
+            listed
+                .iter()
+                .filter(|e| Some(e.condition) == best)
+                .filter_map(|e| Some((on_port(e)?, e)))
+                .collect(),
+        )
+    }
+}
