@@ -30,6 +30,9 @@ pub struct PolicyState {
     /// On Kubernetes, the cluster's Services and meshed Pods, served beside the declared
     /// resources; a declared one of the same kind and name wins.
     pub cluster: Arc<ClusterState>,
+    /// The cluster's view is expected and not there yet: discovery does not answer from a
+    /// part of the cluster (a Service not seen yet would be placed outside the mesh).
+    pub cluster_pending: bool,
     /// The revision each recently deleted resource was deleted at: an announcement of an older
     /// version arriving late (a backend's stream behind this store's own delete) must not bring
     /// it back.
@@ -144,6 +147,7 @@ impl From<Listing> for PolicyState {
                 .collect(),
             deleted: BTreeMap::new(),
             cluster: Arc::default(),
+            cluster_pending: false,
         }
     }
 }
@@ -317,14 +321,22 @@ impl PolicyStore {
         Ok(revision)
     }
 
+    /// The cluster's view is to come (see [`PolicyState::cluster_pending`]).
+    pub fn expect_cluster(&self) {
+        self.state
+            .send_modify(|state| Arc::make_mut(state).cluster_pending = true);
+    }
+
     /// Serves `cluster` as the cluster's view, unless it serves what the current one does:
     /// whether it replaced it.
     pub fn set_cluster(&self, cluster: ClusterState) -> bool {
         self.state.send_if_modified(|state| {
-            if state.cluster.same_view(&cluster) {
+            if !state.cluster_pending && state.cluster.same_view(&cluster) {
                 return false;
             }
-            Arc::make_mut(state).cluster = Arc::new(cluster);
+            let state = Arc::make_mut(state);
+            state.cluster = Arc::new(cluster);
+            state.cluster_pending = false;
             true
         })
     }

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
-use crate::policy::{Key, Kind};
+use crate::policy::{Key, Kind, ParentRef, Spec};
 use crate::policy_store::{PolicyState, Stored};
 use crate::resource_store::api_resource;
 
@@ -138,25 +138,57 @@ struct Said {
     message: String,
 }
 
-/// What the served policy says of a route: whether each parent Service exists (in
-/// `parentRefs` order) and whether its backends resolve.
+/// What the served policy says of a route: for each `parentRefs` entry (in order) whether
+/// Weft takes the route there, and whether its backends resolve.
 #[derive(Debug, Clone, PartialEq)]
 struct Verdict {
-    parents_found: Vec<bool>,
+    accepted: Vec<Said>,
     resolved: Said,
 }
 
 fn verdict(state: &PolicyState, route: &Stored) -> Verdict {
-    let mut parents_found = Vec::new();
-    let mut missing = Vec::new();
-    for (field, target) in route.resource.references() {
-        let exists = state.get(&target).is_some();
-        if field.starts_with("spec.parentRefs") {
-            parents_found.push(exists);
-        } else if !exists {
-            missing.push(format!("{field}: {target} does not exist"));
-        }
-    }
+    let resource = &route.resource;
+    let parent_refs: &[ParentRef] = match &resource.spec {
+        Spec::HttpRoute(spec) => &spec.parent_refs,
+        Spec::GrpcRoute(spec) => &spec.parent_refs,
+        _ => &[],
+    };
+    let unsupported = resource.unsupported();
+    let accepted = parent_refs
+        .iter()
+        .map(|parent| {
+            let service = Key::new(
+                Kind::Service,
+                parent.namespace.as_deref().unwrap_or(resource.namespace()),
+                &parent.name,
+            );
+            match (no_match(state, &service, parent), &unsupported) {
+                (Some(message), _) => Said {
+                    status: "False",
+                    reason: "NoMatchingParent",
+                    message,
+                },
+                (None, Some((field, reason))) => Said {
+                    status: "False",
+                    reason: "UnsupportedValue",
+                    message: format!("{field}: {reason}"),
+                },
+                (None, None) => Said {
+                    status: "True",
+                    reason: "Accepted",
+                    message: "Weft routes this Service's traffic by this route".to_string(),
+                },
+            }
+        })
+        .collect();
+    let missing: Vec<String> = resource
+        .references()
+        .into_iter()
+        .filter(|(field, target)| {
+            !field.starts_with("spec.parentRefs") && state.get(target).is_none()
+        })
+        .map(|(field, target)| format!("{field}: {target} does not exist"))
+        .collect();
     let resolved = if missing.is_empty() {
         Said {
             status: "True",
@@ -170,10 +202,26 @@ fn verdict(state: &PolicyState, route: &Stored) -> Verdict {
             message: missing.join("; "),
         }
     };
-    Verdict {
-        parents_found,
-        resolved,
+    Verdict { accepted, resolved }
+}
+
+/// Why `parent` names no port of Service `service` that Weft serves, if it does not.
+fn no_match(state: &PolicyState, service: &Key, parent: &ParentRef) -> Option<String> {
+    let named = format!("Service {}/{}", service.namespace, service.name);
+    let Some(Spec::Service(spec)) = state.get(service).map(|s| &s.resource.spec) else {
+        return Some(format!("{named} does not exist"));
+    };
+    if let Some(port) = parent.port
+        && !spec.ports.iter().any(|p| p.port == port)
+    {
+        return Some(format!("{named} has no port {port}"));
     }
+    if let Some(section) = &parent.section_name
+        && !spec.ports.iter().any(|p| p.name.as_ref() == Some(section))
+    {
+        return Some(format!("{named} has no port named {section:?}"));
+    }
+    None
 }
 
 /// The `status.parents` the route should have: other controllers' entries as they are, then
@@ -181,7 +229,6 @@ fn verdict(state: &PolicyState, route: &Stored) -> Verdict {
 /// holds.
 fn parents(object: &DynamicObject, existing: &[Value], verdict: &Verdict) -> Vec<Value> {
     let generation = object.metadata.generation.unwrap_or(0);
-    let namespace = object.metadata.namespace.clone().unwrap_or_default();
     let now = k8s_openapi::jiff::Timestamp::now()
         .round(k8s_openapi::jiff::Unit::Second)
         .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now())
@@ -203,21 +250,12 @@ fn parents(object: &DynamicObject, existing: &[Value], verdict: &Verdict) -> Vec
             // A Gateway's: that Gateway's controller reports on it.
             continue;
         }
-        let accepted = if verdict.parents_found.get(i).copied().unwrap_or(false) {
-            Said {
-                status: "True",
-                reason: "Accepted",
-                message: "Weft routes this Service's traffic by this route".to_string(),
-            }
-        } else {
-            let name = parent_ref["name"].as_str().unwrap_or_default();
-            let parent_namespace = parent_ref["namespace"].as_str().unwrap_or(&namespace);
-            Said {
-                status: "False",
-                reason: "NoMatchingParent",
-                message: format!("Service {parent_namespace}/{name} does not exist"),
-            }
-        };
+        // Validation admits Service parents only, so the verdict has one entry per parent.
+        let accepted = verdict.accepted.get(i).cloned().unwrap_or_else(|| Said {
+            status: "False",
+            reason: "NoMatchingParent",
+            message: "not a parent Weft knows".to_string(),
+        });
         let previous = existing
             .iter()
             .find(|p| p["controllerName"] == CONTROLLER_NAME && p["parentRef"] == *parent_ref);
@@ -313,6 +351,63 @@ spec:
             }))
         })
         .await
+    }
+
+    #[test]
+    fn a_parent_port_that_does_not_exist_or_a_filter_weft_lacks_is_not_accepted() {
+        let yaml = r#"
+apiVersion: policy.weft.io/v1alpha1
+kind: Service
+metadata: {name: api, namespace: shop}
+spec: {selector: {app: api}, ports: [{name: http, port: 8080}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: split, namespace: shop}
+spec:
+  parentRefs:
+  - {kind: Service, name: api, sectionName: http}
+  - {kind: Service, name: api, sectionName: grpc}
+  - {kind: Service, name: api, port: 9090}
+  rules:
+  - filters: [{type: URLRewrite, urlRewrite: {hostname: elsewhere}}]
+    backendRefs: [{name: api, port: 8080}]
+"#;
+        let mut state = PolicyState::default();
+        for doc in serde_saphyr::from_multiple::<Value>(yaml).unwrap() {
+            let resource = crate::policy::Resource::parse(&doc, "test").unwrap();
+            state.resources.insert(
+                resource.key(),
+                Stored {
+                    resource: Arc::new(resource),
+                    resource_version: 1,
+                },
+            );
+        }
+        let route = state
+            .get(&Key::new(Kind::HttpRoute, "shop", "split"))
+            .unwrap();
+        let verdict = verdict(&state, route);
+        let said: Vec<(&str, &str)> = verdict
+            .accepted
+            .iter()
+            .map(|s| (s.reason, s.message.as_str()))
+            .collect();
+        assert_eq!(
+            said,
+            [
+                (
+                    "UnsupportedValue",
+                    "spec.rules[0].filters[0].type: \"URLRewrite\" is not supported yet (supported: RequestHeaderModifier, ResponseHeaderModifier, RequestMirror)"
+                ),
+                (
+                    "NoMatchingParent",
+                    "Service shop/api has no port named \"grpc\""
+                ),
+                ("NoMatchingParent", "Service shop/api has no port 9090"),
+            ]
+        );
+        assert_eq!(verdict.resolved.reason, "ResolvedRefs");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -198,7 +198,7 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
     });
     if let Some(client) = &kubernetes {
         tracing::info!("discovery: following the cluster's Services, EndpointSlices and Pods");
-        cluster::follow(client.clone(), trust_domain.clone(), policy.clone(), drain).await;
+        cluster::follow(client.clone(), trust_domain.clone(), policy.clone(), drain);
     }
     let proxies = Arc::new(ProxyRegistry::default());
     let credential = match &config.admin_token_file {
@@ -301,7 +301,7 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
     let admin = AdminApi::new(
         tokens,
         identities,
-        ResourceAdmin::new(policy),
+        ResourceAdmin::new(policy.clone()),
         proxies,
         trust,
     );
@@ -363,7 +363,13 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
         drain.spawn(webhook::serve(connections, webhook, drain.clone()));
     }
 
-    let admin_http = weft_telemetry::AdminServer::new(registry, Arc::new(|| true), drain.clone());
+    // Not ready while discovery waits for the cluster's first listings.
+    let listed = policy.clone();
+    let admin_http = weft_telemetry::AdminServer::new(
+        registry,
+        Arc::new(move || !listed.state().cluster_pending),
+        drain.clone(),
+    );
     drain.spawn(admin_http.serve(metrics_listener));
 
     tracing::info!(

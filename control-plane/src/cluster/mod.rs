@@ -13,9 +13,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
 pub use self::reflect::follow;
+#[cfg(test)]
+pub(crate) use self::translate::tests::{CLUSTER as TEST_CLUSTER, INTRUDER as TEST_INTRUDER};
 pub use self::translate::translate;
 #[cfg(test)]
-pub(crate) use self::translate::{tests::CLUSTER as TEST_CLUSTER, translate_yaml};
+pub(crate) use self::translate::translate_yaml;
 
 use crate::policy::{Key, Port};
 use crate::resource_store::Stored;
@@ -30,9 +32,28 @@ pub struct ClusterState {
     /// Each cluster IP, and the Service it belongs to.
     cluster_ips: HashMap<IpAddr, Key>,
     /// Each Service's endpoints, from its EndpointSlices.
-    endpoints: HashMap<Key, Vec<SliceEndpoint>>,
+    endpoints: HashMap<Key, ServiceEndpoints>,
     /// Each endpoint address, and the Services whose slices list it.
     services_at: HashMap<IpAddr, Vec<Key>>,
+    /// Every address of every Pod on the pod network, and the Pod there.
+    pods: HashMap<IpAddr, PodAt>,
+}
+
+/// A Service's endpoints, and the IP family it is served in.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct ServiceEndpoints {
+    /// `Some(true)` for IPv6 (a dual-stack Service's primary family): only endpoints of that
+    /// family are sent to, so a Pod with both is one endpoint, not two.
+    ipv6: Option<bool>,
+    listed: Vec<SliceEndpoint>,
+}
+
+/// The Pod at an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodAt {
+    pub namespace: String,
+    /// Its `Workload` when it is meshed.
+    pub workload: Option<Key>,
 }
 
 /// One endpoint address of a Service, as its EndpointSlices list it.
@@ -43,7 +64,9 @@ pub struct SliceEndpoint {
     /// a named target port resolves per Pod.
     pub ports: Vec<(String, Port)>,
     pub condition: Condition,
-    /// The meshed Pod behind it, as its `Workload`; `None` for an unmeshed Pod or no Pod.
+    /// The meshed Pod at its address, as its `Workload`; `None` for an unmeshed Pod or an
+    /// address no Pod has. Found by address, never by the slice's `targetRef`: a slice anyone
+    /// may write must not lend an address another Pod's identity.
     pub workload: Option<Key>,
 }
 
@@ -79,6 +102,11 @@ impl ClusterState {
         self.services_at.get(&ip).map_or(&[], Vec::as_slice)
     }
 
+    /// The Pod whose address `ip` is.
+    pub fn pod_at(&self, ip: IpAddr) -> Option<&PodAt> {
+        self.pods.get(&ip)
+    }
+
     /// The endpoints of a cluster Service that take traffic on its port named `port_name`, with
     /// the port each serves it on: the ready ones, or while none is, those serving as they
     /// terminate. `None` when `service` is not a cluster Service.
@@ -87,7 +115,12 @@ impl ClusterState {
         service: &Key,
         port_name: &str,
     ) -> Option<Vec<(SocketAddr, &SliceEndpoint)>> {
-        let listed = self.endpoints.get(service)?;
+        let endpoints = self.endpoints.get(service)?;
+        let listed: Vec<&SliceEndpoint> = endpoints
+            .listed
+            .iter()
+            .filter(|e| endpoints.ipv6.is_none_or(|v6| e.ip.is_ipv6() == v6))
+            .collect();
         let on_port = |endpoint: &'_ SliceEndpoint| {
             endpoint
                 .ports
@@ -103,7 +136,7 @@ impl ClusterState {
             .filter(|best| *best != Condition::Down);
         Some(
             listed
-                .iter()
+                .into_iter()
                 .filter(|e| Some(e.condition) == best)
                 .filter_map(|e| Some((on_port(e)?, e)))
                 .collect(),

@@ -19,7 +19,7 @@ use super::{ClusterState, translate};
 use crate::policy_store::PolicyStore;
 
 /// Changes arriving together (a rollout touches a Pod and a slice at once) are taken in one
-/// rebuild.
+/// rebuild, made this long after the first of them.
 const SETTLE: Duration = Duration::from_millis(50);
 /// How often a start still waiting for its first listings says what it waits for.
 const WAITING_NOTICE: Duration = Duration::from_secs(10);
@@ -45,10 +45,9 @@ struct Caches {
 }
 
 /// Follows the cluster's Services, EndpointSlices and Pods into `policy`'s served state on
-/// `drain`. Returns once each kind has been listed and the first view is served, so discovery
-/// never answers from part of the cluster (a Service it has not seen yet would be sent to in
-/// plaintext as outside the mesh).
-pub async fn follow(
+/// `drain`. Until each kind has been listed once, the state says the view is pending and
+/// discovery answers nothing (a Service it has not seen yet would be placed outside the mesh).
+pub fn follow(
     client: kube::Client,
     trust_domain: TrustDomain,
     policy: Arc<PolicyStore>,
@@ -71,15 +70,14 @@ pub async fn follow(
         generation: 0,
         listed: [false; KINDS.len()],
     };
+    view.policy.expect_cluster();
     let until = drain.clone();
-    let (listed_tx, listed_rx) = tokio::sync::oneshot::channel();
     drain.spawn(async move {
         let mut view = view;
-        let mut listed = Some(listed_tx);
         let mut notice = tokio::time::interval(WAITING_NOTICE);
         notice.tick().await;
         // Before the first listings: wait for them, still driving the watches.
-        while listed.is_some() {
+        while !view.unlisted().is_empty() {
             tokio::select! {
                 change = changes.next() => match change {
                     Some(Ok(change)) => view.listed[change.kind] |= change.listed,
@@ -92,30 +90,37 @@ pub async fn follow(
                 ),
                 () = until.signaled() => return,
             }
-            if view.unlisted().is_empty() {
-                view.publish();
-                if let Some(listed) = listed.take() {
-                    let _ = listed.send(());
-                }
-            }
         }
-        let mut dirty = false;
+        view.publish();
+        tracing::info!("cluster discovery: Services, EndpointSlices and Pods listed; discovery is served");
+        // A burst of changes is taken in one rebuild, at most SETTLE after its first change:
+        // a steady stream of changes delays none by more.
+        let mut due: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 change = changes.next() => match change {
-                    Some(Ok(_)) => dirty = true,
+                    Some(Ok(_)) => {
+                        due.get_or_insert_with(|| tokio::time::Instant::now() + SETTLE);
+                    }
                     Some(Err(error)) => tracing::warn!(%error, "cluster discovery: watch failed; retrying"),
                     None => return,
                 },
-                () = tokio::time::sleep(SETTLE), if dirty => {
-                    dirty = false;
+                () = sleep_until(due), if due.is_some() => {
+                    due = None;
                     view.publish();
                 }
                 () = until.signaled() => return,
             }
         }
     });
-    let _ = listed_rx.await;
+}
+
+/// Sleeps until `due` (forever without one).
+async fn sleep_until(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A reflector over `api`: its cache, and its changes.

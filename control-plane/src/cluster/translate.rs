@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta as KubeMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use weft_certs::{Identity, TrustDomain};
 
-use super::{ClusterState, Condition, SliceEndpoint};
+use super::{ClusterState, Condition, PodAt, ServiceEndpoints, SliceEndpoint};
 use crate::inject::{INBOUND_PORT_NAME, PROXY_CONTAINER, PROXY_VERSION_ANNOTATION};
 use crate::policy::{
     Address, Key, Kind, ObjectMeta, Port, Resource, ServiceAppProtocol, ServicePort, ServiceSpec,
@@ -35,18 +35,33 @@ pub fn translate(
 ) -> ClusterState {
     let mut state = ClusterState::default();
     for pod in pods {
-        if let Some((key, stored)) = workload(pod, trust_domain) {
-            state.resources.insert(key, stored);
+        let Some((addresses, namespace)) = pod_addresses(pod) else {
+            continue;
+        };
+        let workload = workload(pod, &addresses, trust_domain).map(|(key, stored)| {
+            state.resources.insert(key.clone(), stored);
+            key
+        });
+        for ip in addresses {
+            let at = PodAt {
+                namespace: namespace.clone(),
+                workload: workload.clone(),
+            };
+            state.pods.insert(ip, at);
         }
     }
     for service in services {
-        let Some((key, stored, cluster_ips)) = service_of(service) else {
+        let Some((key, stored, cluster_ips, ipv6)) = service_of(service) else {
             continue;
         };
         for ip in cluster_ips {
             state.cluster_ips.insert(ip, key.clone());
         }
-        state.endpoints.insert(key.clone(), Vec::new());
+        let endpoints = ServiceEndpoints {
+            ipv6,
+            listed: Vec::new(),
+        };
+        state.endpoints.insert(key.clone(), endpoints);
         state.resources.insert(key, stored);
     }
     let mut listed: HashMap<Key, BTreeMap<IpAddr, SliceEndpoint>> = HashMap::new();
@@ -60,10 +75,18 @@ pub fn translate(
         };
         stored.resource_version = stored.resource_version.max(version(&slice.metadata));
         let by_ip = listed.entry(service).or_default();
-        for endpoint in slice_endpoints(slice, &state.resources) {
-            // During a handover two slices list the same address: the readier entry counts.
-            match by_ip.get(&endpoint.ip) {
-                Some(known) if known.condition >= endpoint.condition => {}
+        for endpoint in slice_endpoints(slice, &state.pods) {
+            // During a handover two slices list the same address: the readier entry counts,
+            // and entries as ready as each other serve the ports of both.
+            match by_ip.get_mut(&endpoint.ip) {
+                Some(known) if known.condition > endpoint.condition => {}
+                Some(known) if known.condition == endpoint.condition => {
+                    for port in endpoint.ports {
+                        if !known.ports.contains(&port) {
+                            known.ports.push(port);
+                        }
+                    }
+                }
                 _ => {
                     by_ip.insert(endpoint.ip, endpoint);
                 }
@@ -78,9 +101,9 @@ pub fn translate(
                 .or_default()
                 .push(service.clone());
         }
-        state
-            .endpoints
-            .insert(service, by_ip.into_values().collect());
+        if let Some(endpoints) = state.endpoints.get_mut(&service) {
+            endpoints.listed = by_ip.into_values().collect();
+        }
     }
     for services in state.services_at.values_mut() {
         services.sort();
@@ -88,9 +111,36 @@ pub fn translate(
     state
 }
 
-/// A core Service as a Weft Service, and its cluster IPs; `None` for what is not reached over
-/// TCP through Weft (ExternalName, no TCP port).
-fn service_of(service: &core::Service) -> Option<(Key, Stored, Vec<IpAddr>)> {
+/// A Pod's addresses on the pod network and its namespace; `None` for a Pod on the node's
+/// network (its address is the node's, shared by every such Pod), without an address yet, or
+/// finished.
+fn pod_addresses(pod: &core::Pod) -> Option<(Vec<IpAddr>, String)> {
+    let status = pod.status.as_ref()?;
+    let spec = pod.spec.as_ref()?;
+    if spec.host_network == Some(true)
+        || matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"))
+    {
+        return None;
+    }
+    let mut addresses: Vec<IpAddr> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .map(|ip| ip.ip.as_str())
+        .chain(status.pod_ip.as_deref())
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    if addresses.is_empty() {
+        return None;
+    }
+    Some((addresses, pod.metadata.namespace.clone()?))
+}
+
+/// A core Service as a Weft Service, its cluster IPs and its primary IP family (`Some(true)`:
+/// IPv6); `None` for what is not reached over TCP through Weft (ExternalName, no TCP port).
+fn service_of(service: &core::Service) -> Option<(Key, Stored, Vec<IpAddr>, Option<bool>)> {
     let spec = service.spec.as_ref()?;
     if spec.type_.as_deref() == Some("ExternalName") {
         return None;
@@ -101,35 +151,42 @@ fn service_of(service: &core::Service) -> Option<(Key, Stored, Vec<IpAddr>)> {
         .flatten()
         .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "TCP"))
         .filter_map(|p| {
+            let (target_port, target_port_name) = match &p.target_port {
+                Some(IntOrString::Int(port)) => (Port::from_u32(u32::try_from(*port).ok()?), None),
+                // Each Pod resolves a name to its own port (the EndpointSlices carry the
+                // number; inbound policy looks the name up on the Pod).
+                Some(IntOrString::String(name)) => (None, Some(name.clone())),
+                None => (None, None),
+            };
             Some(ServicePort {
                 name: p.name.clone().filter(|n| !n.is_empty()),
                 port: Port::from_u32(u32::try_from(p.port).ok()?)?,
-                // A named target port resolves per Pod: the EndpointSlices carry its number.
-                target_port: match &p.target_port {
-                    Some(IntOrString::Int(port)) => Port::from_u32(u32::try_from(*port).ok()?),
-                    _ => None,
-                },
+                target_port,
                 app_protocol: p.app_protocol.as_deref().and_then(app_protocol),
+                target_port_name,
             })
         })
         .collect();
     if ports.is_empty() {
         return None;
     }
-    let cluster_ips = spec
-        .cluster_ips
+    let cluster_ips: Vec<IpAddr> = spec
+        .cluster_ip
         .iter()
-        .flatten()
-        .chain(spec.cluster_ip.iter())
+        .chain(spec.cluster_ips.iter().flatten())
         .filter_map(|ip| ip.parse().ok())
         .collect();
+    let ipv6 = match spec.ip_families.as_ref().and_then(|f| f.first()) {
+        Some(family) => Some(family == "IPv6"),
+        None => cluster_ips.first().map(IpAddr::is_ipv6),
+    };
     let spec = ServiceSpec {
         selector: spec.selector.clone().unwrap_or_default(),
         ports,
         foreign_spiffe: false,
     };
     let (key, stored) = stored(Kind::Service, &service.metadata, Spec::Service(spec))?;
-    Some((key, stored, cluster_ips))
+    Some((key, stored, cluster_ips, ipv6))
 }
 
 /// What a Service port's `appProtocol` says Weft should speak, when Weft knows the word.
@@ -137,19 +194,29 @@ fn app_protocol(name: &str) -> Option<ServiceAppProtocol> {
     serde_json::from_value(serde_json::Value::String(name.to_string())).ok()
 }
 
-/// A meshed Pod as a Workload: its IP, the identity of its ServiceAccount, the proxy's inbound
-/// port and the app's ports. `None` for a Pod without the proxy, without an IP, or finished.
-fn workload(pod: &core::Pod, trust_domain: &TrustDomain) -> Option<(Key, Stored)> {
+/// A meshed Pod (at `addresses`, the first its primary) as a Workload: its address, the identity
+/// of its ServiceAccount, the proxy's inbound port and the app's ports. `None` for a Pod without
+/// the proxy.
+fn workload(
+    pod: &core::Pod,
+    addresses: &[IpAddr],
+    trust_domain: &TrustDomain,
+) -> Option<(Key, Stored)> {
     let meshed = pod
         .metadata
         .annotations
         .as_ref()
         .is_some_and(|a| a.contains_key(PROXY_VERSION_ANNOTATION));
-    let status = pod.status.as_ref()?;
-    if !meshed || matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+    if !meshed {
         return None;
     }
-    let address: Address = status.pod_ip.as_deref()?.parse().ok()?;
+    let address = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.as_deref())
+        .and_then(|ip| ip.parse().ok())
+        .or_else(|| addresses.first().copied())
+        .map(Address::from)?;
     let spec = pod.spec.as_ref()?;
     let namespace = pod.metadata.namespace.as_deref()?;
     let service_account = spec
@@ -209,10 +276,11 @@ fn slice_service(slice: &discovery::EndpointSlice) -> Option<Key> {
     ))
 }
 
-/// A slice's endpoints with the ports it lists, each address its own entry.
+/// A slice's endpoints with the ports it lists, each address its own entry, each meshed when a
+/// meshed Pod has that address.
 fn slice_endpoints(
     slice: &discovery::EndpointSlice,
-    resources: &BTreeMap<Key, Stored>,
+    pods: &HashMap<IpAddr, PodAt>,
 ) -> Vec<SliceEndpoint> {
     if slice.address_type == "FQDN" {
         return Vec::new();
@@ -227,18 +295,8 @@ fn slice_endpoints(
             Some((p.name.clone().unwrap_or_default(), port))
         })
         .collect();
-    let namespace = slice.metadata.namespace.as_deref().unwrap_or_default();
     let mut endpoints = Vec::new();
     for endpoint in &slice.endpoints {
-        let workload = endpoint
-            .target_ref
-            .as_ref()
-            .filter(|r| r.kind.as_deref() == Some("Pod"))
-            .and_then(|r| {
-                let pod_namespace = r.namespace.as_deref().unwrap_or(namespace);
-                let key = Key::new(Kind::Workload, pod_namespace, r.name.as_deref()?);
-                resources.contains_key(&key).then_some(key)
-            });
         let condition = condition(endpoint.conditions.as_ref());
         for address in &endpoint.addresses {
             let Ok(ip) = address.parse() else {
@@ -248,14 +306,15 @@ fn slice_endpoints(
                 ip,
                 ports: ports.clone(),
                 condition,
-                workload: workload.clone(),
+                workload: pods.get(&ip).and_then(|pod| pod.workload.clone()),
             });
         }
     }
     endpoints
 }
 
-/// An endpoint's conditions; unset ones are taken as true, as the API documents.
+/// An endpoint's conditions as the API documents their absence: `ready` unset is ready,
+/// `serving` unset is as ready, `terminating` unset is not terminating.
 fn condition(conditions: Option<&discovery::EndpointConditions>) -> Condition {
     let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
     let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);

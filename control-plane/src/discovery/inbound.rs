@@ -214,8 +214,7 @@ fn authorizations<'a>(state: &'a PolicyState, workloads: &[&Stored]) -> Vec<Auth
 /// `grpc` and `kubernetes.io/h2c` are HTTP/2.
 fn app_protocols(state: &PolicyState, workloads: &[&Stored]) -> Vec<(Port, AppProtocol)> {
     let mut found = Vec::new();
-    for_each_service_port(state, workloads, |_, service_port| {
-        let port = service_port.target_port.unwrap_or(service_port.port);
+    for_each_service_port(state, workloads, |_, service_port, port| {
         let protocol = match service_port.app_protocol {
             Some(ServiceAppProtocol::Http) => AppProtocol::Http1,
             Some(ServiceAppProtocol::Grpc | ServiceAppProtocol::H2c) => AppProtocol::Http2,
@@ -232,24 +231,28 @@ fn app_protocols(state: &PolicyState, workloads: &[&Stored]) -> Vec<(Port, AppPr
 /// listed in the Service's ServicePolicy `opaquePorts`.
 fn opaque_target_ports(state: &PolicyState, workloads: &[&Stored]) -> BTreeSet<Port> {
     let mut ports = BTreeSet::new();
-    for_each_service_port(state, workloads, |service, port| {
+    for_each_service_port(state, workloads, |service, port, target| {
         let opaque = port.app_protocol == Some(ServiceAppProtocol::Tcp)
             || policy_for(state, &service.resource.key())
                 .is_some_and(|p| p.opaque_ports.contains(&port.port));
         if opaque {
-            ports.insert(port.target_port.unwrap_or(port.port));
+            ports.insert(target);
         }
     });
     ports
 }
 
-/// Calls `each` with every port of every Service that selects one of the workloads.
+/// Calls `each` with every port of every Service that selects one of the workloads, and the
+/// workload's port it targets there.
 fn for_each_service_port<'a>(
     state: &'a PolicyState,
     workloads: &[&Stored],
-    mut each: impl FnMut(&'a Stored, &'a ServicePort),
+    mut each: impl FnMut(&'a Stored, &'a ServicePort, Port),
 ) {
     for workload in workloads {
+        let Spec::Workload(spec) = &workload.resource.spec else {
+            continue;
+        };
         for service in state.of_kind(Kind::Service) {
             let Spec::Service(svc) = &service.resource.spec else {
                 continue;
@@ -258,7 +261,9 @@ fn for_each_service_port<'a>(
                 && selects(&svc.selector, &workload.resource.meta.labels)
             {
                 for port in &svc.ports {
-                    each(service, port);
+                    if let Some(target) = port.target_on(spec) {
+                        each(service, port, target);
+                    }
                 }
             }
         }

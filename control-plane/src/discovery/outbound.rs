@@ -215,14 +215,18 @@ fn cluster_ip_target(state: &PolicyState, addr: SocketAddr) -> Option<Target<'_>
     })
 }
 
-/// An endpoint of a cluster Service, dialed by its address (a headless Service's, or a Pod
-/// named directly): the Service port whose EndpointSlices list that address on that port (the
-/// first Service by namespace and name when several do).
+/// A meshed Pod dialed by its address (through a headless Service, or directly): the port of a
+/// Service of the Pod's own namespace whose EndpointSlices list that address on that port (the
+/// first by name when several do). Slices of other namespaces are not asked: anyone may write
+/// a slice listing any address.
 fn endpoint_target(state: &PolicyState, addr: SocketAddr) -> Option<Target<'_>> {
+    let pod = state.cluster.pod_at(addr.ip())?;
+    pod.workload.as_ref()?;
     state
         .cluster
         .services_listing(addr.ip())
         .iter()
+        .filter(|key| key.namespace == pod.namespace)
         .find_map(|key| {
             let (key, spec) = service_spec(state, key)?;
             let service_port = spec.ports.iter().find(|p| {
@@ -292,10 +296,7 @@ fn workload_target(state: &PolicyState, addr: SocketAddr) -> Option<Target<'_>> 
             {
                 return None;
             }
-            let service_port = svc
-                .ports
-                .iter()
-                .find(|p| p.target_port.unwrap_or(p.port) == port)?;
+            let service_port = svc.ports.iter().find(|p| p.target_on(spec) == Some(port))?;
             Some(Target {
                 key: service.resource.key(),
                 spec: svc,
@@ -449,7 +450,6 @@ fn endpoints<'a>(state: &'a PolicyState, service: &Key, port: Port) -> Vec<Endpo
             .filter_map(|(address, listed)| slice_endpoint(state, address, listed))
             .collect();
     }
-    let target_port = service_port.target_port.unwrap_or(port);
     state
         .of_kind(Kind::Workload)
         .filter(|w| {
@@ -460,6 +460,7 @@ fn endpoints<'a>(state: &'a PolicyState, service: &Key, port: Port) -> Vec<Endpo
             let Spec::Workload(workload) = &w.resource.spec else {
                 return None;
             };
+            let target_port = service_port.target_on(workload)?;
             let serves_port =
                 workload.ports.is_empty() || workload.ports.iter().any(|p| p.port == target_port);
             let dial_port = workload.proxy_port.unwrap_or(target_port);
@@ -514,12 +515,22 @@ impl<'a> RouteAt<'a, '_> {
         for<'m> RequestMatch: From<&'m M>,
     {
         let (target, resource) = (self.target, self.resource);
+        let port_name = target
+            .spec
+            .ports
+            .iter()
+            .find(|p| p.port == target.port)
+            .and_then(|p| p.name.as_deref());
         let attached = spec.parent_refs.iter().any(|p| {
             p.name == target.key.name
                 && p.namespace.as_deref().unwrap_or(resource.namespace()) == target.key.namespace
                 && p.port.is_none_or(|port| port == target.port)
+                && p.section_name
+                    .as_deref()
+                    .is_none_or(|section| Some(section) == port_name)
         });
-        if !attached {
+        // A route asking for what Weft cannot do is not served by halves.
+        if !attached || spec.unsupported().is_some() {
             return Vec::new();
         }
         let mut entries = Vec::new();

@@ -20,7 +20,7 @@ use super::registry::Caller;
 use super::{ClusterDomain, ProxyRegistry, SnapshotCache, inbound_snapshot};
 use crate::metrics::Metrics;
 use crate::policy::Port;
-use crate::policy_store::PolicyStore;
+use crate::policy_store::{PolicyState, PolicyStore};
 use crate::tls_incoming::PeerInfo;
 
 /// Snapshots queued per watch before the sender waits for the proxy.
@@ -89,10 +89,13 @@ impl DiscoveryApi {
     ) -> Result<SnapshotStream<T>, Status>
     where
         T: PartialEq + Clone + Send + 'static + Versioned,
-        F: Fn(&crate::policy_store::PolicyState) -> T + Send + 'static,
+        F: Fn(&PolicyState) -> T + Send + 'static,
     {
         let states = self.store.subscribe_state();
-        self.follow(caller, resource, states, move |state| {
+        // Nothing is sent from part of the cluster: a watch opened before the cluster's view
+        // waits for it.
+        let complete = |state: &Arc<PolicyState>| !state.cluster_pending;
+        self.follow(caller, resource, states, complete, move |state| {
             (compute(state), state.served_version_string())
         })
     }
@@ -104,6 +107,7 @@ impl DiscoveryApi {
         caller: Caller,
         resource: String,
         mut states: tokio::sync::watch::Receiver<S>,
+        complete: fn(&S) -> bool,
         compute: F,
     ) -> Result<SnapshotStream<T>, Status>
     where
@@ -135,15 +139,17 @@ impl DiscoveryApi {
             let mut last: Option<T> = None;
             loop {
                 let state = states.borrow_and_update().clone();
-                let (snapshot, version) = compute(&state);
-                if last.as_ref() != Some(&snapshot) {
-                    let mut message = snapshot.clone();
-                    message.set_version(version.clone());
-                    if tx.send(Ok(message)).await.is_err() {
-                        break;
+                if complete(&state) {
+                    let (snapshot, version) = compute(&state);
+                    if last.as_ref() != Some(&snapshot) {
+                        let mut message = snapshot.clone();
+                        message.set_version(version.clone());
+                        if tx.send(Ok(message)).await.is_err() {
+                            break;
+                        }
+                        registry.sent(&caller, &resource, &version);
+                        last = Some(snapshot);
                     }
-                    registry.sent(&caller, &resource, &version);
-                    last = Some(snapshot);
                 }
                 tokio::select! {
                     changed = states.changed() => if changed.is_err() { break },
@@ -266,6 +272,7 @@ impl Discovery for DiscoveryApi {
             caller,
             MESH_RESOURCE.to_string(),
             self.mesh.clone(),
+            |_| true,
             |mesh: &Arc<MeshSnapshot>| ((**mesh).clone(), mesh.version.clone()),
         )?;
         Ok(Response::new(stream))

@@ -297,11 +297,25 @@ impl Resource {
                 reason: format!("unknown field; {kind} has no such field"),
             });
         }
-        let warnings = unknown
+        let mut warnings: Vec<String> = unknown
             .into_iter()
             .map(|field| format!("{named}: unknown field {field:?}, ignored"))
             .collect();
+        if let Some((field, reason)) = resource.unsupported() {
+            warnings.push(format!(
+                "{named}: {field}: {reason}; the route is not served until it is (Accepted=False, UnsupportedValue)"
+            ));
+        }
         Ok(Parsed { resource, warnings })
+    }
+
+    /// For a route, the first thing in it Weft cannot do yet (see [`RouteSpec::unsupported`]).
+    pub fn unsupported(&self) -> Option<(String, String)> {
+        match &self.spec {
+            Spec::HttpRoute(spec) => spec.unsupported(),
+            Spec::GrpcRoute(spec) => spec.unsupported(),
+            _ => None,
+        }
     }
 
     /// The resource's key.

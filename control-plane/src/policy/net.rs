@@ -73,6 +73,12 @@ impl Address {
     }
 }
 
+impl From<IpAddr> for Address {
+    fn from(ip: IpAddr) -> Self {
+        Self(ip)
+    }
+}
+
 impl FromStr for Address {
     type Err = String;
 

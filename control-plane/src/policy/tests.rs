@@ -640,3 +640,69 @@ fn a_mirror_fraction_is_honoured_as_a_whole_percent_or_refused() {
         );
     }
 }
+
+/// An HTTPRoute in the shape of the Gateway API's own examples: a parent port named by
+/// `sectionName`, a query parameter match, a redirect and a rewrite Weft does not apply yet.
+const ROUTE_WITH_REDIRECTS: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: store, namespace: shop}
+spec:
+  parentRefs:
+  - {group: "", kind: Service, name: api, sectionName: http}
+  rules:
+  - matches:
+    - path: {type: PathPrefix, value: /old-shop}
+      queryParams: [{type: Exact, name: region, value: eu}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /shop}, statusCode: 301}
+  - matches: [{path: {type: PathPrefix, value: /v1}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}
+    backendRefs: [{name: api, port: 8080}]
+"#;
+
+#[test]
+fn a_route_with_filters_weft_lacks_is_kept_whole_and_reported_not_served() {
+    let doc: serde_json::Value = serde_saphyr::from_str(ROUTE_WITH_REDIRECTS).unwrap();
+    let parsed = Resource::parse_reporting(&doc, "document 1").unwrap();
+    // One line, naming the first filter Weft cannot apply and what that means for the route.
+    assert_eq!(
+        parsed.warnings,
+        [
+            "HTTPRoute shop/store: spec.rules[0].filters[0].type: \"RequestRedirect\" is not supported yet (supported: RequestHeaderModifier, ResponseHeaderModifier, RequestMirror); the route is not served until it is (Accepted=False, UnsupportedValue)"
+        ]
+    );
+    let (field, _) = parsed.resource.unsupported().unwrap();
+    assert_eq!(field, "spec.rules[0].filters[0].type");
+    // Kept as written, so nothing of the user's manifest is lost.
+    let stored = parsed.resource.to_json(1);
+    assert_eq!(
+        stored["spec"]["rules"][0]["filters"][0]["requestRedirect"]["statusCode"],
+        301
+    );
+    assert_eq!(
+        stored["spec"]["rules"][1]["filters"][0]["urlRewrite"]["path"]["replacePrefixMatch"],
+        "/v2"
+    );
+    assert_eq!(stored["spec"]["parentRefs"][0]["sectionName"], "http");
+
+    // Without them the route is fully supported, and says nothing.
+    let supported = ROUTE_WITH_REDIRECTS
+        .replace("type: RequestRedirect", "type: RequestHeaderModifier")
+        .replace(
+            "requestRedirect: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /shop}, statusCode: 301}",
+            "requestHeaderModifier: {set: [{name: x-region, value: eu}]}",
+        )
+        .replace("type: URLRewrite", "type: ResponseHeaderModifier")
+        .replace(
+            "urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}",
+            "responseHeaderModifier: {remove: [server]}",
+        );
+    let doc: serde_json::Value = serde_saphyr::from_str(&supported).unwrap();
+    let parsed = Resource::parse_reporting(&doc, "document 1").unwrap();
+    assert_eq!(parsed.warnings, Vec::<String>::new());
+    assert!(parsed.resource.unsupported().is_none());
+}

@@ -89,6 +89,25 @@ pub struct ServicePort {
     /// Default: detected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_protocol: Option<ServiceAppProtocol>,
+    /// A Kubernetes Service's target port given by name: each Pod resolves it to the number
+    /// of its own port of that name. Only the cluster's Services have one (see `cluster`).
+    #[serde(skip)]
+    pub target_port_name: Option<String>,
+}
+
+impl ServicePort {
+    /// The port `workload` serves this Service port on: the target port, the workload's port
+    /// of the target port's name (`None` when it has none), or the Service port itself.
+    pub fn target_on(&self, workload: &WorkloadSpec) -> Option<Port> {
+        match (&self.target_port_name, self.target_port) {
+            (Some(name), _) => workload
+                .ports
+                .iter()
+                .find(|p| p.name.as_ref() == Some(name))
+                .map(|p| p.port),
+            (None, target) => Some(target.unwrap_or(self.port)),
+        }
+    }
 }
 
 /// What a Service port speaks, in the words of Kubernetes' `appProtocol`.
@@ -161,6 +180,9 @@ pub struct ParentRef {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// For a Service parent (GAMMA), the name of the port the route attaches to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<Port>,
 }
@@ -238,6 +260,28 @@ pub struct RouteRule<M: RouteMatchKind> {
 pub trait RouteMatchKind {
     /// What its retries are triggered by.
     type RetryCode: RetryCode + std::fmt::Debug + Clone + PartialEq;
+}
+
+impl<M: RouteMatchKind> RouteSpec<M> {
+    /// The first thing in the route Weft cannot do yet, as a field and why. A Gateway API
+    /// implementation does not accept such a route (`Accepted=False`, `UnsupportedValue`)
+    /// rather than serve it without what it asks for.
+    pub fn unsupported(&self) -> Option<(String, String)> {
+        self.rules.iter().enumerate().find_map(|(i, rule)| {
+            rule.filters.iter().enumerate().find_map(|(j, filter)| {
+                (!SUPPORTED_FILTERS.contains(&filter.kind.as_str())).then(|| {
+                    (
+                        format!("spec.rules[{i}].filters[{j}].type"),
+                        format!(
+                            "{:?} is not supported yet (supported: {})",
+                            filter.kind,
+                            SUPPORTED_FILTERS.join(", ")
+                        ),
+                    )
+                })
+            })
+        })
+    }
 }
 
 pub type HttpRouteSpec = RouteSpec<HttpRouteMatch>;
@@ -319,7 +363,23 @@ pub struct RouteFilter {
     pub response_header_modifier: Option<HeaderModifier>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_mirror: Option<RequestMirror>,
+    /// Filters of the Gateway API Weft does not apply yet, kept as written: a route using one
+    /// is not served, and its status says so (`Accepted=False`, `UnsupportedValue`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_redirect: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "urlRewrite")]
+    pub url_rewrite: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extension_ref: Option<serde_json::Value>,
 }
+
+/// The filter types Weft applies.
+pub const SUPPORTED_FILTERS: [&str; 3] = [
+    "RequestHeaderModifier",
+    "ResponseHeaderModifier",
+    "RequestMirror",
+];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -487,14 +487,9 @@ fn check_rule_common(
                     }
                 }
             }
-            other => {
-                return fail(
-                    &format!("{field}.type"),
-                    &format!(
-                        "{other:?}: supported are RequestHeaderModifier, ResponseHeaderModifier, RequestMirror"
-                    ),
-                );
-            }
+            // Not refused: the route is kept and reported not accepted (see
+            // `RouteSpec::unsupported`), as the Gateway API asks of an implementation.
+            _ => {}
         }
     }
     if let Some(timeouts) = timeouts {

@@ -297,3 +297,46 @@ fn late_announcements_never_undo_newer_changes() {
     assert!(observe(&mut state, false, at(5), 5), "created again");
     assert_eq!(state.get(&service.key()).unwrap().resource_version, 5);
 }
+
+#[test]
+fn the_cluster_view_is_pending_until_served_and_served_beside_what_is_declared() {
+    let (_dir, store) = store();
+    store.apply(parse(SERVICE), false).unwrap();
+    store.expect_cluster();
+    assert!(store.state().cluster_pending);
+    // An empty cluster is a view too: serving it ends the wait.
+    assert!(store.set_cluster(ClusterState::default()));
+    assert!(!store.state().cluster_pending);
+    assert!(
+        !store.set_cluster(ClusterState::default()),
+        "the same view again"
+    );
+
+    let mut cluster = crate::cluster::translate_yaml(crate::cluster::TEST_CLUSTER);
+    cluster.generation = 1;
+    assert!(store.set_cluster(cluster));
+    let state = store.state();
+    // The declared Service keeps its name; the cluster's others are served beside it, never
+    // shown or changed as declared resources.
+    let api = Key::new(Kind::Service, "shop", "api");
+    assert_eq!(
+        state.get(&api).unwrap().resource_version,
+        state.declared(&api).unwrap().resource_version
+    );
+    let db = Key::new(Kind::Service, "shop", "db");
+    assert!(state.get(&db).is_some());
+    assert!(state.declared(&db).is_none());
+    let served: Vec<String> = state
+        .of_kind(Kind::Service)
+        .map(|s| s.resource.meta.name.clone())
+        .collect();
+    assert_eq!(served, ["api", "db"]);
+    assert!(matches!(
+        store.delete(&db, None),
+        Err(ChangeError::Write(WriteError::NotFound(_)))
+    ));
+    assert_eq!(
+        state.served_version_string(),
+        format!("{}.1", state.revision)
+    );
+}

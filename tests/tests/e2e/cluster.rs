@@ -46,14 +46,25 @@ impl Backend {
 
     /// A backend fronting `app`.
     pub async fn start_with(cp: &ControlPlane, name: &str, version: &str, app: App) -> Self {
-        let backend = Self::start_undeclared(cp, name, app).await;
+        let proxy = Proxy::start(cp, ProxySpec::new(API_ID).app_port(app.port)).await;
+        let backend = Self {
+            app,
+            proxy,
+            name: name.to_string(),
+        };
         cp.apply_ok(&backend.workload(version));
         backend
     }
 
-    /// A backend fronting `app` that the test makes known some other way (as a Pod).
-    pub async fn start_undeclared(cp: &ControlPlane, name: &str, app: App) -> Self {
-        let proxy = Proxy::start(cp, ProxySpec::new(API_ID).app_port(app.port)).await;
+    /// A backend whose proxy takes inbound traffic at `ip` (as a Pod's address), which the
+    /// test makes known some other way (as a Pod).
+    pub async fn start_undeclared(cp: &ControlPlane, name: &str, ip: &str) -> Self {
+        let app = start_echo_app().await;
+        let inbound = format!("{ip}:{}", weft_tests::free_port());
+        let spec = ProxySpec::new(API_ID)
+            .app_port(app.port)
+            .env("WEFT_PROXY_INBOUND_ADDR", &inbound);
+        let proxy = Proxy::start(cp, spec).await;
         Self {
             app,
             proxy,

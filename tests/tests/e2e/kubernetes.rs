@@ -133,8 +133,9 @@ async fn traffic_follows_the_clusters_endpoint_slices_pods_and_routes() {
     weft_tests::init();
     let api = FakeApiServer::start().await;
     let cp = control_plane_keeping_policy_in(&api).await;
-    let v1 = Backend::start_undeclared(&cp, "api-1", start_echo_app().await).await;
-    let v2 = Backend::start_undeclared(&cp, "api-2", start_echo_app().await).await;
+    // Each Pod its own address, as on a pod network.
+    let v1 = Backend::start_undeclared(&cp, "api-1", "127.0.0.2").await;
+    let v2 = Backend::start_undeclared(&cp, "api-2", "127.0.0.3").await;
     let client = Proxy::start(&cp, ProxySpec::new(CLIENT_ID)).await;
     let client = MeshClient::http1(client.outbound);
 
@@ -150,15 +151,15 @@ async fn traffic_follows_the_clusters_endpoint_slices_pods_and_routes() {
     )
     .await;
     assert_eq!(v1.app.request_count(), 0);
-    api.kubectl_apply(&endpoint_slice("api", "api-1")).await;
-    api.kubectl_apply(&endpoint_slice("api-v2", "api-2")).await;
+    api.kubectl_apply(&endpoint_slice("api", &v1)).await;
+    api.kubectl_apply(&endpoint_slice("api-v2", &v2)).await;
     all_traffic_reaches(&client, &v1).await;
 
-    api.kubectl_apply(&endpoint_slice("api", "api-2")).await;
+    api.kubectl_apply(&endpoint_slice("api", &v2)).await;
     all_traffic_reaches(&client, &v2).await;
     // Every watch ends with 410 Gone: the reflectors list again, and follow what comes after.
     api.compact().await;
-    api.kubectl_apply(&endpoint_slice("api", "api-1")).await;
+    api.kubectl_apply(&endpoint_slice("api", &v1)).await;
     all_traffic_reaches(&client, &v1).await;
 
     api.kubectl_apply(
@@ -192,8 +193,9 @@ fn core_service(name: &str) -> String {
     )
 }
 
-/// The EndpointSlice of Service `service`, listing Pod `pod` alone, ready.
-fn endpoint_slice(service: &str, pod: &str) -> String {
+/// The EndpointSlice of Service `service`, listing the Pod of `backend` alone, ready.
+fn endpoint_slice(service: &str, backend: &crate::cluster::Backend) -> String {
+    let (pod, ip) = (&backend.name, backend.proxy.inbound.ip());
     format!(
         r#"
 apiVersion: discovery.k8s.io/v1
@@ -201,7 +203,7 @@ kind: EndpointSlice
 metadata: {{name: {service}-abc, namespace: shop, labels: {{kubernetes.io/service-name: {service}}}}}
 addressType: IPv4
 ports: [{{name: http, port: 8080}}]
-endpoints: [{{addresses: [127.0.0.1], conditions: {{ready: true}}, targetRef: {{kind: Pod, name: {pod}, namespace: shop}}}}]
+endpoints: [{{addresses: [{ip}], conditions: {{ready: true}}, targetRef: {{kind: Pod, name: {pod}, namespace: shop}}}}]
 "#
     )
 }
@@ -219,9 +221,10 @@ spec:
   containers:
   - {{name: app, image: echo, ports: [{{name: http, containerPort: 8080}}]}}
   - {{name: weft-proxy, image: weft-proxy, ports: [{{name: weft-inbound, containerPort: {inbound}}}]}}
-status: {{phase: Running, podIP: 127.0.0.1}}
+status: {{phase: Running, podIP: {ip}}}
 "#,
         name = backend.name,
+        ip = backend.proxy.inbound.ip(),
         inbound = backend.proxy.inbound.port(),
     )
 }

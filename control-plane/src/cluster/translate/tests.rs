@@ -13,7 +13,7 @@ spec:
   clusterIPs: [10.96.0.10, "fd00::10"]
   selector: {app: api}
   ports:
-  - {name: http, port: 8080, targetPort: http}
+  - {name: http, port: 8080, targetPort: http, appProtocol: kubernetes.io/h2c}
   - {name: metrics, port: 9090, targetPort: 9090, appProtocol: http}
   - {name: dns, port: 53, protocol: UDP}
 ---
@@ -101,6 +101,33 @@ spec: {containers: [{name: db}]}
 status: {phase: Running, podIP: 10.0.0.9}
 "#;
 
+/// What a user of namespace `aaa` may write to reach for other Pods' addresses: a slice
+/// listing a meshed Pod of `shop` and an unmeshed one it claims is a meshed Pod, and a Pod on
+/// the node's network (the node's address) that looks meshed.
+pub(crate) const INTRUDER: &str = r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {name: x, namespace: aaa}
+spec: {clusterIP: 10.96.0.99, ports: [{port: 8080}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: x-abc, namespace: aaa, labels: {kubernetes.io/service-name: x}}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints:
+- addresses: [10.0.0.3]
+  targetRef: {kind: Pod, name: api-1, namespace: shop}
+- addresses: [10.0.0.1]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: node-agent, namespace: aaa, annotations: {weft.io/proxy-version: "0.1.0"}}
+spec: {hostNetwork: true, containers: [{name: agent}]}
+status: {phase: Running, podIP: 10.0.0.1}
+"#;
+
 fn service(state: &ClusterState, name: &str) -> Option<ServiceSpec> {
     match &state
         .get(&Key::new(Kind::Service, "shop", name))?
@@ -146,19 +173,27 @@ fn services_keep_their_tcp_ports_and_cluster_ips() {
                 p.name.as_deref(),
                 p.port.get(),
                 p.target_port.map(Port::get),
+                p.target_port_name.as_deref(),
                 p.app_protocol,
             )
         })
         .collect();
-    // A named target port has no one number: each EndpointSlice says it per Pod.
+    // A named target port has no one number: each Pod has its own.
     assert_eq!(
         ports,
         [
-            (Some("http"), 8080, None, None),
+            (
+                Some("http"),
+                8080,
+                None,
+                Some("http"),
+                Some(ServiceAppProtocol::H2c)
+            ),
             (
                 Some("metrics"),
                 9090,
                 Some(9090),
+                None,
                 Some(ServiceAppProtocol::Http)
             )
         ]
@@ -213,7 +248,7 @@ fn meshed_pods_are_workloads_of_their_service_accounts() {
 fn endpoints_come_from_slices_ready_first_then_serving_while_terminating() {
     let state = translate_yaml(CLUSTER);
     // The named port resolved per Pod; the terminating endpoint is held back while others are
-    // ready; an unmeshed Pod is listed without a workload.
+    // ready; an unmeshed Pod's address is listed without a workload.
     assert_eq!(
         endpoints(&state, "http"),
         [
@@ -277,5 +312,78 @@ status: {phase: Succeeded, podIP: 10.0.0.8}
         state
             .services_listing("10.0.0.7".parse().unwrap())
             .is_empty()
+    );
+}
+
+#[test]
+fn an_endpoint_is_meshed_by_the_pod_at_its_address_never_by_what_a_slice_claims() {
+    let state = translate_yaml(&format!("{CLUSTER}{INTRUDER}"));
+    let mut listed: Vec<_> = state
+        .endpoints(&Key::new(Kind::Service, "aaa", "x"), "")
+        .unwrap()
+        .into_iter()
+        .map(|(at, e)| (at.to_string(), e.workload.as_ref().map(|k| k.name.clone())))
+        .collect();
+    listed.sort();
+    // The unmeshed Pod's address stays unmeshed whatever its targetRef says; the meshed Pod's
+    // address is that Pod, without a targetRef.
+    assert_eq!(
+        listed,
+        [
+            ("10.0.0.1:8080".to_string(), Some("api-1".to_string())),
+            ("10.0.0.3:8080".to_string(), None),
+        ]
+    );
+    // A Pod on the node's network has the node's address: it is no one's endpoint.
+    let agent = Key::new(Kind::Workload, "aaa", "node-agent");
+    assert!(state.get(&agent).is_none());
+    assert_eq!(
+        state.pod_at("10.0.0.1".parse().unwrap()).unwrap().namespace,
+        "shop"
+    );
+}
+
+#[test]
+fn a_dual_stack_service_is_served_in_its_primary_family_and_its_pods_found_in_both() {
+    let dual = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {clusterIPs: [10.96.0.20, "fd00::20"], ipFamilies: [IPv4, IPv6], ports: [{port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-v4, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{port: 80}]
+endpoints: [{addresses: [10.0.0.5]}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-v6, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv6
+ports: [{port: 80}]
+endpoints: [{addresses: ["fd00:1::5"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: shop, annotations: {weft.io/proxy-version: "0.1.0"}}
+spec: {containers: [{name: web}]}
+status: {phase: Running, podIP: 10.0.0.5, podIPs: [{ip: 10.0.0.5}, {ip: "fd00:1::5"}]}
+"#;
+    let state = translate_yaml(dual);
+    let endpoints = state
+        .endpoints(&Key::new(Kind::Service, "shop", "web"), "")
+        .unwrap();
+    let addresses: Vec<String> = endpoints.iter().map(|(at, _)| at.to_string()).collect();
+    assert_eq!(addresses, ["10.0.0.5:80"], "one endpoint per Pod");
+    for ip in ["10.0.0.5", "fd00:1::5"] {
+        let pod = state.pod_at(ip.parse().unwrap()).unwrap();
+        assert_eq!(pod.workload.as_ref().unwrap().name, "web-1", "{ip}");
+    }
+    assert_eq!(
+        workload(&state, "web-1").unwrap().address.ip().to_string(),
+        "10.0.0.5",
+        "the primary address"
     );
 }

@@ -492,8 +492,33 @@ spec: {address: 192.168.1.5, proxyPort: 4143, identity: "spiffe://cluster.local/
 fn a_meshed_pod_takes_its_inbound_policy_from_the_cluster_services_selecting_it() {
     let state = on_cluster("");
     let snapshot = inbound_snapshot(&state, "spiffe://cluster.local/ns/shop/sa/api", None);
-    let metrics = snapshot.ports.iter().find(|p| p.port == 9090).unwrap();
-    assert_eq!(metrics.app_protocol, "http");
+    let protocol = |port: u32| {
+        snapshot
+            .ports
+            .iter()
+            .find(|p| p.port == port)
+            .map(|p| p.app_protocol.as_str())
+    };
+    assert_eq!(protocol(9090), Some("http"));
+    // The named target port, on each Pod's own port of that name.
+    assert_eq!(protocol(8080), Some("http2"));
+    assert_eq!(protocol(8081), Some("http2"));
+}
+
+#[test]
+fn a_slice_of_another_namespace_cannot_take_a_meshed_pods_address() {
+    let mut cluster = crate::cluster::translate_yaml(&format!(
+        "{}{}",
+        crate::cluster::TEST_CLUSTER,
+        crate::cluster::TEST_INTRUDER
+    ));
+    cluster.generation = 2;
+    let mut state = on_cluster("");
+    state.cluster = Arc::new(cluster);
+    // The Pod's own namespace's Service answers for it, never a slice elsewhere.
+    let snapshot = outbound_snapshot(&state, &ClusterDomain::default(), "10.0.0.1:8080");
+    assert_eq!(snapshot.service, "shop/api:8080");
+    assert_eq!(addresses(&snapshot.backends[0]), ["10.0.0.1:7143"]);
 }
 
 #[test]
@@ -511,4 +536,52 @@ fn a_new_cluster_view_is_a_new_snapshot_version() {
     let after = cache.outbound(&state, "api.shop:8080");
     assert_eq!(addresses(&before.backends[0]).len(), 2);
     assert_eq!(addresses(&after.backends[0]), ["10.0.0.1:7143"]);
+}
+
+#[test]
+fn a_route_attaches_to_the_port_its_section_names_and_not_when_weft_lacks_a_filter() {
+    let route = |filter: &str| {
+        format!(
+            r#"
+apiVersion: policy.weft.io/v1alpha1
+kind: Service
+metadata: {{name: web, namespace: shop}}
+spec: {{selector: {{app: web}}, ports: [{{name: http, port: 80}}, {{name: admin, port: 9000}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web, namespace: shop}}
+spec:
+  parentRefs: [{{name: web, kind: Service, sectionName: http}}]
+  rules:
+  - filters: [{{type: {filter}}}]
+    backendRefs: [{{name: web, port: 80}}]
+"#
+        )
+    };
+    let domain = ClusterDomain::default();
+    let state = state(&route(
+        "ResponseHeaderModifier, responseHeaderModifier: {remove: [server]}",
+    ));
+    assert_eq!(
+        outbound_snapshot(&state, &domain, "web.shop:80")
+            .routes
+            .len(),
+        1
+    );
+    assert!(
+        outbound_snapshot(&state, &domain, "web.shop:9000")
+            .routes
+            .is_empty(),
+        "another port of the Service"
+    );
+    // A redirect Weft cannot do: the route is not served at all, never by halves.
+    let state = self::state(&route(
+        "RequestRedirect, requestRedirect: {statusCode: 301}",
+    ));
+    assert!(
+        outbound_snapshot(&state, &domain, "web.shop:80")
+            .routes
+            .is_empty()
+    );
 }
