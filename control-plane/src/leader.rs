@@ -255,4 +255,17 @@ mod tests {
         assert_eq!(spec.lease_transitions, Some(2));
         task_c.abort();
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_leader_that_cannot_renew_steps_down_before_another_could_take_over() {
+        weft_tests::init();
+        let api = FakeApiServer::start().await;
+        let (mut leading, task) = elect(api.client().await, lease("a"), std::future::pending());
+        let task = tokio::spawn(task);
+        until(&mut leading, true).await;
+        // The API server goes away: every renewal fails from now on.
+        drop(api);
+        until(&mut leading, false).await;
+        task.abort();
+    }
 }

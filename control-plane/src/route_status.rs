@@ -10,15 +10,18 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use futures_util::StreamExt;
 use kube::Api;
 use kube::api::{DynamicObject, Patch, PatchParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::policy::{Key, Kind, ParentRef, Spec};
 use crate::policy_store::{PolicyState, Stored};
-use crate::resource_store::api_resource;
+use crate::resource_store::{api_resource, decode};
 
 /// How long a pass that failed waits before trying again (nothing else may change meanwhile).
 const RETRY: std::time::Duration = std::time::Duration::from_secs(5);
@@ -26,8 +29,9 @@ const RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 /// The `controllerName` Weft writes its status entries under.
 pub const CONTROLLER_NAME: &str = "weft.io/mesh-controller";
 
-/// Keeps the status of every route in the served state true while `leading` says so, until
-/// `stop` resolves.
+/// Keeps the status of every route true while `leading` says so, until `stop` resolves: the
+/// routes of the served state, and those the API server holds that Weft cannot read (told why,
+/// rather than left showing what an older version was).
 pub async fn keep_written(
     client: kube::Client,
     mut state: watch::Receiver<Arc<PolicyState>>,
@@ -36,6 +40,8 @@ pub async fn keep_written(
     stop: impl Future<Output = ()>,
 ) {
     let mut stop = std::pin::pin!(stop);
+    let (stored, raw_changes) = stored_routes(&client);
+    let mut raw_changes = std::pin::pin!(raw_changes);
     // What each route's status was last confirmed as, at which version of the route.
     let mut confirmed: HashMap<Key, (u64, Verdict)> = HashMap::new();
     loop {
@@ -47,22 +53,31 @@ pub async fn keep_written(
             let routes = snapshot
                 .of_kind(Kind::HttpRoute)
                 .chain(snapshot.of_kind(Kind::GrpcRoute));
-            for route in routes {
+            let served = routes.map(|route| Pending {
+                key: route.resource.key(),
+                version: route.resource_version,
+                verdict: verdict(&snapshot, route),
+                object: None,
+            });
+            let unreadable = unreadable(&stored, &snapshot);
+            let mut known = Vec::new();
+            for pending in served.chain(unreadable) {
                 // Leadership may go mid-pass: the next leader writes from then on.
                 if !*leading.borrow() {
                     break;
                 }
+                known.push(pending.key.clone());
+                let key = pending.key.clone();
                 let outcome = tokio::select! {
-                    outcome = reconcile(&client, &snapshot, route, &mut confirmed, &metrics) => outcome,
+                    outcome = reconcile(&client, pending, &mut confirmed, &metrics) => outcome,
                     () = &mut stop => return,
                 };
                 if let Err(error) = outcome {
                     failed = true;
-                    let key = route.resource.key();
                     tracing::warn!(%key, %error, "cannot write route status; retrying");
                 }
             }
-            confirmed.retain(|key, _| snapshot.get(key).is_some());
+            confirmed.retain(|key, _| known.contains(key));
         } else {
             // Another replica writes meanwhile: nothing confirmed before holds.
             confirmed.clear();
@@ -70,34 +85,107 @@ pub async fn keep_written(
         tokio::select! {
             changed = state.changed(), if lead => if changed.is_err() { return },
             changed = leading.changed() => if changed.is_err() { return },
+            Some(()) = raw_changes.next(), if lead => {}
             () = tokio::time::sleep(RETRY), if failed => {}
             () = &mut stop => return,
         }
     }
 }
 
+/// A route's status to write: what Weft says of the route at `version`.
+struct Pending {
+    key: Key,
+    version: u64,
+    verdict: Verdict,
+    /// The route as last read at `version`; read afresh when `None`.
+    object: Option<DynamicObject>,
+}
+
+/// Every HTTPRoute and GRPCRoute as the API server holds it, readable or not, and a stream
+/// that yields on each change (the watches retry on their own, and wait while the Gateway
+/// API's CRDs are missing).
+fn stored_routes(
+    client: &kube::Client,
+) -> (
+    Vec<(Kind, Store<DynamicObject>)>,
+    impl futures_util::Stream<Item = ()> + use<>,
+) {
+    let mut stores = Vec::new();
+    let mut streams = Vec::new();
+    for kind in [Kind::HttpRoute, Kind::GrpcRoute] {
+        let resource = api_resource(kind);
+        let writer = reflector::store::Writer::<DynamicObject>::new(resource.clone());
+        stores.push((kind, writer.as_reader()));
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        let changes = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .reflect(writer)
+            .filter_map(|event| async move { event.ok().map(|_| ()) });
+        streams.push(changes.boxed());
+    }
+    (stores, futures_util::stream::select_all(streams))
+}
+
+/// The stored routes Weft cannot read (and so does not serve), each not accepted with the
+/// reason.
+fn unreadable<'a>(
+    stored: &'a [(Kind, Store<DynamicObject>)],
+    snapshot: &'a PolicyState,
+) -> impl Iterator<Item = Pending> + 'a {
+    stored.iter().flat_map(move |(kind, store)| {
+        store.state().into_iter().filter_map(move |object| {
+            let key = Key::new(
+                *kind,
+                object.metadata.namespace.as_deref()?,
+                object.metadata.name.as_deref()?,
+            );
+            let version: u64 = object.metadata.resource_version.as_deref()?.parse().ok()?;
+            if snapshot
+                .declared(&key)
+                .is_some_and(|served| served.resource_version == version)
+            {
+                return None;
+            }
+            let reason = decode(*kind, (*object).clone()).err()?;
+            Some(Pending {
+                key,
+                version,
+                verdict: unreadable_verdict(&object, reason),
+                object: Some((*object).clone()),
+            })
+        })
+    })
+}
+
 /// Writes one route's status if it differs from what the API server holds.
 async fn reconcile(
     client: &kube::Client,
-    state: &PolicyState,
-    route: &Stored,
+    pending: Pending,
     confirmed: &mut HashMap<Key, (u64, Verdict)>,
     metrics: &Metrics,
 ) -> Result<(), kube::Error> {
-    let key = route.resource.key();
-    let verdict = verdict(state, route);
+    let Pending {
+        key,
+        version,
+        verdict,
+        object,
+    } = pending;
     if confirmed
         .get(&key)
-        .is_some_and(|(version, was)| *version == route.resource_version && *was == verdict)
+        .is_some_and(|(was_at, was)| *was_at == version && *was == verdict)
     {
         return Ok(());
     }
     let api: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), &key.namespace, &api_resource(key.kind));
-    let Some(object) = api.get_opt(&key.name).await? else {
-        return Ok(());
+    let object = match object {
+        Some(object) => object,
+        None => match api.get_opt(&key.name).await? {
+            Some(object) => object,
+            None => return Ok(()),
+        },
     };
-    if object.metadata.resource_version != Some(route.resource_version.to_string()) {
+    if object.metadata.resource_version != Some(version.to_string()) {
         // The served policy has not caught up with this version yet; it will, and this route's
         // status is computed again then, from the version it describes.
         return Ok(());
@@ -126,7 +214,7 @@ async fn reconcile(
             return Ok(());
         }
     }
-    confirmed.insert(key, (route.resource_version, verdict));
+    confirmed.insert(key, (version, verdict));
     Ok(())
 }
 
@@ -203,6 +291,29 @@ fn verdict(state: &PolicyState, route: &Stored) -> Verdict {
         }
     };
     Verdict { accepted, resolved }
+}
+
+/// What is said of a route Weft cannot read: not accepted at any parent, with the reason; its
+/// references not checked.
+fn unreadable_verdict(object: &DynamicObject, reason: String) -> Verdict {
+    let parents = object.data["spec"]["parentRefs"]
+        .as_array()
+        .map_or(0, Vec::len);
+    Verdict {
+        accepted: vec![
+            Said {
+                status: "False",
+                reason: "UnsupportedValue",
+                message: reason,
+            };
+            parents
+        ],
+        resolved: Said {
+            status: "Unknown",
+            reason: "Pending",
+            message: "not checked: the route is not accepted".to_string(),
+        },
+    }
 }
 
 /// Why `parent` names no port of Service `service` that Weft serves, if it does not.
@@ -408,6 +519,39 @@ spec:
             ]
         );
         assert_eq!(verdict.resolved.reason, "ResolvedRefs");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_route_weft_cannot_read_is_told_why_and_accepted_once_mended() {
+        weft_tests::init();
+        let api = FakeApiServer::start().await;
+        api.kubectl_apply(SERVICE).await;
+        api.kubectl_apply(CANARY).await;
+        let (_leader, _lead) = replica(&api, true).await;
+        api.kubectl_apply(ROUTE).await;
+        weft_status(&api, "True").await;
+        // kubectl writes past what Weft reads (no CRD schema checks a regular expression):
+        // the route is no longer served, and its status says so for its new generation.
+        let broken = ROUTE.replace(
+            "  - backendRefs:",
+            "  - matches: [{path: {type: RegularExpression, value: \"([\"}}]\n    backendRefs:",
+        );
+        api.kubectl_apply(&broken).await;
+        let status = weft_status(&api, "Unknown").await;
+        let accepted = &status["ours"]["conditions"][0];
+        assert_eq!(accepted["status"], "False");
+        assert_eq!(accepted["reason"], "UnsupportedValue");
+        let message = accepted["message"].as_str().unwrap();
+        assert!(
+            message.contains("spec.rules[0].matches[0].path.value"),
+            "{message}"
+        );
+        assert_eq!(accepted["observedGeneration"], status["generation"]);
+        assert_eq!(status["ours"]["conditions"][1]["reason"], "Pending");
+        // Mended: accepted again.
+        api.kubectl_apply(ROUTE).await;
+        let status = weft_status(&api, "True").await;
+        assert_eq!(status["ours"]["conditions"][0]["reason"], "Accepted");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -536,7 +536,8 @@ fn key_of(kind: Kind, object: &DynamicObject) -> Option<Key> {
     ))
 }
 
-fn decode(kind: Kind, object: DynamicObject) -> Result<Stored, String> {
+/// The resource `object` is, or why Weft cannot read it.
+pub(crate) fn decode(kind: Kind, object: DynamicObject) -> Result<Stored, String> {
     let name = format!(
         "{kind} {}/{}",
         object.metadata.namespace.as_deref().unwrap_or_default(),

@@ -20,7 +20,7 @@ use tokio::sync::broadcast;
 
 pub use embedded::Embedded;
 pub use kubernetes::Kubernetes;
-pub(crate) use kubernetes::api_resource;
+pub(crate) use kubernetes::{api_resource, decode};
 
 use crate::policy::{Key, Resource};
 use crate::store::StoreError;
