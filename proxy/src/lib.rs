@@ -7,6 +7,7 @@
 //! certificate comes from the control plane, which never sees its key. It depends on
 //! `weft-api`, `weft-certs` and `weft-telemetry`, never on the control plane.
 
+mod admin_config;
 mod await_ready;
 pub mod config;
 mod destination;

@@ -8,8 +8,9 @@ use std::time::SystemTime;
 use tokio::net::TcpListener;
 use weft_api::client::ControlPlaneTarget;
 use weft_certs::{ALPN_H2, ALPN_WEFT, CertStore, ClientAuth, TrustStore};
-use weft_telemetry::{AdminServer, Drain};
+use weft_telemetry::{AdminServer, ConfigView, Drain};
 
+use crate::admin_config;
 use crate::config::{self, Config};
 use crate::destination::discovery::{DiscoveryClient, DiscoverySettings};
 use crate::identity::IdentityDaemon;
@@ -149,6 +150,10 @@ pub async fn start(
         },
     );
     drain.spawn(discovery.clone().watch_proxy_wide());
+    let config_view: ConfigView = {
+        let (config, discovery) = (config.clone(), discovery.clone());
+        Arc::new(move || admin_config::render(&config, &discovery))
+    };
     let in_cluster = {
         let discovery = discovery.clone();
         Arc::new(move |ip| discovery.in_mesh(ip))
@@ -188,7 +193,8 @@ pub async fn start(
         Arc::new(move || ready_certs.is_ready_at(SystemTime::now()) && !stopping.is_draining()),
         drain.clone(),
     )
-    .with_shutdown_endpoint(config.shutdown_endpoint);
+    .with_shutdown_endpoint(config.shutdown_endpoint)
+    .with_config(config_view);
     drain.spawn(admin.serve(admin_listener));
 
     tracing::info!(

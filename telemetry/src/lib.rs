@@ -1,7 +1,7 @@
 //! Observability and lifecycle plumbing shared by `weft-proxy` and `weft-control`.
 //!
-//! Both processes expose the same admin surface (`/live`, `/ready`, `/metrics`, and optionally
-//! `/shutdown`) from one small hyper server, keep their metrics in one explicit Prometheus
+//! Both processes expose the same admin surface (`/live`, `/ready`, `/metrics`, `/log-level`,
+//! and optionally `/config` and `/shutdown`) from one small hyper server, keep their metrics in one explicit Prometheus
 //! registry passed down by parameter (never the global default), log through `tracing`, and
 //! stop through one drain signal that SIGTERM, SIGINT or `/shutdown` trips.
 
@@ -10,6 +10,6 @@ mod drain;
 mod logging;
 pub mod metrics;
 
-pub use admin::{AdminServer, Readiness};
+pub use admin::{AdminServer, ConfigView, Readiness};
 pub use drain::{Drain, wait_for_signal};
 pub use logging::init_logging;

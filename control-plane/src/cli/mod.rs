@@ -12,6 +12,7 @@ mod identity;
 mod inject;
 mod install;
 mod manifests;
+mod proxy_config;
 mod proxy_status;
 mod resources;
 mod token;
@@ -92,6 +93,8 @@ pub enum Command {
     Delete(resources::DeleteArgs),
     /// List the proxies connected to discovery and the config versions they applied.
     ProxyStatus,
+    /// Show one proxy's effective configuration and discovery state (its admin `/config`).
+    ProxyConfig(proxy_config::ProxyConfigArgs),
     /// Add the Weft proxy to the pods of Kubernetes manifests (what the admission webhook does).
     Inject(inject::InjectArgs),
     /// Remove the Weft proxy from Kubernetes manifests.
@@ -160,6 +163,7 @@ pub async fn run(cli: Cli, out: &mut impl std::io::Write) -> Result<(), CliError
             resources::delete(args, AdminClient::connect(&cli).await?, out).await
         }
         Command::ProxyStatus => proxy_status::run(AdminClient::connect(&cli).await?, out).await,
+        Command::ProxyConfig(ref args) => proxy_config::run(args, out).await,
         Command::Inject(ref args) => inject::inject(args, &cli.trust_anchor_path(), out),
         Command::Uninject(ref args) => inject::uninject(args, out),
         Command::Check(ref args) => check::run(args, out).await,

@@ -14,11 +14,12 @@ use std::time::Duration;
 
 use weft_certs::Identity;
 
+#[cfg(test)]
+pub use self::inbound::IdentityPattern;
+pub use self::inbound::PortSettings;
 pub use self::inbound::{
     AppProtocol, Authorization, DefaultAuthorization, InboundPolicy, Mode, Source,
 };
-#[cfg(test)]
-pub use self::inbound::{IdentityPattern, PortSettings};
 pub use self::matcher::{PathMatch, RequestMatch, ValueMatch};
 pub use self::networks::{MeshNetworks, NetworkError};
 

@@ -33,6 +33,11 @@ impl MeshNetworks {
             .map(Self)
     }
 
+    /// The networks, as CIDRs.
+    pub fn cidrs(&self) -> impl Iterator<Item = String> + '_ {
+        self.0.iter().map(ToString::to_string)
+    }
+
     /// True when `ip` is inside one of the networks. An IPv4 address written as IPv6
     /// (`::ffff:10.0.0.1`) counts as the IPv4 address it is.
     pub fn contains(&self, ip: IpAddr) -> bool {

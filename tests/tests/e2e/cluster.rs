@@ -19,7 +19,7 @@ pub const SERVICES: &str = r#"
 apiVersion: policy.weft.io/v1alpha1
 kind: Service
 metadata: {name: api, namespace: shop}
-spec: {selector: {app: api}, ports: [{port: 8080}]}
+spec: {selector: {app: api}, ports: [{name: http, port: 8080}]}
 ---
 apiVersion: policy.weft.io/v1alpha1
 kind: Service

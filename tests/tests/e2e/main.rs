@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin_endpoints;
 mod authz;
 mod bad_config;
 mod check;
@@ -9,6 +10,7 @@ mod cluster;
 mod drain;
 mod fake_apiserver;
 mod foreign;
+mod gateway_api;
 mod identity_api;
 mod inbound_limits;
 mod inbound_protocols;

@@ -169,6 +169,24 @@ impl DiscoveryClient {
             .is_none_or(|mesh| mesh.contains(ip))
     }
 
+    /// Every destination watched now, by name, and what discovery says of it.
+    pub fn watched(&self) -> Vec<(String, Resolved)> {
+        let mut watched: Vec<(String, Resolved)> = self
+            .inner
+            .watches
+            .lock()
+            .iter()
+            .map(|(name, watch)| (name.clone(), watch.resolved.borrow().clone()))
+            .collect();
+        watched.sort_by(|a, b| a.0.cmp(&b.0));
+        watched
+    }
+
+    /// The mesh's networks as last pushed (or configured); `None` while unknown.
+    pub fn mesh_networks(&self) -> Option<Arc<MeshNetworks>> {
+        self.inner.mesh.load_full()
+    }
+
     /// Keeps what every proxy must know — the mesh's networks and its own inbound policy — as
     /// the control plane pushes it, until drained.
     pub async fn watch_proxy_wide(self) {
@@ -251,14 +269,6 @@ impl DiscoveryClient {
             }
         });
         watch
-    }
-
-    /// Destinations watched now.
-    #[cfg(test)]
-    fn watched(&self) -> Vec<String> {
-        let mut keys: Vec<String> = self.inner.watches.lock().keys().cloned().collect();
-        keys.sort();
-        keys
     }
 }
 
@@ -412,7 +422,8 @@ mod tests {
         for destination in ["a.ns:80", "b.ns:80", "a.ns:80", "c.ns:80"] {
             assert!(client.resolve(destination).await.is_err());
         }
-        assert_eq!(client.watched(), ["a.ns:80", "c.ns:80"]);
+        let watched: Vec<String> = client.watched().into_iter().map(|(name, _)| name).collect();
+        assert_eq!(watched, ["a.ns:80", "c.ns:80"]);
         // The evicted watch's task has ended.
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(client.watched().len(), 2);

@@ -1,0 +1,73 @@
+//! A proxy's admin endpoints beyond health and metrics: `/config` (shown by `weftctl
+//! proxy-config`) and `/log-level`, changed while the proxy runs.
+
+use bytes::Bytes;
+use weft_tests::client::MeshClient;
+
+use crate::CLIENT_ID;
+use crate::cluster::{API_ID, AUTHORITY, Cluster};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_config_shows_the_configuration_and_what_discovery_said_without_secrets() {
+    let cluster = Cluster::start().await;
+    let response = cluster
+        .http()
+        .send("GET", AUTHORITY, "/", Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let admin = cluster.client.admin.to_string();
+    let (status, stdout, stderr) = cluster.cp.weftctl(&["proxy-config", &admin]);
+    assert!(status.success(), "{stderr}");
+    let config: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(config["identity"], CLIENT_ID);
+    assert_eq!(config["listeners"]["admin"], admin);
+    let api = &config["discovery"]["outbound"][AUTHORITY];
+    assert_eq!(api["state"], "found", "{config:#}");
+    assert_eq!(api["service"], "shop/api:8080");
+    let endpoints = api["backends"][0]["endpoints"].as_array().unwrap();
+    assert_eq!(endpoints.len(), 2);
+    assert!(endpoints.iter().all(|e| e["identity"] == API_ID));
+    // The token file is named, never read.
+    let token = std::fs::read_to_string(&cluster.client.token).unwrap();
+    assert!(!stdout.contains(token.trim()), "the join token leaked");
+
+    // A pod name, or anything that is not host:port: one line saying what to do.
+    let (status, _, stderr) = cluster.cp.weftctl(&["proxy-config", "web-7d9c"]);
+    assert!(!status.success());
+    assert!(stderr.contains("kubectl port-forward"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_filter_changes_while_the_proxy_runs() {
+    let cluster = Cluster::start().await;
+    let admin = cluster.client.admin;
+    let call = |method: &'static str, body: &'static str| async move {
+        let response = MeshClient::http1(admin)
+            .send(method, &admin.to_string(), "/log-level", Bytes::from(body))
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = response.into_body();
+        (status, String::from_utf8_lossy(&body).trim().to_string())
+    };
+    let (status, filter) = call("GET", "").await;
+    assert_eq!(status, 200);
+    assert!(filter.contains("weft_proxy=debug"), "{filter}");
+    assert_eq!(call("PUT", "warn,weft_proxy=info").await.0, 200);
+    let (_, filter) = call("GET", "").await;
+    assert!(
+        filter.contains("weft_proxy=info") && filter.contains("warn"),
+        "{filter}"
+    );
+    let (status, reason) = call("PUT", "weft_proxy=loud").await;
+    assert_eq!(status, 400);
+    assert!(
+        reason.contains("\"weft_proxy=loud\" is not a log filter"),
+        "{reason}"
+    );
+    // A refused filter changes nothing.
+    let (_, after) = call("GET", "").await;
+    assert_eq!(after, filter);
+}
