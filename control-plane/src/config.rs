@@ -192,6 +192,10 @@ pub struct Config {
     /// How long in-flight calls may take to finish after SIGTERM.
     #[arg(long, env = "WEFT_CONTROL_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// How log lines are written: plain or json (one object per line, for log pipelines).
+    #[arg(long, env = "WEFT_CONTROL_LOG_FORMAT", default_value = "plain")]
+    pub log_format: weft_telemetry::LogFormat,
 }
 
 fn parse_lifetime(value: &str) -> Result<Duration, String> {

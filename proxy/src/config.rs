@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use weft_certs::{Identity, TrustAnchors};
+use weft_telemetry::LogFormat;
 
 use crate::destination::MeshNetworks;
 use crate::destination::{DefaultAuthorization, Mode};
@@ -75,6 +76,8 @@ pub const ENV_MESH_NETWORKS: &str = "WEFT_PROXY_MESH_NETWORKS";
 
 /// The largest request body kept for retries and mirroring.
 pub const ENV_MAX_REPLAY_BYTES: &str = "WEFT_PROXY_MAX_REPLAY_BYTES";
+/// How the proxy's own log lines are written: `plain` (default) or `json`.
+pub const ENV_LOG_FORMAT: &str = "WEFT_PROXY_LOG_FORMAT";
 /// Request bodies up to this size are kept for a retry or a mirror, by default: enough for the
 /// small JSON and gRPC messages retries are for, small enough to hold many in flight.
 pub const DEFAULT_MAX_REPLAY_BYTES: usize = 64 * 1024;
@@ -122,6 +125,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Whether POST /shutdown is served.
     pub shutdown_endpoint: bool,
+    /// How the proxy's log lines are written.
+    pub log_format: LogFormat,
     /// Protocol detection deadline.
     pub detect_timeout: Duration,
     /// Ports of opaque TCP.
@@ -241,6 +246,8 @@ impl Config {
             shutdown_grace: duration(&var, ENV_SHUTDOWN_GRACE, "10s")?,
             shutdown_endpoint: var(ENV_SHUTDOWN_ENDPOINT)
                 .map_or(Ok(false), |v| parse(ENV_SHUTDOWN_ENDPOINT, &v))?,
+            log_format: var(ENV_LOG_FORMAT)
+                .map_or(Ok(LogFormat::default()), |v| parse(ENV_LOG_FORMAT, &v))?,
             detect_timeout: duration(&var, ENV_DETECT_TIMEOUT, "1s")?,
             max_replay_bytes: var(ENV_MAX_REPLAY_BYTES)
                 .map_or(Ok(DEFAULT_MAX_REPLAY_BYTES), |v| {

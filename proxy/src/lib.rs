@@ -90,7 +90,7 @@ pub fn main() -> ! {
         Ok(config) => config,
         Err(error) => exit_with(EXIT_USAGE, &error),
     };
-    weft_telemetry::init_logging("WEFT_PROXY_LOG", "info");
+    weft_telemetry::init_logging("WEFT_PROXY_LOG", "info", config.log_format);
     let runtime = match runtime(config.workers) {
         Ok(runtime) => runtime,
         Err(error) => exit_with(1, &format!("cannot start the runtime: {error}")),

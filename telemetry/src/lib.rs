@@ -12,4 +12,4 @@ pub mod metrics;
 
 pub use admin::{AdminServer, ConfigView, Readiness};
 pub use drain::{Drain, wait_for_signal};
-pub use logging::init_logging;
+pub use logging::{LogFormat, init_logging};

@@ -8,27 +8,59 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Registry, reload};
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Plain,
+    /// One JSON object per event (timestamp, level, fields, span), for log pipelines.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "plain" => Ok(Self::Plain),
+            "json" => Ok(Self::Json),
+            _ => Err("not a log format: plain or json".to_string()),
+        }
+    }
+}
+
 /// Installs the process's log subscriber. The filter comes from `env_var` (e.g. `WEFT_PROXY_LOG`)
 /// as comma-separated `level` or `target=level` directives (`info,weft_proxy=debug`), falling
-/// back to `default_filter`. Logs go to stderr, so stdout stays free for the CLI's output. The
-/// filter can be changed while the process runs (`PUT /log-level` on the admin server).
+/// back to `default_filter`. Logs go to stderr in `format`, so stdout stays free for the CLI's
+/// output. The filter can be changed while the process runs (`PUT /log-level` on the admin
+/// server).
 ///
 /// `Targets` rather than `EnvFilter`: it needs no regex engine, which would otherwise be paged
 /// into every sidecar's memory just to read this one variable.
-pub fn init_logging(env_var: &str, default_filter: &str) {
+pub fn init_logging(env_var: &str, default_filter: &str, format: LogFormat) {
     let filter = std::env::var(env_var)
         .ok()
         .and_then(|value| Targets::from_str(&value).ok())
         .or_else(|| Targets::from_str(default_filter).ok())
         .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
     let (filter, handle) = reload::Layer::new(filter);
-    let format = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false);
+    let plain = (format == LogFormat::Plain).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_target(false)
+    });
+    let json = (format == LogFormat::Json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_current_span(true)
+    });
     let installed = tracing_subscriber::registry()
         .with(filter)
-        .with(format)
+        .with(plain)
+        .with(json)
         .try_init()
         .is_ok();
     // Another subscriber already installed (a test's): changing this filter would change nothing.
@@ -70,6 +102,16 @@ fn not_installed() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_formats_parse_and_others_are_named() {
+        assert_eq!("json".parse::<LogFormat>(), Ok(LogFormat::Json));
+        assert_eq!(" plain".parse::<LogFormat>(), Ok(LogFormat::Plain));
+        assert_eq!(
+            "yaml".parse::<LogFormat>(),
+            Err("not a log format: plain or json".to_string())
+        );
+    }
 
     #[test]
     fn directives_parse() {

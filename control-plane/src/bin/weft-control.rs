@@ -7,7 +7,7 @@ use weft_telemetry::Drain;
 fn main() {
     weft_certs::install_default_provider();
     let config: Config = weft_control_plane::parse_args_or_exit("weft-control");
-    weft_telemetry::init_logging("WEFT_CONTROL_LOG", "info");
+    weft_telemetry::init_logging("WEFT_CONTROL_LOG", "info", config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -4,6 +4,8 @@
 use bytes::Bytes;
 use weft_tests::client::MeshClient;
 
+use weft_tests::mesh::{Proxy, ProxySpec};
+
 use crate::CLIENT_ID;
 use crate::cluster::{API_ID, AUTHORITY, Cluster};
 
@@ -70,4 +72,26 @@ async fn the_log_filter_changes_while_the_proxy_runs() {
     // A refused filter changes nothing.
     let (_, after) = call("GET", "").await;
     assert_eq!(after, filter);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let cluster = Cluster::start().await;
+    let spec = ProxySpec::new(CLIENT_ID).env("WEFT_PROXY_LOG_FORMAT", "json");
+    let proxy = Proxy::start(&cluster.cp, spec).await;
+    let log = proxy.proc.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            event["timestamp"].is_string() && event["level"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("weft-proxy started")),
+        "{log}"
+    );
 }

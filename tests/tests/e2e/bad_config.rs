@@ -87,6 +87,13 @@ fn malformed_identity() {
 }
 
 #[test]
+fn unknown_log_format() {
+    let (code, stderr) = Env::valid().set("WEFT_PROXY_LOG_FORMAT", "yaml").run();
+    assert_usage_error(code, &stderr, "WEFT_PROXY_LOG_FORMAT");
+    assert!(stderr.contains("plain or json"), "{stderr}");
+}
+
+#[test]
 fn port_in_use() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
