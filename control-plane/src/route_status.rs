@@ -7,7 +7,7 @@
 //! route, and only what differs from what the API server holds; a write is computed from the
 //! route at the version the served policy holds, and names that resourceVersion.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -17,6 +17,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 use tokio::sync::watch;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::metrics::Metrics;
 use crate::policy::{Key, Kind, ParentRef, Spec};
@@ -40,8 +41,8 @@ pub async fn keep_written(
     stop: impl Future<Output = ()>,
 ) {
     let mut stop = std::pin::pin!(stop);
-    let (stored, raw_changes) = stored_routes(&client);
-    let mut raw_changes = std::pin::pin!(raw_changes);
+    // Followed whether this replica leads or not, so a new leader starts from current objects.
+    let (stored, mut stored_changed, _following) = stored_routes(&client);
     // What each route's status was last confirmed as, at which version of the route.
     let mut confirmed: HashMap<Key, (u64, Verdict)> = HashMap::new();
     loop {
@@ -50,31 +51,41 @@ pub async fn keep_written(
         let mut failed = false;
         if lead {
             let snapshot = state.borrow_and_update().clone();
-            let routes = snapshot
+            stored_changed.mark_unchanged();
+            let unreadable: Vec<Pending> = unreadable(&stored, &snapshot).collect();
+            let broken: HashSet<Key> = unreadable.iter().map(|p| p.key.clone()).collect();
+            let served = snapshot
                 .of_kind(Kind::HttpRoute)
-                .chain(snapshot.of_kind(Kind::GrpcRoute));
-            let served = routes.map(|route| Pending {
-                key: route.resource.key(),
-                version: route.resource_version,
-                verdict: verdict(&snapshot, route),
-                object: None,
-            });
-            let unreadable = unreadable(&stored, &snapshot);
-            let mut known = Vec::new();
+                .chain(snapshot.of_kind(Kind::GrpcRoute))
+                .filter(|route| !broken.contains(&route.resource.key()))
+                .map(|route| Pending {
+                    key: route.resource.key(),
+                    version: route.resource_version,
+                    verdict: verdict(&snapshot, route),
+                    object: None,
+                });
+            let mut known = HashSet::new();
             for pending in served.chain(unreadable) {
                 // Leadership may go mid-pass: the next leader writes from then on.
                 if !*leading.borrow() {
                     break;
                 }
-                known.push(pending.key.clone());
+                known.insert(pending.key.clone());
                 let key = pending.key.clone();
                 let outcome = tokio::select! {
                     outcome = reconcile(&client, pending, &mut confirmed, &metrics) => outcome,
                     () = &mut stop => return,
                 };
-                if let Err(error) = outcome {
-                    failed = true;
-                    tracing::warn!(%key, %error, "cannot write route status; retrying");
+                match outcome {
+                    Ok(()) => {}
+                    // The route changed since it was read: its change brings another pass.
+                    Err(kube::Error::Api(status)) if status.code == 409 => {
+                        tracing::debug!(%key, "route changed while its status was written");
+                    }
+                    Err(error) => {
+                        failed = true;
+                        tracing::warn!(%key, %error, "cannot write route status; retrying");
+                    }
                 }
             }
             confirmed.retain(|key, _| known.contains(key));
@@ -85,12 +96,15 @@ pub async fn keep_written(
         tokio::select! {
             changed = state.changed(), if lead => if changed.is_err() { return },
             changed = leading.changed() => if changed.is_err() { return },
-            Some(()) = raw_changes.next(), if lead => {}
+            Ok(()) = stored_changed.changed(), if lead => {}
             () = tokio::time::sleep(RETRY), if failed => {}
             () = &mut stop => return,
         }
     }
 }
+
+/// Each route kind's objects as the API server holds them.
+type StoredRoutes = Vec<(Kind, Store<DynamicObject>)>;
 
 /// A route's status to write: what Weft says of the route at `version`.
 struct Pending {
@@ -101,15 +115,12 @@ struct Pending {
     object: Option<DynamicObject>,
 }
 
-/// Every HTTPRoute and GRPCRoute as the API server holds it, readable or not, and a stream
-/// that yields on each change (the watches retry on their own, and wait while the Gateway
-/// API's CRDs are missing).
+/// Every HTTPRoute and GRPCRoute as the API server holds it, readable or not; a receiver told
+/// of each change; and the task following them, stopped when dropped. The watches retry on
+/// their own (and wait while the Gateway API's CRDs are missing).
 fn stored_routes(
     client: &kube::Client,
-) -> (
-    Vec<(Kind, Store<DynamicObject>)>,
-    impl futures_util::Stream<Item = ()> + use<>,
-) {
+) -> (StoredRoutes, watch::Receiver<()>, AbortOnDropHandle<()>) {
     let mut stores = Vec::new();
     let mut streams = Vec::new();
     for kind in [Kind::HttpRoute, Kind::GrpcRoute] {
@@ -120,10 +131,44 @@ fn stored_routes(
         let changes = watcher(api, watcher::Config::default())
             .default_backoff()
             .reflect(writer)
-            .filter_map(|event| async move { event.ok().map(|_| ()) });
+            // Each object of a listing is not a change of its own: the listing's end is.
+            .map(|event| {
+                event.map(|event| {
+                    matches!(
+                        event,
+                        watcher::Event::Apply(_)
+                            | watcher::Event::Delete(_)
+                            | watcher::Event::InitDone
+                    )
+                })
+            });
         streams.push(changes.boxed());
     }
-    (stores, futures_util::stream::select_all(streams))
+    let (changed, receiver) = watch::channel(());
+    let mut events = futures_util::stream::select_all(streams);
+    let task = tokio::spawn(async move {
+        let mut failing = false;
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(change) => {
+                    if std::mem::take(&mut failing) {
+                        tracing::info!("route status: following the stored routes again");
+                    }
+                    if change {
+                        changed.send_replace(());
+                    }
+                }
+                Err(error) if !failing => {
+                    failing = true;
+                    tracing::warn!(%error, "route status: cannot follow the stored routes (are the Gateway API CRDs installed?); retrying");
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "route status: still cannot follow the stored routes")
+                }
+            }
+        }
+    });
+    (stores, receiver, AbortOnDropHandle::new(task))
 }
 
 /// The stored routes Weft cannot read (and so does not serve), each not accepted with the
@@ -147,6 +192,14 @@ fn unreadable<'a>(
                 return None;
             }
             let reason = decode(*kind, (*object).clone()).err()?;
+            // The store keeps serving what it last could read, rather than lose policy.
+            let reason = match snapshot.declared(&key) {
+                Some(served) => format!(
+                    "{reason}; the version before it (resourceVersion {}) is still served",
+                    served.resource_version
+                ),
+                None => format!("{reason}; not served"),
+            };
             Some(Pending {
                 key,
                 version,
@@ -531,7 +584,7 @@ spec:
         api.kubectl_apply(ROUTE).await;
         weft_status(&api, "True").await;
         // kubectl writes past what Weft reads (no CRD schema checks a regular expression):
-        // the route is no longer served, and its status says so for its new generation.
+        // the status says so for the new generation, and that the one before is still served.
         let broken = ROUTE.replace(
             "  - backendRefs:",
             "  - matches: [{path: {type: RegularExpression, value: \"([\"}}]\n    backendRefs:",
@@ -543,7 +596,8 @@ spec:
         assert_eq!(accepted["reason"], "UnsupportedValue");
         let message = accepted["message"].as_str().unwrap();
         assert!(
-            message.contains("spec.rules[0].matches[0].path.value"),
+            message.contains("spec.rules[0].matches[0].path.value")
+                && message.contains("is still served"),
             "{message}"
         );
         assert_eq!(accepted["observedGeneration"], status["generation"]);

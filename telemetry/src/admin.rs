@@ -29,6 +29,8 @@ pub type ConfigView = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// The longest `PUT /log-level` body read.
 const MAX_LOG_FILTER: usize = 4096;
+/// How long a `PUT /log-level` body may take to arrive once its headers have.
+const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Serves the admin endpoints for one process.
 #[derive(Clone)]
@@ -117,7 +119,8 @@ impl AdminServer {
         B: Body,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let local = peer.ip().is_loopback();
+        // An IPv4 client of a dual-stack socket shows as ::ffff:a.b.c.d.
+        let local = peer.ip().to_canonical().is_loopback();
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
             (&Method::GET, "/ready") if (self.ready)() && !self.drain.is_draining() => {
@@ -133,7 +136,7 @@ impl AdminServer {
             (_, "/shutdown") if self.shutdown_endpoint => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "use POST /shutdown\n")
             }
-            (_, "/config" | "/log-level") if !local => text(
+            (_, "/config") | (&Method::PUT, "/log-level") if !local => text(
                 StatusCode::FORBIDDEN,
                 "only from the pod itself (loopback), e.g. through kubectl port-forward\n",
             ),
@@ -160,17 +163,16 @@ impl AdminServer {
         B: Body,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let body = match Limited::new(req.into_body(), MAX_LOG_FILTER)
-            .collect()
-            .await
-        {
-            Ok(body) => body.to_bytes(),
-            Err(_) => {
+        let read = Limited::new(req.into_body(), MAX_LOG_FILTER).collect();
+        let body = match tokio::time::timeout(BODY_DEADLINE, read).await {
+            Ok(Ok(body)) => body.to_bytes(),
+            Ok(Err(_)) => {
                 return text(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "a log filter is at most 4096 bytes\n",
                 );
             }
+            Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "the filter came too slowly\n"),
         };
         let Ok(directives) = std::str::from_utf8(&body) else {
             return text(StatusCode::BAD_REQUEST, "the filter is not UTF-8\n");
@@ -265,11 +267,17 @@ mod tests {
             (status, body.as_str()),
             (StatusCode::OK, r#"{"identity": "x"}"#)
         );
-        let (status, _) = call(Method::GET, "/config", "", "[::1]:40000").await;
-        assert_eq!(status, StatusCode::OK);
-        // Health and metrics stay open to the kubelet and Prometheus.
-        let (status, _) = call(Method::GET, "/metrics", "", "10.0.0.7:40000").await;
-        assert_eq!(status, StatusCode::OK);
+        for local in ["[::1]:40000", "[::ffff:127.0.0.1]:40000"] {
+            let (status, _) = call(Method::GET, "/config", "", local).await;
+            assert_eq!(status, StatusCode::OK, "{local}");
+        }
+        // Health, metrics and the filter in force stay open to the kubelet and Prometheus.
+        for path in ["/metrics", "/live"] {
+            let (status, _) = call(Method::GET, path, "", "10.0.0.7:40000").await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+        }
+        let (status, _) = call(Method::GET, "/log-level", "", "10.0.0.7:40000").await;
+        assert_ne!(status, StatusCode::FORBIDDEN);
     }
 
     #[tokio::test]

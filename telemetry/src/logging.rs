@@ -90,8 +90,9 @@ pub(crate) fn set_filter(directives: &str) -> Result<String, String> {
     let targets = Targets::from_str(directives)
         .map_err(|e| format!("{directives:?} is not a log filter: {e}"))?;
     let handle = FILTER.get().ok_or_else(not_installed)?;
+    // Said under the filter being replaced, so a quieter one cannot hide that it was changed.
+    tracing::info!(filter = %directives, "changing the log filter");
     handle.reload(targets).map_err(|e| e.to_string())?;
-    tracing::info!(filter = %directives, "log filter changed");
     current_filter()
 }
 

@@ -463,9 +463,12 @@ async fn follow(
                 }
             }
             watcher::Event::Delete(object) => {
-                if let Some(stored) = readable(kind, object) {
+                // An object deleted while unreadable goes with the version last served of it.
+                let served = key_of(kind, &object).and_then(|key| known.remove(&key));
+                let revision = version_of(&object).ok();
+                if let Some(stored) = readable(kind, object).or(served) {
                     known.remove(&stored.resource.key());
-                    let revision = stored.resource_version;
+                    let revision = revision.unwrap_or(stored.resource_version);
                     changes.lock().record(
                         &events,
                         Event {
@@ -677,6 +680,8 @@ fn plural(kind: Kind) -> &'static str {
 mod tests {
     use std::time::Duration;
 
+    use kube::api::{Patch, PatchParams};
+
     use super::*;
     use crate::policy::crds;
     use crate::policy_store::PolicyStore;
@@ -743,6 +748,18 @@ mod tests {
         })
     }
 
+    /// A policy store loaded from `backend` and following it.
+    async fn followed(backend: Arc<dyn ResourceStore>) -> Arc<PolicyStore> {
+        let store = Arc::new(
+            tokio::task::spawn_blocking(move || PolicyStore::load(backend))
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+        tokio::spawn(store.clone().follow());
+        store
+    }
+
     async fn served(store: &PolicyStore, key: &Key, present: bool) {
         let mut state = store.subscribe_state();
         let shown = state.wait_for(|s| s.get(key).is_some() == present);
@@ -761,16 +778,7 @@ mod tests {
         let client = api.client().await;
         let backend = Kubernetes::connect(client.clone()).await.unwrap();
         let backend: Arc<dyn ResourceStore> = Arc::new(backend);
-        let store = {
-            let backend = backend.clone();
-            Arc::new(
-                tokio::task::spawn_blocking(move || PolicyStore::load(backend))
-                    .await
-                    .unwrap()
-                    .unwrap(),
-            )
-        };
-        tokio::spawn(store.clone().follow());
+        let store = followed(backend.clone()).await;
 
         let service = conformance::service("shop", "api", 8080);
         kubectl_apply(&client, service.to_json(0)).await;
@@ -799,6 +807,41 @@ mod tests {
             matches!(resumed, Err(WatchError::Gone { since: 1, .. })),
             "{resumed:?}"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_route_made_unreadable_keeps_being_served_until_it_is_deleted() {
+        weft_tests::init();
+        let api = FakeApiServer::start().await;
+        let client = api.client().await;
+        let store = followed(Arc::new(Kubernetes::connect(client.clone()).await.unwrap())).await;
+        let service = conformance::service("shop", "api", 8080);
+        kubectl_apply(&client, service.to_json(0)).await;
+        kubectl_apply(&client, route("r")).await;
+        let key = Key::new(Kind::HttpRoute, "shop", "r");
+        served(&store, &key, true).await;
+        let before = store.state().get(&key).unwrap().resource_version;
+        // kubectl writes a weight no CRD schema of this API server stops: Weft cannot read it.
+        let mut broken = route("r");
+        broken["spec"]["rules"][0]["backendRefs"][0]["weight"] = serde_json::json!("heavy");
+        let routes: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), "shop", &api_resource(Kind::HttpRoute));
+        let object: DynamicObject = serde_json::from_value(broken).unwrap();
+        routes
+            .patch(
+                "r",
+                &PatchParams::apply("kubectl").force(),
+                &Patch::Apply(&object),
+            )
+            .await
+            .unwrap();
+        // Another change after it, so the broken one has certainly been seen.
+        kubectl_apply(&client, route("later")).await;
+        served(&store, &Key::new(Kind::HttpRoute, "shop", "later"), true).await;
+        assert_eq!(store.state().get(&key).unwrap().resource_version, before);
+        // Deleted while unreadable: what was served of it goes too.
+        kubectl_delete(&client, &key).await;
+        served(&store, &key, false).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

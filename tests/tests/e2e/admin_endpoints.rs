@@ -9,15 +9,20 @@ use weft_tests::mesh::{Proxy, ProxySpec};
 use crate::CLIENT_ID;
 use crate::cluster::{API_ID, AUTHORITY, Cluster};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn proxy_config_shows_the_configuration_and_what_discovery_said_without_secrets() {
-    let cluster = Cluster::start().await;
+/// One request through the client proxy to `api`, answered.
+async fn call_api(cluster: &Cluster) {
     let response = cluster
         .http()
         .send("GET", AUTHORITY, "/", Bytes::new())
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_config_shows_the_configuration_and_what_discovery_said_without_secrets() {
+    let cluster = Cluster::start().await;
+    call_api(&cluster).await;
 
     let admin = cluster.client.admin.to_string();
     let (status, stdout, stderr) = cluster.cp.weftctl(&["proxy-config", &admin]);
@@ -72,6 +77,21 @@ async fn the_log_filter_changes_while_the_proxy_runs() {
     // A refused filter changes nothing.
     let (_, after) = call("GET", "").await;
     assert_eq!(after, filter);
+
+    // And the filter is the one in force: silent when off, speaking again when raised.
+    assert_eq!(call("PUT", "off").await.0, 200);
+    let quiet = cluster.client.proc.log().len();
+    call_api(&cluster).await;
+    call_api(&cluster).await;
+    assert_eq!(cluster.client.proc.log().len(), quiet, "logged while off");
+    assert_eq!(call("PUT", "trace").await.0, 200);
+    call_api(&cluster).await;
+    weft_tests::eventually(
+        "the proxy to log again",
+        std::time::Duration::from_secs(10),
+        || async { (cluster.client.proc.log().len() > quiet).then_some(()) },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,7 +100,9 @@ async fn json_logs_are_one_object_per_line() {
     let spec = ProxySpec::new(CLIENT_ID).env("WEFT_PROXY_LOG_FORMAT", "json");
     let proxy = Proxy::start(&cluster.cp, spec).await;
     let log = proxy.proc.log();
-    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    // Whole lines only: the proxy may be writing the last one.
+    let whole = &log[..log.rfind('\n').map_or(0, |end| end + 1)];
+    let lines: Vec<&str> = whole.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(!lines.is_empty());
     for line in &lines {
         let event: serde_json::Value =

@@ -36,7 +36,8 @@ async fn served_by(
     ) {
         (1, 0) => "v1",
         (0, 1) => "v2",
-        other => panic!("{method} {path} reached {other:?}"),
+        // Not one request at one backend (a retry, a stray request): no answer.
+        _ => "",
     }
 }
 
