@@ -398,6 +398,19 @@ impl PolicyStore {
     }
 }
 
+/// A store loaded from `backend` and following it (tests of backends that others write to).
+#[cfg(test)]
+pub(crate) async fn followed(backend: Arc<dyn ResourceStore>) -> Arc<PolicyStore> {
+    let store = Arc::new(
+        tokio::task::spawn_blocking(move || PolicyStore::load(backend))
+            .await
+            .expect("the load task ran")
+            .expect("the backend lists"),
+    );
+    tokio::spawn(store.clone().follow());
+    store
+}
+
 /// How long following waits after the backend failed.
 const FOLLOW_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 

@@ -457,8 +457,8 @@ mod tests {
     use weft_tests::fake_apiserver::FakeApiServer;
 
     use super::*;
-    use crate::policy_store::PolicyStore;
-    use crate::resource_store::{Kubernetes, ResourceStore};
+    use crate::policy_store::followed;
+    use crate::resource_store::Kubernetes;
 
     const SERVICE: &str = "apiVersion: policy.weft.io/v1alpha1\nkind: Service\nmetadata: {name: api, namespace: shop}\nspec: {selector: {app: api}, ports: [{port: 8080}]}\n";
     const CANARY: &str = "apiVersion: policy.weft.io/v1alpha1\nkind: Service\nmetadata: {name: canary, namespace: shop}\nspec: {selector: {app: canary}, ports: [{port: 8080}]}\n";
@@ -476,15 +476,7 @@ spec:
     /// A replica: the Kubernetes store followed, and a status writer that leads or not.
     async fn replica(api: &FakeApiServer, lead: bool) -> (Metrics, watch::Sender<bool>) {
         let client = api.client().await;
-        let backend: Arc<dyn ResourceStore> =
-            Arc::new(Kubernetes::connect(client.clone()).await.unwrap());
-        let store = Arc::new(
-            tokio::task::spawn_blocking(move || PolicyStore::load(backend))
-                .await
-                .unwrap()
-                .unwrap(),
-        );
-        tokio::spawn(store.clone().follow());
+        let store = followed(Arc::new(Kubernetes::connect(client.clone()).await.unwrap())).await;
         let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
         let (leading, receiver) = watch::channel(lead);
         tokio::spawn(keep_written(

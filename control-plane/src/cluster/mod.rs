@@ -82,6 +82,19 @@ pub enum Condition {
 }
 
 impl ClusterState {
+    /// Whether `other` serves the same: the same resources, addresses and endpoints, whatever
+    /// their versions and generation.
+    pub(crate) fn same_view(&self, other: &ClusterState) -> bool {
+        self.cluster_ips == other.cluster_ips
+            && self.endpoints == other.endpoints
+            && self.resources.len() == other.resources.len()
+            && self
+                .resources
+                .iter()
+                .zip(&other.resources)
+                .all(|((a, x), (b, y))| a == b && x.resource == y.resource)
+    }
+
     /// One derived resource.
     pub fn get(&self, key: &Key) -> Option<&Stored> {
         self.resources.get(key)

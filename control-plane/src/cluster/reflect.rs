@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use weft_certs::TrustDomain;
 use weft_telemetry::Drain;
 
-use super::{ClusterState, translate};
+use super::translate;
 use crate::policy_store::PolicyStore;
 
 /// Changes arriving together (a rollout touches a Pod and a slice at once) are taken in one
@@ -175,20 +175,5 @@ impl View {
         if self.policy.set_cluster(next) {
             self.generation += 1;
         }
-    }
-}
-
-impl ClusterState {
-    /// Whether `other` serves the same: the same resources, addresses and endpoints, whatever
-    /// their versions and generation.
-    pub(crate) fn same_view(&self, other: &ClusterState) -> bool {
-        self.cluster_ips == other.cluster_ips
-            && self.endpoints == other.endpoints
-            && self.resources.len() == other.resources.len()
-            && self
-                .resources
-                .iter()
-                .zip(&other.resources)
-                .all(|((a, x), (b, y))| a == b && x.resource == y.resource)
     }
 }

@@ -122,6 +122,17 @@ struct Target<'a> {
     workload: Option<IpAddr>,
 }
 
+impl Target<'_> {
+    /// The name of the Service port the destination names, if it has one.
+    fn port_name(&self) -> Option<&str> {
+        self.spec
+            .ports
+            .iter()
+            .find(|p| p.port == self.port)
+            .and_then(|p| p.name.as_deref())
+    }
+}
+
 /// What `destination` (`host:port`) resolves to, if it names a Service port or a workload's.
 pub fn resolve<'a>(
     state: &'a PolicyState,
@@ -247,13 +258,7 @@ fn endpoint_target(state: &PolicyState, addr: SocketAddr) -> Option<Target<'_>> 
 /// without a proxy: not Weft's to route. Placed outside the mesh, it is sent to in plaintext as
 /// the app asked; with some Pods meshed, only those are sent to.
 fn unmeshed_only(state: &PolicyState, target: &Target<'_>) -> bool {
-    let port_name = target
-        .spec
-        .ports
-        .iter()
-        .find(|p| p.port == target.port)
-        .and_then(|p| p.name.as_deref())
-        .unwrap_or_default();
+    let port_name = target.port_name().unwrap_or_default();
     let Some(listed) = state.cluster_endpoints(&target.key, port_name) else {
         return false;
     };
@@ -515,12 +520,7 @@ impl<'a> RouteAt<'a, '_> {
         for<'m> RequestMatch: From<&'m M>,
     {
         let (target, resource) = (self.target, self.resource);
-        let port_name = target
-            .spec
-            .ports
-            .iter()
-            .find(|p| p.port == target.port)
-            .and_then(|p| p.name.as_deref());
+        let port_name = target.port_name();
         let attached = spec.parent_refs.iter().any(|p| {
             p.name == target.key.name
                 && p.namespace.as_deref().unwrap_or(resource.namespace()) == target.key.namespace

@@ -684,7 +684,7 @@ mod tests {
 
     use super::*;
     use crate::policy::crds;
-    use crate::policy_store::PolicyStore;
+    use crate::policy_store::{PolicyStore, followed};
     use crate::resource_store::conformance;
     use weft_tests::fake_apiserver::FakeApiServer;
 
@@ -746,18 +746,6 @@ mod tests {
                 "rules": [{"backendRefs": [{"kind": "Service", "group": "policy.weft.io", "name": "api", "port": 8080}]}],
             },
         })
-    }
-
-    /// A policy store loaded from `backend` and following it.
-    async fn followed(backend: Arc<dyn ResourceStore>) -> Arc<PolicyStore> {
-        let store = Arc::new(
-            tokio::task::spawn_blocking(move || PolicyStore::load(backend))
-                .await
-                .unwrap()
-                .unwrap(),
-        );
-        tokio::spawn(store.clone().follow());
-        store
     }
 
     async fn served(store: &PolicyStore, key: &Key, present: bool) {
