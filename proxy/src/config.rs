@@ -78,6 +78,15 @@ pub const ENV_MESH_NETWORKS: &str = "WEFT_PROXY_MESH_NETWORKS";
 pub const ENV_MAX_REPLAY_BYTES: &str = "WEFT_PROXY_MAX_REPLAY_BYTES";
 /// How the proxy's own log lines are written: `plain` (default) or `json`.
 pub const ENV_LOG_FORMAT: &str = "WEFT_PROXY_LOG_FORMAT";
+/// The OTLP/gRPC collector spans are exported to (`http://collector:4317`); unset: no traces.
+pub const ENV_TRACE_ENDPOINT: &str = "WEFT_PROXY_TRACE_ENDPOINT";
+/// The share (0 to 1) of requests arriving without a sampling decision that are traced.
+pub const ENV_TRACE_SAMPLING: &str = "WEFT_PROXY_TRACE_SAMPLING";
+/// `json`: one access-log line per request on stdout; `off` (default).
+pub const ENV_ACCESS_LOG: &str = "WEFT_PROXY_ACCESS_LOG";
+/// Requests traced when the caller has not decided, by default: Istio's 1 %, enough to see
+/// every path of a busy service without paying for every request.
+pub const DEFAULT_TRACE_SAMPLING: f64 = 0.01;
 /// Request bodies up to this size are kept for a retry or a mirror, by default: enough for the
 /// small JSON and gRPC messages retries are for, small enough to hold many in flight.
 pub const DEFAULT_MAX_REPLAY_BYTES: usize = 64 * 1024;
@@ -127,6 +136,12 @@ pub struct Config {
     pub shutdown_endpoint: bool,
     /// How the proxy's log lines are written.
     pub log_format: LogFormat,
+    /// Where spans are exported; `None`: not traced.
+    pub trace_endpoint: Option<String>,
+    /// The share of undecided requests traced.
+    pub trace_sampling: f64,
+    /// Write an access-log line per request.
+    pub access_log: bool,
     /// Protocol detection deadline.
     pub detect_timeout: Duration,
     /// Ports of opaque TCP.
@@ -248,6 +263,12 @@ impl Config {
                 .map_or(Ok(false), |v| parse(ENV_SHUTDOWN_ENDPOINT, &v))?,
             log_format: var(ENV_LOG_FORMAT)
                 .map_or(Ok(LogFormat::default()), |v| parse(ENV_LOG_FORMAT, &v))?,
+            trace_endpoint: var(ENV_TRACE_ENDPOINT)
+                .map(|v| trace_endpoint(&v))
+                .transpose()?,
+            trace_sampling: var(ENV_TRACE_SAMPLING)
+                .map_or(Ok(DEFAULT_TRACE_SAMPLING), |v| sampling(&v))?,
+            access_log: var(ENV_ACCESS_LOG).map_or(Ok(false), |v| access_log(&v))?,
             detect_timeout: duration(&var, ENV_DETECT_TIMEOUT, "1s")?,
             max_replay_bytes: var(ENV_MAX_REPLAY_BYTES)
                 .map_or(Ok(DEFAULT_MAX_REPLAY_BYTES), |v| {
@@ -283,6 +304,52 @@ impl Config {
                 })
                 .transpose()?,
         })
+    }
+}
+
+impl Config {
+    /// How requests are observed: traced when an endpoint is set, logged when asked.
+    pub fn observer(&self) -> crate::observe::Observer {
+        crate::observe::Observer {
+            sampling: self.trace_endpoint.as_ref().map(|_| self.trace_sampling),
+            access_log: self.access_log,
+        }
+    }
+}
+
+/// An OTLP/gRPC endpoint: an `http` or `https` URL with a host.
+fn trace_endpoint(value: &str) -> Result<String, ConfigError> {
+    let error = |reason: String| ConfigError {
+        var: ENV_TRACE_ENDPOINT,
+        reason: format!("{value:?}: {reason}"),
+    };
+    let uri: http::Uri = value.trim().parse().map_err(|e| error(format!("{e}")))?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(host)) if !host.is_empty() => Ok(value.trim().to_string()),
+        _ => Err(error(
+            "not an OTLP/gRPC endpoint: give a URL such as http://otel-collector:4317".into(),
+        )),
+    }
+}
+
+fn sampling(value: &str) -> Result<f64, ConfigError> {
+    match value.trim().parse::<f64>() {
+        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+        _ => Err(ConfigError {
+            var: ENV_TRACE_SAMPLING,
+            reason: format!("{value:?}: a ratio from 0 to 1 (0.01: one request in a hundred)"),
+        }),
+    }
+}
+
+fn access_log(value: &str) -> Result<bool, ConfigError> {
+    match value.trim() {
+        "json" => Ok(true),
+        "off" | "" => Ok(false),
+        _ => Err(ConfigError {
+            var: ENV_ACCESS_LOG,
+            reason: format!("{value:?}: json or off"),
+        }),
     }
 }
 
@@ -502,6 +569,26 @@ mod tests {
                 ENV_MESH_NETWORKS,
                 "\"10.0.0.0/40\" is not a CIDR",
             ),
+            (
+                Env::valid().with(ENV_TRACE_ENDPOINT, "collector:4317"),
+                ENV_TRACE_ENDPOINT,
+                "http://otel-collector:4317",
+            ),
+            (
+                Env::valid().with(ENV_TRACE_SAMPLING, "5%"),
+                ENV_TRACE_SAMPLING,
+                "from 0 to 1",
+            ),
+            (
+                Env::valid().with(ENV_TRACE_SAMPLING, "1.5"),
+                ENV_TRACE_SAMPLING,
+                "from 0 to 1",
+            ),
+            (
+                Env::valid().with(ENV_ACCESS_LOG, "yes"),
+                ENV_ACCESS_LOG,
+                "json or off",
+            ),
         ];
         for (env, var, reason) in cases {
             let err = env.parse().unwrap_err();
@@ -509,6 +596,22 @@ mod tests {
             assert!(err.to_string().contains(reason), "{err}");
         }
         drop(env);
+    }
+
+    #[test]
+    fn observation_is_off_unless_configured() {
+        let config = Env::valid().parse().unwrap();
+        assert!(!config.observer().is_on());
+        // A sampling ratio alone (the injector always passes the annotation's) traces nothing.
+        let ratio_only = Env::valid().with(ENV_TRACE_SAMPLING, "1").parse().unwrap();
+        assert_eq!(ratio_only.observer().sampling, None);
+        let traced = Env::valid()
+            .with(ENV_TRACE_ENDPOINT, "http://127.0.0.1:4317")
+            .parse()
+            .unwrap();
+        assert_eq!(traced.observer().sampling, Some(DEFAULT_TRACE_SAMPLING));
+        let logged = Env::valid().with(ENV_ACCESS_LOG, "json").parse().unwrap();
+        assert!(logged.observer().access_log);
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod inbound;
 pub mod init;
 mod listen;
 mod metrics;
+mod observe;
 mod orig_dst;
 mod outbound;
 mod plain_http;
@@ -90,16 +91,33 @@ pub fn main() -> ! {
         Ok(config) => config,
         Err(error) => exit_with(EXIT_USAGE, &error),
     };
-    weft_telemetry::init_logging("WEFT_PROXY_LOG", "info", config.log_format);
     let runtime = match runtime(config.workers) {
         Ok(runtime) => runtime,
         Err(error) => exit_with(1, &format!("cannot start the runtime: {error}")),
     };
+    // The exporter's gRPC channel runs its tasks on the runtime.
+    let traces = config.trace_endpoint.as_ref().map(|endpoint| {
+        let _entered = runtime.enter();
+        let export = weft_telemetry::TraceExport {
+            endpoint: endpoint.clone(),
+            service_name: "weft-proxy",
+            attributes: vec![("weft.identity", config.identity.to_string())],
+        };
+        weft_telemetry::Traces::start(&export).unwrap_or_else(|error| exit_with(EXIT_USAGE, &error))
+    });
+    let logging = weft_telemetry::init_logging(weft_telemetry::LogSetup {
+        env_var: "WEFT_PROXY_LOG",
+        default_filter: "info",
+        format: config.log_format,
+        // Written when the proxy's setting or a Service's policy asks.
+        access_log: true,
+        tracer: traces.as_ref().map(weft_telemetry::Traces::tracer),
+    });
     let grace = config.shutdown_grace;
     let app_port = config.app_port;
     let code = runtime.block_on(async move {
         let (drain, inbound) = (Drain::new(), Drain::new());
-        if let Err(error) = start(config, &drain, &inbound).await {
+        if let Err(error) = start(config, &drain, &inbound, traces.as_ref()).await {
             let code = if matches!(error, StartError::Bind { .. }) {
                 EXIT_USAGE
             } else {
@@ -132,8 +150,13 @@ pub fn main() -> ! {
         if tokio::time::timeout(FINAL_DRAIN, finished).await.is_err() {
             tracing::warn!("drain deadline passed; exiting with requests in flight");
         }
+        if let Some(traces) = traces {
+            // The last spans go out while the runtime still drives the export.
+            let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+        }
         0
     });
+    drop(logging);
     std::process::exit(code)
 }
 

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use tokio::net::TcpListener;
 use weft_api::client::ControlPlaneTarget;
 use weft_certs::{ALPN_H2, ALPN_WEFT, CertStore, ClientAuth, TrustStore};
-use weft_telemetry::{AdminServer, ConfigView, Drain};
+use weft_telemetry::{AdminServer, ConfigView, Drain, Traces};
 
 use crate::admin_config;
 use crate::config::{self, Config};
@@ -55,6 +55,7 @@ pub async fn start(
     config: Config,
     drain: &Drain,
     inbound_drain: &Drain,
+    traces: Option<&Traces>,
 ) -> Result<Listening, StartError> {
     let inbound_listeners = bind_dual_stack(config::ENV_INBOUND_ADDR, config.inbound_addr)?;
     let outbound_listeners = bind_dual_stack(config::ENV_OUTBOUND_ADDR, config.outbound_addr)?;
@@ -80,6 +81,12 @@ pub async fn start(
     let registry = weft_telemetry::metrics::new_registry();
     let metrics =
         ProxyMetrics::register(&registry).map_err(|e| StartError::Setup(e.to_string()))?;
+    if let Some(traces) = traces {
+        traces
+            .register(&registry)
+            .map_err(|e| StartError::Setup(e.to_string()))?;
+    }
+    let observer = config.observer();
     let certs = CertStore::new();
     let setup = |e: rustls::Error| StartError::Setup(format!("TLS setup: {e}"));
     // The anchors from the file until the control plane pushes its bundle; every TLS config
@@ -165,6 +172,7 @@ pub async fn start(
         config.inbound_limits,
         metrics.clone(),
         config.detect_timeout,
+        observer,
     );
     for listener in inbound_listeners {
         inbound_drain.spawn(inbound.clone().serve(listener, inbound_drain.clone()));
@@ -179,6 +187,7 @@ pub async fn start(
             opaque_ports: config.opaque_ports.clone(),
             replay_limit: config.max_replay_bytes,
             max_destinations: config.max_destinations,
+            observer,
         },
     )
     .map_err(|e| StartError::Setup(format!("static routes: {e}")))?;

@@ -1,9 +1,13 @@
 //! Structured logs through `tracing`.
 
 use std::str::FromStr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
-use tracing_subscriber::filter::Targets;
+use parking_lot::Mutex;
+use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::{Targets, filter_fn};
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Registry, reload};
@@ -30,43 +34,141 @@ impl FromStr for LogFormat {
     }
 }
 
+/// The `tracing` target of access-log events: they go to stdout as JSON, never into the logs.
+pub const ACCESS_LOG_TARGET: &str = "weft_access";
+/// The `tracing` target of spans exported as traces: only these reach the exporter, so the
+/// process's own diagnostic spans never become traces.
+pub const TRACE_TARGET: &str = "weft_trace";
+
+/// Access-log lines waiting for stdout, at most; past that they are dropped rather than make
+/// a request wait on a slow log reader.
+const ACCESS_LOG_BUFFER_LINES: usize = 16 * 1024;
+
+/// What the process's subscriber writes, and where.
+#[derive(Debug)]
+pub struct LogSetup<'a> {
+    /// The variable holding the log filter (e.g. `WEFT_PROXY_LOG`).
+    pub env_var: &'a str,
+    /// The filter when the variable is unset or unreadable.
+    pub default_filter: &'a str,
+    /// How log lines look.
+    pub format: LogFormat,
+    /// Access-log events ([`ACCESS_LOG_TARGET`]) may be written (to stdout): the proxy's
+    /// own setting, or a Service's policy, decides which are.
+    pub access_log: bool,
+    /// Export spans of [`TRACE_TARGET`] with this tracer.
+    pub tracer: Option<opentelemetry_sdk::trace::Tracer>,
+}
+
+/// Holds what the subscriber writes through; dropping it flushes the access log.
+#[derive(Debug)]
+#[must_use = "dropping it loses the access log's last lines"]
+pub struct LoggingGuard(Option<AccessLogWriter>);
+
+impl Drop for LoggingGuard {
+    fn drop(&mut self) {
+        if let Some(writer) = &self.0 {
+            // Dropping the worker's guard waits for the lines already queued.
+            drop(writer.0.guard.lock().take());
+        }
+    }
+}
+
+/// Stdout through a thread of its own, started by the first access-log line: a proxy that
+/// never writes one (the access log off, and no Service asking for it) pays no thread.
+#[derive(Debug, Clone, Default)]
+struct AccessLogWriter(Arc<AccessLogState>);
+
+#[derive(Debug, Default)]
+struct AccessLogState {
+    writer: OnceLock<NonBlocking>,
+    guard: Mutex<Option<WorkerGuard>>,
+}
+
+impl<'a> MakeWriter<'a> for AccessLogWriter {
+    type Writer = NonBlocking;
+
+    fn make_writer(&'a self) -> NonBlocking {
+        self.0
+            .writer
+            .get_or_init(|| {
+                let (writer, guard) = NonBlockingBuilder::default()
+                    .lossy(true)
+                    .buffered_lines_limit(ACCESS_LOG_BUFFER_LINES)
+                    .thread_name("weft-access-log")
+                    .finish(std::io::stdout());
+                *self.0.guard.lock() = Some(guard);
+                writer
+            })
+            .clone()
+    }
+}
+
+type LogLayer = Box<dyn Layer<Registry> + Send + Sync>;
+
 /// Installs the process's log subscriber. The filter comes from `env_var` (e.g. `WEFT_PROXY_LOG`)
 /// as comma-separated `level` or `target=level` directives (`info,weft_proxy=debug`), falling
 /// back to `default_filter`. Logs go to stderr in `format`, so stdout stays free for the CLI's
-/// output. The filter can be changed while the process runs (`PUT /log-level` on the admin
-/// server).
+/// output and the access log. The filter can be changed while the process runs (`PUT
+/// /log-level` on the admin server); it never silences the access log or traces, which are
+/// switched on their own.
 ///
 /// `Targets` rather than `EnvFilter`: it needs no regex engine, which would otherwise be paged
 /// into every sidecar's memory just to read this one variable.
-pub fn init_logging(env_var: &str, default_filter: &str, format: LogFormat) {
-    let filter = std::env::var(env_var)
+pub fn init_logging(setup: LogSetup<'_>) -> LoggingGuard {
+    let filter = std::env::var(setup.env_var)
         .ok()
         .and_then(|value| Targets::from_str(&value).ok())
-        .or_else(|| Targets::from_str(default_filter).ok())
+        .or_else(|| Targets::from_str(setup.default_filter).ok())
         .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
     let (filter, handle) = reload::Layer::new(filter);
-    let plain = (format == LogFormat::Plain).then(|| {
-        tracing_subscriber::fmt::layer()
+    let logs: LogLayer = match setup.format {
+        LogFormat::Plain => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_target(false)
-    });
-    let json = (format == LogFormat::Json).then(|| {
-        tracing_subscriber::fmt::layer()
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_writer(std::io::stderr)
             .with_current_span(true)
+            .boxed(),
+    };
+    let logs = logs
+        .with_filter(filter)
+        .with_filter(filter_fn(|meta| !is_own_target(meta.target())));
+    let writer = setup.access_log.then(AccessLogWriter::default);
+    let access = writer.clone().map(|writer| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_target(false)
+            .with_level(false)
+            .with_writer(writer)
+            .with_filter(Targets::new().with_target(ACCESS_LOG_TARGET, tracing::Level::INFO))
+    });
+    let traces = setup.tracer.map(|tracer| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(Targets::new().with_target(TRACE_TARGET, tracing::Level::TRACE))
     });
     let installed = tracing_subscriber::registry()
-        .with(filter)
-        .with(plain)
-        .with(json)
+        .with(logs)
+        .with(access)
+        .with(traces)
         .try_init()
         .is_ok();
     // Another subscriber already installed (a test's): changing this filter would change nothing.
     if installed {
         let _ = FILTER.set(handle);
     }
+    LoggingGuard(writer)
+}
+
+fn is_own_target(target: &str) -> bool {
+    target == ACCESS_LOG_TARGET || target == TRACE_TARGET
 }
 
 /// The installed subscriber's filter: the log subscriber is the process's, and so is this.

@@ -176,6 +176,8 @@ async fn echo(req: Request<Incoming>, served: usize) -> Response<Body> {
         .header("x-seen-method", parts.method.as_str())
         .header("x-seen-host", host)
         .header("x-seen-path", parts.uri.path())
+        .header("x-seen-traceparent", seen(&parts.headers, "traceparent"))
+        .header("x-seen-b3", seen(&parts.headers, "b3"))
         .header(
             "x-seen-upgrade",
             parts
@@ -338,4 +340,13 @@ pub async fn start_tcp_echo(bind: &str) -> TcpEcho {
         }
     });
     TcpEcho { port, task }
+}
+
+/// A request header's value as the app saw it, "none" when absent.
+fn seen(headers: &http::HeaderMap, name: &str) -> String {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("none")
+        .to_string()
 }

@@ -14,6 +14,7 @@ pub mod fake_apiserver;
 pub mod kube_api;
 pub mod mesh;
 pub mod netns;
+pub mod otlp;
 pub mod podman;
 pub mod process;
 pub mod websocket;

@@ -7,7 +7,13 @@ use weft_telemetry::Drain;
 fn main() {
     weft_certs::install_default_provider();
     let config: Config = weft_control_plane::parse_args_or_exit("weft-control");
-    weft_telemetry::init_logging("WEFT_CONTROL_LOG", "info", config.log_format);
+    let logging = weft_telemetry::init_logging(weft_telemetry::LogSetup {
+        env_var: "WEFT_CONTROL_LOG",
+        default_filter: "info",
+        format: config.log_format,
+        access_log: false,
+        tracer: None,
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -41,5 +47,6 @@ fn main() {
         }
         0
     });
+    drop(logging);
     std::process::exit(code);
 }

@@ -189,6 +189,13 @@ fn service_policy(policy: &ServicePolicySpec) -> pb::ServicePolicy {
         circuit_breaker: policy.circuit_breaker.as_ref().map(circuit_breaker),
         connect_timeout: policy.connect_timeout.as_ref().and_then(gateway_duration),
         rate_limit: policy.rate_limit.as_ref().map(rate_limit),
+        telemetry: policy
+            .telemetry
+            .as_ref()
+            .map(|telemetry| pb::ServiceTelemetry {
+                trace_sampling: telemetry.trace_sampling,
+                access_log: telemetry.access_log,
+            }),
     }
 }
 

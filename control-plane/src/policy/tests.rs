@@ -188,6 +188,22 @@ spec:
     assert!(
         error(&policy.replace("max: 1m", "max: 1s")).contains("spec.circuitBreaker.ejection.max")
     );
+    let telemetry = format!("{policy}  telemetry: {{traceSampling: 0.25, accessLog: true}}\n");
+    let Spec::ServicePolicy(spec) = parse(&telemetry).unwrap().spec else {
+        panic!("a ServicePolicy");
+    };
+    let telemetry_spec = spec.telemetry.unwrap();
+    assert_eq!(telemetry_spec.trace_sampling, Some(0.25));
+    assert_eq!(telemetry_spec.access_log, Some(true));
+    assert!(
+        error(&telemetry.replace("0.25", "25")).contains("spec.telemetry.traceSampling"),
+        "a percentage is not a ratio"
+    );
+    let on_a_route = telemetry.replace(
+        "targetRef: {name: api}",
+        "targetRef: {kind: HTTPRoute, name: r}",
+    );
+    assert!(error(&on_a_route).contains("spec.telemetry: applies to a Service's requests"));
     let workload = r#"
 apiVersion: policy.weft.io/v1alpha1
 kind: Workload

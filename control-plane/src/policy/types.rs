@@ -450,7 +450,7 @@ pub struct GrpcMethodMatch {
     kind = "ServicePolicy",
     root = "ServicePolicyCrd",
     namespaced,
-    doc = "Traffic policy the Gateway API lacks (retry budget, load balancer, circuit breaker, connect timeout, rate limit, opaque ports), attached to a Service or a route.",
+    doc = "Traffic policy the Gateway API lacks (retry budget, load balancer, circuit breaker, connect timeout, rate limit, opaque ports, tracing and access logs), attached to a Service or a route.",
     shortname = "sp"
 )]
 #[serde(rename_all = "camelCase")]
@@ -468,6 +468,22 @@ pub struct ServicePolicySpec {
     pub rate_limit: Option<RateLimit>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub opaque_ports: Vec<Port>,
+    /// How callers' proxies trace and log requests to the Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<ServiceTelemetry>,
+}
+
+/// Tracing and access logs for requests to one Service, decided by its callers' proxies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceTelemetry {
+    /// The share (0 to 1) of requests without a caller's decision that are traced, instead of
+    /// the proxy's `WEFT_PROXY_TRACE_SAMPLING` (only where the proxy exports traces).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_sampling: Option<f64>,
+    /// Write an access-log line per request, whatever the proxy's `WEFT_PROXY_ACCESS_LOG`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -639,5 +639,16 @@ fn check_service_policy(spec: &ServicePolicySpec) -> Result<(), Failure> {
     if let Some(limit) = &spec.rate_limit {
         check_rate("spec.rateLimit", limit)?;
     }
+    if let Some(telemetry) = &spec.telemetry {
+        if spec.target_ref.target_kind() != Kind::Service {
+            return fail(
+                "spec.telemetry",
+                "applies to a Service's requests: target the Service, not a route",
+            );
+        }
+        if let Some(ratio) = telemetry.trace_sampling {
+            check_fraction("spec.telemetry.traceSampling", ratio, 0.0, 1.0)?;
+        }
+    }
     Ok(())
 }

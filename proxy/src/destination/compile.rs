@@ -12,6 +12,7 @@ use super::matcher::{PathMatch, ValueMatch};
 use super::{
     BackendSpec, CircuitBreaker, Destination, EndpointSpec, HeaderModifier, LoadBalancerKind,
     RateLimit, RequestMatch, RetryBudget, RetryPolicy, RouteEntry, Rule, ServicePolicy,
+    ServiceTelemetry,
 };
 
 /// Compiled regexes are capped: they run on every request.
@@ -401,6 +402,24 @@ fn service_policy(at: &str, p: &pb::ServicePolicy) -> Result<ServicePolicy, Comp
                     })
             })
             .transpose()?,
+        telemetry: p
+            .telemetry
+            .as_ref()
+            .map(|t| telemetry(&format!("{at}.telemetry"), t))
+            .transpose()?
+            .unwrap_or_default(),
+    })
+}
+
+fn telemetry(at: &str, t: &pb::ServiceTelemetry) -> Result<ServiceTelemetry, CompileError> {
+    if let Some(ratio) = t.trace_sampling
+        && !(0.0..=1.0).contains(&ratio)
+    {
+        return Err(error(format!("{at}.trace_sampling"), "must be from 0 to 1"));
+    }
+    Ok(ServiceTelemetry {
+        trace_sampling: t.trace_sampling,
+        access_log: t.access_log,
     })
 }
 

@@ -111,6 +111,16 @@ pub struct ServicePolicy {
     pub circuit_breaker: Option<CircuitBreaker>,
     pub connect_timeout: Option<Duration>,
     pub rate_limit: Option<RateLimit>,
+    pub telemetry: ServiceTelemetry,
+}
+
+/// How requests to the Service are traced and logged, where its policy says; `None` leaves the
+/// proxy's own configuration in force.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ServiceTelemetry {
+    /// The share of undecided requests traced (0 to 1).
+    pub trace_sampling: Option<f64>,
+    pub access_log: Option<bool>,
 }
 
 /// Retries allowed: `ratio` of requests, plus `min_per_second`, counted over `window`.

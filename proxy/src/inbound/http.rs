@@ -22,6 +22,7 @@ use crate::http_util::{
     strip_connection_headers,
 };
 use crate::metrics::{Direction, ProxyMetrics, RequestMetrics};
+use crate::observe::{Observation, Observer};
 use crate::plain_http::{PlainHttp, PlainHttpError};
 use crate::upgrade;
 
@@ -47,6 +48,7 @@ pub struct InboundHttp {
     rate_limits: InboundRateLimits,
     apps: Mutex<HashMap<SocketAddr, Arc<App>>>,
     peers: Mutex<HashSet<Identity>>,
+    observer: Observer,
 }
 
 /// One app address: its pool, and what it speaks once probed.
@@ -71,6 +73,9 @@ pub struct InboundConnection {
     app: Arc<App>,
     metrics: RequestMetrics,
     session: Session,
+    /// The client's identity and the app, as spans and access-log lines name them.
+    peer: Option<String>,
+    destination: Arc<str>,
 }
 
 /// What an accepted connection holds, and until when: a WebSocket it upgrades to keeps both.
@@ -91,14 +96,16 @@ impl std::fmt::Debug for Session {
 }
 
 impl InboundHttp {
-    /// Forwarding state with metrics in `metrics`, deciding by `policy`.
-    pub fn new(metrics: ProxyMetrics, policy: Policy) -> Self {
+    /// Forwarding state with metrics in `metrics`, deciding by `policy`, traced and logged as
+    /// `observer` says.
+    pub fn new(metrics: ProxyMetrics, policy: Policy, observer: Observer) -> Self {
         Self {
             metrics,
             policy,
             rate_limits: InboundRateLimits::default(),
             apps: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashSet::new()),
+            observer,
         }
     }
 
@@ -139,6 +146,8 @@ impl InboundHttp {
             app: pooled,
             metrics,
             session,
+            peer: peer_id,
+            destination: destination.into(),
         })
     }
 
@@ -199,15 +208,27 @@ impl App {
 
 impl InboundConnection {
     /// Authorizes, limits and forwards one request to the app.
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
+        let observation = self.shared.observer.start(
+            Direction::Inbound,
+            &mut request,
+            &self.destination,
+            self.peer.as_deref(),
+        );
         let pushed = self.shared.policy.latest();
         let response = match self.admit(pushed.as_deref(), &request) {
-            None => self.forward(pushed.as_deref(), request).await,
+            None => {
+                self.forward(pushed.as_deref(), request, observation.as_ref())
+                    .await
+            }
             Some(refusal) => refusal,
         };
         self.metrics.record(response.status(), started.elapsed());
-        response
+        match observation {
+            Some(observation) => observation.respond(response),
+            None => response,
+        }
     }
 
     /// Authorization, then the rate limits: the refusal, if any.
@@ -265,6 +286,7 @@ impl InboundConnection {
         &self,
         pushed: Option<&InboundPolicy>,
         request: Request<Incoming>,
+        observation: Option<&Observation>,
     ) -> Response<Body> {
         if request.method() == http::Method::CONNECT {
             // A tunnel into the pod would carry anything past authorization and stamping.
@@ -304,8 +326,11 @@ impl InboundConnection {
         if upgrading {
             return self.forward_upgrade(Request::from_parts(parts, body)).await;
         }
-        let request = Request::from_parts(parts, boxed(body));
-        match self.app.http.send(request).await {
+        let body = match observation {
+            Some(observation) => observation.request_body(boxed(body)),
+            None => boxed(body),
+        };
+        match self.app.http.send(Request::from_parts(parts, body)).await {
             Ok(mut response) => {
                 *response.version_mut() = client_version;
                 response
@@ -449,6 +474,7 @@ mod tests {
         let http = Arc::new(InboundHttp::new(
             ProxyMetrics::register(&registry).unwrap(),
             policy,
+            Observer::default(),
         ));
         let peer = Client {
             identity: Some("spiffe://cluster.local/ns/shop/sa/mallory".parse().unwrap()),

@@ -41,6 +41,7 @@ pub use self::policy::{Client, InboundPorts, Policy};
 use crate::destination::Mode;
 use crate::detect::{Protocol, detect};
 use crate::metrics::{Direction, InboundRefusal, ProxyMetrics};
+use crate::observe::Observer;
 use crate::orig_dst::original_dst;
 use crate::prefixed::Prefixed;
 use crate::serve::{PEER_MAX_STREAMS, ServeOptions, accept_loop, serve_http};
@@ -113,18 +114,19 @@ struct Inner {
 impl Inbound {
     /// Accepts with `tls` (which must offer ALPN `weft/1`, `h2` and `http/1.1`) and forwards as
     /// `policy` allows, within `limits`; a plaintext client's protocol is detected within
-    /// `detect_timeout`.
+    /// `detect_timeout`; requests are traced and logged as `observer` says.
     pub fn new(
         tls: Arc<rustls::ServerConfig>,
         policy: Policy,
         limits: InboundLimits,
         metrics: ProxyMetrics,
         detect_timeout: Duration,
+        observer: Observer,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 tls,
-                http: Arc::new(InboundHttp::new(metrics.clone(), policy.clone())),
+                http: Arc::new(InboundHttp::new(metrics.clone(), policy.clone(), observer)),
                 policy,
                 metrics,
                 admission: Admission::new(limits),

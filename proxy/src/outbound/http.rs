@@ -22,6 +22,7 @@ use crate::http_util::{
     Body, ORIG_PROTO, boxed, error_response, remove_weft_headers, strip_connection_headers,
 };
 use crate::metrics::{Direction, ProxyMetrics, Refusal, RequestMetrics};
+use crate::observe::Observer;
 use crate::plain_http::PlainHttp;
 use crate::stack::{DestinationRuntime, DestinationStack};
 use crate::static_routes::{Route, StaticRoutes, normalize_authority};
@@ -50,6 +51,7 @@ pub struct OutboundHttp {
     metrics: ProxyMetrics,
     unrouted: RequestMetrics,
     unmeshed: RequestMetrics,
+    observer: Observer,
 }
 
 /// Where discovery places an intercepted connection's destination address.
@@ -186,7 +188,14 @@ impl OutboundHttp {
             metrics: metrics.clone(),
             unrouted: metrics.requests(Direction::Outbound, "", "unknown"),
             unmeshed: metrics.requests(Direction::Outbound, "", "unmeshed"),
+            observer: Observer::default(),
         })
+    }
+
+    /// Traces and logs the requests it forwards to meshed destinations as `observer` says.
+    pub fn observed_by(mut self, observer: Observer) -> Self {
+        self.observer = observer;
+        self
     }
 
     /// The static route for an authority as the app wrote it.
@@ -222,7 +231,7 @@ impl OutboundHttp {
         let last = named_authority(&request)
             .and_then(|named| conn.last.lock().as_ref()?.hit(named, &self.stacks));
         if let Some((stack, authority)) = last {
-            return forward(&stack, authority, request).await;
+            return self.forward(&stack, authority, request).await;
         }
         let authority = request_authority(&request);
         let target = authority
@@ -236,7 +245,7 @@ impl OutboundHttp {
                 &authority,
                 LastRoute::Static(target.stack.clone()),
             );
-            return forward(&target.stack, authority, request).await;
+            return self.forward(&target.stack, authority, request).await;
         }
         let mut unavailable = None;
         if let (Some(discovery), Some(authority)) = (&self.discovery, &authority)
@@ -248,7 +257,7 @@ impl OutboundHttp {
                     let stack = followed.current(&self.stacks);
                     conn.remember(&request, authority, LastRoute::Discovered(followed));
                     if let Some(stack) = stack {
-                        return forward(&stack, authority.clone(), request).await;
+                        return self.forward(&stack, authority.clone(), request).await;
                     }
                 }
                 Ok((Resolved::NotFound | Resolved::Pending, _)) => {}
@@ -272,7 +281,7 @@ impl OutboundHttp {
         let started = Instant::now();
         if let Some(stack) = &conn.discovered {
             let authority = authority.unwrap_or_else(|| stack_authority(conn));
-            return forward(stack, authority, request).await;
+            return self.forward(stack, authority, request).await;
         }
         if let (Some(dst), true) = (conn.orig_dst, conn.plaintext_ok) {
             if upgrade::is_upgrade(&request) {
@@ -319,29 +328,46 @@ fn stack_authority(conn: &ConnContext) -> Authority {
         .unwrap_or_else(|| Authority::from_static("unknown"))
 }
 
-async fn forward(
-    stack: &DestinationStack,
-    authority: Authority,
-    request: Request<Incoming>,
-) -> Response<Body> {
-    if upgrade::is_websocket(&request) {
-        return forward_upgrade(stack, request).await;
+impl OutboundHttp {
+    /// Sends a request through a meshed destination's stack, observed as configured.
+    async fn forward(
+        &self,
+        stack: &DestinationStack,
+        authority: Authority,
+        mut request: Request<Incoming>,
+    ) -> Response<Body> {
+        if upgrade::is_websocket(&request) {
+            return forward_upgrade(stack, request).await;
+        }
+        if request.method() == http::Method::CONNECT {
+            // The peer would refuse it: no tunnel to a meshed workload bypasses its policy.
+            return error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "CONNECT to a meshed destination is not supported",
+            );
+        }
+        let app_version = request.version();
+        // Before the request is rewritten for the peer: the span and log line describe it as
+        // the app sent it, and the context written now travels on.
+        let telemetry = stack.telemetry;
+        let observation = self
+            .observer
+            .for_service(telemetry.trace_sampling, telemetry.access_log)
+            .start(Direction::Outbound, &mut request, &stack.service, None);
+        let request = match to_peer_request(request, authority) {
+            Ok(request) => request,
+            Err(reason) => return error_response(StatusCode::BAD_REQUEST, reason),
+        };
+        let Some(observation) = observation else {
+            let mut response = stack.handle(request).await;
+            *response.version_mut() = app_version;
+            return response;
+        };
+        let request = request.map(|body| observation.request_body(body));
+        let mut response = stack.handle(request).await;
+        *response.version_mut() = app_version;
+        observation.respond(response)
     }
-    if request.method() == http::Method::CONNECT {
-        // The peer would refuse it: no tunnel to a meshed workload bypasses its policy.
-        return error_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "CONNECT to a meshed destination is not supported",
-        );
-    }
-    let app_version = request.version();
-    let request = match to_peer_request(request, authority) {
-        Ok(request) => request,
-        Err(reason) => return error_response(StatusCode::BAD_REQUEST, reason),
-    };
-    let mut response = stack.handle(request).await;
-    *response.version_mut() = app_version;
-    response
 }
 
 /// A WebSocket handshake to a meshed destination: over an opaque mTLS stream of its own to one

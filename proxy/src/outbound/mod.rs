@@ -21,6 +21,7 @@ use self::stacks::Stacks;
 use crate::destination::discovery::DiscoveryClient;
 use crate::detect::{self, Protocol};
 use crate::metrics::{Direction, ProxyMetrics, Refusal};
+use crate::observe::Observer;
 use crate::orig_dst::original_dst;
 use crate::prefixed::Prefixed;
 use crate::serve::{ServeOptions, accept_loop, serve_http};
@@ -52,6 +53,8 @@ pub struct OutboundSettings {
     pub replay_limit: usize,
     /// Discovered destinations whose stacks are kept.
     pub max_destinations: usize,
+    /// How requests are traced and logged.
+    pub observer: Observer,
 }
 
 impl Outbound {
@@ -69,7 +72,8 @@ impl Outbound {
             settings.replay_limit,
             settings.max_destinations,
         );
-        let http = OutboundHttp::new(&routes, discovery, stacks, &pool, &metrics)?;
+        let http = OutboundHttp::new(&routes, discovery, stacks, &pool, &metrics)?
+            .observed_by(settings.observer);
         Ok(Self {
             inner: Arc::new(Inner {
                 http,

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use super::{HttpRequest, HttpResponse, ProxyError};
 use crate::destination::{CircuitBreaker, EndpointSpec, LoadBalancerKind};
+use crate::observe::Picked;
 use crate::transport::{Handshake, Peer, PeerPool};
 
 /// How an endpoint is dialed: a Weft proxy, or a foreign SPIFFE workload.
@@ -158,6 +159,7 @@ impl Balancer {
     /// Sends `request` to the endpoint chosen now, recording the outcome.
     pub async fn send(&self, request: HttpRequest) -> Result<HttpResponse, ProxyError> {
         let endpoint = self.pick()?;
+        Picked::endpoint(&request, &self.inner.backend, &endpoint.spec.identity);
         // Dropped on every path, including when a timeout above cancels this future: the request
         // must leave the pending count, and a cancelled one counts as a failure.
         let mut attempt = Attempt {

@@ -154,6 +154,8 @@ impl tower::retry::Policy<HttpRequest, HttpResponse, ProxyError> for Policy {
         *clone.uri_mut() = request.uri().clone();
         *clone.version_mut() = request.version();
         *clone.headers_mut() = request.headers().clone();
+        // What observes the request (its span, its access log) follows every attempt.
+        *clone.extensions_mut() = request.extensions().clone();
         Some(clone)
     }
 }

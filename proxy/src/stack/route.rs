@@ -18,10 +18,11 @@ use super::split::Split;
 use super::timeout::Timeout;
 use super::{BoxHttp, HttpRequest, ProxyError, ReplayBody};
 use crate::destination::{
-    CircuitBreaker, Destination, RateLimit, RequestMatch, RetryBudget, RouteEntry,
+    CircuitBreaker, Destination, RateLimit, RequestMatch, RetryBudget, RouteEntry, ServiceTelemetry,
 };
 use crate::http_util::Body;
 use crate::metrics::{Direction, ProxyMetrics, RequestMetrics};
+use crate::observe::Picked;
 use crate::transport::{Peer, PeerPool};
 
 /// A backend, and the route whose own circuit breaker it uses (if any).
@@ -50,6 +51,8 @@ pub struct DestinationStack {
     pub version: String,
     /// Its connections carry bytes, not HTTP: no protocol detection, no routes.
     pub opaque: bool,
+    /// How its requests are traced and logged, where its policy says.
+    pub telemetry: ServiceTelemetry,
     /// The Service's own endpoints, for connections forwarded as opaque streams.
     opaque_peers: Vec<Arc<Peer>>,
     routes: Vec<CompiledRoute>,
@@ -68,6 +71,7 @@ struct CompiledRoute {
     /// request, on the path nearly every request takes).
     direct: Option<Balancer>,
     requests: prometheus::IntCounter,
+    name: Arc<str>,
 }
 
 impl std::fmt::Debug for DestinationStack {
@@ -135,6 +139,7 @@ impl DestinationRuntime {
             service: service.clone(),
             version: destination.version.clone(),
             opaque: destination.opaque,
+            telemetry: destination.policy.telemetry,
             opaque_peers,
             routes,
             rate_limit: self.rate_limit(destination.policy.rate_limit),
@@ -249,6 +254,7 @@ impl DestinationRuntime {
             requests: self
                 .metrics
                 .route_requests(&destination.service, &entry.route),
+            name: entry.route.clone(),
         }
     }
 
@@ -340,6 +346,7 @@ impl DestinationStack {
             .find(|route| route.matches.matches(&request))
             .ok_or_else(|| ProxyError::NoMatch(self.service.clone()))?;
         route.requests.inc();
+        Picked::route(&request, &route.name);
         if let Some(balancer) = &route.direct {
             return balancer.send(request.map(ReplayBody::streaming_only)).await;
         }

@@ -11,12 +11,7 @@ use crate::cluster::{API_ID, AUTHORITY, Cluster};
 
 /// One request through the client proxy to `api`, answered.
 async fn call_api(cluster: &Cluster) {
-    let response = cluster
-        .http()
-        .send("GET", AUTHORITY, "/", Bytes::new())
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    cluster.get_ok("/").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,7 +46,19 @@ impl Backend {
 
     /// A backend fronting `app`.
     pub async fn start_with(cp: &ControlPlane, name: &str, version: &str, app: App) -> Self {
-        let proxy = Proxy::start(cp, ProxySpec::new(API_ID).app_port(app.port)).await;
+        Self::start_with_env(cp, name, version, app, &[]).await
+    }
+
+    /// A backend fronting `app`, its proxy configured with `env` besides.
+    pub async fn start_with_env(
+        cp: &ControlPlane,
+        name: &str,
+        version: &str,
+        app: App,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let proxy =
+            Proxy::start(cp, with_env(ProxySpec::new(API_ID).app_port(app.port), env)).await;
         let backend = Self {
             app,
             proxy,
@@ -91,18 +103,41 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start() -> Self {
+        Self::start_with_env(&[]).await
+    }
+
+    /// The cluster, every proxy configured with `env` besides.
+    pub async fn start_with_env(env: &[(&str, &str)]) -> Self {
         weft_tests::init();
         let cp = ControlPlane::start("24h").await;
         cp.apply_ok(SERVICES);
-        let v1 = Backend::start(&cp, "api-1", "v1").await;
-        let v2 = Backend::start(&cp, "api-2", "v2").await;
-        let client = Proxy::start(&cp, ProxySpec::new(CLIENT_ID)).await;
+        let v1 = Backend::start_with_env(&cp, "api-1", "v1", start_echo_app().await, env).await;
+        let v2 = Backend::start_with_env(&cp, "api-2", "v2", start_echo_app().await, env).await;
+        let client = Proxy::start(&cp, with_env(ProxySpec::new(CLIENT_ID), env)).await;
         Self { cp, v1, v2, client }
     }
 
     pub fn http(&self) -> MeshClient {
         MeshClient::http1(self.client.outbound)
     }
+
+    /// A GET of `path` through the client proxy to `api`, answered 200.
+    pub async fn get_ok(&self, path: &str) -> weft_tests::client::Collected {
+        let response = self
+            .http()
+            .send("GET", AUTHORITY, path, Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response
+    }
+}
+
+fn with_env(mut spec: ProxySpec, env: &[(&str, &str)]) -> ProxySpec {
+    for (name, value) in env {
+        spec = spec.env(name, value);
+    }
+    spec
 }
 
 /// Sends `total` GETs of `path`, `concurrency` at a time; returns the statuses (0: transport

@@ -29,6 +29,7 @@ mod refusals;
 mod revocation;
 mod rotation;
 mod store_damage;
+mod traces;
 mod traffic;
 mod trust_rotation;
 mod upgrades;
