@@ -80,6 +80,8 @@ pub fn markdown(
         Mode::Weft,
         Mode::WeftAuthz,
         Mode::WeftAuthzOff,
+        Mode::WeftTraced,
+        Mode::WeftTracedOff,
         Mode::Envoy,
     ];
     let _ = writeln!(out, "{}", targets(samples, startups));
@@ -349,6 +351,17 @@ fn targets(samples: &[Sample], startups: &[Startup]) -> String {
             out,
             "| authorization, 10 rules: sidecar CPU per 1 000 requests ≤ 105 % of the same pair without | {checked:.3} s vs {plain:.3} s: {extra:+.1} % | — | — | {} |",
             if extra <= 5.0 { "yes" } else { "**no**" }
+        );
+    }
+    let traced = of(samples, Mode::WeftTraced, at_1000, 1);
+    let untraced = of(samples, Mode::WeftTracedOff, at_1000, 1);
+    if !traced.is_empty() && !untraced.is_empty() {
+        let (plain, with) = (cpu_per_1000(&untraced), cpu_per_1000(&traced));
+        let extra = 100.0 * (with - plain) / plain;
+        let _ = writeln!(
+            out,
+            "| tracing every request (spans exported over OTLP): sidecar CPU per 1 000 requests ≤ 115 % of the same pair sampling none | {with:.3} s vs {plain:.3} s: {extra:+.1} % | — | — | {} |",
+            if extra <= 15.0 { "yes" } else { "**no**" }
         );
     }
     out

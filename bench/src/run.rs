@@ -127,10 +127,11 @@ pub async fn run(fixture: &Fixture, plan: &Plan) -> anyhow::Result<(Vec<Sample>,
             load::constant_rate(running.entry, AUTHORITY, 200, Duration::from_secs(1)).await;
             for &workload in &plan.workloads {
                 // Authorization's cost is measured where its target is set: at 1 000 req/s.
-                if mode == Mode::WeftAuthz {
+                if let Some(toggle) = Toggle::of(mode) {
                     if workload == Workload::Rate(1000) {
-                        samples
-                            .extend(authz_slices(fixture, &running, workload, plan, round).await?);
+                        samples.extend(
+                            paired_slices(toggle, fixture, &running, workload, plan, round).await?,
+                        );
                     }
                     continue;
                 }
@@ -173,12 +174,76 @@ async fn measured(
 /// server (the last, allowing one), and without them (the server's default).
 const AUTHZ_ON: &str = "bench/rule-9";
 const AUTHZ_OFF: &str = "default:all-authenticated";
+/// Long enough for a proxy's exporter to send what it recorded (it sends every 500 ms).
+const EXPORT_FLUSH: Duration = Duration::from_millis(1200);
 
-/// Authorization's cost, paired on one sidecar pair: `workload` in eight slices, the policies
-/// off, on, on, off, twice (an ABBA order, so a drift over the round cancels). Separate pairs for
+/// What a paired measurement switches on and off on one running sidecar pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Toggle {
+    /// Ten AuthorizationPolicies selecting the server, or none.
+    Authz,
+    /// The Service's policy sampling every request, or none.
+    Traces,
+}
+
+impl Toggle {
+    /// The toggle a mode is measured with, if it is one of a pair.
+    fn of(mode: Mode) -> Option<Self> {
+        match mode {
+            Mode::WeftAuthz => Some(Self::Authz),
+            Mode::WeftTraced => Some(Self::Traces),
+            _ => None,
+        }
+    }
+
+    fn mode(self, on: bool) -> Mode {
+        match (self, on) {
+            (Self::Authz, true) => Mode::WeftAuthz,
+            (Self::Authz, false) => Mode::WeftAuthzOff,
+            (Self::Traces, true) => Mode::WeftTraced,
+            (Self::Traces, false) => Mode::WeftTracedOff,
+        }
+    }
+
+    fn select(self, fixture: &Fixture, on: bool) {
+        match self {
+            Self::Authz => fixture.select_authz(on),
+            Self::Traces => fixture.select_tracing(on),
+        }
+    }
+
+    /// What shows the toggle at work: the server's decisions by the expected policy, or the
+    /// spans the client recorded (sent or dropped), once what is queued has been sent.
+    async fn count(self, fixture: &Fixture, running: &Running, on: bool) -> anyhow::Result<u64> {
+        let counted = match self {
+            Self::Authz => {
+                let policy = if on { AUTHZ_ON } else { AUTHZ_OFF };
+                fixture.authz_decisions(running, policy).await
+            }
+            Self::Traces => {
+                tokio::time::sleep(EXPORT_FLUSH).await;
+                fixture.spans_recorded(running).await
+            }
+        };
+        counted.context("a sidecar's /metrics did not answer")
+    }
+
+    /// Whether `requests` moved the count from `before` to `after` as the toggle's state says.
+    fn took_effect(self, on: bool, before: u64, after: u64, requests: u64) -> bool {
+        let counted = after.saturating_sub(before);
+        match (self, on) {
+            (Self::Authz, _) | (Self::Traces, true) => counted >= requests,
+            (Self::Traces, false) => counted == 0,
+        }
+    }
+}
+
+/// A cost measured in pairs on one sidecar pair: `workload` in eight slices, the toggle off,
+/// on, on, off, twice (an ABBA order, so a drift over the round cancels). Separate pairs for
 /// "with" and "without" differed by ±10 % in CPU per request from one pair to the next — more
-/// than the 5 % target — while the evaluation itself costs well under a microsecond.
-async fn authz_slices(
+/// than the targets — while what is toggled costs a few microseconds at most.
+async fn paired_slices(
+    toggle: Toggle,
     fixture: &Fixture,
     running: &Running,
     workload: Workload,
@@ -187,25 +252,16 @@ async fn authz_slices(
 ) -> anyhow::Result<Vec<Sample>> {
     let mut samples = Vec::new();
     for on in [false, true, true, false, false, true, true, false] {
-        let (mode, policy) = if on {
-            (Mode::WeftAuthz, AUTHZ_ON)
-        } else {
-            (Mode::WeftAuthzOff, AUTHZ_OFF)
-        };
-        fixture.select_authz(on);
-        settle(fixture, running, policy).await?;
-        let decided = || async {
-            (fixture.authz_decisions(running, policy).await)
-                .context("the server sidecar's /metrics did not answer")
-        };
-        let before = decided().await?;
+        let mode = toggle.mode(on);
+        toggle.select(fixture, on);
+        settle(toggle, fixture, running, on).await?;
+        let before = toggle.count(fixture, running, on).await?;
         let sample = measured(fixture, running, mode, workload, plan, round).await;
-        let after = decided().await?;
+        let after = toggle.count(fixture, running, on).await?;
         ensure!(
-            after.saturating_sub(before) >= sample.result.ok,
-            "{}: {} of {} requests were decided by {policy}; the slice measured something else",
+            toggle.took_effect(on, before, after, sample.result.ok),
+            "{}: {} requests moved the count from {before} to {after}; the slice measured something else",
             mode.name(),
-            after.saturating_sub(before),
             sample.result.ok
         );
         samples.push(sample);
@@ -213,19 +269,25 @@ async fn authz_slices(
     Ok(samples)
 }
 
-/// Waits until the server sidecar decides requests by `policy`: a policy change reaches it
-/// through discovery, a moment after `weftctl apply`.
-async fn settle(fixture: &Fixture, running: &Running, policy: &str) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+/// Waits until one request shows the toggle in its new state: a policy change reaches the
+/// sidecars through discovery, a moment after `weftctl apply`.
+async fn settle(
+    toggle: Toggle,
+    fixture: &Fixture,
+    running: &Running,
+    on: bool,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while tokio::time::Instant::now() < deadline {
-        let before = fixture.authz_decisions(running, policy).await.unwrap_or(0);
+        let before = toggle.count(fixture, running, on).await.unwrap_or(0);
         load::first_request(running.entry, AUTHORITY).await;
-        if fixture.authz_decisions(running, policy).await.unwrap_or(0) > before {
+        let after = toggle.count(fixture, running, on).await.unwrap_or(0);
+        if toggle.took_effect(on, before, after, 1) {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    bail!("the server sidecar did not start deciding by {policy} within 10 s")
+    bail!("{} did not take effect within 20 s", toggle.mode(on).name())
 }
 
 fn largest_rss(pids: &[u32]) -> (u64, u64) {

@@ -31,6 +31,11 @@ pub enum Mode {
     /// The same pair as `WeftAuthz`, between its slices, with the policies selecting nothing:
     /// authorization's baseline, measured on the same processes.
     WeftAuthzOff,
+    /// The Weft pair tracing every request (a Service's policy sampling all of them), spans
+    /// exported over OTLP to a collector that discards them.
+    WeftTraced,
+    /// The same pair as `WeftTraced`, between its slices, sampling none: tracing's baseline.
+    WeftTracedOff,
     Envoy,
 }
 
@@ -41,9 +46,19 @@ impl Mode {
             Mode::Weft => "weft",
             Mode::WeftAuthz => "weft + authz",
             Mode::WeftAuthzOff => "weft + authz, policies off",
+            Mode::WeftTraced => "weft + traces (100 %)",
+            Mode::WeftTracedOff => "weft + traces, sampling 0",
             Mode::Envoy => "envoy",
         }
     }
+}
+
+/// What the Weft pair runs with besides routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Extra {
+    None,
+    Authz,
+    Traces,
 }
 
 /// What every mode shares: the control plane (it signs the Envoys' certificates too, from the
@@ -53,6 +68,9 @@ pub struct Fixture {
     pub cp: ControlPlane,
     pub upstream: SocketAddr,
     _upstream: Proc,
+    /// Where traced proxies export their spans.
+    pub collector: SocketAddr,
+    _collector: Proc,
     pub dir: tempfile::TempDir,
     pub envoy: Option<PathBuf>,
     /// The same CPUs for every mode's processes, when there are two.
@@ -88,13 +106,23 @@ impl Fixture {
         command.arg("--listen").arg(upstream.to_string());
         let upstream_proc = Proc::spawn("bench-upstream", command, dir.path().join("upstream.log"));
         wait_for_port(upstream).await?;
+        let collector = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut command = Command::new(bin("bench-otlp-sink"));
+        command.arg("--listen").arg(collector.to_string());
+        let collector_proc =
+            Proc::spawn("bench-otlp-sink", command, dir.path().join("collector.log"));
+        wait_for_port(collector).await?;
         if let Some(placement) = placement {
             pin(upstream_proc.pid(), placement.upstream())?;
+            // A node's collector agent: on the server's CPU, away from the load generator.
+            pin(collector_proc.pid(), placement.upstream())?;
         }
         let fixture = Self {
             cp,
             upstream,
             _upstream: upstream_proc,
+            collector,
+            _collector: collector_proc,
             dir,
             envoy,
             placement,
@@ -125,8 +153,9 @@ impl Fixture {
                 _weft: Vec::new(),
                 _envoy: Vec::new(),
             },
-            Mode::Weft => self.run_weft(workers, false).await,
-            Mode::WeftAuthz | Mode::WeftAuthzOff => self.run_weft(workers, true).await,
+            Mode::Weft => self.run_weft(workers, Extra::None).await,
+            Mode::WeftAuthz | Mode::WeftAuthzOff => self.run_weft(workers, Extra::Authz).await,
+            Mode::WeftTraced | Mode::WeftTracedOff => self.run_weft(workers, Extra::Traces).await,
             Mode::Envoy => self.run_envoy(workers).await?,
         };
         if let Some(placement) = self.placement {
@@ -139,13 +168,23 @@ impl Fixture {
         Ok(running)
     }
 
-    /// The Weft pair; with `authz`, its server workload selected by ten AuthorizationPolicies
-    /// on the upstream's port, nine of which (path and identity rules) do not allow the client,
-    /// so every request is checked against all ten.
-    async fn run_weft(&self, workers: usize, authz: bool) -> Running {
+    /// The Weft pair; with `Extra::Authz`, its server workload selected by ten
+    /// AuthorizationPolicies on the upstream's port, nine of which (path and identity rules) do
+    /// not allow the client, so every request is checked against all ten; with `Extra::Traces`,
+    /// both proxies exporting spans (sampling none by themselves: the Service's policy decides).
+    async fn run_weft(&self, workers: usize, extra: Extra) -> Running {
+        let authz = extra == Extra::Authz;
+        let collector = format!("http://{}", self.collector);
         let quiet = |spec: ProxySpec| {
-            spec.env("WEFT_PROXY_WORKERS", &workers.to_string())
-                .env("WEFT_PROXY_LOG", "warn")
+            let spec = spec
+                .env("WEFT_PROXY_WORKERS", &workers.to_string())
+                .env("WEFT_PROXY_LOG", "warn");
+            if extra == Extra::Traces {
+                spec.env("WEFT_PROXY_TRACE_ENDPOINT", &collector)
+                    .env("WEFT_PROXY_TRACE_SAMPLING", "0")
+            } else {
+                spec
+            }
         };
         let server = Proxy::start(
             &self.cp,
@@ -165,6 +204,9 @@ impl Fixture {
         ));
         if authz {
             self.select_authz(true);
+        }
+        if extra == Extra::Traces {
+            self.select_tracing(true);
         }
         let client = Proxy::start(&self.cp, quiet(ProxySpec::new(CLIENT_ID))).await;
         Running {
@@ -229,6 +271,29 @@ impl Fixture {
             .apply_ok(&ten_authorization_policies(self.upstream.port(), selecting));
     }
 
+    /// Has the upstream Service's policy sample every request (`on`) or none.
+    pub fn select_tracing(&self, on: bool) {
+        self.cp.apply_ok(&format!(
+            "apiVersion: policy.weft.io/v1alpha1\nkind: ServicePolicy\nmetadata: {{name: upstream-tracing, namespace: bench}}\nspec:\n  targetRef: {{name: upstream}}\n  telemetry: {{traceSampling: {}}}\n",
+            if on { 1 } else { 0 }
+        ));
+    }
+
+    /// The spans the client sidecar has handed to its exporter so far: delivered or dropped.
+    pub async fn spans_recorded(&self, running: &Running) -> Option<u64> {
+        let (_, metrics) = weft_tests::client::http_get(running.admin?, "/metrics").await?;
+        Some(
+            metrics
+                .lines()
+                .filter(|l| {
+                    l.starts_with("weft_trace_spans_exported_total")
+                        || l.starts_with("weft_trace_spans_dropped_total{")
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as u64,
+        )
+    }
+
     /// The decisions the server sidecar has counted under `policy` so far.
     pub async fn authz_decisions(&self, running: &Running, policy: &str) -> Option<u64> {
         let (_, metrics) = weft_tests::client::http_get(running.server_admin?, "/metrics").await?;
@@ -250,7 +315,11 @@ impl Fixture {
         };
         match running.mode {
             Mode::Direct => "no TLS".to_string(),
-            Mode::Weft | Mode::WeftAuthz | Mode::WeftAuthzOff => {
+            Mode::Weft
+            | Mode::WeftAuthz
+            | Mode::WeftAuthzOff
+            | Mode::WeftTraced
+            | Mode::WeftTracedOff => {
                 let metrics = weft_tests::client::http_get(admin, "/metrics")
                     .await
                     .map(|(_, body)| body)

@@ -43,6 +43,9 @@ struct Args {
     /// through `WEFT_BIN_DIR`).
     #[arg(long)]
     no_authz: bool,
+    /// Skip the "weft + traces" mode (for binaries that predate tracing).
+    #[arg(long)]
+    no_traces: bool,
     /// Skip the two-worker run.
     #[arg(long)]
     one_worker_only: bool,
@@ -74,6 +77,9 @@ async fn bench(args: Args, placement: Option<Placement>) -> anyhow::Result<()> {
     let mut modes = vec![Mode::Direct, Mode::Weft];
     if !args.no_authz {
         modes.push(Mode::WeftAuthz);
+    }
+    if !args.no_traces {
+        modes.push(Mode::WeftTraced);
     }
     if args.envoy.is_some() && !args.no_envoy {
         modes.push(Mode::Envoy);
