@@ -9,7 +9,7 @@ use weft_api::admin::admin_server::AdminServer;
 use weft_api::discovery::discovery_server::DiscoveryServer;
 use weft_api::identity::identity_server::IdentityServer;
 use weft_certs::{ALPN_H2, CertStore, ClientAuth, TrustDomain};
-use weft_telemetry::Drain;
+use weft_telemetry::{Drain, GrpcCallMetrics, GrpcCalls};
 
 use crate::admin_api::{AdminApi, IdentityAdmin, RequireAdmin, ResourceAdmin, TokenAdmin};
 use crate::admin_credential::{ADMIN_TOKEN_FILE, AdminCredential};
@@ -146,7 +146,11 @@ pub struct Running {
 }
 
 /// Loads state, binds every listener, and spawns the servers on `drain`.
-pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError> {
+pub async fn start(
+    config: &Config,
+    drain: &Drain,
+    traces: Option<&weft_telemetry::Traces>,
+) -> Result<Running, StartError> {
     // Bind first: a port in use must fail before any state is created.
     let proxy_listener = bind("--proxy-api-addr", config.proxy_api_addr).await?;
     let admin_listener = bind("--admin-addr", config.admin_addr).await?;
@@ -208,6 +212,26 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
 
     let registry = weft_telemetry::metrics::new_registry();
     let metrics = Metrics::register(&registry).map_err(|e| StartError::Setup(e.to_string()))?;
+    if let Some(traces) = traces {
+        traces
+            .register(&registry)
+            .map_err(|e| StartError::Setup(e.to_string()))?;
+    }
+    let grpc_metrics = GrpcCallMetrics::register(&registry, "weft_control")
+        .map_err(|e| StartError::Setup(e.to_string()))?;
+    // Every call counted; Certify and admin calls traced, but not discovery's watches, open
+    // for a proxy's life.
+    let calls = |api: &'static str| {
+        GrpcCalls::new(api, &GRPC_SERVICES)
+            .counted(&grpc_metrics)
+            .traced(
+                config
+                    .trace_endpoint
+                    .as_ref()
+                    .map(|_| config.trace_sampling),
+                &["/weft.discovery."],
+            )
+    };
     if let (PolicyBackend::Kubernetes, Some(client)) = (config.policy_store, &kubernetes) {
         write_route_status(config, client, &policy, &metrics, drain);
     }
@@ -279,6 +303,7 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
     ))
     .max_decoding_message_size(MAX_PROXY_MESSAGE);
     let proxy_api = grpc_server(limits.max_streams)
+        .layer(calls("proxy"))
         .add_service(IdentityServer::new(identity).max_decoding_message_size(MAX_PROXY_MESSAGE))
         .add_service(discovery)
         .serve_with_incoming_shutdown(
@@ -311,6 +336,7 @@ pub async fn start(config: &Config, drain: &Drain) -> Result<Running, StartError
         config.admin_identities.clone()
     };
     let admin_api = grpc_server(ADMIN_MAX_STREAMS)
+        .layer(calls("admin"))
         .add_service(InterceptedService::new(
             AdminServer::new(admin).max_decoding_message_size(MAX_ADMIN_MESSAGE),
             RequireAdmin::new(credential, admin_identities),
@@ -397,8 +423,18 @@ fn inject_settings(config: &Config, trust_domain: TrustDomain) -> InjectSettings
             IdentitySource::JoinTokenSecret,
         ),
         sidecar_mode: config.sidecar_mode,
+        trace_endpoint: config.inject_trace_endpoint.clone(),
+        access_log: config.inject_access_log,
     }
 }
+
+/// The gRPC services the control plane implements: calls to any other are counted as
+/// `unknown`.
+const GRPC_SERVICES: [&str; 3] = [
+    "weft.identity.v1.Identity",
+    "weft.discovery.v1.Discovery",
+    "weft.admin.v1.Admin",
+];
 
 /// Concurrent streams on one admin connection: weftctl makes a call or a watch at a time.
 const ADMIN_MAX_STREAMS: u32 = 100;

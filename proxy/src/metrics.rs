@@ -112,6 +112,7 @@ pub struct ProxyMetrics {
     endpoint_ejections: IntCounterVec,
     endpoints_ejected: IntGaugeVec,
     discovery_updates: IntCounterVec,
+    discovery_last_applied: IntGauge,
     outbound_refused: IntCounterVec,
     inbound_refused: IntCounterVec,
     inbound_authz: IntCounterVec,
@@ -184,8 +185,8 @@ impl ProxyMetrics {
             tls_failures: metrics::counter_vec(
                 registry,
                 "weft_tls_handshake_failures_total",
-                "TLS handshakes that failed (peer refused or unverifiable).",
-                &["direction"],
+                "TLS handshakes that failed, by reason: certificate (unverifiable or absent), peer_alert (the peer refused ours), alpn, protocol, io (the connection broke), other.",
+                &["direction", "reason"],
             )?,
             route_requests: metrics::counter_vec(
                 registry,
@@ -222,6 +223,11 @@ impl ProxyMetrics {
                 "weft_discovery_updates_total",
                 "Discovery snapshots received, by result (applied or rejected).",
                 &["result"],
+            )?,
+            discovery_last_applied: metrics::gauge(
+                registry,
+                "weft_discovery_last_update_timestamp_seconds",
+                "When the proxy last applied a discovery snapshot, in seconds since the Unix epoch (0: never).",
             )?,
             outbound_refused: metrics::counter_vec(
                 registry,
@@ -309,6 +315,13 @@ impl ProxyMetrics {
     pub fn discovery_update(&self, applied: bool) {
         let result = if applied { "applied" } else { "rejected" };
         self.discovery_updates.with_label_values(&[result]).inc();
+        if applied {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs());
+            self.discovery_last_applied
+                .set(i64::try_from(now).unwrap_or(i64::MAX));
+        }
     }
 
     /// Counts an outbound connection or request refused for `reason`.
@@ -373,11 +386,34 @@ impl ProxyMetrics {
             .inc();
     }
 
-    /// Counts a failed TLS handshake.
-    pub fn tls_failure(&self, direction: Direction) {
+    /// Counts a failed TLS handshake, by why `error` says it failed.
+    pub fn tls_failure(&self, direction: Direction, error: &std::io::Error) {
         self.tls_failures
-            .with_label_values(&[direction.as_str()])
+            .with_label_values(&[direction.as_str(), tls_failure_reason(error)])
             .inc();
+    }
+}
+
+/// A bounded label for why a handshake failed.
+fn tls_failure_reason(error: &std::io::Error) -> &'static str {
+    let Some(tls) = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return "io";
+    };
+    match tls {
+        rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
+            "certificate"
+        }
+        rustls::Error::AlertReceived(_) => "peer_alert",
+        rustls::Error::NoApplicationProtocol => "alpn",
+        rustls::Error::InappropriateMessage { .. }
+        | rustls::Error::InappropriateHandshakeMessage { .. }
+        | rustls::Error::InvalidMessage(_)
+        | rustls::Error::PeerIncompatible(_)
+        | rustls::Error::PeerMisbehaved(_) => "protocol",
+        _ => "other",
     }
 }
 

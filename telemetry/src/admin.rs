@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use prometheus::{Encoder, Registry, TextEncoder};
+use prometheus::{Encoder, IntGauge, Registry, TextEncoder};
 use tokio::net::TcpListener;
 
 use crate::drain::Drain;
@@ -37,6 +37,8 @@ const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 pub struct AdminServer {
     registry: Registry,
     ready: Readiness,
+    /// `/ready`'s answer at each scrape, so alerts can see a process that is up but not ready.
+    ready_gauge: Option<IntGauge>,
     drain: Drain,
     shutdown_endpoint: bool,
     config: Option<ConfigView>,
@@ -55,9 +57,17 @@ impl std::fmt::Debug for AdminServer {
 impl AdminServer {
     /// An admin server exposing `registry`, reporting `ready`, stopping when `drain` triggers.
     pub fn new(registry: Registry, ready: Readiness, drain: Drain) -> Self {
+        let ready_gauge = crate::metrics::gauge(
+            &registry,
+            "weft_ready",
+            "1 when the process reports ready on /ready, 0 when it does not.",
+        )
+        .inspect_err(|error| tracing::warn!(%error, "weft_ready is not exported"))
+        .ok();
         Self {
             registry,
             ready,
+            ready_gauge,
             drain,
             shutdown_endpoint: false,
             config: None,
@@ -184,6 +194,9 @@ impl AdminServer {
     }
 
     fn metrics(&self) -> Response<Full<Bytes>> {
+        if let Some(gauge) = &self.ready_gauge {
+            gauge.set(i64::from((self.ready)()));
+        }
         let encoder = TextEncoder::new();
         let mut body = Vec::with_capacity(16 * 1024);
         if let Err(error) = encoder.encode(&self.registry.gather(), &mut body) {

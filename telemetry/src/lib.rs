@@ -8,12 +8,14 @@
 
 mod admin;
 mod drain;
+mod grpc_calls;
 mod logging;
 pub mod metrics;
 mod traces;
 
 pub use admin::{AdminServer, ConfigView, Readiness};
 pub use drain::{Drain, wait_for_signal};
+pub use grpc_calls::{GRPC_CODE_NAMES, GrpcCallMetrics, GrpcCalls, GrpcCallsService};
 pub use logging::{
     ACCESS_LOG_TARGET, LogFormat, LogSetup, LoggingGuard, TRACE_TARGET, init_logging,
 };

@@ -17,6 +17,7 @@ pub mod netns;
 pub mod otlp;
 pub mod podman;
 pub mod process;
+pub mod prometheus;
 pub mod websocket;
 
 pub mod echo {

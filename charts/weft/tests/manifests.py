@@ -20,6 +20,10 @@
       app.kubernetes.io/managed-by label (each must be there, not empty), and the Namespace
       weftctl adds (Helm creates it with --create-namespace).
 
+  manifests.py monitoring RENDERED RULES_OUT
+      Writes the rendered PrometheusRule's groups to RULES_OUT (for `promtool check rules`) and
+      checks the Grafana dashboard ConfigMap parses, every panel with a query.
+
   manifests.py resources CRDS GOOD_DIR BAD_DIR
       Checks custom resources against the CRDs' OpenAPI schemas as the API server would (its
       `nullable` and int-or-string read as JSON Schema): every document in GOOD_DIR must pass;
@@ -441,9 +445,33 @@ def resources(crds, good_dir, bad_dir):
     print(f"{checked} resources checked")
 
 
+def monitoring(rendered, rules_out):
+    """Writes the rendered PrometheusRule's groups as a rules file (for promtool) and checks
+    that the dashboard ConfigMap holds a Grafana dashboard whose panels all have queries."""
+    docs = load(rendered)
+    rule = find(docs, "PrometheusRule")
+    dashboard = find(docs, "ConfigMap", "weft-grafana-dashboard")
+    if rule is None or dashboard is None:
+        sys.exit("the rendering has no PrometheusRule or no dashboard ConfigMap")
+    with open(rules_out, "w") as f:
+        yaml.safe_dump({"groups": rule["spec"]["groups"]}, f, sort_keys=False)
+    board = json.loads(dashboard["data"]["weft.json"])
+    graphs = [p for p in board["panels"] if p["type"] != "row"]
+    empty = [p["title"] for p in graphs if not all(t.get("expr") for t in p.get("targets", []))]
+    if not graphs or empty:
+        sys.exit(f"dashboard panels without queries: {empty or 'no panels'}")
+    print(f"{sum(len(g['rules']) for g in rule['spec']['groups'])} rules, {len(graphs)} panels")
+
+
 def main():
     command, *args = sys.argv[1:]
-    {"split": split, "run-pki": run_pki, "same": same, "resources": resources}[command](*args)
+    {
+        "split": split,
+        "run-pki": run_pki,
+        "same": same,
+        "resources": resources,
+        "monitoring": monitoring,
+    }[command](*args)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,6 @@ use weft_telemetry::Drain;
 fn main() {
     weft_certs::install_default_provider();
     let config: Config = weft_control_plane::parse_args_or_exit("weft-control");
-    let logging = weft_telemetry::init_logging(weft_telemetry::LogSetup {
-        env_var: "WEFT_CONTROL_LOG",
-        default_filter: "info",
-        format: config.log_format,
-        access_log: false,
-        tracer: None,
-    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -24,9 +17,29 @@ fn main() {
             std::process::exit(1);
         }
     };
+    // The exporter's gRPC channel runs its tasks on the runtime.
+    let traces = config.trace_endpoint.as_ref().map(|endpoint| {
+        let _entered = runtime.enter();
+        let export = weft_telemetry::TraceExport {
+            endpoint: endpoint.clone(),
+            service_name: "weft-control",
+            attributes: Vec::new(),
+        };
+        weft_telemetry::Traces::start(&export).unwrap_or_else(|error| {
+            eprintln!("weft-control: {error}");
+            std::process::exit(EXIT_USAGE);
+        })
+    });
+    let logging = weft_telemetry::init_logging(weft_telemetry::LogSetup {
+        env_var: "WEFT_CONTROL_LOG",
+        default_filter: "info",
+        format: config.log_format,
+        access_log: false,
+        tracer: traces.as_ref().map(weft_telemetry::Traces::tracer),
+    });
     let code = runtime.block_on(async move {
         let drain = Drain::new();
-        if let Err(error) = server::start(&config, &drain).await {
+        if let Err(error) = server::start(&config, &drain, traces.as_ref()).await {
             eprintln!("weft-control: {error}");
             return match error {
                 server::StartError::Store(_) => EXIT_DATA,
@@ -44,6 +57,9 @@ fn main() {
             .is_err()
         {
             tracing::warn!("drain deadline passed; exiting with calls in flight");
+        }
+        if let Some(traces) = traces {
+            let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
         }
         0
     });

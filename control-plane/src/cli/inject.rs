@@ -40,6 +40,14 @@ pub struct InjectArgs {
     /// or classic (the first container); a pod's config.weft.io/sidecar-mode wins.
     #[arg(long, default_value = "native")]
     pub sidecar_mode: SidecarMode,
+
+    /// The OTLP/gRPC collector the proxies export spans to (http://collector:4317).
+    #[arg(long)]
+    pub trace_endpoint: Option<String>,
+
+    /// The proxies write a JSON access-log line per request on stdout.
+    #[arg(long)]
+    pub access_log: bool,
 }
 
 /// Remove the Weft proxy from Kubernetes manifests and print them.
@@ -87,6 +95,8 @@ pub fn inject(
             IdentitySource::JoinTokenSecret,
         ),
         sidecar_mode: args.sidecar_mode,
+        trace_endpoint: args.trace_endpoint.clone(),
+        access_log: args.access_log,
     };
     let mut outcomes = Vec::new();
     for doc in &mut docs {

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 mod admin_client;
 mod certs;
 mod check;
+mod http_get;
 mod identity;
 mod inject;
 mod install;
@@ -15,6 +16,7 @@ mod manifests;
 mod proxy_config;
 mod proxy_status;
 mod resources;
+mod stat;
 mod token;
 
 pub use admin_client::AdminClient;
@@ -95,6 +97,8 @@ pub enum Command {
     ProxyStatus,
     /// Show one proxy's effective configuration and discovery state (its admin `/config`).
     ProxyConfig(proxy_config::ProxyConfigArgs),
+    /// Success rate, request rate and latency of Services, routes or proxies, from Prometheus.
+    Stat(stat::StatArgs),
     /// Add the Weft proxy to the pods of Kubernetes manifests (what the admission webhook does).
     Inject(inject::InjectArgs),
     /// Remove the Weft proxy from Kubernetes manifests.
@@ -164,6 +168,7 @@ pub async fn run(cli: Cli, out: &mut impl std::io::Write) -> Result<(), CliError
         }
         Command::ProxyStatus => proxy_status::run(AdminClient::connect(&cli).await?, out).await,
         Command::ProxyConfig(ref args) => proxy_config::run(args, out).await,
+        Command::Stat(ref args) => stat::run(args, out).await,
         Command::Inject(ref args) => inject::inject(args, &cli.trust_anchor_path(), out),
         Command::Uninject(ref args) => inject::uninject(args, out),
         Command::Check(ref args) => check::run(args, out).await,

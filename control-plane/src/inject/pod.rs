@@ -219,6 +219,12 @@ fn proxy_container(
             .into_iter()
             .filter_map(|(name, value)| value.as_deref().map(|v| env_var(name, v))),
     );
+    if let Some(endpoint) = &settings.trace_endpoint {
+        env.push(env_var("WEFT_PROXY_TRACE_ENDPOINT", endpoint));
+    }
+    if settings.access_log {
+        env.push(env_var("WEFT_PROXY_ACCESS_LOG", "json"));
+    }
     // A classic sidecar outlives a Job's containers unless the job tells it to go; a native
     // one is stopped by the kubelet once they end.
     if mode == SidecarMode::Classic && owner == Owner::Batch {

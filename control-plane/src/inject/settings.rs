@@ -55,4 +55,8 @@ pub struct InjectSettings {
     pub identity: IdentitySource,
     /// The sidecar mode of pods that do not choose one.
     pub sidecar_mode: SidecarMode,
+    /// The OTLP/gRPC collector injected proxies export spans to (`WEFT_PROXY_TRACE_ENDPOINT`).
+    pub trace_endpoint: Option<String>,
+    /// Injected proxies write an access-log line per request (`WEFT_PROXY_ACCESS_LOG=json`).
+    pub access_log: bool,
 }

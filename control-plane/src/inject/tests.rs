@@ -23,6 +23,8 @@ fn settings(identity: IdentitySource) -> InjectSettings {
         trust_anchors_pem: ANCHORS.to_string(),
         identity,
         sidecar_mode: SidecarMode::Native,
+        trace_endpoint: None,
+        access_log: false,
     }
 }
 
@@ -213,6 +215,34 @@ fn ranges_and_lists_that_the_proxy_takes_are_accepted() {
         inject_document(&mut doc, &settings(IdentitySource::ServiceAccountToken)).unwrap();
     assert_eq!(outcomes.len(), 1);
     assert_eq!(outcomes[0].result, Ok(()));
+}
+
+#[test]
+fn the_mesh_wide_trace_endpoint_and_access_log_reach_the_proxy() {
+    let mut doc = pod_with(&[("config.weft.io/trace-sampling", "0.5")]);
+    let traced = InjectSettings {
+        trace_endpoint: Some("http://otel-collector.observability:4317".to_string()),
+        access_log: true,
+        ..settings(IdentitySource::ServiceAccountToken)
+    };
+    inject_document(&mut doc, &traced).unwrap();
+    let text = doc.to_string();
+    for (name, value) in [
+        (
+            "WEFT_PROXY_TRACE_ENDPOINT",
+            "http://otel-collector.observability:4317",
+        ),
+        ("WEFT_PROXY_TRACE_SAMPLING", "0.5"),
+        ("WEFT_PROXY_ACCESS_LOG", "json"),
+    ] {
+        assert!(
+            text.contains(&format!("{{\"name\":\"{name}\",\"value\":\"{value}\"}}")),
+            "{name} in {text}"
+        );
+    }
+    let mut plain = pod_with(&[]);
+    inject_document(&mut plain, &settings(IdentitySource::ServiceAccountToken)).unwrap();
+    assert!(!plain.to_string().contains("WEFT_PROXY_TRACE_ENDPOINT"));
 }
 
 #[test]

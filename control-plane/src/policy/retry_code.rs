@@ -63,25 +63,7 @@ impl<'de> Deserialize<'de> for HttpStatus {
 inline_json_schema!(HttpStatus, {"type": "integer", "minimum": 400, "maximum": 599});
 
 /// The gRPC status names, by code.
-const GRPC_CODES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
+const GRPC_CODES: [&str; 17] = weft_telemetry::GRPC_CODE_NAMES;
 
 /// A gRPC status a call is retried on, by name (`UNAVAILABLE`, any case) or number (14).
 #[derive(Debug, Clone, PartialEq, Eq)]

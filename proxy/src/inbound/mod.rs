@@ -216,7 +216,7 @@ impl Inbound {
             let mut tls = TlsAcceptor::from(inner.tls.clone())
                 .accept(tcp)
                 .await
-                .inspect_err(|_| inner.metrics.tls_failure(Direction::Inbound))?;
+                .inspect_err(|e| inner.metrics.tls_failure(Direction::Inbound, e))?;
             inner
                 .metrics
                 .tls_handshake(Direction::Inbound, tls.get_ref().1);

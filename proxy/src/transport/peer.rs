@@ -279,7 +279,7 @@ impl Peer {
             .connect(self.server_name.clone(), tcp)
             .await
             .map_err(|e| {
-                self.dialer.metrics.tls_failure(Direction::Outbound);
+                self.dialer.metrics.tls_failure(Direction::Outbound, &e);
                 self.dial_error(&format!("TLS: {e}"))
             })
             .inspect(|tls| {

@@ -226,7 +226,7 @@ async fn a_flood_of_refused_connections_is_counted_not_logged() {
                 .metric("weft_inbound_refused_total{reason=\"plaintext\"}")
                 .await;
             let no_certificate = server
-                .metric("weft_tls_handshake_failures_total{direction=\"inbound\"}")
+                .metric("weft_tls_handshake_failures_total{direction=\"inbound\",reason=\"certificate\"}")
                 .await;
             (plaintext >= Some(100.0) && no_certificate >= Some(100.0)).then_some(())
         },

@@ -23,6 +23,7 @@ mod outage;
 mod pods;
 mod policy;
 mod policy_features;
+mod prometheus;
 mod proxy_init;
 mod readiness;
 mod refusals;

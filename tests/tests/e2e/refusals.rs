@@ -67,7 +67,7 @@ async fn tls_client_without_a_certificate_is_refused() {
     assert_eq!(mesh.app.request_count(), 0);
     let failures = mesh
         .server
-        .metric("weft_tls_handshake_failures_total{direction=\"inbound\"}")
+        .metric("weft_tls_handshake_failures_total{direction=\"inbound\",reason=\"certificate\"}")
         .await;
     assert!(failures >= Some(1.0), "{failures:?}");
 }

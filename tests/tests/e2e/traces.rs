@@ -4,6 +4,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use weft_tests::client::grpc_client;
 use weft_tests::echo::EchoRequest;
+use weft_tests::mesh::{ControlPlane, Proxy, ProxySpec};
 use weft_tests::otlp::OtlpReceiver;
 
 use crate::CLIENT_ID;
@@ -347,4 +348,47 @@ fn unobserved(cluster: &Cluster, receiver: &OtlpReceiver, path: &str, trace_id: 
             .all(|span| span["trace_id"] != trace_id),
         "{path} traced"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_traces_certify_and_admin_calls_but_not_watches() {
+    weft_tests::init();
+    let receiver = OtlpReceiver::start().await;
+    let cp = ControlPlane::start_with("24h", &["--trace-endpoint", &receiver.endpoint()]).await;
+    // A proxy asks for its certificate; an operator lists Services.
+    let _proxy = Proxy::start(&cp, ProxySpec::new(CLIENT_ID)).await;
+    let (status, _, stderr) = cp.weftctl(&["get", "services"]);
+    assert!(status.success(), "{stderr}");
+    let names = |spans: &[Value]| -> Vec<String> {
+        spans
+            .iter()
+            .filter(|span| span["service"] == "weft-control")
+            .map(|span| span["name"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let seen = weft_tests::eventually(
+        "spans of Certify and of an admin call",
+        std::time::Duration::from_secs(20),
+        || async {
+            let names = names(&receiver.spans());
+            (names
+                .iter()
+                .any(|n| n == "weft.identity.v1.Identity/Certify")
+                && names.iter().any(|n| n.starts_with("weft.admin.v1.Admin/")))
+            .then_some(names)
+        },
+    )
+    .await;
+    assert!(
+        seen.iter().all(|n| !n.starts_with("weft.discovery.")),
+        "{seen:?}"
+    );
+    let certify = receiver
+        .spans()
+        .into_iter()
+        .find(|span| span["name"] == "weft.identity.v1.Identity/Certify")
+        .unwrap();
+    assert_eq!(certify["kind"], "server");
+    assert_eq!(certify["attributes"]["rpc.system"], "grpc");
+    assert_eq!(certify["attributes"]["rpc.grpc.status_code"], "0");
 }
