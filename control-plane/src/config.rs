@@ -194,7 +194,7 @@ pub struct Config {
     pub shutdown_grace: Duration,
 
     /// The OTLP/gRPC collector injected proxies export spans to (http://collector:4317).
-    #[arg(long, env = "WEFT_CONTROL_INJECT_TRACE_ENDPOINT", value_parser = trace_endpoint)]
+    #[arg(long, env = "WEFT_CONTROL_INJECT_TRACE_ENDPOINT", value_parser = weft_telemetry::parse_trace_endpoint)]
     pub inject_trace_endpoint: Option<String>,
 
     /// Injected proxies write a JSON access-log line per request on stdout.
@@ -207,28 +207,13 @@ pub struct Config {
 
     /// The OTLP/gRPC collector (http://collector:4317) that spans of Certify and admin calls are
     /// exported to; unset: none are recorded.
-    #[arg(long, env = "WEFT_CONTROL_TRACE_ENDPOINT", value_parser = trace_endpoint)]
+    #[arg(long, env = "WEFT_CONTROL_TRACE_ENDPOINT", value_parser = weft_telemetry::parse_trace_endpoint)]
     pub trace_endpoint: Option<String>,
 
     /// The share (0 to 1) of calls without a caller's sampling decision that are traced. They
     /// are few (a proxy's certificate, an operator's command): all of them by default.
-    #[arg(long, env = "WEFT_CONTROL_TRACE_SAMPLING", default_value_t = 1.0, value_parser = sampling)]
+    #[arg(long, env = "WEFT_CONTROL_TRACE_SAMPLING", default_value_t = 1.0, value_parser = weft_telemetry::parse_trace_sampling)]
     pub trace_sampling: f64,
-}
-
-fn trace_endpoint(value: &str) -> Result<String, String> {
-    let uri: http::Uri = value.parse().map_err(|e| format!("{e}"))?;
-    match (uri.scheme_str(), uri.host()) {
-        (Some("http" | "https"), Some(host)) if !host.is_empty() => Ok(value.to_string()),
-        _ => Err("not an OTLP/gRPC endpoint: give a URL such as http://otel-collector:4317".into()),
-    }
-}
-
-fn sampling(value: &str) -> Result<f64, String> {
-    match value.parse::<f64>() {
-        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
-        _ => Err("a ratio from 0 to 1".to_string()),
-    }
 }
 
 fn parse_lifetime(value: &str) -> Result<Duration, String> {

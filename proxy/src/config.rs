@@ -317,29 +317,18 @@ impl Config {
     }
 }
 
-/// An OTLP/gRPC endpoint: an `http` or `https` URL with a host.
 fn trace_endpoint(value: &str) -> Result<String, ConfigError> {
-    let error = |reason: String| ConfigError {
+    weft_telemetry::parse_trace_endpoint(value).map_err(|reason| ConfigError {
         var: ENV_TRACE_ENDPOINT,
-        reason: format!("{value:?}: {reason}"),
-    };
-    let uri: http::Uri = value.trim().parse().map_err(|e| error(format!("{e}")))?;
-    match (uri.scheme_str(), uri.host()) {
-        (Some("http" | "https"), Some(host)) if !host.is_empty() => Ok(value.trim().to_string()),
-        _ => Err(error(
-            "not an OTLP/gRPC endpoint: give a URL such as http://otel-collector:4317".into(),
-        )),
-    }
+        reason,
+    })
 }
 
 fn sampling(value: &str) -> Result<f64, ConfigError> {
-    match value.trim().parse::<f64>() {
-        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
-        _ => Err(ConfigError {
-            var: ENV_TRACE_SAMPLING,
-            reason: format!("{value:?}: a ratio from 0 to 1 (0.01: one request in a hundred)"),
-        }),
-    }
+    weft_telemetry::parse_trace_sampling(value).map_err(|reason| ConfigError {
+        var: ENV_TRACE_SAMPLING,
+        reason,
+    })
 }
 
 fn access_log(value: &str) -> Result<bool, ConfigError> {

@@ -97,13 +97,13 @@ pub fn main() -> ! {
     };
     // The exporter's gRPC channel runs its tasks on the runtime.
     let traces = config.trace_endpoint.as_ref().map(|endpoint| {
-        let _entered = runtime.enter();
         let export = weft_telemetry::TraceExport {
             endpoint: endpoint.clone(),
             service_name: "weft-proxy",
             attributes: vec![("weft.identity", config.identity.to_string())],
         };
-        weft_telemetry::Traces::start(&export).unwrap_or_else(|error| exit_with(EXIT_USAGE, &error))
+        weft_telemetry::Traces::start_on(&runtime, &export)
+            .unwrap_or_else(|error| exit_with(EXIT_USAGE, &error))
     });
     let logging = weft_telemetry::init_logging(weft_telemetry::LogSetup {
         env_var: "WEFT_PROXY_LOG",
@@ -151,8 +151,7 @@ pub fn main() -> ! {
             tracing::warn!("drain deadline passed; exiting with requests in flight");
         }
         if let Some(traces) = traces {
-            // The last spans go out while the runtime still drives the export.
-            let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+            traces.finish().await;
         }
         0
     });

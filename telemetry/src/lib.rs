@@ -19,4 +19,7 @@ pub use grpc_calls::{GRPC_CODE_NAMES, GrpcCallMetrics, GrpcCalls, GrpcCallsServi
 pub use logging::{
     ACCESS_LOG_TARGET, LogFormat, LogSetup, LoggingGuard, TRACE_TARGET, init_logging,
 };
-pub use traces::{MAX_QUEUED_SPANS, TraceExport, TraceExportError, Traces};
+pub use traces::{
+    MAX_QUEUED_SPANS, TraceExport, TraceExportError, Traces, parse_trace_endpoint,
+    parse_trace_sampling,
+};

@@ -59,7 +59,38 @@ pub struct TraceExportError {
     reason: String,
 }
 
+/// An OTLP/gRPC endpoint as configured: an `http` or `https` URL with a host.
+pub fn parse_trace_endpoint(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    let uri: http::Uri = value.parse().map_err(|e| format!("{value:?}: {e}"))?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(host)) if !host.is_empty() => Ok(value.to_string()),
+        _ => Err(format!(
+            "{value:?}: not an OTLP/gRPC endpoint: give a URL such as http://otel-collector:4317"
+        )),
+    }
+}
+
+/// A sampling ratio as configured: 0 to 1.
+pub fn parse_trace_sampling(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+        _ => Err(format!(
+            "{value:?}: a ratio from 0 to 1 (0.01: one request in a hundred)"
+        )),
+    }
+}
+
 impl Traces {
+    /// Starts exporting, the exporter's gRPC channel running its tasks on `runtime`.
+    pub fn start_on(
+        runtime: &tokio::runtime::Runtime,
+        export: &TraceExport,
+    ) -> Result<Self, TraceExportError> {
+        let _entered = runtime.enter();
+        Self::start(export)
+    }
+
     /// Starts exporting. Call inside the tokio runtime: the gRPC channel's tasks run on it.
     pub fn start(export: &TraceExport) -> Result<Self, TraceExportError> {
         let error = |reason: String| TraceExportError {
@@ -117,9 +148,15 @@ impl Traces {
         registry.register(Box::new(self.counters.dropped.clone()))
     }
 
+    /// Sends what is queued, waiting at most a few seconds, while the runtime (which the
+    /// export needs) keeps running.
+    pub async fn finish(self) {
+        let _ = tokio::task::spawn_blocking(move || self.shutdown()).await;
+    }
+
     /// Sends what is queued, waiting at most a few seconds. Blocks: call off the runtime's
-    /// workers (`spawn_blocking`), which the export itself needs.
-    pub fn shutdown(&self) {
+    /// workers, which the export itself needs.
+    fn shutdown(&self) {
         if let Err(error) = self.provider.shutdown_with_timeout(EXPORT_TIMEOUT) {
             tracing::debug!(%error, "trace exporter did not shut down cleanly");
         }

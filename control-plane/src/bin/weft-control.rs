@@ -17,15 +17,13 @@ fn main() {
             std::process::exit(1);
         }
     };
-    // The exporter's gRPC channel runs its tasks on the runtime.
     let traces = config.trace_endpoint.as_ref().map(|endpoint| {
-        let _entered = runtime.enter();
         let export = weft_telemetry::TraceExport {
             endpoint: endpoint.clone(),
             service_name: "weft-control",
             attributes: Vec::new(),
         };
-        weft_telemetry::Traces::start(&export).unwrap_or_else(|error| {
+        weft_telemetry::Traces::start_on(&runtime, &export).unwrap_or_else(|error| {
             eprintln!("weft-control: {error}");
             std::process::exit(EXIT_USAGE);
         })
@@ -59,7 +57,7 @@ fn main() {
             tracing::warn!("drain deadline passed; exiting with calls in flight");
         }
         if let Some(traces) = traces {
-            let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+            traces.finish().await;
         }
         0
     });

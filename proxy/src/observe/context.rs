@@ -50,6 +50,11 @@ impl Incoming {
 
     /// Writes `context` into `headers` as W3C, and as B3 in each form the request came with.
     pub fn write(&self, context: &Context, headers: &mut HeaderMap) {
+        // Without a span (no exporter installed) there is nothing to say: the B3 propagator
+        // would write a bare "not sampled" over what the caller sent.
+        if !context.span().span_context().is_valid() {
+            return;
+        }
         let mut injector = HeaderInjector(headers);
         TraceContextPropagator::new().inject_context(context, &mut injector);
         if !(self.b3_single || self.b3_multi) {
@@ -137,6 +142,16 @@ mod tests {
             "80f198ee56343ba864fe8b2a57d3eff7"
         );
         assert!(!out.contains_key("b3"));
+    }
+
+    #[test]
+    fn nothing_is_written_without_a_span() {
+        let sent = "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1";
+        let mut request = headers(&[("b3", sent)]);
+        let incoming = Incoming::read(&request);
+        incoming.write(&Context::new(), &mut request);
+        assert_eq!(request.get("b3").unwrap(), sent);
+        assert!(!request.contains_key("traceparent"));
     }
 
     #[test]

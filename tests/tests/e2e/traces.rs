@@ -13,6 +13,15 @@ use crate::cluster::{API_ID, AUTHORITY, Cluster};
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const APP_SPAN_ID: &str = "00f067aa0ba902b7";
 
+/// A GET of `/` through the client proxy with one header.
+async fn get_with(cluster: &Cluster, name: &str, value: &str) -> weft_tests::client::Collected {
+    cluster
+        .http()
+        .send_with("GET", AUTHORITY, "/", Bytes::new(), &[(name, value)])
+        .await
+        .unwrap()
+}
+
 /// One gRPC unary call through the client proxy to `api`, answered.
 async fn grpc_unary(cluster: &Cluster) {
     let mut grpc = grpc_client(cluster.client.outbound, AUTHORITY).await;
@@ -93,31 +102,11 @@ async fn a_call_through_two_proxies_is_one_trace_continuing_the_apps() {
 
     // Unsampled by the caller: nothing recorded, the caller's decision passed on unchanged.
     let unsampled = format!("00-{}-{APP_SPAN_ID}-00", "a".repeat(32));
-    let response = cluster
-        .http()
-        .send_with(
-            "GET",
-            AUTHORITY,
-            "/",
-            Bytes::new(),
-            &[("traceparent", &unsampled)],
-        )
-        .await
-        .unwrap();
+    let response = get_with(&cluster, "traceparent", &unsampled).await;
     assert_eq!(response.headers()["x-seen-traceparent"], unsampled.as_str());
     // B3 (single header) is read and answered in kind.
     let b3_trace = "80f198ee56343ba864fe8b2a57d3eff7";
-    let response = cluster
-        .http()
-        .send_with(
-            "GET",
-            AUTHORITY,
-            "/",
-            Bytes::new(),
-            &[("b3", &format!("{b3_trace}-e457b5a2e4d86bd1-1"))],
-        )
-        .await
-        .unwrap();
+    let response = get_with(&cluster, "b3", &format!("{b3_trace}-e457b5a2e4d86bd1-1")).await;
     let b3 = response.headers()["x-seen-b3"].to_str().unwrap();
     assert!(b3.starts_with(b3_trace) && b3.ends_with("-1"), "{b3}");
     let spans = receiver.trace(b3_trace, 2).await;
