@@ -1,6 +1,6 @@
 //! The control plane's metrics.
 
-use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
 use weft_telemetry::metrics;
 
 /// Counters and histograms the services update.
@@ -26,6 +26,12 @@ pub struct Metrics {
     pub leader: IntGauge,
     /// Route status writes to the API server.
     pub route_status_writes: IntCounter,
+    /// Snapshots pushed to proxies, by kind (outbound, inbound, mesh).
+    pub discovery_pushes: IntCounterVec,
+    /// From a change (or a new watch) to its snapshot queued for the proxy, by kind.
+    pub discovery_push_duration: HistogramVec,
+    /// Policy store operations, by operation.
+    pub store_duration: HistogramVec,
 }
 
 impl Metrics {
@@ -85,6 +91,24 @@ impl Metrics {
                 registry,
                 "weft_control_route_status_writes_total",
                 "Route status written to the Kubernetes API server.",
+            )?,
+            discovery_pushes: metrics::counter_vec(
+                registry,
+                "weft_control_discovery_pushes_total",
+                "Snapshots pushed to proxies, by kind (outbound, inbound, mesh): a policy change's fan-out is the pushes it causes.",
+                &["kind"],
+            )?,
+            discovery_push_duration: metrics::latency_histogram_vec(
+                registry,
+                "weft_control_discovery_push_duration_seconds",
+                "From a change the control plane sees (or a new watch) to its snapshot computed and queued for the proxy, by kind.",
+                &["kind"],
+            )?,
+            store_duration: metrics::latency_histogram_vec(
+                registry,
+                "weft_control_store_operation_duration_seconds",
+                "Policy store operations (get, list, apply, delete, watch), on whichever backend holds the policy.",
+                &["operation"],
             )?,
         })
     }

@@ -11,7 +11,9 @@ use weft_api::identity::identity_server::IdentityServer;
 use weft_certs::{ALPN_H2, CertStore, ClientAuth, TrustDomain};
 use weft_telemetry::{Drain, GrpcCallMetrics, GrpcCalls};
 
-use crate::admin_api::{AdminApi, IdentityAdmin, RequireAdmin, ResourceAdmin, TokenAdmin};
+use crate::admin_api::{
+    AdminApi, IdentityAdmin, ProxyAccess, RequireAdmin, ResourceAdmin, TokenAdmin,
+};
 use crate::admin_credential::{ADMIN_TOKEN_FILE, AdminCredential};
 use crate::config::{Config, PolicyBackend};
 use crate::discovery::{DiscoveryApi, DiscoveryOptions, ProxyRegistry};
@@ -24,7 +26,7 @@ use crate::limits::{
 use crate::lineage::Lineage;
 use crate::metrics::Metrics;
 use crate::policy_store::PolicyStore;
-use crate::resource_store::{Embedded, Kubernetes, ResourceStore};
+use crate::resource_store::{Embedded, Kubernetes, ResourceStore, Timed};
 use crate::service_account_tokens::TokenReviewer;
 use crate::store::Store;
 use crate::trust::Trust;
@@ -113,6 +115,7 @@ async fn load_policy(
     config: &Config,
     store: &Store,
     kubernetes: Option<&kube::Client>,
+    metrics: &Metrics,
 ) -> Result<PolicyStore, StartError> {
     let backend: Arc<dyn ResourceStore> = match (config.policy_store, kubernetes) {
         (PolicyBackend::Embedded, _) => Arc::new(Embedded::open(store.clone())?),
@@ -126,6 +129,8 @@ async fn load_policy(
             ));
         }
     };
+    let backend: Arc<dyn ResourceStore> =
+        Arc::new(Timed::new(backend, metrics.store_duration.clone()));
     tokio::task::spawn_blocking(move || PolicyStore::load(backend))
         .await
         .map_err(|e| StartError::Setup(format!("loading the policy failed: {e}")))?
@@ -191,7 +196,9 @@ pub async fn start(
         }
         Err(error) => return Err(StartError::Setup(error.to_string())),
     };
-    let policy = Arc::new(load_policy(config, &store, kubernetes.as_ref()).await?);
+    let registry = weft_telemetry::metrics::new_registry();
+    let metrics = Metrics::register(&registry).map_err(|e| StartError::Setup(e.to_string()))?;
+    let policy = Arc::new(load_policy(config, &store, kubernetes.as_ref(), &metrics).await?);
     let following = policy.clone().follow();
     let draining = drain.clone();
     drain.spawn(async move {
@@ -210,8 +217,6 @@ pub async fn start(
         None => AdminCredential::load_or_create(&config.data_dir.join(ADMIN_TOKEN_FILE))?,
     };
 
-    let registry = weft_telemetry::metrics::new_registry();
-    let metrics = Metrics::register(&registry).map_err(|e| StartError::Setup(e.to_string()))?;
     if let Some(traces) = traces {
         traces
             .register(&registry)
@@ -257,6 +262,10 @@ pub async fn start(
         drain.clone(),
     ));
     drain.spawn(trust.clone().warn_before_expiry(drain.clone()));
+    // The control plane calls the proxies' tap APIs as itself.
+    let proxy_client_tls =
+        weft_certs::client_config_with(trust.anchors(), serving.clone(), &[ALPN_H2])
+            .map_err(|e| StartError::Setup(e.to_string()))?;
     let tls = weft_certs::server_config_with(
         trust.anchors(),
         &trust_domain,
@@ -327,7 +336,8 @@ pub async fn start(
         tokens,
         identities,
         ResourceAdmin::new(policy.clone()),
-        proxies,
+        proxies.clone(),
+        ProxyAccess::new(proxies, Arc::new(proxy_client_tls)),
         trust,
     );
     let admin_identities = if config.admin_identities.is_empty() {

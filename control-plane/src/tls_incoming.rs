@@ -3,19 +3,15 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use prometheus::IntCounterVec;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::Connected;
 use weft_certs::Identity;
 use weft_telemetry::Drain;
 
@@ -40,16 +36,9 @@ pub struct PeerInfo {
     pub serial: Option<String>,
 }
 
-/// A server-side TLS connection that knows its peer.
-#[derive(Debug)]
-pub struct TlsConnection {
-    stream: TlsStream<TcpStream>,
-    peer: PeerInfo,
-    /// Its place among the connections, given back when it closes.
-    _admitted: Admitted,
-    /// When it is closed for silence; pushed back by every read.
-    idle: Pin<Box<tokio::time::Sleep>>,
-}
+/// A server-side TLS connection that knows its peer, holding its place among the connections
+/// until it closes.
+pub type TlsConnection = weft_api::server::TlsConnection<PeerInfo, Admitted>;
 
 /// Accepts on `listener` and yields connections whose handshake succeeded, within `admission`'s
 /// bounds (a connection past them is closed at once and counted in `refused`). Handshakes run
@@ -92,12 +81,7 @@ pub fn incoming(
                     Ok(Ok(stream)) => {
                         admitted.handshaken();
                         let peer = peer_info(&stream, remote);
-                        let connection = TlsConnection {
-                            stream,
-                            peer,
-                            _admitted: admitted,
-                            idle: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
-                        };
+                        let connection = TlsConnection::new(stream, peer, admitted, IDLE_TIMEOUT);
                         let _ = tx.send(Ok(connection)).await;
                     }
                     Ok(Err(error)) => tracing::debug!(%remote, %error, "TLS handshake failed"),
@@ -129,68 +113,5 @@ fn peer_info(stream: &TlsStream<TcpStream>, remote: SocketAddr) -> PeerInfo {
         identity: leaf.and_then(|cert| weft_certs::identity_of(cert).ok()),
         not_after: leaf.and_then(weft_certs::not_after_of),
         serial: leaf.and_then(weft_certs::serial_of),
-    }
-}
-
-// === impl TlsConnection ===
-
-impl Connected for TlsConnection {
-    type ConnectInfo = PeerInfo;
-
-    fn connect_info(&self) -> PeerInfo {
-        self.peer.clone()
-    }
-}
-
-impl AsyncRead for TlsConnection {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        match Pin::new(&mut self.stream).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before {
-                    let next = tokio::time::Instant::now() + IDLE_TIMEOUT;
-                    self.idle.as_mut().reset(next);
-                }
-                Poll::Ready(Ok(()))
-            }
-            Poll::Pending if self.idle.as_mut().poll(cx).is_ready() => Poll::Ready(Err(
-                io::Error::new(io::ErrorKind::TimedOut, "nothing read for too long"),
-            )),
-            other => other,
-        }
-    }
-}
-
-impl AsyncWrite for TlsConnection {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
     }
 }

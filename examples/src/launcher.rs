@@ -28,10 +28,12 @@ pub struct Ports {
     pub frontend_inbound: SocketAddr,
     pub frontend_outbound: SocketAddr,
     pub frontend_admin: SocketAddr,
+    pub frontend_tap: SocketAddr,
     pub backend_app: SocketAddr,
     pub backend_inbound: SocketAddr,
     pub backend_outbound: SocketAddr,
     pub backend_admin: SocketAddr,
+    pub backend_tap: SocketAddr,
 }
 
 impl Ports {
@@ -46,10 +48,12 @@ impl Ports {
             frontend_inbound: at(7143),
             frontend_outbound: at(7140),
             frontend_admin: at(7191),
+            frontend_tap: at(7190),
             backend_app: at(8081),
             backend_inbound: at(7243),
             backend_outbound: at(7240),
             backend_admin: at(7291),
+            backend_tap: at(7292),
         }
     }
 
@@ -63,7 +67,7 @@ impl Ports {
         Ok(())
     }
 
-    fn described(&self) -> [(SocketAddr, &'static str); 11] {
+    fn described(&self) -> [(SocketAddr, &'static str); 13] {
         [
             (self.control_proxy_api, "weft-control's proxy API"),
             (self.control_admin, "weft-control's admin API"),
@@ -72,10 +76,12 @@ impl Ports {
             (self.frontend_inbound, "the frontend proxy's inbound"),
             (self.frontend_outbound, "the frontend proxy's outbound"),
             (self.frontend_admin, "the frontend proxy's admin"),
+            (self.frontend_tap, "the frontend proxy's tap API"),
             (self.backend_app, "the backend app"),
             (self.backend_inbound, "the backend proxy's inbound"),
             (self.backend_outbound, "the backend proxy's outbound"),
             (self.backend_admin, "the backend proxy's admin"),
+            (self.backend_tap, "the backend proxy's tap API"),
         ]
     }
 
@@ -97,10 +103,12 @@ impl Ports {
             frontend_inbound: next()?,
             frontend_outbound: next()?,
             frontend_admin: next()?,
+            frontend_tap: next()?,
             backend_app: next()?,
             backend_inbound: next()?,
             backend_outbound: next()?,
             backend_admin: next()?,
+            backend_tap: next()?,
         })
     }
 }
@@ -222,7 +230,9 @@ pub async fn start(bin_dir: &Path, work_dir: &Path, ports: Ports) -> anyhow::Res
                   token: &Path,
                   inbound: SocketAddr,
                   outbound: SocketAddr,
-                  admin: SocketAddr| {
+                  admin: SocketAddr,
+                  tap: SocketAddr,
+                  pod: &str| {
         let mut proxy = Command::new(bin_dir.join("weft-proxy"));
         proxy
             .env(
@@ -234,7 +244,9 @@ pub async fn start(bin_dir: &Path, work_dir: &Path, ports: Ports) -> anyhow::Res
             .env("WEFT_PROXY_TOKEN_PATH", token)
             .env("WEFT_PROXY_INBOUND_ADDR", inbound.to_string())
             .env("WEFT_PROXY_OUTBOUND_ADDR", outbound.to_string())
-            .env("WEFT_PROXY_ADMIN_ADDR", admin.to_string());
+            .env("WEFT_PROXY_ADMIN_ADDR", admin.to_string())
+            .env("WEFT_PROXY_TAP_ADDR", tap.to_string())
+            .env("WEFT_POD_NAME", pod);
         proxy
     };
     let mut backend_proxy = common(
@@ -243,6 +255,8 @@ pub async fn start(bin_dir: &Path, work_dir: &Path, ports: Ports) -> anyhow::Res
         ports.backend_inbound,
         ports.backend_outbound,
         ports.backend_admin,
+        ports.backend_tap,
+        "backend",
     );
     backend_proxy.env("WEFT_PROXY_APP_PORT", ports.backend_app.port().to_string());
     mesh.spawn("backend proxy", backend_proxy)?;
@@ -252,6 +266,8 @@ pub async fn start(bin_dir: &Path, work_dir: &Path, ports: Ports) -> anyhow::Res
         ports.frontend_inbound,
         ports.frontend_outbound,
         ports.frontend_admin,
+        ports.frontend_tap,
+        "frontend",
     );
     frontend_proxy.env("WEFT_PROXY_APP_PORT", ports.frontend_app.port().to_string());
     mesh.spawn("frontend proxy", frontend_proxy)?;
@@ -266,6 +282,49 @@ pub async fn start(bin_dir: &Path, work_dir: &Path, ports: Ports) -> anyhow::Res
 }
 
 impl Mesh {
+    /// Taps the backend's proxy through the control plane (`weftctl tap`) while the frontend
+    /// is called: the lines it printed, once two requests have ended.
+    pub async fn tap_backend(&self, bin_dir: &Path) -> anyhow::Result<String> {
+        let ports = self.ports;
+        let mut tap = tokio::process::Command::new(bin_dir.join("weftctl"));
+        tap.args(["--server", &ports.control_admin.to_string(), "--data-dir"])
+            .arg(self.work_dir.join("control"))
+            .args(["tap", "pod/backend", "-n", "demo", "--max", "2"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let tapping = tap
+            .spawn()
+            .context("cannot run weftctl tap")?
+            .wait_with_output();
+        let calling = async {
+            loop {
+                let _ = wait_http(ports.frontend_app, "/", "traffic frontend → backend").await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let output = tokio::select! {
+            output = tokio::time::timeout(Duration::from_secs(30), tapping) => output
+                .context("weftctl tap saw no two requests within 30 s")??,
+            () = calling => unreachable!("calls loop until the tap ends"),
+        };
+        let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+        if !output.status.success() {
+            bail!(
+                "weftctl tap: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        let ended = printed
+            .lines()
+            .filter(|line| line.starts_with("end "))
+            .count();
+        if ended != 2 || !printed.contains(&format!("client={FRONTEND_ID}")) {
+            bail!("weftctl tap showed not the frontend's two calls:\n{printed}");
+        }
+        Ok(printed)
+    }
+
     fn spawn(&mut self, name: &'static str, mut command: Command) -> anyhow::Result<()> {
         let log_name = name.replace(' ', "-");
         let log = std::fs::File::create(self.work_dir.join(format!("{log_name}.log")))?;

@@ -15,6 +15,7 @@ pub fn render(config: &Config, discovery: &DiscoveryClient) -> String {
     let inbound = discovery.inbound_policy().borrow().clone();
     let document = json!({
         "identity": config.identity.to_string(),
+        "pod": config.pod_name,
         "controlPlane": {
             "address": config.control_plane_addr,
             "identity": config.control_plane_identity.to_string(),
@@ -24,6 +25,14 @@ pub fn render(config: &Config, discovery: &DiscoveryClient) -> String {
             "inbound": config.inbound_addr.to_string(),
             "outbound": config.outbound_addr.to_string(),
             "admin": config.admin_addr.to_string(),
+            "tap": config.tap_addr.map(|addr| addr.to_string()),
+        },
+        "tapIdentities": config.tap_identities.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "telemetry": {
+            "traceEndpoint": config.trace_endpoint,
+            "traceSampling": config.trace_sampling,
+            "accessLog": config.access_log,
+            "logFormat": format!("{:?}", config.log_format),
         },
         "appPort": config.app_port,
         "settings": {

@@ -35,6 +35,14 @@ pub const ENV_INBOUND_ADDR: &str = "WEFT_PROXY_INBOUND_ADDR";
 pub const ENV_OUTBOUND_ADDR: &str = "WEFT_PROXY_OUTBOUND_ADDR";
 /// Where /metrics, /ready, /live (and /shutdown) are served.
 pub const ENV_ADMIN_ADDR: &str = "WEFT_PROXY_ADMIN_ADDR";
+/// Where the tap API (`weftctl tap`, `top`, `proxy-config`) is served over mTLS; `off`: nowhere.
+pub const ENV_TAP_ADDR: &str = "WEFT_PROXY_TAP_ADDR";
+/// Identities besides the control plane's that may call the tap API (comma-separated)
+/// [default: the trust domain's `weft/weft-admin`, which `weftctl certs admin` issues].
+pub const ENV_TAP_IDENTITIES: &str = "WEFT_PROXY_TAP_IDENTITIES";
+/// The pod the proxy runs in (the injector sets it from the downward API), reported to the
+/// control plane so operators can select it by name.
+pub const ENV_POD_NAME: &str = "WEFT_POD_NAME";
 /// The local app's port, that inbound traffic is forwarded to.
 pub const ENV_APP_PORT: &str = "WEFT_PROXY_APP_PORT";
 /// YAML file of static routes (authority → endpoint and identity).
@@ -124,6 +132,12 @@ pub struct Config {
     pub outbound_addr: SocketAddr,
     /// Admin listener address.
     pub admin_addr: SocketAddr,
+    /// Tap API listener address; `None`: not served.
+    pub tap_addr: Option<SocketAddr>,
+    /// Who may call the tap API (the control plane always may).
+    pub tap_identities: Vec<Identity>,
+    /// The pod the proxy runs in, when known.
+    pub pod_name: Option<String>,
     /// The local app's port.
     pub app_port: Option<u16>,
     /// Destinations known without discovery.
@@ -244,6 +258,22 @@ impl Config {
                 reason: "must be at least 1".to_string(),
             });
         }
+        let tap_identities = match var(ENV_TAP_IDENTITIES) {
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| parse(ENV_TAP_IDENTITIES, item))
+                .collect::<Result<_, _>>()?,
+            None => vec![
+                Identity::new(identity.trust_domain().clone(), "weft", "weft-admin").map_err(
+                    |e| ConfigError {
+                        var: ENV_IDENTITY,
+                        reason: e.to_string(),
+                    },
+                )?,
+            ],
+        };
         Ok(Self {
             control_plane_addr,
             control_plane_identity,
@@ -253,6 +283,12 @@ impl Config {
             inbound_addr: addr(&var, ENV_INBOUND_ADDR, "0.0.0.0:7143")?,
             outbound_addr: addr(&var, ENV_OUTBOUND_ADDR, "127.0.0.1:7140")?,
             admin_addr: addr(&var, ENV_ADMIN_ADDR, "0.0.0.0:7191")?,
+            tap_addr: match var(ENV_TAP_ADDR) {
+                Some(value) if value.trim() == "off" => None,
+                _ => Some(addr(&var, ENV_TAP_ADDR, "0.0.0.0:7190")?),
+            },
+            tap_identities,
+            pod_name: var(ENV_POD_NAME).map(|name| name.trim().to_string()),
             app_port: var(ENV_APP_PORT)
                 .map(|v| parse(ENV_APP_PORT, &v))
                 .transpose()?,
@@ -308,11 +344,13 @@ impl Config {
 }
 
 impl Config {
-    /// How requests are observed: traced when an endpoint is set, logged when asked.
-    pub fn observer(&self) -> crate::observe::Observer {
+    /// How requests are observed: traced when an endpoint is set, logged when asked, and shown
+    /// to `taps`.
+    pub fn observer(&self, taps: crate::tap::Taps) -> crate::observe::Observer {
         crate::observe::Observer {
             sampling: self.trace_endpoint.as_ref().map(|_| self.trace_sampling),
             access_log: self.access_log,
+            taps,
         }
     }
 }
@@ -437,6 +475,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+    use crate::tap::Taps;
 
     struct Env {
         dir: tempfile::TempDir,
@@ -588,19 +627,40 @@ mod tests {
     }
 
     #[test]
+    fn the_tap_api_is_served_to_admins_unless_turned_off() {
+        let config = Env::valid().parse().unwrap();
+        assert_eq!(config.tap_addr, Some("0.0.0.0:7190".parse().unwrap()));
+        assert_eq!(
+            config.tap_identities[0].to_string(),
+            "spiffe://cluster.local/ns/weft/sa/weft-admin"
+        );
+        let off = Env::valid().with(ENV_TAP_ADDR, "off").parse().unwrap();
+        assert_eq!(off.tap_addr, None);
+        let bad = Env::valid()
+            .with(ENV_TAP_IDENTITIES, "spiffe://cluster.local/ns/a/sa/b, nope")
+            .parse()
+            .unwrap_err();
+        assert_eq!(bad.var, ENV_TAP_IDENTITIES);
+    }
+
+    #[test]
     fn observation_is_off_unless_configured() {
         let config = Env::valid().parse().unwrap();
-        assert!(!config.observer().is_on());
+        let observer = config.observer(Taps::unregistered());
+        assert!(observer.sampling.is_none() && !observer.access_log);
         // A sampling ratio alone (the injector always passes the annotation's) traces nothing.
         let ratio_only = Env::valid().with(ENV_TRACE_SAMPLING, "1").parse().unwrap();
-        assert_eq!(ratio_only.observer().sampling, None);
+        assert_eq!(ratio_only.observer(Taps::unregistered()).sampling, None);
         let traced = Env::valid()
             .with(ENV_TRACE_ENDPOINT, "http://127.0.0.1:4317")
             .parse()
             .unwrap();
-        assert_eq!(traced.observer().sampling, Some(DEFAULT_TRACE_SAMPLING));
+        assert_eq!(
+            traced.observer(Taps::unregistered()).sampling,
+            Some(DEFAULT_TRACE_SAMPLING)
+        );
         let logged = Env::valid().with(ENV_ACCESS_LOG, "json").parse().unwrap();
-        assert!(logged.observer().access_log);
+        assert!(logged.observer(Taps::unregistered()).access_log);
     }
 
     #[test]

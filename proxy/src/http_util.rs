@@ -75,6 +75,21 @@ fn is_weft_header(name: &HeaderName) -> bool {
     name.len() > 5 && name[..4].eq_ignore_ascii_case(b"weft") && matches!(name[4], b'-' | b'_')
 }
 
+/// Whether a request or response is gRPC (by its content type).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The gRPC status in trailers (or a trailers-only response's headers).
+pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok())
+}
+
 /// Boxes a hyper body; an empty one (a GET's) without allocating.
 pub fn boxed(body: hyper::body::Incoming) -> Body {
     use hyper::body::Body as _;

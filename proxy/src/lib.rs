@@ -9,6 +9,7 @@
 
 mod admin_config;
 mod await_ready;
+mod body_end;
 pub mod config;
 mod destination;
 mod detect;
@@ -27,6 +28,7 @@ mod serve;
 mod stack;
 mod start;
 pub mod static_routes;
+mod tap;
 mod transport;
 mod upgrade;
 
@@ -44,7 +46,7 @@ pub mod internals {
         ValueMatch,
     };
     pub use crate::detect::{Protocol, classify};
-    pub use crate::http_util::strip_connection_headers;
+    pub use crate::http_util::{empty_body, strip_connection_headers};
     pub use crate::inbound::{Client, InboundPorts, Policy};
     pub use crate::metrics::{Direction, ProxyMetrics, RequestMetrics};
 }

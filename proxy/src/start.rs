@@ -17,6 +17,7 @@ use crate::identity::IdentityDaemon;
 use crate::inbound::{Inbound, InboundPorts, Policy};
 use crate::metrics::ProxyMetrics;
 use crate::outbound::{Outbound, OutboundSettings};
+use crate::tap::{TapServer, TapServerSettings, Taps};
 use crate::transport::{PeerPool, StandardTls};
 
 /// Why the proxy could not start.
@@ -46,6 +47,8 @@ pub struct Listening {
     pub outbound: SocketAddr,
     /// Admin.
     pub admin: SocketAddr,
+    /// The tap API, when served.
+    pub tap: Option<SocketAddr>,
 }
 
 /// Binds every listener and spawns the proxy's tasks on `drain`, the inbound side's on
@@ -60,10 +63,15 @@ pub async fn start(
     let inbound_listeners = bind_dual_stack(config::ENV_INBOUND_ADDR, config.inbound_addr)?;
     let outbound_listeners = bind_dual_stack(config::ENV_OUTBOUND_ADDR, config.outbound_addr)?;
     let admin_listener = bind(config::ENV_ADMIN_ADDR, config.admin_addr).await?;
+    let tap_listener = match config.tap_addr {
+        Some(addr) => Some(bind(config::ENV_TAP_ADDR, addr).await?),
+        None => None,
+    };
     let listening = Listening {
         inbound: local_addr(&inbound_listeners[0])?,
         outbound: local_addr(&outbound_listeners[0])?,
         admin: local_addr(&admin_listener)?,
+        tap: tap_listener.as_ref().map(local_addr).transpose()?,
     };
     let all_addrs = |listeners: &[TcpListener]| {
         listeners
@@ -86,7 +94,8 @@ pub async fn start(
             .register(&registry)
             .map_err(|e| StartError::Setup(e.to_string()))?;
     }
-    let observer = config.observer();
+    let taps = Taps::new(&registry).map_err(|e| StartError::Setup(e.to_string()))?;
+    let observer = config.observer(taps.clone());
     let certs = CertStore::new();
     let setup = |e: rustls::Error| StartError::Setup(format!("TLS setup: {e}"));
     // The anchors from the file until the control plane pushes its bundle; every TLS config
@@ -128,7 +137,10 @@ pub async fn start(
             listening.inbound.port(),
             listening.outbound.port(),
             listening.admin.port(),
-        ],
+        ]
+        .into_iter()
+        .chain(listening.tap.map(|tap| tap.port()))
+        .collect(),
         default_authorization: config.default_inbound_policy,
         mode: config.inbound_mode,
     };
@@ -153,7 +165,9 @@ pub async fn start(
             mesh: config.mesh_networks.clone(),
             max_watches: config.max_destinations,
             max_endpoints: config.max_endpoints,
-            trust,
+            trust: trust.clone(),
+            tap_port: listening.tap.map(|tap| tap.port()),
+            pod: config.pod_name.clone(),
         },
     );
     drain.spawn(discovery.clone().watch_proxy_wide());
@@ -161,6 +175,26 @@ pub async fn start(
         let (config, discovery) = (config.clone(), discovery.clone());
         Arc::new(move || admin_config::render(&config, &discovery))
     };
+    if let Some(listener) = tap_listener {
+        let tls = weft_certs::server_config_with(
+            trust.clone(),
+            config.identity.trust_domain(),
+            certs.clone(),
+            ClientAuth::Required,
+            &[ALPN_H2],
+        )
+        .map_err(setup)?;
+        let allowed = std::iter::once(config.control_plane_identity.clone())
+            .chain(config.tap_identities.iter().cloned())
+            .collect();
+        let tap = TapServer::new(TapServerSettings {
+            taps,
+            config: config_view.clone(),
+            tls: Arc::new(tls),
+            allowed,
+        });
+        drain.spawn(tap.serve(listener, drain.clone()));
+    }
     let in_cluster = {
         let discovery = discovery.clone();
         Arc::new(move |ip| discovery.in_mesh(ip))
@@ -172,7 +206,7 @@ pub async fn start(
         config.inbound_limits,
         metrics.clone(),
         config.detect_timeout,
-        observer,
+        observer.clone(),
     );
     for listener in inbound_listeners {
         inbound_drain.spawn(inbound.clone().serve(listener, inbound_drain.clone()));
@@ -211,6 +245,7 @@ pub async fn start(
         inbound = %inbound_addrs,
         outbound = %outbound_addrs,
         admin = %listening.admin,
+        tap = %listening.tap.map_or("off".to_string(), |tap| tap.to_string()),
         "weft-proxy started"
     );
     Ok(listening)

@@ -120,7 +120,7 @@ impl ControlPlane {
     }
 
     /// `weftctl`, pointed at this control plane.
-    fn weftctl_command(&self) -> Command {
+    pub fn weftctl_command(&self) -> Command {
         let mut command = Command::new(bin("weftctl"));
         command
             .arg("--server")
@@ -296,6 +296,8 @@ pub struct Proxy {
     pub inbound: SocketAddr,
     pub outbound: SocketAddr,
     pub admin: SocketAddr,
+    /// The tap API.
+    pub tap: SocketAddr,
     pub proc: Proc,
 }
 
@@ -395,6 +397,8 @@ impl Proxy {
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
         let outbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let tap = given("WEFT_PROXY_TAP_ADDR")
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
         let mut command = Command::new(bin("weft-proxy"));
         command
             .env_clear()
@@ -405,6 +409,7 @@ impl Proxy {
             .env("WEFT_PROXY_INBOUND_ADDR", inbound.to_string())
             .env("WEFT_PROXY_OUTBOUND_ADDR", outbound.to_string())
             .env("WEFT_PROXY_ADMIN_ADDR", admin.to_string())
+            .env("WEFT_PROXY_TAP_ADDR", tap.to_string())
             .env("WEFT_PROXY_LOG", "info,weft_proxy=debug");
         if let Some(port) = spec.app_port {
             command.env("WEFT_PROXY_APP_PORT", port.to_string());
@@ -432,6 +437,7 @@ impl Proxy {
             inbound,
             outbound,
             admin,
+            tap,
             proc: Proc::spawn(&name, command, log),
         }
     }

@@ -1,6 +1,7 @@
 //! `weft.admin.v1.Admin`: the operator API behind `weftctl`.
 
 mod identities;
+mod proxies;
 mod resources;
 mod tokens;
 
@@ -14,13 +15,15 @@ use weft_api::admin::admin_server::Admin;
 use weft_api::admin::{
     ApplyRequest, ApplyResponse, CreateJoinTokenRequest, CreateJoinTokenResponse, DeleteRequest,
     DeleteResponse, GetRequest, ListJoinTokensRequest, ListJoinTokensResponse, ListRequest,
-    ListResponse, ListRevokedIdentitiesRequest, ListRevokedIdentitiesResponse, ProxyStatusRequest,
-    ProxyStatusResponse, Resource, RevokeIdentityRequest, RevokeIdentityResponse,
-    RevokeJoinTokenRequest, RevokeJoinTokenResponse, RotateRequest, RotateResponse,
-    UnrevokeIdentityRequest, UnrevokeIdentityResponse, WatchEvent, WatchRequest,
+    ListResponse, ListRevokedIdentitiesRequest, ListRevokedIdentitiesResponse, ProxyConfigRequest,
+    ProxyConfigResponse, ProxyStatusRequest, ProxyStatusResponse, Resource, RevokeIdentityRequest,
+    RevokeIdentityResponse, RevokeJoinTokenRequest, RevokeJoinTokenResponse, RotateRequest,
+    RotateResponse, TapRequest, UnrevokeIdentityRequest, UnrevokeIdentityResponse, WatchEvent,
+    WatchRequest,
 };
 
 pub use self::identities::IdentityAdmin;
+pub use self::proxies::ProxyAccess;
 pub use self::resources::ResourceAdmin;
 pub use self::tokens::TokenAdmin;
 use std::time::SystemTime;
@@ -39,6 +42,7 @@ pub struct AdminApi {
     identities: IdentityAdmin,
     resources: ResourceAdmin,
     proxies: Arc<ProxyRegistry>,
+    access: ProxyAccess,
     trust: Arc<Trust>,
 }
 
@@ -103,6 +107,7 @@ impl AdminApi {
         identities: IdentityAdmin,
         resources: ResourceAdmin,
         proxies: Arc<ProxyRegistry>,
+        access: ProxyAccess,
         trust: Arc<Trust>,
     ) -> Self {
         Self {
@@ -110,6 +115,7 @@ impl AdminApi {
             identities,
             resources,
             proxies,
+            access,
             trust,
         }
     }
@@ -198,6 +204,21 @@ impl Admin for AdminApi {
             }
         }
         Ok(Response::new(ProxyStatusResponse { proxies }))
+    }
+
+    type TapStream = proxies::TapStream;
+
+    async fn tap(&self, request: Request<TapRequest>) -> Result<Response<Self::TapStream>, Status> {
+        Ok(Response::new(self.access.tap(request.into_inner()).await?))
+    }
+
+    async fn proxy_config(
+        &self,
+        request: Request<ProxyConfigRequest>,
+    ) -> Result<Response<ProxyConfigResponse>, Status> {
+        Ok(Response::new(
+            self.access.config(request.into_inner().selector).await?,
+        ))
     }
 
     async fn create_join_token(

@@ -17,7 +17,9 @@ mod proxy_config;
 mod proxy_status;
 mod resources;
 mod stat;
+mod tap;
 mod token;
+mod top;
 
 pub use admin_client::AdminClient;
 pub use install::write_crds;
@@ -95,10 +97,14 @@ pub enum Command {
     Delete(resources::DeleteArgs),
     /// List the proxies connected to discovery and the config versions they applied.
     ProxyStatus,
-    /// Show one proxy's effective configuration and discovery state (its admin `/config`).
+    /// Show one proxy's effective configuration and discovery state.
     ProxyConfig(proxy_config::ProxyConfigArgs),
     /// Success rate, request rate and latency of Services, routes or proxies, from Prometheus.
     Stat(stat::StatArgs),
+    /// Stream the live requests of proxies (never bodies; headers only when asked).
+    Tap(tap::TapArgs),
+    /// The busiest paths of proxies, from their live requests.
+    Top(top::TopArgs),
     /// Add the Weft proxy to the pods of Kubernetes manifests (what the admission webhook does).
     Inject(inject::InjectArgs),
     /// Remove the Weft proxy from Kubernetes manifests.
@@ -167,7 +173,9 @@ pub async fn run(cli: Cli, out: &mut impl std::io::Write) -> Result<(), CliError
             resources::delete(args, AdminClient::connect(&cli).await?, out).await
         }
         Command::ProxyStatus => proxy_status::run(AdminClient::connect(&cli).await?, out).await,
-        Command::ProxyConfig(ref args) => proxy_config::run(args, out).await,
+        Command::ProxyConfig(ref args) => proxy_config::run(&cli, args, out).await,
+        Command::Tap(ref args) => tap::run(args, AdminClient::connect(&cli).await?, out).await,
+        Command::Top(ref args) => top::run(args, AdminClient::connect(&cli).await?, out).await,
         Command::Stat(ref args) => stat::run(args, out).await,
         Command::Inject(ref args) => inject::inject(args, &cli.trust_anchor_path(), out),
         Command::Uninject(ref args) => inject::uninject(args, out),

@@ -18,8 +18,8 @@ pub(super) async fn run(
         .proxies;
     let _ = writeln!(
         out,
-        "{:<48} {:<22} {:<21} {:<16} {:<32} {:>8} {:>8} ERROR",
-        "IDENTITY", "REMOTE", "CERT EXPIRY", "CERT ISSUER", "WATCHING", "SENT", "APPLIED"
+        "{:<48} {:<22} {:<24} {:<21} {:<16} {:<32} {:>8} {:>8} ERROR",
+        "IDENTITY", "REMOTE", "POD", "CERT EXPIRY", "CERT ISSUER", "WATCHING", "SENT", "APPLIED"
     );
     for proxy in proxies {
         let expiry = proxy
@@ -33,10 +33,15 @@ pub(super) async fn run(
         } else {
             format!("IDENTITY {}", proxy.revoked.to_uppercase())
         };
+        let pod = if proxy.pod.is_empty() {
+            "-"
+        } else {
+            proxy.pod.as_str()
+        };
         if proxy.watches.is_empty() {
             let _ = writeln!(
                 out,
-                "{:<48} {:<22} {expiry:<21} {:<16} {:<32} {:>8} {:>8} {revoked}",
+                "{:<48} {:<22} {pod:<24} {expiry:<21} {:<16} {:<32} {:>8} {:>8} {revoked}",
                 proxy.identity, proxy.remote, proxy.cert_issuer, "", "", ""
             );
         }
@@ -48,7 +53,7 @@ pub(super) async fn run(
                 .join("; ");
             let _ = writeln!(
                 out,
-                "{:<48} {:<22} {expiry:<21} {:<16} {:<32} {:>8} {:>8} {error}",
+                "{:<48} {:<22} {pod:<24} {expiry:<21} {:<16} {:<32} {:>8} {:>8} {error}",
                 proxy.identity,
                 proxy.remote,
                 proxy.cert_issuer,

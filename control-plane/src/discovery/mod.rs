@@ -13,6 +13,6 @@ mod wire;
 
 pub use self::inbound::ROOT_NAMESPACE;
 pub use self::names::{ClusterDomain, ClusterDomainError};
-pub use self::registry::ProxyRegistry;
+pub use self::registry::{ConnectedProxy, ProxyRegistry};
 pub use self::server::{DiscoveryApi, DiscoveryOptions};
 pub use self::snapshot::{SnapshotCache, inbound_snapshot, outbound_snapshot};

@@ -23,6 +23,31 @@ struct ProxyEntry {
     watches: BTreeMap<String, WatchEntry>,
     /// The fingerprint of its certificate's issuer, as it last reported it.
     cert_issuer: String,
+    /// The port of its tap API, as it told on its mesh watch.
+    tap_port: Option<u16>,
+    /// Its pod, as it told (empty when it did not).
+    pod: String,
+}
+
+/// A connected proxy, as an operator selects it.
+#[derive(Debug, Clone)]
+pub struct ConnectedProxy {
+    pub identity: Identity,
+    pub remote: SocketAddr,
+    /// Where its tap API is reached: its address as the control plane sees it, its tap port.
+    pub tap_addr: Option<SocketAddr>,
+    pub pod: String,
+}
+
+impl ConnectedProxy {
+    /// How events and messages name it: its pod when known, else its identity and address.
+    pub fn name(&self) -> String {
+        if self.pod.is_empty() {
+            format!("{} at {}", self.identity, self.remote.ip())
+        } else {
+            format!("{}/{}", self.identity.namespace(), self.pod)
+        }
+    }
 }
 
 /// What a proxy reports its certificate under (the version is its issuer's fingerprint).
@@ -58,6 +83,8 @@ impl ProxyRegistry {
             open_streams: 0,
             watches: BTreeMap::new(),
             cert_issuer: String::new(),
+            tap_port: None,
+            pod: String::new(),
         });
         entry.open_streams += 1;
         entry
@@ -82,6 +109,35 @@ impl ProxyRegistry {
                 proxies.remove(&caller.remote);
             }
         }
+    }
+
+    /// The proxy told where its tap API listens and which pod it runs in.
+    pub fn described(&self, caller: &Caller, tap_port: Option<u16>, pod: &str) {
+        if let Some(entry) = self.proxies.lock().get_mut(&caller.remote) {
+            entry.tap_port = tap_port;
+            // Bounded: a name, not a document.
+            entry.pod = pod.chars().take(253).collect();
+        }
+    }
+
+    /// The connected proxies `select` picks, by name.
+    pub fn select(&self, select: impl Fn(&ConnectedProxy) -> bool) -> Vec<ConnectedProxy> {
+        let mut selected: Vec<ConnectedProxy> = self
+            .proxies
+            .lock()
+            .iter()
+            .map(|(remote, entry)| ConnectedProxy {
+                identity: entry.identity.clone(),
+                remote: *remote,
+                tap_addr: entry
+                    .tap_port
+                    .map(|port| SocketAddr::new(remote.ip(), port)),
+                pod: entry.pod.clone(),
+            })
+            .filter(|proxy| select(proxy))
+            .collect();
+        selected.sort_by_key(ConnectedProxy::name);
+        selected
     }
 
     /// `version` of `resource` was sent.
@@ -166,6 +222,11 @@ impl ProxyRegistry {
                     .collect(),
                 revoked: String::new(),
                 cert_issuer: entry.cert_issuer.clone(),
+                pod: entry.pod.clone(),
+                tap_addr: entry
+                    .tap_port
+                    .map(|port| SocketAddr::new(remote.ip(), port).to_string())
+                    .unwrap_or_default(),
             })
             .collect();
         status.sort_by(|a, b| (&a.identity, &a.remote).cmp(&(&b.identity, &b.remote)));

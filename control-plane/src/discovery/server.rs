@@ -84,7 +84,7 @@ impl DiscoveryApi {
     fn watch<T, F>(
         &self,
         caller: Caller,
-        resource: String,
+        (kind, resource): (&'static str, String),
         compute: F,
     ) -> Result<SnapshotStream<T>, Status>
     where
@@ -95,17 +95,18 @@ impl DiscoveryApi {
         // Nothing is sent from part of the cluster: a watch opened before the cluster's view
         // waits for it.
         let complete = |state: &Arc<PolicyState>| !state.cluster_pending;
-        self.follow(caller, resource, states, complete, move |state| {
+        self.follow(caller, (kind, resource), states, complete, move |state| {
             (compute(state), state.served_version_string())
         })
     }
 
     /// Runs one watch of `states`: sends what `compute` makes of each (a snapshot and its
-    /// version), when it changed.
+    /// version), when it changed. `kind` (outbound, inbound, mesh) labels its pushes;
+    /// `resource` names it to `weftctl proxy-status`.
     fn follow<S, T, F>(
         &self,
         caller: Caller,
-        resource: String,
+        (kind, resource): (&'static str, String),
         mut states: tokio::sync::watch::Receiver<S>,
         complete: fn(&S) -> bool,
         compute: F,
@@ -132,11 +133,17 @@ impl DiscoveryApi {
             self.limits.clone(),
             self.metrics.discovery_watches_open.clone(),
         );
+        let pushes = self.metrics.discovery_pushes.with_label_values(&[kind]);
+        let push_duration = self
+            .metrics
+            .discovery_push_duration
+            .with_label_values(&[kind]);
         open.set(limits.open() as i64);
         registry.opened(&caller, &resource);
         tokio::spawn(async move {
             let held = permit;
             let mut last: Option<T> = None;
+            let mut changed_at = std::time::Instant::now();
             loop {
                 let state = states.borrow_and_update().clone();
                 if complete(&state) {
@@ -148,6 +155,8 @@ impl DiscoveryApi {
                             break;
                         }
                         registry.sent(&caller, &resource, &version);
+                        pushes.inc();
+                        push_duration.observe(changed_at.elapsed().as_secs_f64());
                         last = Some(snapshot);
                     }
                 }
@@ -156,6 +165,7 @@ impl DiscoveryApi {
                     () = tx.closed() => break,
                     () = drain.signaled() => break,
                 }
+                changed_at = std::time::Instant::now();
             }
             registry.closed(&caller, &resource);
             drop(held);
@@ -231,7 +241,7 @@ impl Discovery for DiscoveryApi {
         }
         let cache = self.cache.clone();
         let key = destination.clone();
-        let stream = self.watch(caller, destination, move |state| {
+        let stream = self.watch(caller, ("outbound", destination), move |state| {
             (*cache.outbound(state, &key)).clone()
         })?;
         Ok(Response::new(stream))
@@ -255,7 +265,7 @@ impl Discovery for DiscoveryApi {
             None => "inbound".to_string(),
             Some(port) => format!("inbound:{port}"),
         };
-        let stream = self.watch(caller, resource, move |state| {
+        let stream = self.watch(caller, ("inbound", resource), move |state| {
             inbound_snapshot(state, &identity, port)
         })?;
         Ok(Response::new(stream))
@@ -268,13 +278,18 @@ impl Discovery for DiscoveryApi {
         request: Request<WatchMeshRequest>,
     ) -> Result<Response<Self::WatchMeshStream>, Status> {
         let caller = caller(&request)?;
+        let told = request.get_ref();
+        let tap_port = u16::try_from(told.tap_port).ok().filter(|port| *port != 0);
+        let pod = told.pod.clone();
+        let described = caller.clone();
         let stream = self.follow(
             caller,
-            MESH_RESOURCE.to_string(),
+            ("mesh", MESH_RESOURCE.to_string()),
             self.mesh.clone(),
             |_| true,
             |mesh: &Arc<MeshSnapshot>| ((**mesh).clone(), mesh.version.clone()),
         )?;
+        self.registry.described(&described, tap_port, &pod);
         Ok(Response::new(stream))
     }
 

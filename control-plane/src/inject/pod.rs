@@ -41,6 +41,8 @@ const INBOUND_PORT: i32 = 7143;
 /// The proxy container's inbound port, by name: discovery dials a meshed Pod there.
 pub const INBOUND_PORT_NAME: &str = "weft-inbound";
 const ADMIN_PORT: i32 = 7191;
+/// The proxy's tap API, which the control plane calls for `weftctl tap`, `top`, `proxy-config`.
+const TAP_PORT: i32 = 7190;
 
 /// Which workload the template belongs to, where that changes the proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,17 +170,7 @@ fn identity(
         None => {
             check("default")?;
             vec![
-                EnvVar {
-                    name: "WEFT_POD_NAMESPACE".to_string(),
-                    value_from: Some(EnvVarSource {
-                        field_ref: Some(ObjectFieldSelector {
-                            field_path: "metadata.namespace".to_string(),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
+                field_env_var("WEFT_POD_NAMESPACE", "metadata.namespace"),
                 // Kubernetes expands $(VAR) from the variable above.
                 env_var(
                     "WEFT_PROXY_IDENTITY",
@@ -187,6 +179,21 @@ fn identity(
             ]
         }
     })
+}
+
+/// A variable the kubelet sets from the pod's own `field` (the downward API).
+fn field_env_var(name: &str, field: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field.to_string(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 fn proxy_container(
@@ -204,6 +211,8 @@ fn proxy_container(
         ),
         env_var("WEFT_PROXY_TRUST_ANCHORS_PEM", &settings.trust_anchors_pem),
         env_var("WEFT_PROXY_TOKEN_PATH", &format!("{IDENTITY_DIR}/token")),
+        // Told to the control plane, so operators select the proxy by its pod's name.
+        field_env_var("WEFT_POD_NAME", "metadata.name"),
     ]);
     let optional = [
         ("WEFT_PROXY_LOG", &overrides.log_level),
@@ -266,6 +275,11 @@ fn proxy_container(
             ContainerPort {
                 name: Some("weft-admin".to_string()),
                 container_port: ADMIN_PORT,
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("weft-tap".to_string()),
+                container_port: TAP_PORT,
                 ..Default::default()
             },
         ]),

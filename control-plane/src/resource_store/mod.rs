@@ -10,6 +10,7 @@
 
 mod embedded;
 mod kubernetes;
+mod timed;
 
 #[cfg(test)]
 pub(crate) mod conformance;
@@ -21,6 +22,7 @@ use tokio::sync::broadcast;
 pub use embedded::Embedded;
 pub use kubernetes::Kubernetes;
 pub(crate) use kubernetes::{api_resource, decode};
+pub use timed::Timed;
 
 use crate::policy::{Key, Resource};
 use crate::store::StoreError;

@@ -67,6 +67,8 @@ async fn main() -> anyhow::Result<ExitCode> {
     };
     if args.smoke {
         println!("smoke: frontend → weft-proxy → mTLS → weft-proxy → backend works");
+        let tapped = mesh.tap_backend(&bin_dir).await?;
+        println!("smoke: weftctl tap pod/backend -n demo saw the frontend's calls:\n{tapped}");
         return Ok(ExitCode::SUCCESS);
     }
     print_guide(&ports, &bin_dir, &mesh.work_dir);
@@ -121,6 +123,10 @@ Try it:
       the policy the mesh runs on (applied from {logs}/policy.yaml)
   {weftctl} proxy-status
       which proxy watches what, and the config version each applied
+  {weftctl} tap pod/frontend -n demo      (and: {weftctl} top sa/backend -n demo)
+      the frontend proxy's requests live; the backend's busiest paths (curl the frontend meanwhile)
+  {weftctl} proxy-config pod/backend -n demo
+      the backend proxy's configuration and what discovery told it
   {weftctl} apply -f my-route.yaml
       change it live: an HTTPRoute with timeouts or retries for backend.demo (see README)
 

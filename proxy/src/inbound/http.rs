@@ -22,7 +22,7 @@ use crate::http_util::{
     strip_connection_headers,
 };
 use crate::metrics::{Direction, ProxyMetrics, RequestMetrics};
-use crate::observe::{Observation, Observer};
+use crate::observe::{Observation, Observer, ServiceObserving};
 use crate::plain_http::{PlainHttp, PlainHttpError};
 use crate::upgrade;
 
@@ -215,6 +215,7 @@ impl InboundConnection {
             &mut request,
             &self.destination,
             self.peer.as_deref(),
+            ServiceObserving::default(),
         );
         let pushed = self.shared.policy.latest();
         let response = match self.admit(pushed.as_deref(), &request) {
@@ -224,7 +225,7 @@ impl InboundConnection {
             }
             Some(refusal) => refusal,
         };
-        self.metrics.record(response.status(), started.elapsed());
+        let response = self.metrics.record(response, started.elapsed());
         match observation {
             Some(observation) => observation.respond(response),
             None => response,

@@ -226,7 +226,23 @@ mod tests {
             .unwrap();
         assert_eq!(
             rules.skip_inbound_ports,
-            [22, 7143, 9191].map(PortRange::single).to_vec()
+            [22, 7143, 7190, 9191].map(PortRange::single).to_vec()
+        );
+        let without_tap = super::InitArgs::parse_from_args(["--tap-port=off".to_string()])
+            .unwrap()
+            .rules(|_| None)
+            .unwrap();
+        assert_eq!(
+            without_tap.skip_inbound_ports,
+            [7143, 7191].map(PortRange::single).to_vec()
+        );
+        let tap_off_by_env = super::InitArgs::parse_from_args([])
+            .unwrap()
+            .rules(|name| (name == "WEFT_PROXY_TAP_ADDR").then(|| "off".to_string()))
+            .unwrap();
+        assert_eq!(
+            tap_off_by_env.skip_inbound_ports,
+            without_tap.skip_inbound_ports
         );
     }
 }

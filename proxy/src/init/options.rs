@@ -9,7 +9,9 @@ use ipnet::IpNet;
 
 use super::backend::Backend;
 use super::rules::{PortRange, Rules};
-use crate::config::{ENV_ADMIN_ADDR, ENV_CONTROL_PLANE_ADDR, ENV_INBOUND_ADDR, ENV_OUTBOUND_ADDR};
+use crate::config::{
+    ENV_ADMIN_ADDR, ENV_CONTROL_PLANE_ADDR, ENV_INBOUND_ADDR, ENV_OUTBOUND_ADDR, ENV_TAP_ADDR,
+};
 
 pub const ENV_UID: &str = "WEFT_PROXY_UID";
 pub const ENV_SKIP_INBOUND_PORTS: &str = "WEFT_PROXY_SKIP_INBOUND_PORTS";
@@ -34,6 +36,10 @@ pub struct InitArgs {
     /// The proxy's admin port, left reachable (metrics, probes) [default: WEFT_PROXY_ADMIN_ADDR's, or 7191].
     #[arg(long)]
     admin_port: Option<String>,
+    /// The proxy's tap port, left reachable for the control plane (`off`: none)
+    /// [default: WEFT_PROXY_TAP_ADDR's, or 7190].
+    #[arg(long)]
+    tap_port: Option<String>,
     /// Inbound ports that bypass the proxy: `22,8000-8100`.
     #[arg(long, env = ENV_SKIP_INBOUND_PORTS, default_value = "")]
     skip_inbound_ports: String,
@@ -124,6 +130,14 @@ impl InitArgs {
             7140,
         )?;
         let admin_port = port(&self.admin_port, "admin-port", ENV_ADMIN_ADDR, 7191)?;
+        let tap_off = |value: Option<&str>| value.is_some_and(|v| v.trim() == "off");
+        let tap_port = if tap_off(self.tap_port.as_deref())
+            || tap_off(env(ENV_TAP_ADDR).as_deref()) && self.tap_port.is_none()
+        {
+            None
+        } else {
+            Some(port(&self.tap_port, "tap-port", ENV_TAP_ADDR, 7190)?)
+        };
         let mut skip_inbound_ports =
             PortRange::parse_list(&self.skip_inbound_ports).map_err(|e| {
                 bad(
@@ -132,11 +146,12 @@ impl InitArgs {
                 )
             })?;
         // The proxy's own listeners are reached directly: peers may dial the inbound port,
-        // and kubelet and Prometheus the admin port.
+        // kubelet and Prometheus the admin port, the control plane the tap port.
         skip_inbound_ports.extend([
             PortRange::single(inbound_port),
             PortRange::single(admin_port),
         ]);
+        skip_inbound_ports.extend(tap_port.map(PortRange::single));
         skip_inbound_ports.sort();
         skip_inbound_ports.dedup();
         let skip_outbound_ports =

@@ -1,7 +1,8 @@
 //! What the proxy tells about each request beyond its metrics: the trace context it passes on,
-//! the span it records when the request is sampled, and its access-log line. All of it is off
-//! unless configured, and then costs nothing for requests it does not touch: an unsampled
-//! request without an access log is not observed at all.
+//! the span it records when the request is sampled, its access-log line, and its summary for
+//! the operators tapping the proxy. All of it is off unless configured or watched, and then
+//! costs nothing for requests it does not touch: an unsampled request without an access log
+//! that no one taps is not observed at all.
 
 mod body;
 mod context;
@@ -10,27 +11,49 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use http::{HeaderMap, Method, Request, Response, Version};
+use http::{Method, Request, Response, Version};
 use opentelemetry::trace::{TraceContextExt, TraceId};
 use parking_lot::Mutex;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use weft_telemetry::{ACCESS_LOG_TARGET, TRACE_TARGET};
 
-use self::body::{CountedRequest, ObservedResponse};
+use self::body::CountedRequest;
 use self::context::Incoming;
-use crate::http_util::Body;
+use crate::body_end::{Ended, OnEnd};
+use crate::http_util::{Body, grpc_status, is_grpc};
 use crate::metrics::Direction;
+use crate::tap::{RequestHead, RequestInit, ResponseEnd, Tapped, Taps};
 
 /// How requests are observed: traced (at what sampling ratio when the caller does not say),
-/// logged, both or neither.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// logged, tapped, all or none.
+#[derive(Debug, Clone)]
 pub struct Observer {
     /// `Some`: spans are exported, and requests arriving without a decision are sampled at
     /// this ratio (0 to 1).
     pub sampling: Option<f64>,
     /// Write an access-log line per request.
     pub access_log: bool,
+    /// Operators watching the proxy's requests live.
+    pub taps: Taps,
+}
+
+impl Default for Observer {
+    fn default() -> Self {
+        Self {
+            sampling: None,
+            access_log: false,
+            taps: Taps::unregistered(),
+        }
+    }
+}
+
+/// What a Service's policy changes in how its requests are observed; `None`: the proxy's own
+/// setting stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ServiceObserving {
+    pub sampling: Option<f64>,
+    pub access_log: Option<bool>,
 }
 
 /// What the stack chose for a request (its route, backend and endpoint), for the request's
@@ -62,38 +85,38 @@ pub struct Observation {
     span: tracing::Span,
     trace_id: Option<TraceId>,
     log: bool,
+    tapped: Option<Tapped>,
 }
 
 impl Observer {
-    /// This observer as one Service's policy adjusts it: its sampling ratio (where traces are
-    /// exported at all) and whether its requests are logged.
-    pub fn for_service(self, sampling: Option<f64>, access_log: Option<bool>) -> Self {
-        Self {
-            sampling: self.sampling.map(|ratio| sampling.unwrap_or(ratio)),
-            access_log: access_log.unwrap_or(self.access_log),
-        }
-    }
-
-    /// Whether any request is observed.
-    pub fn is_on(&self) -> bool {
-        self.sampling.is_some() || self.access_log
+    /// The sampling ratio (where traces are exported at all) and access log for a Service
+    /// whose policy says `service`.
+    fn adjusted(&self, service: ServiceObserving) -> (Option<f64>, bool) {
+        (
+            self.sampling.map(|ratio| service.sampling.unwrap_or(ratio)),
+            service.access_log.unwrap_or(self.access_log),
+        )
     }
 
     /// Begins observing `request` (`None`: nothing observes it), writing the trace context the
     /// next hop gets into its headers. `peer` is the client's identity inbound; outbound, the
-    /// endpoint the stack picks is named instead.
+    /// endpoint the stack picks is named instead. `service` is what the destination Service's
+    /// policy says.
     pub fn start<B>(
         &self,
         direction: Direction,
         request: &mut Request<B>,
         destination: &Arc<str>,
         peer: Option<&str>,
+        service: ServiceObserving,
     ) -> Option<Observation> {
-        if !self.is_on() {
+        let (sampling, access_log) = self.adjusted(service);
+        let watched = self.taps.is_watched();
+        if sampling.is_none() && !access_log && !watched {
             return None;
         }
         let incoming = Incoming::read(request.headers());
-        let sampled = self.sampling.is_some_and(|ratio| {
+        let sampled = sampling.is_some_and(|ratio| {
             incoming
                 .sampled()
                 .unwrap_or_else(|| rand::random::<f64>() < ratio)
@@ -111,6 +134,31 @@ impl Observer {
                     .map(str::to_string)
             })
             .unwrap_or_default();
+        let tapped = if watched {
+            let head = RequestHead {
+                direction,
+                method: request.method(),
+                authority: &authority,
+                path: &path,
+            };
+            let init = || RequestInit {
+                direction,
+                method: request.method().clone(),
+                authority: authority.clone(),
+                path: path.clone(),
+                version: request.version(),
+                peer_identity: peer.map(str::to_string),
+                destination: destination.clone(),
+                at: std::time::SystemTime::now(),
+                headers: Vec::new(),
+            };
+            self.taps.offer(head, init, request.headers())
+        } else {
+            None
+        };
+        if sampling.is_none() && !access_log && tapped.is_none() {
+            return None;
+        }
         let (span, trace_id) = if sampled {
             let span = request_span(direction, request, &path, &authority, destination);
             if incoming.span_context().is_some() {
@@ -126,7 +174,7 @@ impl Observer {
                 Some(parent) => Some(parent.trace_id()),
                 // Traced, but not this request: the hops after this one are told so, rather
                 // than each deciding again.
-                None if self.sampling.is_some() && direction == Direction::Outbound => {
+                None if sampling.is_some() && direction == Direction::Outbound => {
                     let root = context::unsampled_root();
                     incoming.write(&root, request.headers_mut());
                     Some(root.span().span_context().trace_id())
@@ -151,7 +199,8 @@ impl Observer {
             status: 0,
             span,
             trace_id,
-            log: self.access_log,
+            log: access_log,
+            tapped,
         })
     }
 }
@@ -222,19 +271,19 @@ impl Observation {
         use http_body_util::BodyExt;
         self.status = response.status().as_u16();
         let grpc_status = grpc_status(response.headers());
+        if let Some(tapped) = &self.tapped {
+            tapped.response(self.status, self.started.elapsed(), response.headers());
+        }
         response.map(|inner| {
-            ObservedResponse {
-                inner,
-                observation: Some(self),
-                bytes: 0,
-                grpc_status,
-            }
+            OnEnd::new(inner, grpc_status, move |ended: Ended| {
+                self.finish(ended.bytes, ended.grpc_status, !ended.complete);
+            })
             .boxed_unsync()
         })
     }
 
     /// The request is over: its span ends and its line is written.
-    fn finish(self, response_bytes: u64, grpc_status: Option<u32>, failed: bool) {
+    fn finish(mut self, response_bytes: u64, grpc_status: Option<u32>, failed: bool) {
         let choice = std::mem::take(&mut *self.picked.0.lock());
         let peer = self.peer.or(choice.endpoint);
         let request_bytes = self.request_bytes.load(Ordering::Relaxed);
@@ -287,6 +336,20 @@ impl Observation {
                 complete = !failed,
             );
         }
+        if let Some(tapped) = self.tapped.take() {
+            tapped.end(ResponseEnd {
+                status: self.status,
+                grpc_status,
+                duration,
+                request_bytes,
+                response_bytes,
+                complete: !failed,
+                route: choice.route,
+                backend: choice.backend,
+                // Inbound, the peer is the client, told when the request began.
+                peer_identity: peer.filter(|_| self.direction == Direction::Outbound),
+            });
+        }
     }
 }
 
@@ -321,20 +384,7 @@ fn is_error(direction: Direction, status: u16, grpc_status: Option<u32>) -> bool
     }
 }
 
-fn grpc_status(headers: &HeaderMap) -> Option<u32> {
-    headers
-        .get("grpc-status")
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse().ok())
-}
-
-fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
-fn protocol(version: Version) -> &'static str {
+pub(crate) fn protocol(version: Version) -> &'static str {
     match version {
         Version::HTTP_09 => "0.9",
         Version::HTTP_10 => "1.0",
@@ -380,17 +430,23 @@ mod tests {
 
     #[test]
     fn a_services_policy_adjusts_what_the_proxy_does_but_cannot_export_without_an_exporter() {
+        let service = |sampling, access_log| ServiceObserving {
+            sampling,
+            access_log,
+        };
         let untraced = Observer::default();
-        assert_eq!(untraced.for_service(Some(1.0), None).sampling, None);
-        assert!(untraced.for_service(None, Some(true)).access_log);
+        assert_eq!(untraced.adjusted(service(Some(1.0), None)).0, None);
+        assert!(untraced.adjusted(service(None, Some(true))).1);
         let traced = Observer {
             sampling: Some(0.01),
             access_log: true,
+            ..Observer::default()
         };
-        let adjusted = traced.for_service(Some(0.5), Some(false));
-        assert_eq!(adjusted.sampling, Some(0.5));
-        assert!(!adjusted.access_log);
-        assert_eq!(traced.for_service(None, None), traced);
+        assert_eq!(
+            traced.adjusted(service(Some(0.5), Some(false))),
+            (Some(0.5), false)
+        );
+        assert_eq!(traced.adjusted(service(None, None)), (Some(0.01), true));
     }
 
     #[test]
@@ -399,7 +455,13 @@ mod tests {
         let observer = Observer::default();
         assert!(
             observer
-                .start(Direction::Outbound, &mut request, &Arc::from("api"), None)
+                .start(
+                    Direction::Outbound,
+                    &mut request,
+                    &Arc::from("api"),
+                    None,
+                    ServiceObserving::default()
+                )
                 .is_none()
         );
         assert!(request.extensions().get::<Picked>().is_none());
@@ -412,9 +474,16 @@ mod tests {
         let observer = Observer {
             sampling: Some(0.0),
             access_log: false,
+            ..Observer::default()
         };
         let observation = observer
-            .start(Direction::Outbound, &mut request, &Arc::from("api"), None)
+            .start(
+                Direction::Outbound,
+                &mut request,
+                &Arc::from("api"),
+                None,
+                ServiceObserving::default(),
+            )
             .unwrap();
         let traceparent = request.headers().get("traceparent").unwrap();
         assert!(traceparent.to_str().unwrap().ends_with("-00"));
@@ -423,7 +492,13 @@ mod tests {
         let mut inbound = Request::new(());
         *inbound.headers_mut() = request.headers().clone();
         observer
-            .start(Direction::Inbound, &mut inbound, &Arc::from("api"), None)
+            .start(
+                Direction::Inbound,
+                &mut inbound,
+                &Arc::from("api"),
+                None,
+                ServiceObserving::default(),
+            )
             .unwrap();
         assert_eq!(inbound.headers().get("traceparent").unwrap(), traceparent);
     }

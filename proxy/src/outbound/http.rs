@@ -22,7 +22,7 @@ use crate::http_util::{
     Body, ORIG_PROTO, boxed, error_response, remove_weft_headers, strip_connection_headers,
 };
 use crate::metrics::{Direction, ProxyMetrics, Refusal, RequestMetrics};
-use crate::observe::Observer;
+use crate::observe::{Observer, ServiceObserving};
 use crate::plain_http::PlainHttp;
 use crate::stack::{DestinationRuntime, DestinationStack};
 use crate::static_routes::{Route, StaticRoutes, normalize_authority};
@@ -286,16 +286,14 @@ impl OutboundHttp {
         if let (Some(dst), true) = (conn.orig_dst, conn.plaintext_ok) {
             if upgrade::is_upgrade(&request) {
                 let response = pass_through_upgrade(dst, request).await;
-                self.unmeshed.record(response.status(), started.elapsed());
-                return response;
+                return self.unmeshed.record(response, started.elapsed());
             }
             let response = pass_through(
                 conn.passthrough.get_or_init(|| PlainHttp::new(dst)),
                 request,
             )
             .await;
-            self.unmeshed.record(response.status(), started.elapsed());
-            return response;
+            return self.unmeshed.record(response, started.elapsed());
         }
         let response = if let Some(dst) = conn.orig_dst {
             self.metrics.refused(Refusal::DiscoveryUnavailable);
@@ -316,8 +314,7 @@ impl OutboundHttp {
                 "request has no authority (Host header)",
             )
         };
-        self.unrouted.record(response.status(), started.elapsed());
-        response
+        self.unrouted.record(response, started.elapsed())
     }
 }
 
@@ -350,10 +347,16 @@ impl OutboundHttp {
         // Before the request is rewritten for the peer: the span and log line describe it as
         // the app sent it, and the context written now travels on.
         let telemetry = stack.telemetry;
-        let observation = self
-            .observer
-            .for_service(telemetry.trace_sampling, telemetry.access_log)
-            .start(Direction::Outbound, &mut request, &stack.service, None);
+        let observation = self.observer.start(
+            Direction::Outbound,
+            &mut request,
+            &stack.service,
+            None,
+            ServiceObserving {
+                sampling: telemetry.trace_sampling,
+                access_log: telemetry.access_log,
+            },
+        );
         let request = match to_peer_request(request, authority) {
             Ok(request) => request,
             Err(reason) => return error_response(StatusCode::BAD_REQUEST, reason),

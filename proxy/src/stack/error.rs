@@ -59,6 +59,20 @@ impl ProxyError {
         )
     }
 
+    /// The reason, as `weft_outbound_errors_total` labels it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Connect(_) => "connect",
+            Self::Stream(_) => "stream",
+            Self::Saturated(_) => "saturated",
+            Self::NoEndpoints(_) => "no_endpoints",
+            Self::NoBackends(_) => "no_backends",
+            Self::Timeout { .. } => "timeout",
+            Self::RateLimited(_) => "rate_limited",
+            Self::NoMatch(_) => "no_route",
+        }
+    }
+
     /// The response the app gets.
     pub fn into_response(self) -> HttpResponse {
         let status = match &self {

@@ -12,6 +12,7 @@ use tower::retry::budget::{Budget, TpsBudget};
 
 use super::{HttpRequest, HttpResponse, ProxyError};
 use crate::destination::{RetryBudget, RetryPolicy};
+use crate::metrics::{RetryReason, RouteRetries};
 
 /// The longest wait between attempts, unless the route's backoff itself is longer.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -39,7 +40,7 @@ pub fn budget(config: &RetryBudget) -> Arc<TpsBudget> {
 /// Counters of one route's retries.
 #[derive(Debug, Clone)]
 pub struct RetryMetrics {
-    pub retries: IntCounter,
+    pub retries: RouteRetries,
     pub budget_exhausted: IntCounter,
 }
 
@@ -67,30 +68,32 @@ impl Policy {
         }
     }
 
+    /// Why `result` should be retried, if it should.
     fn wants_retry(
         &self,
         request: &HttpRequest,
         result: &Result<HttpResponse, ProxyError>,
-    ) -> bool {
+    ) -> Option<RetryReason> {
         match result {
             Ok(response) => {
                 let status = response.status().as_u16();
                 if self.config.http_codes.contains(&status) {
-                    return true;
+                    return Some(RetryReason::Status);
                 }
                 // A gRPC error before any message arrives in the headers (trailers-only).
-                response
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u32>().ok())
+                crate::http_util::grpc_status(response.headers())
                     .is_some_and(|code| self.config.grpc_codes.contains(&code))
+                    .then_some(RetryReason::GrpcStatus)
             }
-            Err(error) => {
-                self.config.on_connect_failure
-                    && (error.is_connect_failure()
-                        || (error.is_mid_request_failure() && is_idempotent(request.method())))
+            Err(_) if !self.config.on_connect_failure => None,
+            Err(error) if error.is_connect_failure() => Some(RetryReason::Connect),
+            Err(error) if error.is_mid_request_failure() && is_idempotent(request.method()) => {
+                Some(match error {
+                    ProxyError::Timeout { .. } => RetryReason::Timeout,
+                    _ => RetryReason::Stream,
+                })
             }
+            Err(_) => None,
         }
     }
 
@@ -129,9 +132,10 @@ impl tower::retry::Policy<HttpRequest, HttpResponse, ProxyError> for Policy {
         request: &mut HttpRequest,
         result: &mut Result<HttpResponse, ProxyError>,
     ) -> Option<Self::Future> {
-        if self.attempts_left == 0 || !self.wants_retry(request, result) {
+        if self.attempts_left == 0 {
             return None;
         }
+        let reason = self.wants_retry(request, result)?;
         if !self.budget.withdraw() {
             self.metrics.budget_exhausted.inc();
             return None;
@@ -139,7 +143,7 @@ impl tower::retry::Policy<HttpRequest, HttpResponse, ProxyError> for Policy {
         let backoff = self.backoff();
         self.attempts_left -= 1;
         self.retried += 1;
-        self.metrics.retries.inc();
+        self.metrics.retries.inc(reason);
         Some(tokio::time::sleep(backoff))
     }
 
@@ -173,9 +177,10 @@ mod tests {
             attempts: 2,
             backoff: Duration::from_millis(10),
         };
+        let metrics = crate::metrics::ProxyMetrics::register(&prometheus::Registry::new()).unwrap();
         let metrics = RetryMetrics {
-            retries: IntCounter::new("r_total", "r").unwrap(),
-            budget_exhausted: IntCounter::new("b_total", "b").unwrap(),
+            retries: metrics.route_retries("api", "r"),
+            budget_exhausted: metrics.route_budget_exhausted("api", "r"),
         };
         Policy::new(Arc::new(config), budget(&default_budget()), metrics)
     }
@@ -206,14 +211,40 @@ mod tests {
     #[test]
     fn connect_failures_are_retried_for_any_method() {
         let p = policy();
-        assert!(p.wants_retry(&request(http::Method::POST), &Err(refused())));
+        assert_eq!(
+            p.wants_retry(&request(http::Method::POST), &Err(refused())),
+            Some(RetryReason::Connect)
+        );
     }
 
     #[test]
     fn a_reset_is_retried_only_for_idempotent_methods() {
         let p = policy();
-        assert!(p.wants_retry(&request(http::Method::GET), &Err(reset())));
-        assert!(!p.wants_retry(&request(http::Method::POST), &Err(reset())));
+        assert_eq!(
+            p.wants_retry(&request(http::Method::GET), &Err(reset())),
+            Some(RetryReason::Stream)
+        );
+        assert_eq!(
+            p.wants_retry(&request(http::Method::POST), &Err(reset())),
+            None
+        );
+    }
+
+    #[test]
+    fn a_timeout_is_retried_only_for_idempotent_methods_and_named_as_such() {
+        let p = policy();
+        let timeout = || ProxyError::Timeout {
+            what: "backend request",
+            after: Duration::from_millis(200),
+        };
+        assert_eq!(
+            p.wants_retry(&request(http::Method::GET), &Err(timeout())),
+            Some(RetryReason::Timeout)
+        );
+        assert_eq!(
+            p.wants_retry(&request(http::Method::POST), &Err(timeout())),
+            None
+        );
     }
 
     #[test]
@@ -221,13 +252,19 @@ mod tests {
         let p = policy();
         let mut response = HttpResponse::new(crate::http_util::empty_body());
         *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-        assert!(p.wants_retry(&request(http::Method::POST), &Ok(response)));
+        assert_eq!(
+            p.wants_retry(&request(http::Method::POST), &Ok(response)),
+            Some(RetryReason::Status)
+        );
         let mut grpc = HttpResponse::new(crate::http_util::empty_body());
         grpc.headers_mut()
             .insert("grpc-status", "14".parse().unwrap());
-        assert!(p.wants_retry(&request(http::Method::POST), &Ok(grpc)));
+        assert_eq!(
+            p.wants_retry(&request(http::Method::POST), &Ok(grpc)),
+            Some(RetryReason::GrpcStatus)
+        );
         let ok = HttpResponse::new(crate::http_util::empty_body());
-        assert!(!p.wants_retry(&request(http::Method::GET), &Ok(ok)));
+        assert_eq!(p.wants_retry(&request(http::Method::GET), &Ok(ok)), None);
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub struct DestinationStack {
     routes: Vec<CompiledRoute>,
     rate_limit: Option<Arc<TokenBucket>>,
     metrics: RequestMetrics,
+    /// For the requests the proxy answers itself.
+    errors: ProxyMetrics,
     replay_limit: usize,
 }
 
@@ -146,6 +148,7 @@ impl DestinationRuntime {
             metrics: self
                 .metrics
                 .requests(Direction::Outbound, peer_identity, &service),
+            errors: self.metrics.clone(),
             replay_limit: self.replay_limit,
         }
     }
@@ -323,12 +326,14 @@ impl DestinationStack {
     /// Sends one request through the first route that matches it.
     pub async fn handle(&self, request: http::Request<Body>) -> http::Response<Body> {
         let started = Instant::now();
-        let response = self
-            .route(request)
-            .await
-            .unwrap_or_else(ProxyError::into_response);
-        self.metrics.record(response.status(), started.elapsed());
-        response
+        let response = match self.route(request).await {
+            Ok(response) => response,
+            Err(error) => {
+                self.errors.outbound_error(&self.service, error.reason());
+                error.into_response()
+            }
+        };
+        self.metrics.record(response, started.elapsed())
     }
 
     async fn route(

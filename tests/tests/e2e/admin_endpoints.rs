@@ -35,10 +35,15 @@ async fn proxy_config_shows_the_configuration_and_what_discovery_said_without_se
     let token = std::fs::read_to_string(&cluster.client.token).unwrap();
     assert!(!stdout.contains(token.trim()), "the join token leaked");
 
-    // A pod name, or anything that is not host:port: one line saying what to do.
+    // Anything that is not host:port is a pod, asked through the control plane: one line
+    // naming what no connected proxy is.
     let (status, _, stderr) = cluster.cp.weftctl(&["proxy-config", "web-7d9c"]);
-    assert!(!status.success());
-    assert!(stderr.contains("kubectl port-forward"), "{stderr}");
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.contains("no connected proxy matches pod/web-7d9c in namespace default"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,4 +116,50 @@ async fn json_logs_are_one_object_per_line() {
         lines.iter().any(|l| l.contains("weft-proxy started")),
         "{log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_counts_its_pushes_and_store_operations_and_the_proxy_its_watches() {
+    let cluster = Cluster::start().await;
+    cluster.get_ok("/").await;
+    let value = |metrics: &str, prefix: &str| {
+        weft_tests::mesh::metric_value(metrics, prefix).unwrap_or(0.0)
+    };
+    // Three proxies: each its mesh snapshot (pushed once it watches), the client api's.
+    let metrics = weft_tests::eventually(
+        "every proxy's mesh snapshot to be pushed",
+        std::time::Duration::from_secs(10),
+        || async {
+            let metrics = weft_tests::client::http_get(cluster.cp.metrics, "/metrics")
+                .await
+                .map(|(_, body)| body)
+                .unwrap_or_default();
+            (value(
+                &metrics,
+                "weft_control_discovery_pushes_total{kind=\"mesh\"}",
+            ) >= 3.0)
+                .then_some(metrics)
+        },
+    )
+    .await;
+    let value = |prefix: &str| value(&metrics, prefix);
+    assert!(
+        value("weft_control_discovery_pushes_total{kind=\"outbound\"}") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        value("weft_control_discovery_push_duration_seconds_count{kind=\"outbound\"}") >= 1.0,
+        "{metrics}"
+    );
+    // The Services and Workloads were applied; the policy was listed at start.
+    assert!(
+        value("weft_control_store_operation_duration_seconds_count{operation=\"apply\"}") >= 3.0,
+        "{metrics}"
+    );
+    assert!(
+        value("weft_control_store_operation_duration_seconds_count{operation=\"list\"}") >= 1.0,
+        "{metrics}"
+    );
+    let proxy = cluster.client.metrics().await;
+    assert!(proxy.contains("\nweft_discovery_watches 1\n"), "{proxy}");
 }

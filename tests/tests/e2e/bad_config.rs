@@ -36,6 +36,7 @@ impl Env {
             ("WEFT_PROXY_INBOUND_ADDR", "127.0.0.1:0".to_string()),
             ("WEFT_PROXY_OUTBOUND_ADDR", "127.0.0.1:0".to_string()),
             ("WEFT_PROXY_ADMIN_ADDR", "127.0.0.1:0".to_string()),
+            ("WEFT_PROXY_TAP_ADDR", "127.0.0.1:0".to_string()),
         ];
         Self { dir, vars }
     }

@@ -30,6 +30,7 @@ mod refusals;
 mod revocation;
 mod rotation;
 mod store_damage;
+mod tap;
 mod traces;
 mod traffic;
 mod trust_rotation;

@@ -182,7 +182,7 @@ async fn retries_hide_a_flaky_upstream_within_their_budget() {
     assert!(share(ok, 1000) >= 99.5, "only {ok} of 1000 succeeded");
     let retries = cluster
         .client
-        .metric("weft_route_retries_total{destination=\"shop/api:8080\",route=\"shop/retries\"}")
+        .metric("weft_route_retries_total{destination=\"shop/api:8080\",reason=\"status\",route=\"shop/retries\"}")
         .await
         .unwrap_or(0.0);
     assert!(retries >= 200.0, "{retries} retries for 20 % failures");
@@ -225,7 +225,11 @@ async fn a_tight_budget_caps_retries() {
         }
     };
     let requests = metric("weft_route_requests_total").await;
-    let retries = metric("weft_route_retries_total").await;
+    let retries = cluster
+        .client
+        .metric("weft_route_retries_total{destination=\"shop/api:8080\",reason=\"status\",route=\"shop/retries\"}")
+        .await
+        .unwrap_or(0.0);
     let refused = metric("weft_route_retry_budget_exhausted_total").await;
     // The budget: 10 % of requests, plus 1/s over the 10 s window (its starting reserve) and
     // over the run.

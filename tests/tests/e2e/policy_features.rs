@@ -54,6 +54,28 @@ async fn each_attempt_gets_its_own_timeout() {
         },
     )
     .await;
+    // Counted: two retries for running out of time, one 504 the proxy answered itself.
+    let metrics = cluster.client.metrics().await;
+    let value = |prefix: &str| weft_tests::mesh::metric_value(&metrics, prefix);
+    assert_eq!(
+        value(
+            "weft_route_retries_total{destination=\"shop/api:8080\",reason=\"timeout\",route=\"shop/attempts\"}"
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        value("weft_outbound_errors_total{destination=\"shop/api:8080\",reason=\"timeout\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        value(
+            "weft_http_responses_total{destination=\"shop/api:8080\",direction=\"outbound\",grpc_status=\"\",peer_identity=\"\",status_code=\"504\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

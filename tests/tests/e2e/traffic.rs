@@ -217,6 +217,31 @@ async fn grpc_unary_streaming_and_trailers_pass_through() {
         indexes.push(reply.index);
     }
     assert_eq!(indexes, (0..100).collect::<Vec<_>>());
+
+    // Counted by gRPC status, from the trailers, on both sides.
+    let by_grpc_status = |metrics: &str, direction: &str, peer: &str, code: &str| {
+        weft_tests::mesh::metric_value(
+            metrics,
+            &format!(
+                "weft_http_responses_total{{destination=\"{GRPC_AUTHORITY}\",direction=\"{direction}\",grpc_status=\"{code}\",peer_identity=\"{peer}\",status_code=\"200\"}}"
+            ),
+        )
+    };
+    let outbound = weft_tests::eventually(
+        "the streams to be counted",
+        Duration::from_secs(10),
+        || async {
+            let metrics = mesh.client.metrics().await;
+            (by_grpc_status(&metrics, "outbound", crate::SERVER_ID, "0") == Some(2.0))
+                .then_some(metrics)
+        },
+    )
+    .await;
+    assert_eq!(
+        by_grpc_status(&outbound, "outbound", crate::SERVER_ID, "9"),
+        Some(1.0),
+        "{outbound}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -129,7 +129,10 @@ async fn a_full_anchor_rotation_under_steady_traffic_loses_no_request() {
         tls: Arc::new(tls),
     };
     let mut discovery = DiscoveryClient::new(target.channel().await.unwrap());
-    let stalled = discovery.watch_mesh(WatchMeshRequest {}).await.unwrap();
+    let stalled = discovery
+        .watch_mesh(WatchMeshRequest::default())
+        .await
+        .unwrap();
     let (status, _, stderr) = cp.weftctl(&["certs", "rotate-anchor"]);
     assert_eq!(status.code(), Some(1));
     assert!(

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use weft_api::discovery::{MeshSnapshot, WatchMeshRequest};
+use weft_api::discovery::MeshSnapshot;
 use weft_certs::TrustAnchors;
 
 use super::Inner;
@@ -16,7 +16,7 @@ impl Inner {
     pub(super) async fn run_mesh(&self) {
         let open = || async {
             let mut grpc = self.grpc.clone();
-            grpc.watch_mesh(WatchMeshRequest {})
+            grpc.watch_mesh(self.whereabouts.clone())
                 .await
                 .map(tonic::Response::into_inner)
         };

@@ -24,8 +24,8 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
-use weft_api::discovery::ConfigStatus;
 use weft_api::discovery::discovery_client::DiscoveryClient as DiscoveryGrpc;
+use weft_api::discovery::{ConfigStatus, WatchMeshRequest};
 use weft_certs::{CertStore, TrustStore};
 use weft_telemetry::Drain;
 
@@ -84,6 +84,10 @@ pub struct DiscoverySettings {
     /// The anchors every TLS config of the proxy reads; replaced by the bundle the control plane
     /// pushes.
     pub trust: Arc<TrustStore>,
+    /// Told to the control plane, which reaches the proxy's tap API there.
+    pub tap_port: Option<u16>,
+    /// The pod the proxy runs in, told to the control plane.
+    pub pod: Option<String>,
 }
 
 #[derive(Debug)]
@@ -100,6 +104,8 @@ struct Inner {
     /// The mesh's networks as last pushed (or configured); `None` while unknown.
     mesh: ArcSwapOption<MeshNetworks>,
     trust: Arc<TrustStore>,
+    /// What the mesh watch tells the control plane about this proxy.
+    whereabouts: WatchMeshRequest,
     /// The workload's inbound policy; `None` until the control plane answers.
     inbound: watch::Receiver<Option<Arc<InboundPolicy>>>,
     inbound_tx: watch::Sender<Option<Arc<InboundPolicy>>>,
@@ -153,6 +159,10 @@ impl DiscoveryClient {
                 refused: Mutex::new(HashMap::new()),
                 mesh: ArcSwapOption::from(settings.mesh.map(Arc::new)),
                 trust: settings.trust,
+                whereabouts: WatchMeshRequest {
+                    tap_port: settings.tap_port.map_or(0, u32::from),
+                    pod: settings.pod.unwrap_or_default(),
+                },
                 inbound,
                 inbound_tx,
             }),
@@ -250,6 +260,7 @@ impl DiscoveryClient {
             stop: CancellationToken::new(),
         });
         watches.insert(key.to_string(), watch.clone());
+        self.inner.metrics.discovery_watches(watches.len());
         let inner = self.inner.clone();
         let destination = key.to_string();
         let task_watch = watch.clone();
@@ -267,6 +278,7 @@ impl DiscoveryClient {
             {
                 watches.remove(&destination);
             }
+            inner.metrics.discovery_watches(watches.len());
         });
         watch
     }
@@ -412,6 +424,8 @@ mod tests {
             max_watches,
             max_endpoints: DEFAULT_MAX_ENDPOINTS,
             trust: TrustStore::new(anchors.unwrap()),
+            tap_port: None,
+            pod: None,
         };
         DiscoveryClient::new(channel, CertStore::new(), metrics, Drain::new(), settings)
     }

@@ -1,12 +1,21 @@
 //! The proxy's metrics. Label sets are resolved once per connection or route, so recording a
-//! request is an atomic increment and a histogram observation.
+//! request is an atomic increment, a histogram observation, and its status code's counter
+//! (found among the few its label set has seen).
 
+mod responses;
+
+use std::sync::Arc;
 use std::time::Duration;
+
+use http::Response;
 
 use prometheus::{
     Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
 };
 use weft_telemetry::metrics;
+
+use self::responses::ResponseCounters;
+use crate::http_util::Body;
 
 /// Which side of the proxy traffic came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +109,9 @@ impl InboundRefusal {
 #[derive(Debug, Clone)]
 pub struct ProxyMetrics {
     requests: IntCounterVec,
+    responses: IntCounterVec,
     latency: HistogramVec,
+    errors: IntCounterVec,
     tcp_open: IntGaugeVec,
     tcp_opened: IntCounterVec,
     tcp_bytes: IntCounterVec,
@@ -113,6 +124,7 @@ pub struct ProxyMetrics {
     endpoints_ejected: IntGaugeVec,
     discovery_updates: IntCounterVec,
     discovery_last_applied: IntGauge,
+    discovery_watches: IntGauge,
     outbound_refused: IntCounterVec,
     inbound_refused: IntCounterVec,
     inbound_authz: IntCounterVec,
@@ -128,6 +140,72 @@ pub struct ProxyMetrics {
 pub struct RequestMetrics {
     by_class: [IntCounter; 6],
     latency: Histogram,
+    responses: ResponseCounters,
+}
+
+/// Why a request was retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    /// An HTTP status the route retries.
+    Status,
+    /// A gRPC status the route retries.
+    GrpcStatus,
+    /// The endpoint could not be reached.
+    Connect,
+    /// The exchange broke after the request may have been sent.
+    Stream,
+    /// An attempt ran out of time.
+    Timeout,
+}
+
+impl RetryReason {
+    const ALL: [Self; 5] = [
+        Self::Status,
+        Self::GrpcStatus,
+        Self::Connect,
+        Self::Stream,
+        Self::Timeout,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Status => "status",
+            Self::GrpcStatus => "grpc_status",
+            Self::Connect => "connect",
+            Self::Stream => "stream",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+/// One route's retry counters by reason, each created when first used.
+#[derive(Debug, Clone)]
+pub struct RouteRetries(Arc<RetriesOfRoute>);
+
+#[derive(Debug)]
+struct RetriesOfRoute {
+    vec: IntCounterVec,
+    destination: String,
+    route: String,
+    by_reason: [std::sync::OnceLock<IntCounter>; 5],
+}
+
+impl RouteRetries {
+    /// Counts one retry.
+    pub fn inc(&self, reason: RetryReason) {
+        let of = &self.0;
+        let index = RetryReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or_default();
+        of.by_reason[index]
+            .get_or_init(|| {
+                of.vec
+                    .with_label_values(&[of.destination.as_str(), &of.route, reason.as_str()])
+            })
+            .inc();
+    }
 }
 
 /// Counts an open connection until dropped.
@@ -145,6 +223,24 @@ impl ProxyMetrics {
                 "weft_http_requests_total",
                 "HTTP requests, by direction, peer identity, destination and response status class.",
                 &["direction", "peer_identity", "destination", "status_class"],
+            )?,
+            responses: metrics::counter_vec(
+                registry,
+                "weft_http_responses_total",
+                "HTTP responses, by direction, peer identity, destination, status code and gRPC status (empty for other responses, none for a gRPC response that ended without one); counted when a gRPC response ends, when any other's headers arrive.",
+                &[
+                    "direction",
+                    "peer_identity",
+                    "destination",
+                    "status_code",
+                    "grpc_status",
+                ],
+            )?,
+            errors: metrics::counter_vec(
+                registry,
+                "weft_outbound_errors_total",
+                "Requests to a meshed destination the proxy answered itself, by destination and reason: timeout, rate_limited, connect, stream, saturated, no_endpoints, no_backends, no_route.",
+                &["destination", "reason"],
             )?,
             latency: metrics::latency_histogram_vec(
                 registry,
@@ -197,8 +293,8 @@ impl ProxyMetrics {
             route_retries: metrics::counter_vec(
                 registry,
                 "weft_route_retries_total",
-                "Retries sent, by route.",
-                &["destination", "route"],
+                "Retries sent, by route and reason: status (an HTTP status the route retries), grpc_status, connect (the endpoint could not be reached), stream (the exchange broke) or timeout (the attempt ran out of time; these two for idempotent requests only).",
+                &["destination", "route", "reason"],
             )?,
             route_budget_exhausted: metrics::counter_vec(
                 registry,
@@ -228,6 +324,11 @@ impl ProxyMetrics {
                 registry,
                 "weft_discovery_last_update_timestamp_seconds",
                 "When the proxy last applied a discovery snapshot, in seconds since the Unix epoch (0: never).",
+            )?,
+            discovery_watches: metrics::gauge(
+                registry,
+                "weft_discovery_watches",
+                "Destinations the proxy watches now (bounded by WEFT_PROXY_MAX_DESTINATIONS).",
             )?,
             outbound_refused: metrics::counter_vec(
                 registry,
@@ -279,7 +380,20 @@ impl ProxyMetrics {
             latency: self
                 .latency
                 .with_label_values(&[direction.as_str(), peer, destination]),
+            responses: ResponseCounters::new(
+                self.responses.clone(),
+                [
+                    direction.as_str().to_string(),
+                    peer.to_string(),
+                    destination.to_string(),
+                ],
+            ),
         }
+    }
+
+    /// A request to `destination` the proxy answered itself, for `reason`.
+    pub fn outbound_error(&self, destination: &str, reason: &str) {
+        self.errors.with_label_values(&[destination, reason]).inc();
     }
 
     /// Requests of one route.
@@ -288,8 +402,13 @@ impl ProxyMetrics {
     }
 
     /// Retries of one route.
-    pub fn route_retries(&self, destination: &str, route: &str) -> IntCounter {
-        self.route_retries.with_label_values(&[destination, route])
+    pub fn route_retries(&self, destination: &str, route: &str) -> RouteRetries {
+        RouteRetries(Arc::new(RetriesOfRoute {
+            vec: self.route_retries.clone(),
+            destination: destination.to_string(),
+            route: route.to_string(),
+            by_reason: Default::default(),
+        }))
     }
 
     /// Retries of one route refused by the budget.
@@ -309,6 +428,12 @@ impl ProxyMetrics {
     pub fn endpoints_ejected(&self, backend: &str, route: Option<&str>) -> IntGauge {
         self.endpoints_ejected
             .with_label_values(&[backend, route.unwrap_or("")])
+    }
+
+    /// The number of destinations watched changed to `watched`.
+    pub fn discovery_watches(&self, watched: usize) {
+        self.discovery_watches
+            .set(i64::try_from(watched).unwrap_or(i64::MAX));
     }
 
     /// A discovery snapshot applied (`true`) or rejected.
@@ -420,9 +545,10 @@ fn tls_failure_reason(error: &std::io::Error) -> &'static str {
 // === impl RequestMetrics ===
 
 impl RequestMetrics {
-    /// Records one response.
-    pub fn record(&self, status: http::StatusCode, elapsed: Duration) {
-        let class = match status.as_u16() / 100 {
+    /// Records one response (its headers arrived `elapsed` after the request): its class and
+    /// latency now, its status code now or, for gRPC, with its status when it ends.
+    pub fn record(&self, response: Response<Body>, elapsed: Duration) -> Response<Body> {
+        let class = match response.status().as_u16() / 100 {
             1 => 0,
             2 => 1,
             3 => 2,
@@ -432,6 +558,7 @@ impl RequestMetrics {
         };
         self.by_class[class].inc();
         self.latency.observe(elapsed.as_secs_f64());
+        self.responses.count(response)
     }
 }
 
