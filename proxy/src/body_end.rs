@@ -1,6 +1,7 @@
-//! A response body that reports how it ended — read to its end, failed, or dropped before —
-//! with the bytes it carried and the gRPC status its trailers gave: the moment a response is
-//! over, for what counts or logs it then.
+//! Bodies watched as they pass: one that reports how it ended — read to its end, failed, or
+//! dropped before — with the bytes it carried and the gRPC status its trailers gave (the
+//! moment a response is over, for what counts or logs it then), and one that tells the size of
+//! each data frame (request bytes, counted as they go).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -93,5 +94,44 @@ impl<F: FnOnce(Ended)> Drop for OnEnd<F> {
         // Dropped before its end: the client went away, or an empty body was never polled.
         let complete = self.inner.is_end_stream();
         self.end(complete);
+    }
+}
+
+/// `inner`, telling `on_data` the size of each data frame as it passes.
+pub struct Counted<F: FnMut(u64)> {
+    inner: Body,
+    on_data: F,
+}
+
+impl<F: FnMut(u64)> Counted<F> {
+    pub fn new(inner: Body, on_data: F) -> Self {
+        Self { inner, on_data }
+    }
+}
+
+impl<F: FnMut(u64) + Unpin> http_body::Body for Counted<F> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            (this.on_data)(data.len() as u64);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

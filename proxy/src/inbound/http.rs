@@ -327,9 +327,10 @@ impl InboundConnection {
         if upgrading {
             return self.forward_upgrade(Request::from_parts(parts, body)).await;
         }
+        let body = self.metrics.count_request(boxed(body));
         let body = match observation {
-            Some(observation) => observation.request_body(boxed(body)),
-            None => boxed(body),
+            Some(observation) => observation.request_body(body),
+            None => body,
         };
         match self.app.http.send(Request::from_parts(parts, body)).await {
             Ok(mut response) => {

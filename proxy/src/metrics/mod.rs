@@ -15,6 +15,7 @@ use prometheus::{
 use weft_telemetry::metrics;
 
 use self::responses::ResponseCounters;
+use crate::body_end::Counted;
 use crate::http_util::Body;
 
 /// Which side of the proxy traffic came in on.
@@ -110,6 +111,8 @@ impl InboundRefusal {
 pub struct ProxyMetrics {
     requests: IntCounterVec,
     responses: IntCounterVec,
+    request_bytes: IntCounterVec,
+    response_bytes: IntCounterVec,
     latency: HistogramVec,
     errors: IntCounterVec,
     tcp_open: IntGaugeVec,
@@ -141,6 +144,7 @@ pub struct RequestMetrics {
     by_class: [IntCounter; 6],
     latency: Histogram,
     responses: ResponseCounters,
+    request_bytes: IntCounter,
 }
 
 /// Why a request was retried.
@@ -235,6 +239,18 @@ impl ProxyMetrics {
                     "status_code",
                     "grpc_status",
                 ],
+            )?,
+            request_bytes: metrics::counter_vec(
+                registry,
+                "weft_http_request_bytes_total",
+                "HTTP request body bytes, by direction, peer identity and destination, counted as they pass.",
+                &["direction", "peer_identity", "destination"],
+            )?,
+            response_bytes: metrics::counter_vec(
+                registry,
+                "weft_http_response_bytes_total",
+                "HTTP response body bytes, by direction, peer identity and destination, counted when each body ends.",
+                &["direction", "peer_identity", "destination"],
             )?,
             errors: metrics::counter_vec(
                 registry,
@@ -387,7 +403,14 @@ impl ProxyMetrics {
                     peer.to_string(),
                     destination.to_string(),
                 ],
+                self.response_bytes
+                    .with_label_values(&[direction.as_str(), peer, destination]),
             ),
+            request_bytes: self.request_bytes.with_label_values(&[
+                direction.as_str(),
+                peer,
+                destination,
+            ]),
         }
     }
 
@@ -545,6 +568,17 @@ fn tls_failure_reason(error: &std::io::Error) -> &'static str {
 // === impl RequestMetrics ===
 
 impl RequestMetrics {
+    /// `body` of a request, its bytes counted as they pass (an empty one is left alone).
+    pub fn count_request(&self, body: Body) -> Body {
+        use http_body::Body as _;
+        use http_body_util::BodyExt;
+        if body.is_end_stream() {
+            return body;
+        }
+        let bytes = self.request_bytes.clone();
+        Counted::new(body, move |len| bytes.inc_by(len)).boxed_unsync()
+    }
+
     /// Records one response (its headers arrived `elapsed` after the request): its class and
     /// latency now, its status code now or, for gRPC, with its status when it ends.
     pub fn record(&self, response: Response<Body>, elapsed: Duration) -> Response<Body> {

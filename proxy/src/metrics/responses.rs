@@ -1,5 +1,6 @@
-//! Responses by status code and gRPC status. A gRPC status usually comes in the trailers, so a
-//! gRPC response is counted when its body ends; any other when its headers arrive.
+//! Responses by status code and gRPC status, and their bytes. A gRPC status usually comes in
+//! the trailers, so a gRPC response is counted when its body ends; any other when its headers
+//! arrive. Bytes are counted when a body ends (an empty one is not watched at all).
 
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ pub struct ResponseCounters {
     vec: IntCounterVec,
     labels: Arc<[String; 3]>,
     resolved: Arc<RwLock<Vec<(u16, Grpc, IntCounter)>>>,
+    bytes: IntCounter,
 }
 
 /// A response's gRPC status, as a label.
@@ -34,34 +36,41 @@ enum Grpc {
 }
 
 impl ResponseCounters {
-    pub(super) fn new(vec: IntCounterVec, labels: [String; 3]) -> Self {
+    pub(super) fn new(vec: IntCounterVec, labels: [String; 3], bytes: IntCounter) -> Self {
         Self {
             vec,
             labels: Arc::new(labels),
             resolved: Arc::default(),
+            bytes,
         }
     }
 
     /// Counts `response`: now, or for a gRPC response whose status is still to come, when its
-    /// body ends.
+    /// body ends; and its bytes when its body ends.
     pub fn count(&self, response: Response<Body>) -> Response<Body> {
+        use http_body::Body as _;
         use http_body_util::BodyExt;
         let status = response.status().as_u16();
-        if !is_grpc(response.headers()) {
+        let pending_grpc = if !is_grpc(response.headers()) {
             self.inc(status, Grpc::Absent);
-            return response;
-        }
-        if let Some(code) = grpc_status(response.headers()) {
+            false
+        } else if let Some(code) = grpc_status(response.headers()) {
             self.inc(status, Grpc::Status(code));
+            false
+        } else {
+            true
+        };
+        if !pending_grpc && response.body().is_end_stream() {
             return response;
         }
         let counters = self.clone();
         response.map(|inner| {
             OnEnd::new(inner, None, move |ended: Ended| {
-                counters.inc(
-                    status,
-                    ended.grpc_status.map_or(Grpc::Missing, Grpc::Status),
-                );
+                counters.bytes.inc_by(ended.bytes);
+                if pending_grpc {
+                    let grpc = ended.grpc_status.map_or(Grpc::Missing, Grpc::Status);
+                    counters.inc(status, grpc);
+                }
             })
             .boxed_unsync()
         })

@@ -4,7 +4,6 @@
 //! costs nothing for requests it does not touch: an unsampled request without an access log
 //! that no one taps is not observed at all.
 
-mod body;
 mod context;
 
 use std::sync::Arc;
@@ -18,9 +17,8 @@ use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use weft_telemetry::{ACCESS_LOG_TARGET, TRACE_TARGET};
 
-use self::body::CountedRequest;
 use self::context::Incoming;
-use crate::body_end::{Ended, OnEnd};
+use crate::body_end::{Counted, Ended, OnEnd};
 use crate::http_util::{Body, grpc_status, is_grpc};
 use crate::metrics::Direction;
 use crate::tap::{RequestHead, RequestInit, ResponseEnd, Tapped, Taps};
@@ -259,10 +257,10 @@ impl Observation {
     /// `body`, counted for this request's log line and span.
     pub fn request_body(&self, body: Body) -> Body {
         use http_body_util::BodyExt;
-        CountedRequest {
-            inner: body,
-            bytes: self.request_bytes.clone(),
-        }
+        let bytes = self.request_bytes.clone();
+        Counted::new(body, move |len| {
+            bytes.fetch_add(len, Ordering::Relaxed);
+        })
         .boxed_unsync()
     }
 

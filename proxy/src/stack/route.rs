@@ -326,6 +326,7 @@ impl DestinationStack {
     /// Sends one request through the first route that matches it.
     pub async fn handle(&self, request: http::Request<Body>) -> http::Response<Body> {
         let started = Instant::now();
+        let request = request.map(|body| self.metrics.count_request(body));
         let response = match self.route(request).await {
             Ok(response) => response,
             Err(error) => {

@@ -205,7 +205,7 @@ fn install_twice_then_clean_up(backend: Backend, named: bool) {
         Backend::Nft => &[
             "table inet weft",
             "meta skuid 7102 return",
-            "tcp dport { 22, 7143, 7191, 8000-8100 } return",
+            "tcp dport { 22, 7143, 7190-7191, 8000-8100 } return",
             "ip daddr 192.0.2.0/24 return",
             "ip6 daddr 2001:db8::/32 return",
             "ip daddr 127.0.0.1 tcp dport 7200 return",
@@ -217,7 +217,7 @@ fn install_twice_then_clean_up(backend: Backend, named: bool) {
             "-A PREROUTING -p tcp -j WEFT_INBOUND",
             "-A WEFT_OUTBOUND -m owner --uid-owner 7102 -j RETURN",
             "-A WEFT_OUTBOUND -o lo -j RETURN",
-            "-A WEFT_INBOUND -p tcp -m multiport --dports 22,7143,7191,8000:8100 -j RETURN",
+            "-A WEFT_INBOUND -p tcp -m multiport --dports 22,7143,7190,7191,8000:8100 -j RETURN",
             "-A WEFT_OUTBOUND -d 192.0.2.0/24 -j RETURN",
             "-A WEFT_OUTBOUND -d 2001:db8::/32 -j RETURN",
             "-A WEFT_OUTBOUND -p tcp -m multiport --dports 25 -j RETURN",

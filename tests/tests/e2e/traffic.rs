@@ -40,6 +40,45 @@ async fn http1_get_and_1mib_post_carry_the_caller_identity() {
     assert_eq!(post.headers()["x-seen-method"], "POST");
     assert_eq!(post.body().len(), body.len());
     assert!(post.body() == &body, "1 MiB body came back altered");
+
+    // Both bodies counted on both sides: the 1 MiB up, the 1 MiB echoed back.
+    let bytes = |metrics: &str, which: &str, direction: &str, destination: &str, peer: &str| {
+        weft_tests::mesh::metric_value(
+            metrics,
+            &format!("weft_http_{which}_bytes_total{{destination=\"{destination}\",direction=\"{direction}\",peer_identity=\"{peer}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    let mib = body.len() as f64;
+    let app = format!("127.0.0.1:{}", mesh.app.port);
+    weft_tests::eventually(
+        "the bodies to be counted",
+        Duration::from_secs(10),
+        || async {
+            let outbound = mesh.client.metrics().await;
+            let inbound = mesh.server.metrics().await;
+            let counted = [
+                bytes(
+                    &outbound,
+                    "request",
+                    "outbound",
+                    HTTP_AUTHORITY,
+                    crate::SERVER_ID,
+                ),
+                bytes(
+                    &outbound,
+                    "response",
+                    "outbound",
+                    HTTP_AUTHORITY,
+                    crate::SERVER_ID,
+                ),
+                bytes(&inbound, "request", "inbound", &app, CLIENT_ID),
+                bytes(&inbound, "response", "inbound", &app, CLIENT_ID),
+            ];
+            counted.iter().all(|counted| *counted >= mib).then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
