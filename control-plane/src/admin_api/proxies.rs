@@ -24,6 +24,8 @@ const MERGED_BACKLOG: usize = 1024;
 const MAX_LIMIT: u32 = 10_000;
 /// Proxies one tap reaches at most: a tap is for looking, not for bulk export.
 const MAX_TAPPED: usize = 64;
+/// A proxy that has not answered a tap or config call by then is left out (tap) or reported.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A merged stream of tap events.
 pub type TapStream = Pin<Box<dyn Stream<Item = Result<TapEvent, Status>> + Send>>;
@@ -66,15 +68,28 @@ impl ProxyAccess {
                 describe(&selector)
             )));
         }
+        if matches!(selector, Selector::Pod { .. }) && proxies.len() > 1 {
+            // A pod's name is what its proxy says: two saying the same is not one pod.
+            return Err(several(&selector, &proxies));
+        }
+        // All at once, each bounded: one proxy that does not answer holds up none of the others.
+        let calls = proxies.iter().map(|proxy| {
+            let observe = observe.clone();
+            async move {
+                let call = async {
+                    let mut client = self.client(proxy).await?;
+                    client.observe(observe).await
+                };
+                let answer = tokio::time::timeout(CALL_TIMEOUT, call)
+                    .await
+                    .unwrap_or_else(|_| Err(Status::deadline_exceeded("no answer")));
+                (proxy.name(), answer)
+            }
+        });
         let mut opened = Vec::new();
         let mut failures = Vec::new();
-        for proxy in proxies {
-            let name = proxy.name();
-            let call = async {
-                let mut client = self.client(&proxy).await?;
-                client.observe(observe.clone()).await
-            };
-            match call.await {
+        for (name, answer) in futures_util::future::join_all(calls).await {
+            match answer {
                 Ok(stream) => opened.push((name, stream.into_inner())),
                 Err(status) => {
                     tracing::debug!(proxy = %name, %status, "tap: cannot tap the proxy");
@@ -143,20 +158,16 @@ impl ProxyAccess {
         let selector = selector_of(selector)?;
         let mut proxies = self.selected(&selector)?;
         if proxies.len() > 1 {
-            let names: Vec<String> = proxies.iter().take(5).map(ConnectedProxy::name).collect();
-            return Err(Status::failed_precondition(format!(
-                "{} proxies match {}: {}; select one pod",
-                proxies.len(),
-                describe(&selector),
-                names.join(", ")
-            )));
+            return Err(several(&selector, &proxies));
         }
         let proxy = proxies.remove(0);
-        let json = self
-            .client(&proxy)
-            .await?
-            .config(ConfigRequest {})
-            .await?
+        let call = async {
+            let mut client = self.client(&proxy).await?;
+            client.config(ConfigRequest {}).await
+        };
+        let json = tokio::time::timeout(CALL_TIMEOUT, call)
+            .await
+            .map_err(|_| Status::deadline_exceeded(format!("{}: no answer", proxy.name())))??
             .into_inner()
             .json;
         Ok(ProxyConfigResponse {
@@ -168,8 +179,9 @@ impl ProxyAccess {
     fn selected(&self, selector: &Selector) -> Result<Vec<ConnectedProxy>, Status> {
         let proxies = self.registry.select(|proxy| selector.picks(proxy));
         if proxies.is_empty() {
+            // Each replica knows the proxies connected to it.
             return Err(Status::not_found(format!(
-                "no connected proxy matches {}",
+                "no proxy connected to this control plane replica matches {}",
                 describe(selector)
             )));
         }
@@ -249,6 +261,17 @@ fn selector_of(wire: Option<ProxySelector>) -> Result<Selector, Status> {
             )));
         }
     })
+}
+
+/// FAILED_PRECONDITION: `selector` picks several `proxies` where one is wanted.
+fn several(selector: &Selector, proxies: &[ConnectedProxy]) -> Status {
+    let names: Vec<String> = proxies.iter().take(5).map(ConnectedProxy::name).collect();
+    Status::failed_precondition(format!(
+        "{} proxies match {}: {}; select one pod",
+        proxies.len(),
+        describe(selector),
+        names.join(", ")
+    ))
 }
 
 fn describe(selector: &Selector) -> String {

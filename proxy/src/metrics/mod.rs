@@ -1,6 +1,7 @@
 //! The proxy's metrics. Label sets are resolved once per connection or route, so recording a
 //! request is an atomic increment, a histogram observation, and its status code's counter
-//! (found among the few its label set has seen).
+//! (found among the few its label set has seen); a body whose length is not declared (and a
+//! gRPC response, for its status) is watched until it ends.
 
 mod responses;
 
@@ -243,13 +244,13 @@ impl ProxyMetrics {
             request_bytes: metrics::counter_vec(
                 registry,
                 "weft_http_request_bytes_total",
-                "HTTP request body bytes, by direction, peer identity and destination, counted as they pass.",
+                "HTTP request body bytes, by direction, peer identity and destination: a body of declared length when it starts, any other as it passes.",
                 &["direction", "peer_identity", "destination"],
             )?,
             response_bytes: metrics::counter_vec(
                 registry,
                 "weft_http_response_bytes_total",
-                "HTTP response body bytes, by direction, peer identity and destination, counted when each body ends.",
+                "HTTP response body bytes, by direction, peer identity and destination: a body of declared length when it starts, any other when it ends.",
                 &["direction", "peer_identity", "destination"],
             )?,
             errors: metrics::counter_vec(
@@ -573,6 +574,11 @@ impl RequestMetrics {
         use http_body::Body as _;
         use http_body_util::BodyExt;
         if body.is_end_stream() {
+            return body;
+        }
+        // A body of known length is counted now (it may be cut short: then over-counted).
+        if let Some(length) = body.size_hint().exact() {
+            self.request_bytes.inc_by(length);
             return body;
         }
         let bytes = self.request_bytes.clone();

@@ -1,6 +1,6 @@
 //! Responses by status code and gRPC status, and their bytes. A gRPC status usually comes in
 //! the trailers, so a gRPC response is counted when its body ends; any other when its headers
-//! arrive. Bytes are counted when a body ends (an empty one is not watched at all).
+//! arrive. A body's bytes are counted when its length is declared, else when it ends.
 
 use std::sync::Arc;
 
@@ -14,6 +14,8 @@ use crate::http_util::{Body, grpc_status, is_grpc};
 /// Distinct (status, gRPC status) pairs remembered per label set; rarer ones are looked up in
 /// the vector each time.
 const REMEMBERED: usize = 16;
+/// The last gRPC status code defined (UNAUTHENTICATED).
+const MAX_GRPC_CODE: u32 = 16;
 
 /// The response counters of one (direction, peer, destination) label set, resolved as each
 /// status is first seen (a label set only has series for the statuses it answered).
@@ -60,8 +62,16 @@ impl ResponseCounters {
         } else {
             true
         };
-        if !pending_grpc && response.body().is_end_stream() {
-            return response;
+        if !pending_grpc {
+            // A body of known length (most) is counted now, without watching it.
+            let body = response.body();
+            if body.is_end_stream() {
+                return response;
+            }
+            if let Some(length) = body.size_hint().exact() {
+                self.bytes.inc_by(length);
+                return response;
+            }
         }
         let counters = self.clone();
         response.map(|inner| {
@@ -87,10 +97,16 @@ impl ResponseCounters {
             return;
         }
         let [direction, peer, destination] = &*self.labels;
-        let code = status.to_string();
+        // Both come from the app or a peer: only the codes HTTP and gRPC define are labels,
+        // anything else is `other`, so no response can add series at will.
+        let code = http::StatusCode::from_u16(status)
+            .ok()
+            .filter(|code| code.canonical_reason().is_some())
+            .map_or_else(|| "other".to_string(), |code| code.as_u16().to_string());
         let grpc_label = match grpc {
             Grpc::Absent => String::new(),
-            Grpc::Status(code) => code.to_string(),
+            Grpc::Status(code) if code <= MAX_GRPC_CODE => code.to_string(),
+            Grpc::Status(_) => "other".to_string(),
             Grpc::Missing => "none".to_string(),
         };
         let counter = self.vec.with_label_values(&[
@@ -105,5 +121,40 @@ impl ResponseCounters {
         if resolved.len() < REMEMBERED {
             resolved.push((status, grpc, counter));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grpc_response(status: u16, grpc_status: u32) -> Response<Body> {
+        let mut response = Response::new(crate::http_util::empty_body());
+        *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        let headers = response.headers_mut();
+        headers.insert("content-type", "application/grpc".parse().unwrap());
+        headers.insert("grpc-status", grpc_status.to_string().parse().unwrap());
+        response
+    }
+
+    #[test]
+    fn statuses_nobody_defined_share_one_series() {
+        let registry = prometheus::Registry::new();
+        let metrics = crate::metrics::ProxyMetrics::register(&registry).unwrap();
+        let requests = metrics.requests(crate::metrics::Direction::Inbound, "", "api");
+        for code in 0..1000 {
+            drop(requests.record(grpc_response(200, code), std::time::Duration::ZERO));
+        }
+        for status in 600..1000 {
+            drop(requests.record(grpc_response(status, 0), std::time::Duration::ZERO));
+        }
+        let series: usize = registry
+            .gather()
+            .iter()
+            .filter(|family| family.name() == "weft_http_responses_total")
+            .map(|family| family.get_metric().len())
+            .sum();
+        // 17 defined gRPC codes and `other` on 200, and the undefined HTTP statuses as `other`.
+        assert_eq!(series, 19);
     }
 }

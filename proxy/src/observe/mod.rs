@@ -21,7 +21,7 @@ use self::context::Incoming;
 use crate::body_end::{Counted, Ended, OnEnd};
 use crate::http_util::{Body, grpc_status, is_grpc};
 use crate::metrics::Direction;
-use crate::tap::{RequestHead, RequestInit, ResponseEnd, Tapped, Taps};
+use crate::tap::{RequestHead, RequestInit, ResponseEnd, Tapped, Taps, shown_text};
 
 /// How requests are observed: traced (at what sampling ratio when the caller does not say),
 /// logged, tapped, all or none.
@@ -132,6 +132,11 @@ impl Observer {
                     .map(str::to_string)
             })
             .unwrap_or_default();
+        // Credentials in an absolute-form target (`http://user:pass@host/`) are never told.
+        let authority = match authority.rsplit_once('@') {
+            Some((_, host)) => host.to_string(),
+            None => authority,
+        };
         let tapped = if watched {
             let head = RequestHead {
                 direction,
@@ -142,8 +147,8 @@ impl Observer {
             let init = || RequestInit {
                 direction,
                 method: request.method().clone(),
-                authority: authority.clone(),
-                path: path.clone(),
+                authority: shown_text(&authority),
+                path: shown_text(&path),
                 version: request.version(),
                 peer_identity: peer.map(str::to_string),
                 destination: destination.clone(),

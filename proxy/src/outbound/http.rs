@@ -291,6 +291,7 @@ impl OutboundHttp {
             let response = pass_through(
                 conn.passthrough.get_or_init(|| PlainHttp::new(dst)),
                 request,
+                &self.unmeshed,
             )
             .await;
             return self.unmeshed.record(response, started.elapsed());
@@ -416,12 +417,17 @@ async fn pass_through_upgrade(dst: SocketAddr, request: Request<Incoming>) -> Re
     }
 }
 
-async fn pass_through(client: &PlainHttp, request: Request<Incoming>) -> Response<Body> {
+async fn pass_through(
+    client: &PlainHttp,
+    request: Request<Incoming>,
+    metrics: &RequestMetrics,
+) -> Response<Body> {
     let (mut parts, body) = request.into_parts();
     if parts.version != Version::HTTP_2 {
         strip_connection_headers(&mut parts.headers);
     }
-    match client.send(Request::from_parts(parts, boxed(body))).await {
+    let body = metrics.count_request(boxed(body));
+    match client.send(Request::from_parts(parts, body)).await {
         Ok(response) => response,
         Err(error) => {
             tracing::debug!(%error, "unmeshed destination failed");

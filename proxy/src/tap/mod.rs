@@ -23,14 +23,25 @@ use crate::metrics::Direction;
 const MAX_OBSERVERS: usize = 16;
 /// Requests one observer sees at most (and by default).
 pub const MAX_LIMIT: u64 = 10_000;
-/// Events waiting for a slow observer before newer ones are dropped.
-const EVENT_BACKLOG: usize = 4096;
-/// Headers never shown, whatever is asked: credentials.
-const SECRET_HEADERS: [&str; 4] = [
-    "authorization",
-    "proxy-authorization",
+/// Events waiting for a slow observer before newer ones are dropped: with the bounds below,
+/// a few MiB per observer at most.
+const EVENT_BACKLOG: usize = 256;
+/// A path, authority or header value shown is cut to this many bytes.
+const MAX_SHOWN: usize = 1024;
+/// Header bytes shown per event at most; the rest are left out.
+const MAX_SHOWN_HEADERS: usize = 8 * 1024;
+/// Headers whose values are never shown, whatever is asked: credentials by name, and names
+/// that carry one by convention (`x-api-key`, `x-auth-token`, session ids…).
+const SECRET_HEADER_WORDS: [&str; 9] = [
+    "auth",
     "cookie",
-    "set-cookie",
+    "token",
+    "key",
+    "secret",
+    "session",
+    "password",
+    "signature",
+    "credential",
 ];
 
 /// The proxy's observers; cheap to clone.
@@ -42,6 +53,8 @@ struct Hub {
     /// The number of observers, read on every request.
     count: AtomicUsize,
     observers: ArcSwap<Vec<Arc<Observer>>>,
+    /// Held while the list changes, so the count published is the list's.
+    changing: parking_lot::Mutex<()>,
     next_observer: AtomicU64,
     next_request: AtomicU64,
     attached: IntGauge,
@@ -177,6 +190,7 @@ impl Taps {
         Self(Arc::new(Hub {
             count: AtomicUsize::new(0),
             observers: ArcSwap::from_pointee(Vec::new()),
+            changing: parking_lot::Mutex::new(()),
             next_observer: AtomicU64::new(1),
             next_request: AtomicU64::new(1),
             attached,
@@ -223,19 +237,16 @@ impl Taps {
             events,
         });
         let id = observer.id;
-        let mut full = false;
-        hub.observers.rcu(|current| {
-            full = current.len() >= MAX_OBSERVERS;
-            let mut next = Vec::clone(current);
-            if !full {
-                next.push(observer.clone());
+        {
+            let _changing = hub.changing.lock();
+            let current = hub.observers.load();
+            if current.len() >= MAX_OBSERVERS {
+                return Err(TooManyObservers);
             }
-            next
-        });
-        if full {
-            return Err(TooManyObservers);
+            let mut next = Vec::clone(&current);
+            next.push(observer);
+            hub.set(next);
         }
-        hub.recount();
         Ok(Attached {
             events: receiver,
             _detach: Detach {
@@ -304,24 +315,28 @@ impl Taps {
 
 impl Hub {
     fn detach(&self, id: u64) {
-        self.observers.rcu(|current| {
-            current
-                .iter()
-                .filter(|observer| observer.id != id)
-                .cloned()
-                .collect::<Vec<_>>()
-        });
-        self.recount();
+        let _changing = self.changing.lock();
+        let next: Vec<Arc<Observer>> = self
+            .observers
+            .load()
+            .iter()
+            .filter(|observer| observer.id != id)
+            .cloned()
+            .collect();
+        self.set(next);
     }
 
-    fn recount(&self) {
-        let count = self.observers.load().len();
+    /// Publishes `observers` and their count (the caller holds `changing`).
+    fn set(&self, observers: Vec<Arc<Observer>>) {
+        let count = observers.len();
+        self.observers.store(Arc::new(observers));
         self.count.store(count, Ordering::Relaxed);
         self.attached.set(count as i64);
     }
 
     fn send(&self, observer: &Observer, event: Event) {
-        if observer.events.try_send(event).is_err() {
+        // A closed channel is an observer gone, not a slow one.
+        if let Err(mpsc::error::TrySendError::Full(_)) = observer.events.try_send(event) {
             self.dropped.inc();
         }
     }
@@ -386,18 +401,37 @@ impl Tapped {
     }
 }
 
-/// `headers` without credentials, values that are not text shown lossily.
+/// `headers` as shown: credentials' values redacted, values that are not text shown lossily,
+/// each value and all of them bounded.
 fn shown_headers(headers: &HeaderMap) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .filter(|(name, _)| !SECRET_HEADERS.contains(&name.as_str()))
-        .map(|(name, value)| {
-            (
-                name.as_str().to_string(),
-                String::from_utf8_lossy(value.as_bytes()).into_owned(),
-            )
-        })
-        .collect()
+    let mut shown = Vec::new();
+    let mut budget = MAX_SHOWN_HEADERS;
+    for (name, value) in headers {
+        let name = name.as_str();
+        let value = if SECRET_HEADER_WORDS.iter().any(|word| name.contains(word)) {
+            "<redacted>".to_string()
+        } else {
+            shown_text(&String::from_utf8_lossy(value.as_bytes()))
+        };
+        let Some(left) = budget.checked_sub(name.len() + value.len()) else {
+            break;
+        };
+        budget = left;
+        shown.push((name.to_string(), value));
+    }
+    shown
+}
+
+/// `text` cut to [`MAX_SHOWN`] bytes (on a character boundary), marked when cut.
+pub fn shown_text(text: &str) -> String {
+    if text.len() <= MAX_SHOWN {
+        return text.to_string();
+    }
+    let mut end = MAX_SHOWN;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 #[cfg(test)]
@@ -490,6 +524,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("authorization", "Bearer secret".parse().unwrap());
         headers.insert("cookie", "session=secret".parse().unwrap());
+        headers.insert("x-api-key", "k-123".parse().unwrap());
         headers.insert("user-agent", "curl".parse().unwrap());
         let tapped = taps.offer(head(&Method::GET, "/"), init, &headers).unwrap();
         tapped.end(ResponseEnd::default());
@@ -497,14 +532,33 @@ mod tests {
         else {
             panic!("a request event first");
         };
+        let shown: Vec<(&str, &str)> = shown
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
         assert_eq!(
-            shown.headers,
-            [("user-agent".to_string(), "curl".to_string())]
+            shown,
+            [
+                ("authorization", "<redacted>"),
+                ("cookie", "<redacted>"),
+                ("x-api-key", "<redacted>"),
+                ("user-agent", "curl"),
+            ]
         );
         let Some(EventKind::Request(bare)) = without.events.recv().await.map(|e| e.kind) else {
             panic!("a request event first");
         };
         assert!(bare.headers.is_empty());
+    }
+
+    #[test]
+    fn long_values_are_cut_on_a_character_boundary() {
+        let long = "é".repeat(MAX_SHOWN);
+        let shown = shown_text(&long);
+        assert!(shown.len() <= MAX_SHOWN + "…".len());
+        assert!(shown.ends_with('…'));
+        assert_eq!(shown_text("/short"), "/short");
     }
 
     #[test]

@@ -23,9 +23,14 @@ use super::{Attached, Event, EventKind, Filter, Taps};
 use crate::metrics::Direction;
 
 /// A caller that has not finished its handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Open tap connections at most: operators' tools, not traffic.
-const MAX_CONNECTIONS: usize = 32;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Handshakes under way at most: who is calling is not known yet.
+const MAX_HANDSHAKES: usize = 8;
+/// Open connections of admin identities at most: operators' tools, not traffic.
+const MAX_ADMIN_CONNECTIONS: usize = 32;
+/// Open connections of anyone else (each only to be told it may not tap), kept apart so that
+/// they cannot take the admins' places.
+const MAX_OTHER_CONNECTIONS: usize = 4;
 /// A connection nothing was read on for this long is closed (a tap's client pings every 10 s
 /// while it waits for events).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -63,9 +68,15 @@ impl TapServer {
     /// Serves on `listener` until `drain` triggers.
     pub async fn serve(self, listener: TcpListener, drain: Drain) {
         let acceptor = TlsAcceptor::from(self.settings.tls.clone());
-        let incoming = accept(listener, acceptor, drain.clone());
+        let incoming = accept(
+            listener,
+            acceptor,
+            self.settings.allowed.clone(),
+            drain.clone(),
+        );
         let service = TapService {
             settings: self.settings,
+            drain: drain.clone(),
         };
         let served = tonic::transport::Server::builder()
             .add_service(GrpcTapServer::new(service))
@@ -81,10 +92,13 @@ impl TapServer {
 fn accept(
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    allowed: Arc<[Identity]>,
     drain: Drain,
 ) -> ReceiverStream<Result<TapConnection, io::Error>> {
-    let (tx, rx) = mpsc::channel(MAX_CONNECTIONS);
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let (tx, rx) = mpsc::channel(MAX_HANDSHAKES);
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let admins = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    let others = Arc::new(Semaphore::new(MAX_OTHER_CONNECTIONS));
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -99,13 +113,16 @@ fn accept(
                     continue;
                 }
             };
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                tracing::debug!(%remote, "tap: too many connections; refused");
+            let Ok(handshaking) = handshakes.clone().try_acquire_owned() else {
+                tracing::debug!(%remote, "tap: too many handshakes under way; refused");
                 continue;
             };
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            let (allowed, admins, others) = (allowed.clone(), admins.clone(), others.clone());
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                drop(handshaking);
+                match handshake {
                     Ok(Ok(stream)) => {
                         let caller = stream
                             .get_ref()
@@ -113,8 +130,14 @@ fn accept(
                             .peer_certificates()
                             .and_then(|certs| certs.first())
                             .and_then(|leaf| weft_certs::identity_of(leaf).ok());
+                        let admin = caller.as_ref().is_some_and(|id| allowed.contains(id));
+                        let pool = if admin { admins } else { others };
+                        let Ok(place) = pool.try_acquire_owned() else {
+                            tracing::debug!(%remote, admin, "tap: too many connections; closed");
+                            return;
+                        };
                         let connection =
-                            TapConnection::new(stream, Caller(caller), permit, IDLE_TIMEOUT);
+                            TapConnection::new(stream, Caller(caller), place, IDLE_TIMEOUT);
                         let _ = tx.send(Ok(connection)).await;
                     }
                     Ok(Err(error)) => tracing::debug!(%remote, %error, "tap: TLS handshake failed"),
@@ -135,6 +158,7 @@ type TapConnection = weft_api::server::TlsConnection<Caller, OwnedSemaphorePermi
 
 struct TapService {
     settings: TapServerSettings,
+    drain: Drain,
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<wire::TapEvent, Status>> + Send>>;
@@ -171,7 +195,11 @@ impl Tap for TapService {
             .taps
             .attach(filter, u64::from(request.limit), request.headers)
             .map_err(|e| Status::resource_exhausted(e.to_string()))?;
-        let stream = AttachedStream(attached).map(|event| Ok(to_wire(event)));
+        // Ends with the proxy too: a tap left open does not hold up its shutdown.
+        let drain = self.drain.clone();
+        let stream = AttachedStream(attached)
+            .take_until(async move { drain.signaled().await })
+            .map(|event| Ok(to_wire(event)));
         Ok(Response::new(Box::pin(stream)))
     }
 
