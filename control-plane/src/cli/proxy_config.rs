@@ -4,7 +4,6 @@
 
 use weft_api::admin::ProxyConfigRequest;
 
-use super::tap::TapTarget;
 use super::{Cli, CliError};
 
 /// The longest `/config` document read.
@@ -29,16 +28,7 @@ pub(super) async fn run(
     let document = if is_admin_address(&args.proxy) {
         from_admin(&args.proxy).await?
     } else {
-        let selector = TapTarget {
-            target: args.proxy.clone(),
-            namespace: args.namespace.clone(),
-            direction: None,
-            authority: None,
-            path: None,
-            method: None,
-            max_requests: 0,
-        }
-        .selector()?;
+        let selector = super::tap::selector(&args.proxy, &args.namespace)?;
         let mut client = super::AdminClient::connect(cli).await?;
         let answer = client
             .admin

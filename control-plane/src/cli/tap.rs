@@ -75,33 +75,37 @@ impl TapTarget {
         })
     }
 
-    /// `kind/name` (a bare name is a pod) as the admin API's selector.
+    /// The target as the admin API's selector.
     pub(super) fn selector(&self) -> Result<ProxySelector, CliError> {
-        let (kind, name) = match self.target.split_once('/') {
-            Some((kind, name)) => (kind, name),
-            None => ("pod", self.target.as_str()),
-        };
-        let kind = match kind {
-            "ns" | "namespace" => "ns",
-            "sa" | "serviceaccount" => "sa",
-            "pod" | "po" => "pod",
-            "addr" => "addr",
-            other => {
-                return Err(CliError(format!(
-                    "{:?}: unknown kind {other:?}; use ns/NAME, sa/NAME, pod/NAME or addr/IP",
-                    self.target
-                )));
-            }
-        };
-        if name.is_empty() {
-            return Err(CliError(format!("{:?}: a name is missing", self.target)));
-        }
-        Ok(ProxySelector {
-            kind: kind.to_string(),
-            name: name.to_string(),
-            namespace: self.namespace.clone(),
-        })
+        selector(&self.target, &self.namespace)
     }
+}
+
+/// `kind/name` (a bare name is a pod) in `namespace`, as the admin API's selector.
+pub(super) fn selector(target: &str, namespace: &str) -> Result<ProxySelector, CliError> {
+    let (kind, name) = match target.split_once('/') {
+        Some((kind, name)) => (kind, name),
+        None => ("pod", target),
+    };
+    let kind = match kind {
+        "ns" | "namespace" => "ns",
+        "sa" | "serviceaccount" => "sa",
+        "pod" | "po" => "pod",
+        "addr" => "addr",
+        other => {
+            return Err(CliError(format!(
+                "{target:?}: unknown kind {other:?}; use ns/NAME, sa/NAME, pod/NAME or addr/IP"
+            )));
+        }
+    };
+    if name.is_empty() {
+        return Err(CliError(format!("{target:?}: a name is missing")));
+    }
+    Ok(ProxySelector {
+        kind: kind.to_string(),
+        name: name.to_string(),
+        namespace: namespace.to_string(),
+    })
 }
 
 pub(super) async fn run(

@@ -20,10 +20,13 @@ const MAX_GRPC_CODE: u32 = 16;
 /// The response counters of one (direction, peer, destination) label set, resolved as each
 /// status is first seen (a label set only has series for the statuses it answered).
 #[derive(Debug, Clone)]
-pub struct ResponseCounters {
+pub struct ResponseCounters(Arc<Counters>);
+
+#[derive(Debug)]
+struct Counters {
     vec: IntCounterVec,
-    labels: Arc<[String; 3]>,
-    resolved: Arc<RwLock<Vec<(u16, Grpc, IntCounter)>>>,
+    labels: [String; 3],
+    resolved: RwLock<Vec<(u16, Grpc, IntCounter)>>,
     bytes: IntCounter,
 }
 
@@ -39,12 +42,12 @@ enum Grpc {
 
 impl ResponseCounters {
     pub(super) fn new(vec: IntCounterVec, labels: [String; 3], bytes: IntCounter) -> Self {
-        Self {
+        Self(Arc::new(Counters {
             vec,
-            labels: Arc::new(labels),
-            resolved: Arc::default(),
+            labels,
+            resolved: RwLock::default(),
             bytes,
-        }
+        }))
     }
 
     /// Counts `response`: now, or for a gRPC response whose status is still to come, when its
@@ -69,14 +72,14 @@ impl ResponseCounters {
                 return response;
             }
             if let Some(length) = body.size_hint().exact() {
-                self.bytes.inc_by(length);
+                self.0.bytes.inc_by(length);
                 return response;
             }
         }
         let counters = self.clone();
         response.map(|inner| {
             OnEnd::new(inner, None, move |ended: Ended| {
-                counters.bytes.inc_by(ended.bytes);
+                counters.0.bytes.inc_by(ended.bytes);
                 if pending_grpc {
                     let grpc = ended.grpc_status.map_or(Grpc::Missing, Grpc::Status);
                     counters.inc(status, grpc);
@@ -88,6 +91,7 @@ impl ResponseCounters {
 
     fn inc(&self, status: u16, grpc: Grpc) {
         if let Some((_, _, counter)) = self
+            .0
             .resolved
             .read()
             .iter()
@@ -96,7 +100,7 @@ impl ResponseCounters {
             counter.inc();
             return;
         }
-        let [direction, peer, destination] = &*self.labels;
+        let [direction, peer, destination] = &self.0.labels;
         // Both come from the app or a peer: only the codes HTTP and gRPC define are labels,
         // anything else is `other`, so no response can add series at will.
         let code = http::StatusCode::from_u16(status)
@@ -109,7 +113,7 @@ impl ResponseCounters {
             Grpc::Status(_) => "other".to_string(),
             Grpc::Missing => "none".to_string(),
         };
-        let counter = self.vec.with_label_values(&[
+        let counter = self.0.vec.with_label_values(&[
             direction.as_str(),
             peer,
             destination,
@@ -117,7 +121,7 @@ impl ResponseCounters {
             &grpc_label,
         ]);
         counter.inc();
-        let mut resolved = self.resolved.write();
+        let mut resolved = self.0.resolved.write();
         if resolved.len() < REMEMBERED {
             resolved.push((status, grpc, counter));
         }
