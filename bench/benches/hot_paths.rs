@@ -11,7 +11,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
 use weft_proxy::internals::{
     Authorization, Client, Direction, InboundPolicy, InboundPorts, PathMatch, Policy, ProxyMetrics,
-    RequestMatch, Source, ValueMatch, classify, empty_body, strip_connection_headers,
+    RequestLabels, RequestMatch, Source, ValueMatch, classify, empty_body,
+    strip_connection_headers,
 };
 
 fn route_matching(c: &mut Criterion) {
@@ -51,11 +52,14 @@ fn route_matching(c: &mut Criterion) {
 
 fn metrics_recording(c: &mut Criterion) {
     let metrics = ProxyMetrics::register(&prometheus::Registry::new()).unwrap();
-    let route = metrics.requests(
-        Direction::Outbound,
-        "spiffe://cluster.local/ns/shop/sa/api",
-        "shop/api:8080",
-    );
+    let route = metrics.requests(&RequestLabels {
+        route: "shop/orders",
+        ..RequestLabels::new(
+            Direction::Outbound,
+            "spiffe://cluster.local/ns/shop/sa/api",
+            "shop/api:8080",
+        )
+    });
     c.bench_function("metrics: record one response", |b| {
         b.iter(|| {
             route.record(

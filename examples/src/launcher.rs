@@ -282,39 +282,11 @@ pub async fn start(bin_dir: &Path, work_dir: &Path, ports: Ports) -> anyhow::Res
 }
 
 impl Mesh {
-    /// Taps the backend's proxy through the control plane (`weftctl tap`) while the frontend
-    /// is called: the lines it printed, once two requests have ended.
+    /// What `weftctl tap pod/backend -n demo` shows of two of the frontend's calls.
     pub async fn tap_backend(&self, bin_dir: &Path) -> anyhow::Result<String> {
-        let ports = self.ports;
-        let mut tap = tokio::process::Command::new(bin_dir.join("weftctl"));
-        tap.args(["--server", &ports.control_admin.to_string(), "--data-dir"])
-            .arg(self.work_dir.join("control"))
-            .args(["tap", "pod/backend", "-n", "demo", "--max", "2"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let tapping = tap
-            .spawn()
-            .context("cannot run weftctl tap")?
-            .wait_with_output();
-        let calling = async {
-            loop {
-                let _ = wait_http(ports.frontend_app, "/", "traffic frontend → backend").await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        };
-        let output = tokio::select! {
-            output = tokio::time::timeout(Duration::from_secs(30), tapping) => output
-                .context("weftctl tap saw no two requests within 30 s")??,
-            () = calling => unreachable!("calls loop until the tap ends"),
-        };
-        let printed = String::from_utf8_lossy(&output.stdout).into_owned();
-        if !output.status.success() {
-            bail!(
-                "weftctl tap: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
+        let printed = self
+            .weftctl_during_traffic(bin_dir, &["tap", "pod/backend", "-n", "demo", "--max", "2"])
+            .await?;
         let ended = printed
             .lines()
             .filter(|line| line.starts_with("end "))
@@ -323,6 +295,62 @@ impl Mesh {
             bail!("weftctl tap showed not the frontend's two calls:\n{printed}");
         }
         Ok(printed)
+    }
+
+    /// What `weftctl stat svc -n demo` shows of the frontend's calls, read from the proxies
+    /// (no Prometheus here).
+    pub async fn stat_services(&self, bin_dir: &Path) -> anyhow::Result<String> {
+        let printed = self
+            .weftctl_during_traffic(bin_dir, &["stat", "svc", "-n", "demo", "--window", "3s"])
+            .await?;
+        let backend = printed
+            .lines()
+            .find(|line| line.starts_with("demo/backend:"));
+        if !backend.is_some_and(|line| line.contains("100.00%")) {
+            bail!("weftctl stat showed no successful calls to the backend:\n{printed}");
+        }
+        Ok(printed)
+    }
+
+    /// Runs weftctl with `args` while the frontend calls the backend, and returns what it
+    /// printed.
+    async fn weftctl_during_traffic(
+        &self,
+        bin_dir: &Path,
+        args: &[&str],
+    ) -> anyhow::Result<String> {
+        let ports = self.ports;
+        let mut weftctl = tokio::process::Command::new(bin_dir.join("weftctl"));
+        weftctl
+            .args(["--server", &ports.control_admin.to_string(), "--data-dir"])
+            .arg(self.work_dir.join("control"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let running = weftctl
+            .spawn()
+            .context("cannot run weftctl")?
+            .wait_with_output();
+        let calling = async {
+            loop {
+                let _ = wait_http(ports.frontend_app, "/", "traffic frontend → backend").await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let output = tokio::select! {
+            output = tokio::time::timeout(Duration::from_secs(30), running) => output
+                .with_context(|| format!("weftctl {} did not finish within 30 s", args.join(" ")))??,
+            () = calling => unreachable!("calls loop until weftctl ends"),
+        };
+        if !output.status.success() {
+            bail!(
+                "weftctl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     fn spawn(&mut self, name: &'static str, mut command: Command) -> anyhow::Result<()> {

@@ -48,7 +48,7 @@ pub mod internals {
     pub use crate::detect::{Protocol, classify};
     pub use crate::http_util::{empty_body, strip_connection_headers};
     pub use crate::inbound::{Client, InboundPorts, Policy};
-    pub use crate::metrics::{Direction, ProxyMetrics, RequestMetrics};
+    pub use crate::metrics::{Direction, ProxyMetrics, RequestLabels, RequestMetrics};
 }
 pub use start::{Listening, StartError, start};
 

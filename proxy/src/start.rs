@@ -190,6 +190,7 @@ pub async fn start(
         let tap = TapServer::new(TapServerSettings {
             taps,
             config: config_view.clone(),
+            registry: registry.clone(),
             tls: Arc::new(tls),
             allowed,
         });

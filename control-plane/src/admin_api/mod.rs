@@ -16,10 +16,10 @@ use weft_api::admin::{
     ApplyRequest, ApplyResponse, CreateJoinTokenRequest, CreateJoinTokenResponse, DeleteRequest,
     DeleteResponse, GetRequest, ListJoinTokensRequest, ListJoinTokensResponse, ListRequest,
     ListResponse, ListRevokedIdentitiesRequest, ListRevokedIdentitiesResponse, ProxyConfigRequest,
-    ProxyConfigResponse, ProxyStatusRequest, ProxyStatusResponse, Resource, RevokeIdentityRequest,
-    RevokeIdentityResponse, RevokeJoinTokenRequest, RevokeJoinTokenResponse, RotateRequest,
-    RotateResponse, TapRequest, UnrevokeIdentityRequest, UnrevokeIdentityResponse, WatchEvent,
-    WatchRequest,
+    ProxyConfigResponse, ProxyMetricsRequest, ProxyMetricsResponse, ProxyStatusRequest,
+    ProxyStatusResponse, Resource, RevokeIdentityRequest, RevokeIdentityResponse,
+    RevokeJoinTokenRequest, RevokeJoinTokenResponse, RotateRequest, RotateResponse, TapRequest,
+    UnrevokeIdentityRequest, UnrevokeIdentityResponse, WatchEvent, WatchRequest,
 };
 
 pub use self::identities::IdentityAdmin;
@@ -218,6 +218,15 @@ impl Admin for AdminApi {
     ) -> Result<Response<ProxyConfigResponse>, Status> {
         Ok(Response::new(
             self.access.config(request.into_inner().selector).await?,
+        ))
+    }
+
+    async fn proxy_metrics(
+        &self,
+        request: Request<ProxyMetricsRequest>,
+    ) -> Result<Response<ProxyMetricsResponse>, Status> {
+        Ok(Response::new(
+            self.access.metrics(request.into_inner()).await?,
         ))
     }
 

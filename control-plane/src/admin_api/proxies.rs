@@ -11,7 +11,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tonic::transport::Channel;
-use weft_api::admin::{ProxyConfigResponse, ProxySelector, TapRequest};
+use weft_api::admin::{
+    ProxyConfigResponse, ProxyMetricsRequest, ProxyMetricsResponse, ProxySamples, ProxySelector,
+    TapRequest,
+};
 use weft_api::client::ControlPlaneTarget;
 use weft_api::tap::tap_client::TapClient;
 use weft_api::tap::{ConfigRequest, TapEvent, tap_event};
@@ -22,7 +25,7 @@ use crate::discovery::{ConnectedProxy, ProxyRegistry};
 const MERGED_BACKLOG: usize = 1024;
 /// Requests one tap shows at most (the proxies' own bound).
 const MAX_LIMIT: u32 = 10_000;
-/// Proxies one tap reaches at most: a tap is for looking, not for bulk export.
+/// Proxies one tap (or metrics read) reaches at most: it is for looking, not for bulk export.
 const MAX_TAPPED: usize = 64;
 /// A proxy that has not answered a tap or config call by then is left out (tap) or reported.
 const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -37,6 +40,7 @@ enum Selector {
     ServiceAccount { namespace: String, name: String },
     Pod { namespace: String, name: String },
     Address(IpAddr),
+    All,
 }
 
 /// Calls the proxies' tap APIs.
@@ -60,37 +64,22 @@ impl ProxyAccess {
             observe.limit = MAX_LIMIT;
         }
         let limit = observe.limit;
-        let proxies = self.selected(&selector)?;
-        if proxies.len() > MAX_TAPPED {
-            return Err(Status::invalid_argument(format!(
-                "{} proxies match {}; tap at most {MAX_TAPPED} at once (select a service account or pod)",
-                proxies.len(),
-                describe(&selector)
-            )));
-        }
+        let proxies = self.selected_at_most(&selector, "tap", "select a service account or pod")?;
         if matches!(selector, Selector::Pod { .. }) && proxies.len() > 1 {
             // A pod's name is what its proxy says: two saying the same is not one pod.
             return Err(several(&selector, &proxies));
         }
-        // All at once, each bounded: one proxy that does not answer holds up none of the others.
-        let calls = proxies.iter().map(|proxy| {
-            let observe = observe.clone();
-            async move {
-                let call = async {
-                    let mut client = self.client(proxy).await?;
-                    client.observe(observe).await
-                };
-                let answer = tokio::time::timeout(CALL_TIMEOUT, call)
-                    .await
-                    .unwrap_or_else(|_| Err(Status::deadline_exceeded("no answer")));
-                (proxy.name(), answer)
-            }
-        });
+        let answers = self
+            .call_each(&proxies, |mut client| {
+                let observe = observe.clone();
+                async move { client.observe(observe).await }
+            })
+            .await;
         let mut opened = Vec::new();
         let mut failures = Vec::new();
-        for (name, answer) in futures_util::future::join_all(calls).await {
+        for (name, answer) in answers {
             match answer {
-                Ok(stream) => opened.push((name, stream.into_inner())),
+                Ok(stream) => opened.push((name, stream)),
                 Err(status) => {
                     tracing::debug!(proxy = %name, %status, "tap: cannot tap the proxy");
                     failures.push(format!("{name}: {}", status.message()));
@@ -176,6 +165,88 @@ impl ProxyAccess {
         })
     }
 
+    /// The selected proxies' samples of the requested families, each proxy's read at once and
+    /// within [`CALL_TIMEOUT`]; one that fails is listed with its error.
+    pub async fn metrics(
+        &self,
+        request: ProxyMetricsRequest,
+    ) -> Result<ProxyMetricsResponse, Status> {
+        let selector = selector_of(request.selector)?;
+        let wanted = request.metrics.unwrap_or_default();
+        if wanted.families.is_empty() {
+            return Err(Status::invalid_argument(
+                "metrics.families: name at least one",
+            ));
+        }
+        let proxies = self.selected_at_most(&selector, "read", "or ask a Prometheus")?;
+        let answers = self
+            .call_each(&proxies, |mut client| {
+                let wanted = wanted.clone();
+                async move { client.metrics(wanted).await }
+            })
+            .await;
+        let proxies = answers
+            .into_iter()
+            .map(|(proxy, answer)| match answer {
+                Ok(response) => ProxySamples {
+                    proxy,
+                    samples: response.samples,
+                    error: String::new(),
+                },
+                Err(status) => ProxySamples {
+                    proxy,
+                    samples: Vec::new(),
+                    error: status.message().to_string(),
+                },
+            })
+            .collect();
+        Ok(ProxyMetricsResponse { proxies })
+    }
+
+    /// The proxies `selector` picks, unless there are more than [`MAX_TAPPED`] to `verb`: then
+    /// INVALID_ARGUMENT, with `advice`.
+    fn selected_at_most(
+        &self,
+        selector: &Selector,
+        verb: &str,
+        advice: &str,
+    ) -> Result<Vec<ConnectedProxy>, Status> {
+        let proxies = self.selected(selector)?;
+        if proxies.len() > MAX_TAPPED {
+            return Err(Status::invalid_argument(format!(
+                "{} proxies match {}; {verb} at most {MAX_TAPPED} at once ({advice})",
+                proxies.len(),
+                describe(selector),
+            )));
+        }
+        Ok(proxies)
+    }
+
+    /// `call` on each of `proxies`' tap APIs, all at once and each within [`CALL_TIMEOUT`]: one
+    /// that does not answer holds up none of the others. Each answer with its proxy's name.
+    async fn call_each<T, F, Fut>(
+        &self,
+        proxies: &[ConnectedProxy],
+        call: F,
+    ) -> Vec<(String, Result<T, Status>)>
+    where
+        F: Fn(TapClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let calls = proxies.iter().map(|proxy| {
+            let call = &call;
+            async move {
+                let answer = tokio::time::timeout(CALL_TIMEOUT, async {
+                    call(self.client(proxy).await?).await
+                })
+                .await
+                .unwrap_or_else(|_| Err(Status::deadline_exceeded("no answer")));
+                (proxy.name(), answer.map(tonic::Response::into_inner))
+            }
+        });
+        futures_util::future::join_all(calls).await
+    }
+
     fn selected(&self, selector: &Selector) -> Result<Vec<ConnectedProxy>, Status> {
         let proxies = self.registry.select(|proxy| selector.picks(proxy));
         if proxies.is_empty() {
@@ -220,6 +291,7 @@ impl Selector {
                 identity.namespace() == namespace && proxy.pod == *name
             }
             Self::Address(ip) => proxy.remote.ip() == *ip,
+            Self::All => true,
         }
     }
 }
@@ -227,6 +299,9 @@ impl Selector {
 /// The wire selector as the domain's: INVALID_ARGUMENT naming the field otherwise.
 fn selector_of(wire: Option<ProxySelector>) -> Result<Selector, Status> {
     let wire = wire.ok_or_else(|| Status::invalid_argument("selector: required"))?;
+    if wire.kind == "all" {
+        return Ok(Selector::All);
+    }
     let name = wire.name.trim().to_string();
     if name.is_empty() {
         return Err(Status::invalid_argument("selector.name: required"));
@@ -257,7 +332,7 @@ fn selector_of(wire: Option<ProxySelector>) -> Result<Selector, Status> {
         })?),
         other => {
             return Err(Status::invalid_argument(format!(
-                "selector.kind {other:?}: must be ns, sa, pod or addr"
+                "selector.kind {other:?}: must be ns, sa, pod, addr or all"
             )));
         }
     })
@@ -282,6 +357,7 @@ fn describe(selector: &Selector) -> String {
         }
         Selector::Pod { namespace, name } => format!("pod/{name} in namespace {namespace}"),
         Selector::Address(ip) => format!("addr/{ip}"),
+        Selector::All => "any proxy".to_string(),
     }
 }
 

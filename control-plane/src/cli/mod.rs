@@ -176,7 +176,14 @@ pub async fn run(cli: Cli, out: &mut impl std::io::Write) -> Result<(), CliError
         Command::ProxyConfig(ref args) => proxy_config::run(&cli, args, out).await,
         Command::Tap(ref args) => tap::run(args, AdminClient::connect(&cli).await?, out).await,
         Command::Top(ref args) => top::run(args, AdminClient::connect(&cli).await?, out).await,
-        Command::Stat(ref args) => stat::run(args, out).await,
+        Command::Stat(ref args) => {
+            // Only reading the proxies needs the control plane.
+            let client = match args.prometheus {
+                Some(_) => None,
+                None => Some(AdminClient::connect(&cli).await?),
+            };
+            stat::run(args, client, out).await
+        }
         Command::Inject(ref args) => inject::inject(args, &cli.trust_anchor_path(), out),
         Command::Uninject(ref args) => inject::uninject(args, out),
         Command::Check(ref args) => check::run(args, out).await,

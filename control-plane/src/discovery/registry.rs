@@ -40,12 +40,14 @@ pub struct ConnectedProxy {
 }
 
 impl ConnectedProxy {
-    /// How events and messages name it: its pod when known, else its identity and address.
+    /// How events and messages name it: its pod when known, else its identity and address —
+    /// with its tap port, which tells apart proxies of one identity sharing an address (a VM's,
+    /// a test's loopback).
     pub fn name(&self) -> String {
-        if self.pod.is_empty() {
-            format!("{} at {}", self.identity, self.remote.ip())
-        } else {
-            format!("{}/{}", self.identity.namespace(), self.pod)
+        match (&self.pod, self.tap_addr) {
+            (pod, _) if !pod.is_empty() => format!("{}/{pod}", self.identity.namespace()),
+            (_, Some(tap)) => format!("{} at {tap}", self.identity),
+            _ => format!("{} at {}", self.identity, self.remote.ip()),
         }
     }
 }

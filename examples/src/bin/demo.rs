@@ -69,6 +69,8 @@ async fn main() -> anyhow::Result<ExitCode> {
         println!("smoke: frontend → weft-proxy → mTLS → weft-proxy → backend works");
         let tapped = mesh.tap_backend(&bin_dir).await?;
         println!("smoke: weftctl tap pod/backend -n demo saw the frontend's calls:\n{tapped}");
+        let stat = mesh.stat_services(&bin_dir).await?;
+        println!("smoke: weftctl stat svc -n demo, from the proxies:\n{stat}");
         return Ok(ExitCode::SUCCESS);
     }
     print_guide(&ports, &bin_dir, &mesh.work_dir);
@@ -125,6 +127,8 @@ Try it:
       which proxy watches what, and the config version each applied
   {weftctl} tap pod/frontend -n demo      (and: {weftctl} top sa/backend -n demo)
       the frontend proxy's requests live; the backend's busiest paths (curl the frontend meanwhile)
+  {weftctl} stat svc -n demo              (and: stat route, stat pod)
+      success rate, requests per second and latency over 10 s, read from the proxies
   {weftctl} proxy-config pod/backend -n demo
       the backend proxy's configuration and what discovery told it
   {weftctl} apply -f my-route.yaml

@@ -2,7 +2,7 @@
 //! plaintext one; authorized, rate limited, stamped with the client's verified identity, and
 //! forwarded to the app over pooled local connections in the protocol the app speaks.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,7 +21,7 @@ use crate::http_util::{
     Body, CLIENT_ID, ORIG_PROTO, boxed, error_response, remove_weft_headers,
     strip_connection_headers,
 };
-use crate::metrics::{Direction, ProxyMetrics, RequestMetrics};
+use crate::metrics::{Direction, ProxyMetrics, RequestLabels, RequestMetrics};
 use crate::observe::{Observation, Observer, ServiceObserving};
 use crate::plain_http::{PlainHttp, PlainHttpError};
 use crate::upgrade;
@@ -30,12 +30,8 @@ use crate::upgrade;
 /// metrics label; past that, a connection to another gets a pool for itself alone and the
 /// label "other". Peers choose the ports: nothing they choose may grow without bound.
 const MAX_APPS: usize = 64;
-/// Peer identities with a metrics label of their own; past that, "other".
-const MAX_PEER_LABELS: usize = 1000;
 /// The label of whatever is past a bound.
 const OTHER: &str = "other";
-/// The peer label of clients without an identity.
-const UNAUTHENTICATED: &str = "unauthenticated";
 /// gRPC's PERMISSION_DENIED and RESOURCE_EXHAUSTED.
 const GRPC_PERMISSION_DENIED: &str = "7";
 const GRPC_RESOURCE_EXHAUSTED: &str = "8";
@@ -47,7 +43,6 @@ pub struct InboundHttp {
     policy: Policy,
     rate_limits: InboundRateLimits,
     apps: Mutex<HashMap<SocketAddr, Arc<App>>>,
-    peers: Mutex<HashSet<Identity>>,
     observer: Observer,
 }
 
@@ -104,7 +99,6 @@ impl InboundHttp {
             policy,
             rate_limits: InboundRateLimits::default(),
             apps: Mutex::new(HashMap::new()),
-            peers: Mutex::new(HashSet::new()),
             observer,
         }
     }
@@ -124,21 +118,15 @@ impl InboundHttp {
             Some(pooled) => (pooled, app.to_string()),
             None => (Arc::new(App::new(app)), OTHER.to_string()),
         };
-        let peer_label = match (&client.identity, &peer_id) {
-            (Some(identity), Some(id)) => {
-                let mut peers = self.peers.lock();
-                if peers.contains(identity) || peers.len() < MAX_PEER_LABELS {
-                    peers.insert(identity.clone());
-                    id.as_str()
-                } else {
-                    OTHER
-                }
-            }
-            _ => UNAUTHENTICATED,
-        };
-        let metrics = self
+        let peer_label = self
             .metrics
-            .requests(Direction::Inbound, peer_label, &destination);
+            .peer_tcp()
+            .inbound_label(client.identity.as_ref());
+        let metrics = self.metrics.requests(&RequestLabels::new(
+            Direction::Inbound,
+            &peer_label,
+            &destination,
+        ));
         Arc::new(InboundConnection {
             shared: self.clone(),
             client,

@@ -40,7 +40,7 @@ use self::not_http::NotHttp;
 pub use self::policy::{Client, InboundPorts, Policy};
 use crate::destination::Mode;
 use crate::detect::{Protocol, detect};
-use crate::metrics::{Direction, InboundRefusal, ProxyMetrics};
+use crate::metrics::{Direction, InboundRefusal, ProxyMetrics, UNAUTHENTICATED};
 use crate::observe::Observer;
 use crate::orig_dst::original_dst;
 use crate::prefixed::Prefixed;
@@ -208,6 +208,10 @@ impl Inbound {
                     deadline: inner.admission.deadline(None),
                 },
             };
+            let tcp = inner
+                .metrics
+                .peer_tcp()
+                .meter(Direction::Inbound, UNAUTHENTICATED, tcp);
             self.serve_stream(tcp, Bytes::new(), Known::Nothing, accepted, &drain)
                 .await;
             return;
@@ -260,6 +264,12 @@ impl Inbound {
             return;
         };
         tracing::debug!(peer = %peer, "client authenticated");
+        let peer_tcp = inner.metrics.peer_tcp();
+        let tls = peer_tcp.meter(
+            Direction::Inbound,
+            &peer_tcp.inbound_label(Some(&peer)),
+            tls,
+        );
         let accepted = Accepted {
             client: Client {
                 identity: Some(peer),

@@ -3,6 +3,7 @@
 //! (found among the few its label set has seen); a body whose length is not declared (and a
 //! gRPC response, for its status) is watched until it ends.
 
+mod peer_tcp;
 mod responses;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use prometheus::{
 };
 use weft_telemetry::metrics;
 
+pub use self::peer_tcp::{Metered, PeerTcpMetrics, UNAUTHENTICATED, UNMESHED};
 use self::responses::ResponseCounters;
 use crate::body_end::Counted;
 use crate::http_util::Body;
@@ -119,9 +121,12 @@ pub struct ProxyMetrics {
     tcp_open: IntGaugeVec,
     tcp_opened: IntCounterVec,
     tcp_bytes: IntCounterVec,
+    peer_tcp: PeerTcpMetrics,
     tls_failures: IntCounterVec,
     tls_handshakes: IntCounterVec,
     route_requests: IntCounterVec,
+    backend_responses: IntCounterVec,
+    backend_latency: HistogramVec,
     route_retries: IntCounterVec,
     route_budget_exhausted: IntCounterVec,
     endpoint_ejections: IntCounterVec,
@@ -139,13 +144,85 @@ pub struct ProxyMetrics {
     pub cert_renewals: IntCounterVec,
 }
 
-/// The counters of one (direction, peer, destination) label set.
+/// The labels every request metric carries.
+const REQUEST_LABELS: &[&str] = &["direction", "peer_identity", "destination", "route"];
+
+/// What one set of request metrics is labelled with.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLabels<'a> {
+    /// Which side of the proxy.
+    pub direction: Direction,
+    /// Inbound, the client's identity; outbound, the destination's.
+    pub peer: &'a str,
+    /// The Service (outbound) or app address (inbound).
+    pub destination: &'a str,
+    /// The route the request matched; empty where there are no routes.
+    pub route: &'a str,
+}
+
+impl<'a> RequestLabels<'a> {
+    /// Labels without a route.
+    pub fn new(direction: Direction, peer: &'a str, destination: &'a str) -> Self {
+        Self {
+            direction,
+            peer,
+            destination,
+            route: "",
+        }
+    }
+
+    fn values(&self) -> [&'a str; 4] {
+        [
+            self.direction.as_str(),
+            self.peer,
+            self.destination,
+            self.route,
+        ]
+    }
+}
+
+/// The counters of one (direction, peer, destination, route) label set.
 #[derive(Debug, Clone)]
 pub struct RequestMetrics {
     by_class: [IntCounter; 6],
     latency: Histogram,
     responses: ResponseCounters,
     request_bytes: IntCounter,
+}
+
+/// The attempts of one backend, by result, and their latency.
+#[derive(Debug, Clone)]
+pub struct BackendMetrics {
+    by_class: [IntCounter; 6],
+    /// Attempts that got no response.
+    no_response: IntCounter,
+    latency: Histogram,
+}
+
+impl BackendMetrics {
+    /// Records an attempt that got `status` (`None`: no response) after `elapsed`.
+    pub fn record(&self, status: Option<http::StatusCode>, elapsed: Duration) {
+        match status {
+            Some(status) => self.by_class[status_class(status)].inc(),
+            None => self.no_response.inc(),
+        }
+        self.latency.observe(elapsed.as_secs_f64());
+    }
+}
+
+/// Status class labels, in the order [`status_class`] indexes them.
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+
+/// The index of `status`'s class in [`CLASSES`].
+fn status_class(status: http::StatusCode) -> usize {
+    match status.as_u16() / 100 {
+        1 => 0,
+        2 => 1,
+        3 => 2,
+        4 => 3,
+        5 => 4,
+        _ => 5,
+    }
 }
 
 /// Why a request was retried (its discriminant indexes a route's counters).
@@ -214,17 +291,24 @@ impl ProxyMetrics {
             requests: metrics::counter_vec(
                 registry,
                 "weft_http_requests_total",
-                "HTTP requests, by direction, peer identity, destination and response status class.",
-                &["direction", "peer_identity", "destination", "status_class"],
-            )?,
-            responses: metrics::counter_vec(
-                registry,
-                "weft_http_responses_total",
-                "HTTP responses, by direction, peer identity, destination, status code and gRPC status (empty for other responses, none for a gRPC response that ended without one); counted when a gRPC response ends, when any other's headers arrive.",
+                "HTTP requests, by direction, peer identity, destination, route (outbound, the route matched; empty where none) and response status class.",
                 &[
                     "direction",
                     "peer_identity",
                     "destination",
+                    "route",
+                    "status_class",
+                ],
+            )?,
+            responses: metrics::counter_vec(
+                registry,
+                "weft_http_responses_total",
+                "HTTP responses, by direction, peer identity, destination, route, status code and gRPC status (empty for other responses, none for a gRPC response that ended without one); counted when a gRPC response ends, when any other's headers arrive.",
+                &[
+                    "direction",
+                    "peer_identity",
+                    "destination",
+                    "route",
                     "status_code",
                     "grpc_status",
                 ],
@@ -232,14 +316,14 @@ impl ProxyMetrics {
             request_bytes: metrics::counter_vec(
                 registry,
                 "weft_http_request_bytes_total",
-                "HTTP request body bytes, by direction, peer identity and destination: a body of declared length when it starts, any other as it passes.",
-                &["direction", "peer_identity", "destination"],
+                "HTTP request body bytes, by direction, peer identity, destination and route: a body of declared length when it starts, any other as it passes.",
+                REQUEST_LABELS,
             )?,
             response_bytes: metrics::counter_vec(
                 registry,
                 "weft_http_response_bytes_total",
-                "HTTP response body bytes, by direction, peer identity and destination: a body of declared length when it starts, any other when it ends.",
-                &["direction", "peer_identity", "destination"],
+                "HTTP response body bytes, by direction, peer identity, destination and route: a body of declared length when it starts, any other when it ends.",
+                REQUEST_LABELS,
             )?,
             errors: metrics::counter_vec(
                 registry,
@@ -250,8 +334,8 @@ impl ProxyMetrics {
             latency: metrics::latency_histogram_vec(
                 registry,
                 "weft_http_request_duration_seconds",
-                "Time from request to response headers.",
-                &["direction", "peer_identity", "destination"],
+                "Time from request to response headers, by direction, peer identity, destination and route.",
+                REQUEST_LABELS,
             )?,
             tcp_open: metrics::gauge_vec(
                 registry,
@@ -271,6 +355,7 @@ impl ProxyMetrics {
                 "Bytes forwarded on opaque TCP connections, by direction of travel.",
                 &["direction", "flow"],
             )?,
+            peer_tcp: PeerTcpMetrics::register(registry)?,
             inbound_authz: metrics::counter_vec(
                 registry,
                 "weft_inbound_authz_total",
@@ -294,6 +379,18 @@ impl ProxyMetrics {
                 "weft_route_requests_total",
                 "Requests matched to a route (one per request, however many attempts).",
                 &["destination", "route"],
+            )?,
+            backend_responses: metrics::counter_vec(
+                registry,
+                "weft_backend_responses_total",
+                "Attempts sent to a backend (each retry is one), by backend and result: the response's status class, or error when none came (unreachable, broken, timed out or cancelled).",
+                &["backend", "status_class"],
+            )?,
+            backend_latency: metrics::latency_histogram_vec(
+                registry,
+                "weft_backend_response_duration_seconds",
+                "Time from an attempt sent to a backend to its response headers, or to its failure.",
+                &["backend"],
             )?,
             route_retries: metrics::counter_vec(
                 registry,
@@ -368,38 +465,21 @@ impl ProxyMetrics {
     }
 
     /// The request metrics for one label set; call once per connection or route.
-    pub fn requests(&self, direction: Direction, peer: &str, destination: &str) -> RequestMetrics {
-        let counter = |class: &str| {
-            self.requests
-                .with_label_values(&[direction.as_str(), peer, destination, class])
-        };
+    pub fn requests(&self, labels: &RequestLabels<'_>) -> RequestMetrics {
+        let values = labels.values();
+        let [direction, peer, destination, route] = values;
         RequestMetrics {
-            by_class: [
-                counter("1xx"),
-                counter("2xx"),
-                counter("3xx"),
-                counter("4xx"),
-                counter("5xx"),
-                counter("other"),
-            ],
-            latency: self
-                .latency
-                .with_label_values(&[direction.as_str(), peer, destination]),
+            by_class: CLASSES.map(|class| {
+                self.requests
+                    .with_label_values(&[direction, peer, destination, route, class])
+            }),
+            latency: self.latency.with_label_values(&values),
             responses: ResponseCounters::new(
                 self.responses.clone(),
-                [
-                    direction.as_str().to_string(),
-                    peer.to_string(),
-                    destination.to_string(),
-                ],
-                self.response_bytes
-                    .with_label_values(&[direction.as_str(), peer, destination]),
+                values.map(str::to_string),
+                self.response_bytes.with_label_values(&values),
             ),
-            request_bytes: self.request_bytes.with_label_values(&[
-                direction.as_str(),
-                peer,
-                destination,
-            ]),
+            request_bytes: self.request_bytes.with_label_values(&values),
         }
     }
 
@@ -411,6 +491,16 @@ impl ProxyMetrics {
     /// Requests of one route.
     pub fn route_requests(&self, destination: &str, route: &str) -> IntCounter {
         self.route_requests.with_label_values(&[destination, route])
+    }
+
+    /// What one backend's attempts get.
+    pub fn backend(&self, backend: &str) -> BackendMetrics {
+        let counter = |class: &str| self.backend_responses.with_label_values(&[backend, class]);
+        BackendMetrics {
+            by_class: CLASSES.map(counter),
+            no_response: counter("error"),
+            latency: self.backend_latency.with_label_values(&[backend]),
+        }
     }
 
     /// Retries of one route.
@@ -497,6 +587,11 @@ impl ProxyMetrics {
         OpenConnection(gauge)
     }
 
+    /// Connections with peers, by identity.
+    pub fn peer_tcp(&self) -> &PeerTcpMetrics {
+        &self.peer_tcp
+    }
+
     /// Records bytes copied on an opaque connection.
     pub fn tcp_bytes(&self, direction: Direction, to_peer: u64, from_peer: u64) {
         let label = direction.as_str();
@@ -576,15 +671,7 @@ impl RequestMetrics {
     /// Records one response (its headers arrived `elapsed` after the request): its class and
     /// latency now, its status code now or, for gRPC, with its status when it ends.
     pub fn record(&self, response: Response<Body>, elapsed: Duration) -> Response<Body> {
-        let class = match response.status().as_u16() / 100 {
-            1 => 0,
-            2 => 1,
-            3 => 2,
-            4 => 3,
-            5 => 4,
-            _ => 5,
-        };
-        self.by_class[class].inc();
+        self.by_class[status_class(response.status())].inc();
         self.latency.observe(elapsed.as_secs_f64());
         self.responses.count(response)
     }

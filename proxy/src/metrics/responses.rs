@@ -17,7 +17,7 @@ const REMEMBERED: usize = 16;
 /// The last gRPC status code defined (UNAUTHENTICATED).
 const MAX_GRPC_CODE: u32 = 16;
 
-/// The response counters of one (direction, peer, destination) label set, resolved as each
+/// The response counters of one request label set, resolved as each
 /// status is first seen (a label set only has series for the statuses it answered).
 #[derive(Debug, Clone)]
 pub struct ResponseCounters(Arc<Counters>);
@@ -25,7 +25,7 @@ pub struct ResponseCounters(Arc<Counters>);
 #[derive(Debug)]
 struct Counters {
     vec: IntCounterVec,
-    labels: [String; 3],
+    labels: [String; 4],
     resolved: RwLock<Vec<(u16, Grpc, IntCounter)>>,
     bytes: IntCounter,
 }
@@ -41,7 +41,7 @@ enum Grpc {
 }
 
 impl ResponseCounters {
-    pub(super) fn new(vec: IntCounterVec, labels: [String; 3], bytes: IntCounter) -> Self {
+    pub(super) fn new(vec: IntCounterVec, labels: [String; 4], bytes: IntCounter) -> Self {
         Self(Arc::new(Counters {
             vec,
             labels,
@@ -100,7 +100,7 @@ impl ResponseCounters {
             counter.inc();
             return;
         }
-        let [direction, peer, destination] = &self.0.labels;
+        let [direction, peer, destination, route] = &self.0.labels;
         // Both come from the app or a peer: only the codes HTTP and gRPC define are labels,
         // anything else is `other`, so no response can add series at will.
         let code = http::StatusCode::from_u16(status)
@@ -117,6 +117,7 @@ impl ResponseCounters {
             direction.as_str(),
             peer,
             destination,
+            route,
             &code,
             &grpc_label,
         ]);
@@ -145,7 +146,9 @@ mod tests {
     fn statuses_nobody_defined_share_one_series() {
         let registry = prometheus::Registry::new();
         let metrics = crate::metrics::ProxyMetrics::register(&registry).unwrap();
-        let requests = metrics.requests(crate::metrics::Direction::Inbound, "", "api");
+        let labels =
+            crate::metrics::RequestLabels::new(crate::metrics::Direction::Inbound, "", "api");
+        let requests = metrics.requests(&labels);
         for code in 0..1000 {
             drop(requests.record(grpc_response(200, code), std::time::Duration::ZERO));
         }

@@ -21,7 +21,7 @@ use crate::destination::discovery::{DiscoveryClient, Resolved, Unavailable};
 use crate::http_util::{
     Body, ORIG_PROTO, boxed, error_response, remove_weft_headers, strip_connection_headers,
 };
-use crate::metrics::{Direction, ProxyMetrics, Refusal, RequestMetrics};
+use crate::metrics::{Direction, ProxyMetrics, Refusal, RequestLabels, RequestMetrics};
 use crate::observe::{Observer, ServiceObserving};
 use crate::plain_http::PlainHttp;
 use crate::stack::{DestinationRuntime, DestinationStack};
@@ -186,8 +186,8 @@ impl OutboundHttp {
             discovery,
             stacks,
             metrics: metrics.clone(),
-            unrouted: metrics.requests(Direction::Outbound, "", "unknown"),
-            unmeshed: metrics.requests(Direction::Outbound, "", "unmeshed"),
+            unrouted: metrics.requests(&RequestLabels::new(Direction::Outbound, "", "unknown")),
+            unmeshed: metrics.requests(&RequestLabels::new(Direction::Outbound, "", "unmeshed")),
             observer: Observer::default(),
         })
     }

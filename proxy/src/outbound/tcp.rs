@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite, copy_bidirectional};
 use tokio::net::TcpStream;
 
-use crate::metrics::{Direction, ProxyMetrics, Refusal};
+use crate::metrics::{Direction, ProxyMetrics, Refusal, UNMESHED};
 use crate::transport::Peer;
 use crate::transport::header as transport_header;
 
@@ -40,8 +40,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     match TcpStream::connect(dst).await {
-        Ok(mut upstream) => {
+        Ok(upstream) => {
             let _ = upstream.set_nodelay(true);
+            let mut upstream = metrics
+                .peer_tcp()
+                .meter(Direction::Outbound, UNMESHED, upstream);
             copy(&mut app, &mut upstream, metrics).await;
         }
         Err(error) => {

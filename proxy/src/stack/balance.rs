@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use super::{HttpRequest, HttpResponse, ProxyError};
 use crate::destination::{CircuitBreaker, EndpointSpec, LoadBalancerKind};
+use crate::metrics::BackendMetrics;
 use crate::observe::Picked;
 use crate::transport::{Handshake, Peer, PeerPool};
 
@@ -65,11 +66,12 @@ struct Inner {
     metrics: BalancerMetrics,
 }
 
-/// Ejection counters of one backend.
+/// Ejection counters of one backend, and what its attempts get.
 #[derive(Debug, Clone)]
 pub struct BalancerMetrics {
     pub ejections: IntCounter,
     pub ejected: IntGauge,
+    pub attempts: BackendMetrics,
 }
 
 /// One endpoint and what the balancer knows of it.
@@ -167,6 +169,7 @@ impl Balancer {
             endpoint: &endpoint,
             started: Instant::now(),
             failed: None,
+            status: None,
         };
         endpoint.pending.fetch_add(1, Ordering::Relaxed);
         let result = endpoint
@@ -181,6 +184,7 @@ impl Balancer {
             Ok(response) => response.status().is_server_error(),
             Err(error) => error.is_endpoint_failure(),
         });
+        attempt.status = result.as_ref().ok().map(http::Response::status);
         result
     }
 
@@ -255,12 +259,19 @@ struct Attempt<'a> {
     started: Instant,
     /// `None` until the request completes: dropped unfinished, it was cancelled.
     failed: Option<bool>,
+    /// The response's status, once one came.
+    status: Option<http::StatusCode>,
 }
 
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
         self.endpoint.pending.fetch_sub(1, Ordering::Relaxed);
         let elapsed = self.started.elapsed();
+        self.balancer
+            .inner
+            .metrics
+            .attempts
+            .record(self.status, elapsed);
         let failed = self.failed.unwrap_or(true);
         // A failure costs as much as a slow response, so an endpoint that fails fast does not
         // look fast to the balancer.

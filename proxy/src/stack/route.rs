@@ -21,7 +21,7 @@ use crate::destination::{
     CircuitBreaker, Destination, RateLimit, RequestMatch, RetryBudget, RouteEntry, ServiceTelemetry,
 };
 use crate::http_util::Body;
-use crate::metrics::{Direction, ProxyMetrics, RequestMetrics};
+use crate::metrics::{Direction, ProxyMetrics, RequestLabels, RequestMetrics};
 use crate::observe::Picked;
 use crate::transport::{Peer, PeerPool};
 
@@ -57,6 +57,7 @@ pub struct DestinationStack {
     opaque_peers: Vec<Arc<Peer>>,
     routes: Vec<CompiledRoute>,
     rate_limit: Option<Arc<TokenBucket>>,
+    /// For requests no route took (refused, or matching none).
     metrics: RequestMetrics,
     /// For the requests the proxy answers itself.
     errors: ProxyMetrics,
@@ -73,6 +74,8 @@ struct CompiledRoute {
     /// request, on the path nearly every request takes).
     direct: Option<Balancer>,
     requests: prometheus::IntCounter,
+    /// Its requests' responses, latency and bytes.
+    metrics: RequestMetrics,
     name: Arc<str>,
 }
 
@@ -109,7 +112,7 @@ impl DestinationRuntime {
         let routes = destination
             .routes
             .iter()
-            .map(|entry| self.route(destination, entry, &mut used_balancers))
+            .map(|entry| self.route(destination, entry, peer_identity, &mut used_balancers))
             .collect();
         // Balancers no route uses any more go, with their endpoints.
         self.balancers
@@ -145,9 +148,11 @@ impl DestinationRuntime {
             opaque_peers,
             routes,
             rate_limit: self.rate_limit(destination.policy.rate_limit),
-            metrics: self
-                .metrics
-                .requests(Direction::Outbound, peer_identity, &service),
+            metrics: self.metrics.requests(&RequestLabels::new(
+                Direction::Outbound,
+                peer_identity,
+                &service,
+            )),
             errors: self.metrics.clone(),
             replay_limit: self.replay_limit,
         }
@@ -157,6 +162,7 @@ impl DestinationRuntime {
         &self,
         destination: &Destination,
         entry: &RouteEntry,
+        peer_identity: &str,
         used: &mut Vec<BalancerKey>,
     ) -> CompiledRoute {
         let rule = &entry.rule;
@@ -257,6 +263,10 @@ impl DestinationRuntime {
             requests: self
                 .metrics
                 .route_requests(&destination.service, &entry.route),
+            metrics: self.metrics.requests(&RequestLabels {
+                route: &entry.route,
+                ..RequestLabels::new(Direction::Outbound, peer_identity, &destination.service)
+            }),
             name: entry.route.clone(),
         }
     }
@@ -277,6 +287,7 @@ impl DestinationRuntime {
         let metrics = BalancerMetrics {
             ejections: self.metrics.endpoint_ejections(&key.0, key.1.as_deref()),
             ejected: self.metrics.endpoints_ejected(&key.0, key.1.as_deref()),
+            attempts: self.metrics.backend(&key.0),
         };
         let balancer = Balancer::new(
             key.0.clone(),
@@ -326,21 +337,30 @@ impl DestinationStack {
     /// Sends one request through the first route that matches it.
     pub async fn handle(&self, request: http::Request<Body>) -> http::Response<Body> {
         let started = Instant::now();
-        let request = request.map(|body| self.metrics.count_request(body));
-        let response = match self.route(request).await {
-            Ok(response) => response,
-            Err(error) => {
-                self.errors.outbound_error(&self.service, error.reason());
-                error.into_response()
-            }
+        let route = match self.select(&request) {
+            Ok(route) => route,
+            Err(error) => return self.answer(&self.metrics, error, started),
         };
-        self.metrics.record(response, started.elapsed())
+        let request = request.map(|body| route.metrics.count_request(body));
+        match self.send(route, request).await {
+            Ok(response) => route.metrics.record(response, started.elapsed()),
+            Err(error) => self.answer(&route.metrics, error, started),
+        }
     }
 
-    async fn route(
+    /// The proxy's own answer to a request it could not send, for `error`.
+    fn answer(
         &self,
-        request: http::Request<Body>,
-    ) -> Result<http::Response<Body>, ProxyError> {
+        metrics: &RequestMetrics,
+        error: ProxyError,
+        started: Instant,
+    ) -> http::Response<Body> {
+        self.errors.outbound_error(&self.service, error.reason());
+        metrics.record(error.into_response(), started.elapsed())
+    }
+
+    /// The route for `request`, unless the destination's rate limit refuses it.
+    fn select(&self, request: &http::Request<Body>) -> Result<&CompiledRoute, ProxyError> {
         if let Some(bucket) = &self.rate_limit
             && !bucket.try_acquire()
         {
@@ -349,10 +369,18 @@ impl DestinationStack {
         let route = self
             .routes
             .iter()
-            .find(|route| route.matches.matches(&request))
+            .find(|route| route.matches.matches(request))
             .ok_or_else(|| ProxyError::NoMatch(self.service.clone()))?;
         route.requests.inc();
-        Picked::route(&request, &route.name);
+        Picked::route(request, &route.name);
+        Ok(route)
+    }
+
+    async fn send(
+        &self,
+        route: &CompiledRoute,
+        request: http::Request<Body>,
+    ) -> Result<http::Response<Body>, ProxyError> {
         if let Some(balancer) = &route.direct {
             return balancer.send(request.map(ReplayBody::streaming_only)).await;
         }

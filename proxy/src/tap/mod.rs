@@ -5,6 +5,7 @@
 //! Nothing is paid while no one watches but one atomic load per request. Events go through a
 //! bounded channel per observer; a slow observer loses events (counted), never slows traffic.
 
+mod samples;
 mod server;
 
 use std::sync::Arc;

@@ -15,7 +15,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use weft_api::tap::tap_server::{Tap, TapServer as GrpcTapServer};
-use weft_api::tap::{self as wire, ConfigRequest, ConfigResponse, ObserveRequest};
+use weft_api::tap::{
+    self as wire, ConfigRequest, ConfigResponse, MetricsRequest, MetricsResponse, ObserveRequest,
+};
 use weft_certs::Identity;
 use weft_telemetry::{ConfigView, Drain};
 
@@ -40,6 +42,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub struct TapServerSettings {
     pub taps: Taps,
     pub config: ConfigView,
+    /// The proxy's metrics, for `Metrics`.
+    pub registry: prometheus::Registry,
     /// The TLS server config: the proxy's certificate, client certificates required.
     pub tls: Arc<rustls::ServerConfig>,
     /// Who may call.
@@ -211,6 +215,22 @@ impl Tap for TapService {
         Ok(Response::new(ConfigResponse {
             json: (self.settings.config)(),
         }))
+    }
+
+    async fn metrics(
+        &self,
+        request: Request<MetricsRequest>,
+    ) -> Result<Response<MetricsResponse>, Status> {
+        self.authorize(&request)?;
+        let wanted = request.into_inner().families;
+        if wanted.is_empty() || wanted.len() > super::samples::MAX_FAMILIES {
+            return Err(Status::invalid_argument(format!(
+                "families: name between 1 and {} metric families",
+                super::samples::MAX_FAMILIES
+            )));
+        }
+        let samples = super::samples::samples(&self.settings.registry.gather(), &wanted);
+        Ok(Response::new(MetricsResponse { samples }))
     }
 }
 

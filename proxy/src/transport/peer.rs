@@ -16,7 +16,7 @@ use tokio_rustls::client::TlsStream;
 use weft_certs::Identity;
 
 use crate::http_util::Body;
-use crate::metrics::{Direction, ProxyMetrics};
+use crate::metrics::{Direction, Metered, ProxyMetrics};
 use crate::transport::shared_h2::{SendError, SharedH2};
 
 /// A peer that does not accept the TCP connection by then is unreachable.
@@ -69,6 +69,9 @@ pub enum Handshake {
     /// `h2`, nothing of Weft's on the wire.
     StandardMtls,
 }
+
+/// An mTLS stream to a peer, counted by its identity.
+pub type PeerStream = Metered<TlsStream<TcpStream>>;
 
 /// Connections to peer proxies, shared by every outbound connection.
 #[derive(Debug, Clone)]
@@ -209,7 +212,7 @@ impl Peer {
     }
 
     /// Opens a new mTLS stream to the peer, for opaque TCP.
-    pub async fn connect_stream(&self) -> Result<TlsStream<TcpStream>, PeerError> {
+    pub async fn connect_stream(&self) -> Result<PeerStream, PeerError> {
         tokio::time::timeout(DIAL_TIMEOUT, self.connect_tls(TCP_CONNECT_TIMEOUT, true))
             .await
             .unwrap_or_else(|_| Err(self.dial_error("timed out")))
@@ -264,7 +267,7 @@ impl Peer {
         &self,
         connect_timeout: Duration,
         opaque: bool,
-    ) -> Result<TlsStream<TcpStream>, PeerError> {
+    ) -> Result<PeerStream, PeerError> {
         let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(self.addr))
             .await
             .map_err(|_| self.dial_error("TCP connect timed out"))?
@@ -282,10 +285,12 @@ impl Peer {
                 self.dialer.metrics.tls_failure(Direction::Outbound, &e);
                 self.dial_error(&format!("TLS: {e}"))
             })
-            .inspect(|tls| {
-                self.dialer
-                    .metrics
-                    .tls_handshake(Direction::Outbound, tls.get_ref().1)
+            .map(|tls| {
+                let metrics = &self.dialer.metrics;
+                metrics.tls_handshake(Direction::Outbound, tls.get_ref().1);
+                metrics
+                    .peer_tcp()
+                    .meter(Direction::Outbound, &self.identity.to_string(), tls)
             })
     }
 

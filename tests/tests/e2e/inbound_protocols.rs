@@ -143,4 +143,16 @@ async fn plaintext_garbage_and_silence_are_opaque_and_hold_up_nobody() {
         .metric("weft_inbound_refused_total{reason=\"not_http\"}")
         .await;
     assert_eq!(refused, Some(1.0));
+    // Clients without an identity are counted together, their bytes as they pass.
+    let metrics = server.metrics().await;
+    let opened = weft_tests::mesh::metric_value(
+        &metrics,
+        "weft_tcp_peer_connections_opened_total{direction=\"inbound\",peer_identity=\"unauthenticated\"}",
+    );
+    assert_eq!(opened, Some(3.0), "{metrics}");
+    let received = weft_tests::mesh::metric_value(
+        &metrics,
+        "weft_tcp_peer_bytes_total{direction=\"inbound\",flow=\"received\",peer_identity=\"unauthenticated\"}",
+    );
+    assert!(received >= Some(105.0), "{metrics}");
 }

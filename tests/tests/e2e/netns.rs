@@ -145,7 +145,7 @@ fn intercepted_tcp_goes_through_the_mesh_and_unmeshed_destinations_pass_through(
         let inbound = server.metric("weft_tcp_connections_total{direction=\"inbound\",protocol=\"opaque\"}").await;
         assert_eq!(inbound, Some(2.0));
         let unmeshed = client
-            .metric("weft_http_requests_total{destination=\"unmeshed\",direction=\"outbound\",peer_identity=\"\",status_class=\"2xx\"}")
+            .metric("weft_http_requests_total{destination=\"unmeshed\",direction=\"outbound\",peer_identity=\"\",route=\"\",status_class=\"2xx\"}")
             .await;
         assert_eq!(unmeshed, Some(1.0));
     });

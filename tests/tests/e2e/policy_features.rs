@@ -71,9 +71,20 @@ async fn each_attempt_gets_its_own_timeout() {
     );
     assert_eq!(
         value(
-            "weft_http_responses_total{destination=\"shop/api:8080\",direction=\"outbound\",grpc_status=\"\",peer_identity=\"\",status_code=\"504\"}"
+            "weft_http_responses_total{destination=\"shop/api:8080\",direction=\"outbound\",grpc_status=\"\",peer_identity=\"\",route=\"shop/attempts\",status_code=\"504\"}"
         ),
         Some(1.0),
+        "{metrics}"
+    );
+    // The backend saw three attempts, none of which got a response.
+    assert_eq!(
+        value("weft_backend_responses_total{backend=\"shop/api-v1:8080\",status_class=\"error\"}"),
+        Some(3.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        value("weft_backend_response_duration_seconds_count{backend=\"shop/api-v1:8080\"}"),
+        Some(4.0),
         "{metrics}"
     );
 }

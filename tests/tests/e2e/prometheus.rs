@@ -1,6 +1,6 @@
 //! A real Prometheus scraping two proxies and the control plane, evaluating the chart's rules;
-//! the dashboard's queries answered; `promtool check metrics` on every /metrics; and label sets
-//! that do not grow with what requests carry.
+//! the dashboard's queries answered; `promtool check metrics` on every /metrics; label sets
+//! that do not grow with what requests carry; and `weftctl stat` with and without a Prometheus.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,6 +22,15 @@ fn chart_file(path: &str) -> PathBuf {
         .join(path)
 }
 
+/// The row named `name` of `weftctl stat -o json`'s output.
+fn json_row(output: &str, name: &str) -> Value {
+    output
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .find(|row| row["name"] == name)
+        .unwrap_or_else(|| panic!("no row {name}: {output}"))
+}
+
 /// Sends `total` requests to `path` through the client proxy, `per_second` at most, and
 /// returns how many were answered 5xx.
 async fn paced(cluster: &Cluster, path: &str, total: usize, per_second: u64) -> usize {
@@ -37,6 +46,71 @@ async fn paced(cluster: &Cluster, path: &str, total: usize, per_second: u64) -> 
         failed += usize::from(response.status().is_server_error());
     }
     failed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weftctl_stat_reads_the_proxies_themselves_without_a_prometheus() {
+    let cluster = Cluster::start().await;
+    // The control plane reads the proxies whose mesh watches are open: all three.
+    weft_tests::eventually(
+        "the three proxies to connect to discovery",
+        Duration::from_secs(20),
+        || async {
+            let (_, stdout, _) = cluster.cp.weftctl(&["proxy-status"]);
+            // A line per watch: a proxy is its identity and address.
+            let connected: std::collections::HashSet<Vec<&str>> = stdout
+                .lines()
+                .filter(|l| l.starts_with("spiffe://"))
+                .map(|l| l.split_whitespace().take(2).collect())
+                .collect();
+            (connected.len() == 3).then_some(())
+        },
+    )
+    .await;
+    // Three readers at once, each watching 2 s of a 6 s run in which each app fails every
+    // tenth request it serves.
+    let stat = |args: &[&str]| {
+        let mut command = cluster.cp.weftctl_command();
+        command.args(["stat", "--window", "2s"]).args(args);
+        tokio::task::spawn_blocking(move || command.output().expect("weftctl runs"))
+    };
+    let services = stat(&["svc", "-n", "shop", "-o", "json"]);
+    let routes = stat(&["route"]);
+    let proxies = stat(&["pod"]);
+    paced(&cluster, "/flaky/10", 600, 100).await;
+    let text = |output: std::process::Output| {
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+
+    let api = json_row(&text(services.await.unwrap()), API);
+    let success = api["success_rate"].as_f64().unwrap();
+    assert!((success - 0.90).abs() <= 0.04, "{api:#}");
+    let rate = api["requests_per_second"].as_f64().unwrap();
+    assert!((30.0..=150.0).contains(&rate), "{api:#}");
+    assert!(api["p99_seconds"].as_f64().unwrap() >= api["p50_seconds"].as_f64().unwrap());
+
+    let routes = text(routes.await.unwrap());
+    assert!(routes.starts_with("ROUTE"), "{routes}");
+    assert!(
+        routes
+            .lines()
+            .any(|l| l.starts_with(&format!("{API} default"))
+                && l.contains('%')
+                && l.contains("ms")),
+        "{routes}"
+    );
+    // Each of the two server proxies, by what its app served.
+    let proxies = text(proxies.await.unwrap());
+    assert_eq!(
+        proxies.lines().filter(|l| l.contains('%')).count(),
+        2,
+        "{proxies}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,14 +192,7 @@ async fn prometheus_scrapes_the_mesh_and_sees_the_rate_and_success_rate_it_was_g
         assert!(status.success(), "weftctl {all:?}: {stderr}");
         stdout
     };
-    let rows: Vec<Value> = stat(&["svc", "-n", "shop", "-o", "json"])
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
-    let api = rows
-        .iter()
-        .find(|row| row["name"] == API)
-        .unwrap_or_else(|| panic!("{rows:#?}"));
+    let api = json_row(&stat(&["svc", "-n", "shop", "-o", "json"]), API);
     let said = api["success_rate"].as_f64().unwrap();
     assert!((said - 0.90).abs() <= 0.02, "{api:#}");
     assert!(api["requests_per_second"].as_f64().unwrap() > 0.0);
@@ -141,9 +208,18 @@ async fn prometheus_scrapes_the_mesh_and_sees_the_rate_and_success_rate_it_was_g
     assert!(
         routes
             .lines()
-            .any(|l| l.starts_with(&format!("{API} default"))),
+            .any(|l| l.starts_with(&format!("{API} default"))
+                && l.contains('%')
+                && l.contains("ms")),
         "{routes}"
     );
+    // A route's own success rate: the injected errors are its.
+    let default_route = json_row(
+        &stat(&["route", "-n", "shop", "-o", "json"]),
+        &format!("{API} default"),
+    );
+    let said = default_route["success_rate"].as_f64().unwrap();
+    assert!((said - 0.90).abs() <= 0.02, "{default_route:#}");
     let proxies = stat(&["pod"]);
     assert_eq!(
         proxies.lines().filter(|l| l.contains('%')).count(),
@@ -204,7 +280,7 @@ async fn prometheus_scrapes_the_mesh_and_sees_the_rate_and_success_rate_it_was_g
                 .query(&expr)
                 .await
                 .unwrap_or_else(|| panic!("{}: refused: {expr}", panel["title"]));
-            if [2, 3, 4, 5, 7].contains(&panel["id"].as_u64().unwrap()) {
+            if [2, 3, 4, 5, 7, 9, 10, 11, 12].contains(&panel["id"].as_u64().unwrap()) {
                 assert!(!result.is_empty(), "{}: no data: {expr}", panel["title"]);
             }
         }

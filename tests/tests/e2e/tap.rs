@@ -31,6 +31,16 @@ async fn cluster_with_pod() -> (Cluster, Proxy) {
         ProxySpec::new(CLIENT_ID).env("WEFT_POD_NAME", POD),
     )
     .await;
+    // Ready is not yet known: the control plane knows a proxy once its mesh watch is open.
+    weft_tests::eventually(
+        "the pod's proxy to connect to discovery",
+        Duration::from_secs(20),
+        || async {
+            let (_, stdout, _) = cluster.cp.weftctl(&["proxy-status"]);
+            stdout.contains(POD).then_some(())
+        },
+    )
+    .await;
     (cluster, pod)
 }
 

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use weft_tests::client::{MeshClient, grpc_client};
 use weft_tests::echo::EchoRequest;
 
-use crate::{CLIENT_ID, GRPC_AUTHORITY, HTTP_AUTHORITY, Mesh};
+use crate::{CLIENT_ID, GRPC_AUTHORITY, HTTP_AUTHORITY, Mesh, SERVER_ID};
 
 fn one_mib() -> Bytes {
     (0..1024 * 1024)
@@ -45,7 +45,7 @@ async fn http1_get_and_1mib_post_carry_the_caller_identity() {
     let bytes = |metrics: &str, which: &str, direction: &str, destination: &str, peer: &str| {
         weft_tests::mesh::metric_value(
             metrics,
-            &format!("weft_http_{which}_bytes_total{{destination=\"{destination}\",direction=\"{direction}\",peer_identity=\"{peer}\"}}"),
+            &format!("weft_http_{which}_bytes_total{{destination=\"{destination}\",direction=\"{direction}\",peer_identity=\"{peer}\","),
         )
         .unwrap_or(0.0)
     };
@@ -58,20 +58,8 @@ async fn http1_get_and_1mib_post_carry_the_caller_identity() {
             let outbound = mesh.client.metrics().await;
             let inbound = mesh.server.metrics().await;
             let counted = [
-                bytes(
-                    &outbound,
-                    "request",
-                    "outbound",
-                    HTTP_AUTHORITY,
-                    crate::SERVER_ID,
-                ),
-                bytes(
-                    &outbound,
-                    "response",
-                    "outbound",
-                    HTTP_AUTHORITY,
-                    crate::SERVER_ID,
-                ),
+                bytes(&outbound, "request", "outbound", HTTP_AUTHORITY, SERVER_ID),
+                bytes(&outbound, "response", "outbound", HTTP_AUTHORITY, SERVER_ID),
                 bytes(&inbound, "request", "inbound", &app, CLIENT_ID),
                 bytes(&inbound, "response", "inbound", &app, CLIENT_ID),
             ];
@@ -172,14 +160,10 @@ async fn a_peer_cannot_smuggle_the_proxys_headers_either() {
     // the client proxy that would have cleaned its request.
     let mallory = "spiffe://cluster.local/ns/shop/sa/mallory";
     let certs = mesh.cp.credential(mallory).await;
-    let mut sender = weft_tests::client::peer_h2(
-        mesh.server.inbound,
-        &mesh.cp.anchors(),
-        certs,
-        crate::SERVER_ID,
-    )
-    .await
-    .unwrap();
+    let mut sender =
+        weft_tests::client::peer_h2(mesh.server.inbound, &mesh.cp.anchors(), certs, SERVER_ID)
+            .await
+            .unwrap();
     let mut request = http::Request::builder()
         .uri(format!("http://{HTTP_AUTHORITY}/"))
         .header("weft-client-id", CLIENT_ID);
@@ -259,10 +243,16 @@ async fn grpc_unary_streaming_and_trailers_pass_through() {
 
     // Counted by gRPC status, from the trailers, on both sides.
     let by_grpc_status = |metrics: &str, direction: &str, peer: &str, code: &str| {
+        // A static route is its destination's one route, `default`; inbound has none.
+        let route = if direction == "outbound" {
+            "default"
+        } else {
+            ""
+        };
         weft_tests::mesh::metric_value(
             metrics,
             &format!(
-                "weft_http_responses_total{{destination=\"{GRPC_AUTHORITY}\",direction=\"{direction}\",grpc_status=\"{code}\",peer_identity=\"{peer}\",status_code=\"200\"}}"
+                "weft_http_responses_total{{destination=\"{GRPC_AUTHORITY}\",direction=\"{direction}\",grpc_status=\"{code}\",peer_identity=\"{peer}\",route=\"{route}\",status_code=\"200\"}}"
             ),
         )
     };
@@ -271,13 +261,12 @@ async fn grpc_unary_streaming_and_trailers_pass_through() {
         Duration::from_secs(10),
         || async {
             let metrics = mesh.client.metrics().await;
-            (by_grpc_status(&metrics, "outbound", crate::SERVER_ID, "0") == Some(2.0))
-                .then_some(metrics)
+            (by_grpc_status(&metrics, "outbound", SERVER_ID, "0") == Some(2.0)).then_some(metrics)
         },
     )
     .await;
     assert_eq!(
-        by_grpc_status(&outbound, "outbound", crate::SERVER_ID, "9"),
+        by_grpc_status(&outbound, "outbound", SERVER_ID, "9"),
         Some(1.0),
         "{outbound}"
     );
@@ -308,8 +297,8 @@ async fn unknown_authority_gets_a_502_naming_it_and_metrics_count_traffic() {
     let sent = weft_tests::mesh::metric_value(
         &outbound,
         &format!(
-            "weft_http_requests_total{{destination=\"{HTTP_AUTHORITY}\",direction=\"outbound\",peer_identity=\"{}\",status_class=\"2xx\"}}",
-            crate::SERVER_ID
+            "weft_http_requests_total{{destination=\"{HTTP_AUTHORITY}\",direction=\"outbound\",peer_identity=\"{}\",route=\"default\",status_class=\"2xx\"}}",
+            SERVER_ID
         ),
     );
     assert_eq!(sent, Some(5.0), "{outbound}");
@@ -317,7 +306,7 @@ async fn unknown_authority_gets_a_502_naming_it_and_metrics_count_traffic() {
     let received = weft_tests::mesh::metric_value(
         &inbound,
         &format!(
-            "weft_http_requests_total{{destination=\"127.0.0.1:{}\",direction=\"inbound\",peer_identity=\"{CLIENT_ID}\",status_class=\"2xx\"}}",
+            "weft_http_requests_total{{destination=\"127.0.0.1:{}\",direction=\"inbound\",peer_identity=\"{CLIENT_ID}\",route=\"\",status_class=\"2xx\"}}",
             mesh.app.port
         ),
     );
@@ -328,6 +317,85 @@ async fn unknown_authority_gets_a_502_naming_it_and_metrics_count_traffic() {
         "{inbound}"
     );
     assert!(inbound.contains("weft_identity_cert_expiry_timestamp_seconds"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_and_their_bytes_are_counted_by_peer_identity() {
+    let Mesh {
+        cp: _cp,
+        app: _app,
+        server,
+        client,
+    } = Mesh::start("24h").await;
+    let caller = MeshClient::http1(client.outbound);
+    let body = Bytes::from(vec![7u8; 4096]);
+    for _ in 0..3 {
+        let response = caller
+            .send("POST", HTTP_AUTHORITY, "/", body.clone())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let peer_sample = |family: &str, direction: &str, peer: &str| {
+        format!("{family}{{direction=\"{direction}\",peer_identity=\"{peer}\"}}")
+    };
+    let bytes_sample = |direction: &str, flow: &str, peer: &str| {
+        format!(
+            "weft_tcp_peer_bytes_total{{direction=\"{direction}\",flow=\"{flow}\",peer_identity=\"{peer}\"}}"
+        )
+    };
+    // One multiplexed connection each way, named by the identity at its other end.
+    let outbound = client.metrics().await;
+    let value = |text: &str, sample: String| weft_tests::mesh::metric_value(text, &sample);
+    let opened = "weft_tcp_peer_connections_opened_total";
+    let open = "weft_tcp_peer_open_connections";
+    assert_eq!(
+        value(&outbound, peer_sample(opened, "outbound", SERVER_ID)),
+        Some(1.0),
+        "{outbound}"
+    );
+    assert_eq!(
+        value(&outbound, peer_sample(open, "outbound", SERVER_ID)),
+        Some(1.0),
+        "{outbound}"
+    );
+    let sent = value(&outbound, bytes_sample("outbound", "sent", SERVER_ID)).unwrap_or(0.0);
+    assert!(sent >= 3.0 * 4096.0, "{outbound}");
+    let inbound = server.metrics().await;
+    assert_eq!(
+        value(&inbound, peer_sample(opened, "inbound", CLIENT_ID)),
+        Some(1.0),
+        "{inbound}"
+    );
+    let received = value(&inbound, bytes_sample("inbound", "received", CLIENT_ID)).unwrap_or(0.0);
+    assert!(received >= 3.0 * 4096.0, "{inbound}");
+    // The echo app sends the bodies back.
+    let answered = value(&inbound, bytes_sample("inbound", "sent", CLIENT_ID)).unwrap_or(0.0);
+    assert!(answered >= 3.0 * 4096.0, "{inbound}");
+
+    // The client's proxy goes away: its connection is counted closed, and no longer open.
+    drop(client);
+    let closed = peer_sample(
+        "weft_tcp_peer_connections_closed_total",
+        "inbound",
+        CLIENT_ID,
+    );
+    let still_open = peer_sample(open, "inbound", CLIENT_ID);
+    weft_tests::eventually(
+        "the server to count the connection closed",
+        Duration::from_secs(20),
+        || {
+            let server = &server;
+            let (closed, still_open) = (&closed, &still_open);
+            async move {
+                let text = server.metrics().await;
+                let done = weft_tests::mesh::metric_value(&text, closed) == Some(1.0)
+                    && weft_tests::mesh::metric_value(&text, still_open) == Some(0.0);
+                done.then_some(())
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,7 +415,7 @@ async fn a_peer_that_stalls_its_handshake_gets_a_502_not_a_hang() {
     spec.routes.push(weft_tests::mesh::RouteSpec {
         authority: "stall.shop:80".to_string(),
         address: stall_addr,
-        identity: crate::SERVER_ID.to_string(),
+        identity: SERVER_ID.to_string(),
         opaque: false,
     });
     let proxy = weft_tests::mesh::Proxy::start(&cp, spec).await;
@@ -450,7 +518,7 @@ async fn both_listeners_take_ipv6_as_well_as_ipv4_on_the_same_port() {
     spec.routes.push(weft_tests::mesh::RouteSpec {
         authority: "v6.shop:80".to_string(),
         address: v6(mesh.server.inbound),
-        identity: crate::SERVER_ID.to_string(),
+        identity: SERVER_ID.to_string(),
         opaque: false,
     });
     let proxy = weft_tests::mesh::Proxy::start(&mesh.cp, spec).await;

@@ -1,12 +1,16 @@
 //! `weftctl stat [svc|route|pod]`: success rate, request rate and latency percentiles of the
-//! mesh's traffic, read from the Prometheus that scrapes the proxies.
+//! mesh's traffic, read from the Prometheus that scrapes the proxies, or without one from the
+//! proxies themselves through the control plane.
+
+mod proxies;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use serde_json::Value;
 
-use super::CliError;
+use super::{AdminClient, CliError};
 
 /// The largest query answer read.
 const MAX_ANSWER: usize = 16 << 20;
@@ -21,12 +25,14 @@ pub struct StatArgs {
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
     /// The Prometheus that scrapes the proxies, e.g. http://127.0.0.1:9090 (after `kubectl
-    /// port-forward svc/prometheus 9090`).
+    /// port-forward svc/prometheus 9090`). Without one, the proxies connected to the control
+    /// plane are read twice, the window apart.
     #[arg(long, env = "WEFT_PROMETHEUS_URL")]
-    pub prometheus: String,
-    /// The window rates and percentiles are taken over (a Prometheus duration: 30s, 1m, 1h).
-    #[arg(long, default_value = "1m", value_parser = prometheus_duration)]
-    pub window: String,
+    pub prometheus: Option<String>,
+    /// The window rates and percentiles are taken over (a Prometheus duration: 30s, 1m, 1h;
+    /// default 1m from a Prometheus, 10s from the proxies, which weftctl waits out).
+    #[arg(long, value_parser = prometheus_duration)]
+    pub window: Option<String>,
     /// table, or json (one object per row).
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     pub output: StatOutput,
@@ -38,7 +44,7 @@ pub enum StatResource {
     /// Destination Services, from their callers' outbound proxies.
     #[value(alias = "service", alias = "services")]
     Svc,
-    /// Routes of Services (requests and retries: a route's responses are its Service's).
+    /// Routes of Services, from their callers' outbound proxies.
     #[value(alias = "routes")]
     Route,
     /// Each proxy's inbound side: what its app served, by Prometheus instance.
@@ -83,9 +89,50 @@ struct Queries {
     latency: Option<(String, String)>,
 }
 
-pub(super) async fn run(args: &StatArgs, out: &mut impl std::io::Write) -> Result<(), CliError> {
-    let prometheus = Prometheus::parse(&args.prometheus)?;
-    let queries = queries(args);
+/// From the proxies: how long to watch them when no window is given.
+const PROXIES_WINDOW: Duration = Duration::from_secs(10);
+
+pub(super) async fn run(
+    args: &StatArgs,
+    client: Option<AdminClient>,
+    out: &mut impl std::io::Write,
+) -> Result<(), CliError> {
+    let (rows, unread) = match (&args.prometheus, client) {
+        (Some(url), _) => (from_prometheus(args, url).await?, Vec::new()),
+        (None, Some(mut client)) => {
+            let window = match &args.window {
+                Some(window) => humantime::parse_duration(window)
+                    .map_err(|e| CliError(format!("--window {window:?}: {e}")))?,
+                None => PROXIES_WINDOW,
+            };
+            let namespace = args.namespace.as_deref();
+            proxies::rows(&mut client, args.resource, namespace, window).await?
+        }
+        (None, None) => {
+            return Err(CliError(
+                "no --prometheus and no control plane to read the proxies from".into(),
+            ));
+        }
+    };
+    let mut text = match args.output {
+        StatOutput::Table => table(args.resource, &rows),
+        StatOutput::Json => rows
+            .iter()
+            .filter_map(|row| serde_json::to_string(row).ok())
+            .map(|line| line + "\n")
+            .collect(),
+    };
+    if args.output == StatOutput::Table && !unread.is_empty() {
+        let _ = writeln!(text, "(not read: {})", unread.join("; "));
+    }
+    let _ = out.write_all(text.as_bytes());
+    Ok(())
+}
+
+async fn from_prometheus(args: &StatArgs, url: &str) -> Result<Vec<Row>, CliError> {
+    let prometheus = Prometheus::parse(url)?;
+    let window = args.window.as_deref().unwrap_or("1m");
+    let queries = queries(args.resource, args.namespace.as_deref(), window);
     let mut rows: BTreeMap<String, Row> = BTreeMap::new();
     let mut fill = |samples: Vec<(String, f64)>, set: SetColumn| {
         for (name, value) in samples {
@@ -120,34 +167,20 @@ pub(super) async fn run(args: &StatArgs, out: &mut impl std::io::Write) -> Resul
         ];
         for (quantile, set) in setters {
             let promql = format!(
-                "histogram_quantile({quantile}, sum by ({by}, le) (rate(weft_http_request_duration_seconds_bucket{{{selector}}}[{}])))",
-                args.window
+                "histogram_quantile({quantile}, sum by ({by}, le) (rate(weft_http_request_duration_seconds_bucket{{{selector}}}[{window}])))",
             );
             fill(prometheus.query(&promql, queries.by).await?, set);
         }
     }
-    let rows: Vec<Row> = rows.into_values().collect();
-    let text = match args.output {
-        StatOutput::Table => table(args.resource, &rows),
-        StatOutput::Json => rows
-            .iter()
-            .filter_map(|row| serde_json::to_string(row).ok())
-            .map(|line| line + "\n")
-            .collect(),
-    };
-    let _ = out.write_all(text.as_bytes());
-    Ok(())
+    Ok(rows.into_values().collect())
 }
 
-fn queries(args: &StatArgs) -> Queries {
-    let window = &args.window;
+fn queries(resource: StatResource, namespace: Option<&str>, window: &str) -> Queries {
     // A destination is `<namespace>/<name>:<port>`.
-    let in_namespace = args
-        .namespace
-        .as_ref()
+    let in_namespace = namespace
         .map(|ns| format!(", destination=~\"{}/.*\"", escape(ns)))
         .unwrap_or_default();
-    match args.resource {
+    match resource {
         StatResource::Svc => {
             let selector = format!("direction=\"outbound\"{in_namespace}");
             Queries {
@@ -161,17 +194,18 @@ fn queries(args: &StatArgs) -> Queries {
             }
         }
         StatResource::Route => {
-            let selector = in_namespace.trim_start_matches(", ").to_string();
+            let selector = format!("direction=\"outbound\", route!=\"\"{in_namespace}");
+            let retried = in_namespace.trim_start_matches(", ");
             Queries {
                 by: "route",
                 requests: format!(
-                    "sum by (destination, route) (rate(weft_route_requests_total{{{selector}}}[{window}]))"
+                    "sum by (destination, route) (rate(weft_http_requests_total{{{selector}}}[{window}]))"
                 ),
-                success: None,
+                success: Some(success_rate("destination, route", &selector, window)),
                 retries: Some(format!(
-                    "sum by (destination, route) (rate(weft_route_retries_total{{{selector}}}[{window}]))"
+                    "sum by (destination, route) (rate(weft_route_retries_total{{{retried}}}[{window}]))"
                 )),
-                latency: None,
+                latency: Some((selector, "destination, route".into())),
             }
         }
         StatResource::Pod => {
