@@ -27,6 +27,8 @@ const MERGED_BACKLOG: usize = 1024;
 const MAX_LIMIT: u32 = 10_000;
 /// Proxies one tap (or metrics read) reaches at most: it is for looking, not for bulk export.
 const MAX_TAPPED: usize = 64;
+/// The largest answer read from one proxy (its metrics, its configuration).
+const MAX_PROXY_ANSWER: usize = 16 << 20;
 /// A proxy that has not answered a tap or config call by then is left out (tap) or reported.
 const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -275,7 +277,7 @@ impl ProxyAccess {
             .channel()
             .await
             .map_err(|e| Status::unavailable(format!("{}: {e}", proxy.name())))?;
-        Ok(TapClient::new(channel))
+        Ok(TapClient::new(channel).max_decoding_message_size(MAX_PROXY_ANSWER))
     }
 }
 

@@ -15,6 +15,9 @@ use super::{Cli, CliError};
 use crate::admin_credential::ADMIN_TOKEN_FILE;
 use crate::serving_cert::control_plane_identity;
 
+/// The largest answer weftctl reads from the admin API.
+const MAX_ANSWER: usize = 64 << 20;
+
 /// An authenticated admin API client.
 #[derive(Debug)]
 pub struct AdminClient {
@@ -88,7 +91,10 @@ impl AdminClient {
             .await
             .map_err(|e| CliError(e.to_string()))?;
         Ok(Self {
-            admin: AdminGrpc::with_interceptor(channel, BearerToken(bearer)),
+            // Answers that gather many proxies' (ProxyMetrics, ProxyStatus) outgrow tonic's
+            // default 4 MiB.
+            admin: AdminGrpc::with_interceptor(channel, BearerToken(bearer))
+                .max_decoding_message_size(MAX_ANSWER),
         })
     }
 }

@@ -194,17 +194,29 @@ pub struct RequestMetrics {
 #[derive(Debug, Clone)]
 pub struct BackendMetrics {
     by_class: [IntCounter; 6],
-    /// Attempts that got no response.
-    no_response: IntCounter,
+    failed: IntCounter,
+    cancelled: IntCounter,
     latency: Histogram,
 }
 
+/// How an attempt to a backend ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptEnd {
+    /// Its response headers came.
+    Answered(http::StatusCode),
+    /// The endpoint could not be reached, or the exchange broke.
+    Failed,
+    /// It was dropped before it ended: a timeout above it ran out, or the client gave up.
+    Cancelled,
+}
+
 impl BackendMetrics {
-    /// Records an attempt that got `status` (`None`: no response) after `elapsed`.
-    pub fn record(&self, status: Option<http::StatusCode>, elapsed: Duration) {
-        match status {
-            Some(status) => self.by_class[status_class(status)].inc(),
-            None => self.no_response.inc(),
+    /// Records an attempt that ended as `end` after `elapsed`.
+    pub fn record(&self, end: AttemptEnd, elapsed: Duration) {
+        match end {
+            AttemptEnd::Answered(status) => self.by_class[status_class(status)].inc(),
+            AttemptEnd::Failed => self.failed.inc(),
+            AttemptEnd::Cancelled => self.cancelled.inc(),
         }
         self.latency.observe(elapsed.as_secs_f64());
     }
@@ -383,7 +395,7 @@ impl ProxyMetrics {
             backend_responses: metrics::counter_vec(
                 registry,
                 "weft_backend_responses_total",
-                "Attempts sent to a backend (each retry is one), by backend and result: the response's status class, or error when none came (unreachable, broken, timed out or cancelled).",
+                "Attempts sent to a backend (each retry is one), by backend and result: the response's status class, error (unreachable, or the exchange broke), or cancelled (a timeout ran out first, or the client gave up).",
                 &["backend", "status_class"],
             )?,
             backend_latency: metrics::latency_histogram_vec(
@@ -498,7 +510,8 @@ impl ProxyMetrics {
         let counter = |class: &str| self.backend_responses.with_label_values(&[backend, class]);
         BackendMetrics {
             by_class: CLASSES.map(counter),
-            no_response: counter("error"),
+            failed: counter("error"),
+            cancelled: counter("cancelled"),
             latency: self.backend_latency.with_label_values(&[backend]),
         }
     }

@@ -1,8 +1,9 @@
 //! Connections with peers, by the peer's identity: opened, closed, open now, and the bytes each
 //! way. Inbound, the peer is the client (its verified identity, or `unauthenticated`); outbound,
-//! the proxy or foreign workload we dialed (the identity it proved), or `""` for a destination
-//! outside the mesh. Bytes are the application's, after TLS, counted as they pass, so a
-//! long-lived connection shows its traffic before it closes.
+//! the proxy or foreign workload we dialed (the identity it proved), or `""` for opaque TCP
+//! passed through to a destination outside the mesh (plain HTTP to one is not a peer
+//! connection). Bytes are the application's, after TLS, counted as they pass, so a long-lived
+//! connection shows its traffic before it closes.
 
 use std::io::IoSlice;
 use std::pin::Pin;
@@ -59,7 +60,7 @@ impl PeerTcpMetrics {
             opened: metrics::counter_vec(
                 registry,
                 "weft_tcp_peer_connections_opened_total",
-                "Connections with peers opened, by direction and peer identity (inbound: the client's, or unauthenticated; outbound: the one the server proved, or empty outside the mesh).",
+                "Connections with peers opened, by direction and peer identity (inbound: the client's, or unauthenticated; outbound: the one the server proved, or empty for opaque TCP passed through outside the mesh).",
                 LABELS,
             )?,
             closed: metrics::counter_vec(

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use super::{HttpRequest, HttpResponse, ProxyError};
 use crate::destination::{CircuitBreaker, EndpointSpec, LoadBalancerKind};
-use crate::metrics::BackendMetrics;
+use crate::metrics::{AttemptEnd, BackendMetrics};
 use crate::observe::Picked;
 use crate::transport::{Handshake, Peer, PeerPool};
 
@@ -169,7 +169,7 @@ impl Balancer {
             endpoint: &endpoint,
             started: Instant::now(),
             failed: None,
-            status: None,
+            end: None,
         };
         endpoint.pending.fetch_add(1, Ordering::Relaxed);
         let result = endpoint
@@ -184,7 +184,10 @@ impl Balancer {
             Ok(response) => response.status().is_server_error(),
             Err(error) => error.is_endpoint_failure(),
         });
-        attempt.status = result.as_ref().ok().map(http::Response::status);
+        attempt.end = Some(match &result {
+            Ok(response) => AttemptEnd::Answered(response.status()),
+            Err(_) => AttemptEnd::Failed,
+        });
         result
     }
 
@@ -259,8 +262,8 @@ struct Attempt<'a> {
     started: Instant,
     /// `None` until the request completes: dropped unfinished, it was cancelled.
     failed: Option<bool>,
-    /// The response's status, once one came.
-    status: Option<http::StatusCode>,
+    /// How it ended, once it did.
+    end: Option<AttemptEnd>,
 }
 
 impl Drop for Attempt<'_> {
@@ -271,7 +274,7 @@ impl Drop for Attempt<'_> {
             .inner
             .metrics
             .attempts
-            .record(self.status, elapsed);
+            .record(self.end.unwrap_or(AttemptEnd::Cancelled), elapsed);
         let failed = self.failed.unwrap_or(true);
         // A failure costs as much as a slow response, so an endpoint that fails fast does not
         // look fast to the balancer.

@@ -7,8 +7,9 @@ use weft_api::tap::Sample;
 /// Families one call may name at most.
 pub const MAX_FAMILIES: usize = 16;
 
-/// The samples of `wanted` among `families`. A family with no series yet is not gathered at
-/// all, so one not found simply has none.
+/// The samples of `wanted` among `families`, zeros left out (a reader takes a series it does
+/// not see as zero, and most label sets' classes and buckets are). A family with no series yet
+/// is not gathered at all, so one not found simply has none.
 pub fn samples(families: &[MetricFamily], wanted: &[String]) -> Vec<Sample> {
     let mut samples = Vec::new();
     for family in families
@@ -36,19 +37,26 @@ fn push_series(out: &mut Vec<Sample>, name: &str, kind: MetricType, metric: &Met
         value,
     };
     match kind {
-        MetricType::COUNTER => out.push(sample(
-            name.to_string(),
-            labels(),
-            metric.get_counter().get_value(),
-        )),
-        MetricType::GAUGE => out.push(sample(
-            name.to_string(),
-            labels(),
-            metric.get_gauge().get_value(),
-        )),
+        MetricType::COUNTER | MetricType::GAUGE => {
+            let value = if kind == MetricType::COUNTER {
+                metric.get_counter().get_value()
+            } else {
+                metric.get_gauge().get_value()
+            };
+            if value != 0.0 {
+                out.push(sample(name.to_string(), labels(), value));
+            }
+        }
         MetricType::HISTOGRAM => {
             let histogram = metric.get_histogram();
-            for bucket in histogram.get_bucket() {
+            if histogram.get_sample_count() == 0 {
+                return;
+            }
+            for bucket in histogram
+                .get_bucket()
+                .iter()
+                .filter(|b| b.cumulative_count() > 0)
+            {
                 let mut with_le = labels();
                 with_le.insert("le".into(), bucket.upper_bound().to_string());
                 out.push(sample(
@@ -106,13 +114,21 @@ mod tests {
                 .map(|s| s.value)
         };
         assert_eq!(value("requests_total", ("route", "a")), Some(3.0));
-        assert_eq!(value("latency_seconds_bucket", ("le", "0.1")), Some(0.0));
+        // Zeros are left out: the empty bucket, and series nothing was counted in.
+        assert_eq!(value("latency_seconds_bucket", ("le", "0.1")), None);
         assert_eq!(value("latency_seconds_bucket", ("le", "1")), Some(1.0));
         assert_eq!(value("latency_seconds_bucket", ("le", "+Inf")), Some(1.0));
         assert!(
             samples
                 .iter()
                 .any(|s| s.name == "latency_seconds_count" && s.value == 1.0)
+        );
+        counter.with_label_values(&["idle"]);
+        let again = super::samples(&registry.gather(), &wanted);
+        assert!(
+            again
+                .iter()
+                .all(|s| s.labels.get("route").map(String::as_str) != Some("idle"))
         );
 
         assert!(super::samples(&families, &["nope".to_string()]).is_empty());

@@ -76,9 +76,11 @@ async fn each_attempt_gets_its_own_timeout() {
         Some(1.0),
         "{metrics}"
     );
-    // The backend saw three attempts, none of which got a response.
+    // The backend saw three attempts, each cut short by its timeout.
     assert_eq!(
-        value("weft_backend_responses_total{backend=\"shop/api-v1:8080\",status_class=\"error\"}"),
+        value(
+            "weft_backend_responses_total{backend=\"shop/api-v1:8080\",status_class=\"cancelled\"}"
+        ),
         Some(3.0),
         "{metrics}"
     );

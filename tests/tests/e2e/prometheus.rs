@@ -111,6 +111,11 @@ async fn weftctl_stat_reads_the_proxies_themselves_without_a_prometheus() {
         2,
         "{proxies}"
     );
+    let (status, _, stderr) = cluster.cp.weftctl(&["stat", "--window", "0s"]);
+    assert!(
+        !status.success() && stderr.contains("must be a positive duration"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

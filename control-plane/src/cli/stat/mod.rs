@@ -102,7 +102,11 @@ pub(super) async fn run(
         (None, Some(mut client)) => {
             let window = match &args.window {
                 Some(window) => humantime::parse_duration(window)
-                    .map_err(|e| CliError(format!("--window {window:?}: {e}")))?,
+                    .ok()
+                    .filter(|window| !window.is_zero())
+                    .ok_or_else(|| {
+                        CliError(format!("--window {window:?}: must be a positive duration"))
+                    })?,
                 None => PROXIES_WINDOW,
             };
             let namespace = args.namespace.as_deref();
@@ -122,8 +126,15 @@ pub(super) async fn run(
             .map(|line| line + "\n")
             .collect(),
     };
-    if args.output == StatOutput::Table && !unread.is_empty() {
-        let _ = writeln!(text, "(not read: {})", unread.join("; "));
+    if !unread.is_empty() {
+        let unread = format!("(not read: {})", unread.join("; "));
+        match args.output {
+            StatOutput::Table => {
+                let _ = writeln!(text, "{unread}");
+            }
+            // stdout stays one object per row.
+            StatOutput::Json => eprintln!("weftctl: {unread}"),
+        }
     }
     let _ = out.write_all(text.as_bytes());
     Ok(())

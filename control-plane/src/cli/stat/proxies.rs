@@ -3,7 +3,7 @@
 //! and `histogram_quantile()` over that window would.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use weft_api::admin::{ProxyMetricsRequest, ProxySamples, ProxySelector};
 use weft_api::tap::{MetricsRequest, Sample};
@@ -43,9 +43,19 @@ pub(super) async fn rows(
             ..ProxySelector::default()
         },
     };
-    let before = read(client, &selector).await?;
-    tokio::time::sleep(window).await;
-    let after = read(client, &selector).await?;
+    let families = match resource {
+        StatResource::Route => &[REQUESTS, LATENCY, RETRIES][..],
+        StatResource::Svc | StatResource::Pod => &[REQUESTS, LATENCY][..],
+    };
+    // Each proxy is read somewhere within a read: the window is taken between their middles.
+    let started = Instant::now();
+    let before = read(client, &selector, families).await?;
+    let first_middle = started + started.elapsed() / 2;
+    tokio::time::sleep_until((started + window).into()).await;
+    let second_start = Instant::now();
+    let after = read(client, &selector, families).await?;
+    let second_middle = second_start + second_start.elapsed() / 2;
+    let seconds = second_middle.duration_since(first_middle).as_secs_f64();
     let changes = changes(&before, &after);
     let mut failed = before.failed;
     for failure in after.failed {
@@ -53,17 +63,18 @@ pub(super) async fn rows(
             failed.push(failure);
         }
     }
-    Ok((
-        tally(&changes, resource, namespace, window.as_secs_f64()),
-        failed,
-    ))
+    Ok((tally(&changes, resource, namespace, seconds), failed))
 }
 
-async fn read(client: &mut AdminClient, selector: &ProxySelector) -> Result<Read, CliError> {
+async fn read(
+    client: &mut AdminClient,
+    selector: &ProxySelector,
+    families: &[&str],
+) -> Result<Read, CliError> {
     let request = ProxyMetricsRequest {
         selector: Some(selector.clone()),
         metrics: Some(MetricsRequest {
-            families: vec![REQUESTS.into(), LATENCY.into(), RETRIES.into()],
+            families: families.iter().map(|f| f.to_string()).collect(),
         }),
     };
     let proxies = client
@@ -104,8 +115,9 @@ fn key(sample: &Sample) -> SeriesKey {
     (sample.name.clone(), labels)
 }
 
-/// Each series' increase between the reads, with the proxy it came from. A counter that went
-/// down was reset (its proxy restarted): its increase is its new value, as `rate()` takes it.
+/// Each series' increase between the reads, with the proxy it came from. A proxy whose
+/// counters went down (any of them, or one that vanished) restarted: all its series count from
+/// zero, as `rate()` takes a reset, and a histogram's buckets stay consistent with each other.
 /// A proxy read only once is left out: what it counted before the window is not known.
 fn changes(before: &Read, after: &Read) -> Vec<(String, SeriesKey, f64)> {
     let mut changes = Vec::new();
@@ -113,11 +125,17 @@ fn changes(before: &Read, after: &Read) -> Vec<(String, SeriesKey, f64)> {
         let Some(earlier) = before.by_proxy.get(proxy) else {
             continue;
         };
+        // Zeros are not sent: a series missing now was zero, one missing before too.
+        let restarted = earlier
+            .iter()
+            .any(|(key, then)| series.get(key).copied().unwrap_or(0.0) < *then);
         for (key, now) in series {
-            // A series that appeared during the window started at zero.
-            let then = earlier.get(key).copied().unwrap_or(0.0);
-            let increase = if *now >= then { now - then } else { *now };
-            changes.push((proxy.clone(), key.clone(), increase));
+            let then = if restarted {
+                0.0
+            } else {
+                earlier.get(key).copied().unwrap_or(0.0)
+            };
+            changes.push((proxy.clone(), key.clone(), now - then));
         }
     }
     changes
@@ -310,8 +328,7 @@ mod tests {
             failed: Vec::new(),
         };
         let before = read(&[(&ok, 100.0), (&failed, 50.0), (&elsewhere, 0.0)]);
-        // The 5xx counter went down: the proxy restarted, and its 10 count whole.
-        let after = read(&[(&ok, 190.0), (&failed, 10.0), (&elsewhere, 7.0)]);
+        let after = read(&[(&ok, 190.0), (&failed, 60.0), (&elsewhere, 7.0)]);
         let rows = tally(
             &changes(&before, &after),
             StatResource::Svc,
@@ -324,6 +341,14 @@ mod tests {
         assert!(
             (rows[0].success_rate.unwrap() - 0.9).abs() < 1e-9,
             "{rows:?}"
+        );
+        // The 5xx counter went down: the proxy restarted, and all its counts are since then.
+        let restarted = read(&[(&ok, 30.0), (&failed, 10.0)]);
+        let since = tally(&changes(&before, &restarted), StatResource::Svc, None, 10.0);
+        assert_eq!(since[0].requests_per_second, Some(4.0), "{since:?}");
+        assert!(
+            (since[0].success_rate.unwrap() - 0.75).abs() < 1e-9,
+            "{since:?}"
         );
         let routes = tally(&changes(&before, &after), StatResource::Route, None, 10.0);
         let names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
