@@ -31,6 +31,14 @@ fn json_row(output: &str, name: &str) -> Value {
         .unwrap_or_else(|| panic!("no row {name}: {output}"))
 }
 
+/// Whether `weftctl stat route`'s table has the API's default route with a success rate and
+/// latencies.
+fn shows_the_default_route(table: &str) -> bool {
+    table
+        .lines()
+        .any(|l| l.starts_with(&format!("{API} default")) && l.contains('%') && l.contains("ms"))
+}
+
 /// Sends `total` requests to `path` through the client proxy, `per_second` at most, and
 /// returns how many were answered 5xx.
 async fn paced(cluster: &Cluster, path: &str, total: usize, per_second: u64) -> usize {
@@ -96,14 +104,7 @@ async fn weftctl_stat_reads_the_proxies_themselves_without_a_prometheus() {
 
     let routes = text(routes.await.unwrap());
     assert!(routes.starts_with("ROUTE"), "{routes}");
-    assert!(
-        routes
-            .lines()
-            .any(|l| l.starts_with(&format!("{API} default"))
-                && l.contains('%')
-                && l.contains("ms")),
-        "{routes}"
-    );
+    assert!(shows_the_default_route(&routes), "{routes}");
     // Each of the two server proxies, by what its app served.
     let proxies = text(proxies.await.unwrap());
     assert_eq!(
@@ -210,14 +211,7 @@ async fn prometheus_scrapes_the_mesh_and_sees_the_rate_and_success_rate_it_was_g
     );
     assert!(stat(&["svc", "-n", "elsewhere"]).contains("no traffic"));
     let routes = stat(&["route"]);
-    assert!(
-        routes
-            .lines()
-            .any(|l| l.starts_with(&format!("{API} default"))
-                && l.contains('%')
-                && l.contains("ms")),
-        "{routes}"
-    );
+    assert!(shows_the_default_route(&routes), "{routes}");
     // A route's own success rate: the injected errors are its.
     let default_route = json_row(
         &stat(&["route", "-n", "shop", "-o", "json"]),
