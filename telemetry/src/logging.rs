@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::Mutex;
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::{FilterExt, Targets, filter_fn};
+use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -153,15 +153,17 @@ fn build(
             .with_current_span(true)
             .boxed(),
     };
-    // Each layer has one filter, and only the layers in use are there: a callsite none of them
-    // wants is then `never` interesting, and its spans and events cost a load and a branch. A
-    // second filter nested around the first, or an absent `Option` layer (which wants
-    // everything), made every callsite `sometimes`: h2's span per frame was created, entered
-    // and closed in the registry on every request, only for the log layer to drop it.
-    let mut layers: Vec<LogLayer> = vec![
-        logs.with_filter(filter.and(filter_fn(|meta| !is_own_target(meta.target()))))
-            .boxed(),
-    ];
+    // Each layer has one filter, and only the layers in use are installed: a callsite no layer
+    // wants is then never interesting, and h2's span per frame costs a branch. A filter nested
+    // around another, or a `None` layer (which wants everything), makes every callsite
+    // "sometimes": each such span would be created in the registry and only then dropped.
+    // Excluding our own targets with `Targets` rather than a closure keeps a level hint, so the
+    // process's maximum level stays the filter's.
+    let not_own_targets = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target(ACCESS_LOG_TARGET, LevelFilter::OFF)
+        .with_target(TRACE_TARGET, LevelFilter::OFF);
+    let mut layers: Vec<LogLayer> = vec![logs.with_filter(filter.and(not_own_targets)).boxed()];
     let writer = setup.access_log.then(AccessLogWriter::default);
     if let Some(writer) = writer.clone() {
         layers.push(
@@ -187,10 +189,6 @@ fn build(
     }
     let subscriber = tracing_subscriber::registry().with(layers);
     (subscriber, handle, writer)
-}
-
-fn is_own_target(target: &str) -> bool {
-    target == ACCESS_LOG_TARGET || target == TRACE_TARGET
 }
 
 /// The installed subscriber's filter: the log subscriber is the process's, and so is this.
@@ -268,6 +266,34 @@ mod tests {
                 );
             });
         }
+    }
+
+    /// `PUT /log-level` swaps the filter inside the log layer's combined filter: what it turns
+    /// on is created from then on, and what it turns off again is not.
+    #[test]
+    fn a_reloaded_filter_changes_what_is_created() {
+        let setup = LogSetup {
+            env_var: "WEFT_TEST_UNSET",
+            default_filter: "warn",
+            format: LogFormat::Plain,
+            access_log: false,
+            tracer: None,
+        };
+        let (subscriber, filter, _access_log) =
+            build(Targets::new().with_default(LevelFilter::WARN), &setup);
+        tracing::subscriber::with_default(subscriber, || {
+            let frame = || tracing::trace_span!(target: "h2::proto::connection", "poll");
+            assert!(frame().is_disabled());
+            filter
+                .reload(Targets::from_str("warn,h2=trace").expect("directives"))
+                .expect("reload");
+            assert!(!frame().is_disabled());
+            assert!(!tracing::event_enabled!(target: ACCESS_LOG_TARGET, tracing::Level::INFO));
+            filter
+                .reload(Targets::new().with_default(LevelFilter::WARN))
+                .expect("reload");
+            assert!(frame().is_disabled());
+        });
     }
 
     #[test]
