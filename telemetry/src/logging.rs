@@ -236,21 +236,25 @@ mod tests {
         );
     }
 
+    /// Plain logs, no traces; `build` is given its filter rather than reading a variable.
+    fn plain_logs(access_log: bool) -> LogSetup<'static> {
+        LogSetup {
+            env_var: "WEFT_TEST_UNSET",
+            default_filter: "warn",
+            format: LogFormat::Plain,
+            access_log,
+            tracer: None,
+        }
+    }
+
     /// h2 and hyper open a span per frame and log at TRACE: under a quieter filter those must
     /// not be created at all (the registry allocating, entering and closing each one cost the
     /// proxy CPU on every request), while what the filter lets through still is.
     #[test]
     fn what_no_layer_wants_is_never_created() {
         for access_log in [false, true] {
-            let setup = LogSetup {
-                env_var: "WEFT_TEST_UNSET",
-                default_filter: "warn",
-                format: LogFormat::Plain,
-                access_log,
-                tracer: None,
-            };
             let filter = Targets::from_str("warn,weft_proxy=debug").expect("directives");
-            let (subscriber, _filter, _access_log) = build(filter, &setup);
+            let (subscriber, _filter, _access_log) = build(filter, &plain_logs(access_log));
             tracing::subscriber::with_default(subscriber, || {
                 let frame = tracing::trace_span!(target: "h2::proto::connection", "poll");
                 assert!(frame.is_disabled(), "access log {access_log}");
@@ -272,15 +276,10 @@ mod tests {
     /// on is created from then on, and what it turns off again is not.
     #[test]
     fn a_reloaded_filter_changes_what_is_created() {
-        let setup = LogSetup {
-            env_var: "WEFT_TEST_UNSET",
-            default_filter: "warn",
-            format: LogFormat::Plain,
-            access_log: false,
-            tracer: None,
-        };
-        let (subscriber, filter, _access_log) =
-            build(Targets::new().with_default(LevelFilter::WARN), &setup);
+        let (subscriber, filter, _access_log) = build(
+            Targets::new().with_default(LevelFilter::WARN),
+            &plain_logs(false),
+        );
         tracing::subscriber::with_default(subscriber, || {
             let frame = || tracing::trace_span!(target: "h2::proto::connection", "poll");
             assert!(frame().is_disabled());
