@@ -298,7 +298,10 @@ pub struct Proxy {
     pub admin: SocketAddr,
     /// The tap API.
     pub tap: SocketAddr,
+    // Dropped first, so its log (in the control plane's directory) is printed on a failure even
+    // when the control plane went before it.
     pub proc: Proc,
+    _dir: Arc<TempDir>,
 }
 
 /// How to start a proxy.
@@ -439,6 +442,7 @@ impl Proxy {
             admin,
             tap,
             proc: Proc::spawn(&name, command, log),
+            _dir: Arc::clone(&cp.dir),
         }
     }
 

@@ -69,6 +69,23 @@ impl Traffic {
     }
 }
 
+/// Runs `weftctl certs rotate-anchor` until it succeeds; on timeout, says why it last refused.
+async fn next_rotation_step(cp: &ControlPlane, step: &str, timeout: Duration) -> String {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let (status, stdout, stderr) = cp.weftctl(&["certs", "rotate-anchor"]);
+        if status.success() {
+            return stdout;
+        }
+        let (_, proxies, _) = cp.weftctl(&["proxy-status"]);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{step} not allowed after {timeout:?}: {stderr}\n{proxies}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn anchors_in(cp: &ControlPlane) -> usize {
     std::fs::read_to_string(cp.trust_anchor())
         .unwrap()
@@ -143,19 +160,11 @@ async fn a_full_anchor_rotation_under_steady_traffic_loses_no_request() {
     drop(discovery);
 
     // Step 2, once every proxy has the bundle: the issuer moves to the new anchor.
-    let stdout = eventually("step 2 to be allowed", Duration::from_secs(30), || async {
-        let (status, stdout, _) = cp.weftctl(&["certs", "rotate-anchor"]);
-        status.success().then_some(stdout)
-    })
-    .await;
+    let stdout = next_rotation_step(cp, "step 2", Duration::from_secs(30)).await;
     assert!(stdout.contains("step 2 of 3"), "{stdout}");
 
     // Step 3, once every proxy holds a leaf of the new issuer: the old anchor goes.
-    let stdout = eventually("step 3 to be allowed", Duration::from_secs(40), || async {
-        let (status, stdout, _) = cp.weftctl(&["certs", "rotate-anchor"]);
-        status.success().then_some(stdout)
-    })
-    .await;
+    let stdout = next_rotation_step(cp, "step 3", Duration::from_secs(40)).await;
     assert!(stdout.contains("step 3 of 3"), "{stdout}");
     assert_eq!(anchors_in(cp), 1);
 

@@ -13,6 +13,7 @@ mod certificate;
 mod inbound;
 mod mesh;
 mod outbound;
+mod report;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -109,6 +110,7 @@ struct Inner {
     /// The workload's inbound policy; `None` until the control plane answers.
     inbound: watch::Receiver<Option<Arc<InboundPolicy>>>,
     inbound_tx: watch::Sender<Option<Arc<InboundPolicy>>>,
+    reports: Arc<report::Reports>,
 }
 
 /// A destination's watch, kept by an app connection so that its next requests read the current
@@ -147,9 +149,15 @@ impl DiscoveryClient {
         settings: DiscoverySettings,
     ) -> Self {
         let (inbound_tx, inbound) = watch::channel(None);
+        let grpc = DiscoveryGrpc::new(channel);
+        let reports = Arc::new(report::Reports::default());
+        drain.spawn({
+            let (reports, grpc, drain) = (reports.clone(), grpc.clone(), drain.clone());
+            async move { reports.send(grpc, drain).await }
+        });
         Self {
             inner: Arc::new(Inner {
-                grpc: DiscoveryGrpc::new(channel),
+                grpc,
                 certs,
                 metrics,
                 drain,
@@ -165,6 +173,7 @@ impl DiscoveryClient {
                 },
                 inbound,
                 inbound_tx,
+                reports,
             }),
         }
     }
@@ -370,19 +379,13 @@ impl Inner {
         }
     }
 
-    /// Tells the control plane `version` of `resource` was applied (`error` empty) or rejected.
+    /// Tells the control plane `version` of `resource` was applied (`error` empty) or rejected;
+    /// never holds up applying the next snapshot.
     fn report(&self, resource: &str, version: &str, error: String) {
-        let mut grpc = self.grpc.clone();
-        let status = ConfigStatus {
+        self.reports.push(ConfigStatus {
             resource: resource.to_string(),
             version: version.to_string(),
             error,
-        };
-        // Reporting must not hold up applying the next snapshot.
-        tokio::spawn(async move {
-            if let Err(status) = grpc.report_status(status).await {
-                tracing::debug!(code = ?status.code(), "cannot report config status");
-            }
         });
     }
 }
@@ -412,6 +415,10 @@ mod tests {
     /// A client whose control plane never answers (it holds no certificate to ask with).
     fn unanswered(max_watches: usize) -> DiscoveryClient {
         let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        client_over(channel, max_watches)
+    }
+
+    fn client_over(channel: Channel, max_watches: usize) -> DiscoveryClient {
         let metrics = ProxyMetrics::register(&prometheus::Registry::new()).unwrap();
         let anchor = weft_certs::TrustAnchor::generate(
             &weft_certs::TrustDomain::cluster_local(),
@@ -459,5 +466,92 @@ mod tests {
         let resolution = kept(rx);
         drop(tx);
         assert!(resolution.current().is_none());
+    }
+
+    /// A control plane that answers only `ReportStatus`, recording the versions in the order it
+    /// took them, and slow to take the first.
+    #[derive(Default, Clone)]
+    struct Recorder {
+        taken: Arc<Mutex<Vec<String>>>,
+    }
+
+    #[tonic::async_trait]
+    impl weft_api::discovery::discovery_server::Discovery for Recorder {
+        type WatchOutboundStream =
+            tokio_stream::Empty<Result<weft_api::discovery::OutboundSnapshot, tonic::Status>>;
+        type WatchInboundStream =
+            tokio_stream::Empty<Result<weft_api::discovery::InboundSnapshot, tonic::Status>>;
+        type WatchMeshStream =
+            tokio_stream::Empty<Result<weft_api::discovery::MeshSnapshot, tonic::Status>>;
+
+        async fn watch_outbound(
+            &self,
+            _: tonic::Request<weft_api::discovery::WatchOutboundRequest>,
+        ) -> Result<tonic::Response<Self::WatchOutboundStream>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not here"))
+        }
+
+        async fn watch_inbound(
+            &self,
+            _: tonic::Request<weft_api::discovery::WatchInboundRequest>,
+        ) -> Result<tonic::Response<Self::WatchInboundStream>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not here"))
+        }
+
+        async fn watch_mesh(
+            &self,
+            _: tonic::Request<WatchMeshRequest>,
+        ) -> Result<tonic::Response<Self::WatchMeshStream>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not here"))
+        }
+
+        async fn report_status(
+            &self,
+            request: tonic::Request<ConfigStatus>,
+        ) -> Result<tonic::Response<weft_api::discovery::ReportStatusResponse>, tonic::Status>
+        {
+            let status = request.into_inner();
+            if self.taken.lock().is_empty() && status.version == "1" {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            self.taken.lock().push(status.version);
+            Ok(tonic::Response::new(
+                weft_api::discovery::ReportStatusResponse {},
+            ))
+        }
+    }
+
+    #[tokio::test]
+    async fn reports_reach_the_control_plane_in_the_order_snapshots_were_applied() {
+        let recorder = Recorder::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tonic::transport::Server::builder()
+            .add_service(weft_api::discovery::discovery_server::DiscoveryServer::new(
+                recorder.clone(),
+            ))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+        tokio::spawn(server);
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        let client = client_over(channel, 10);
+
+        // Versions applied one after the other; the control plane is slow to take the first.
+        for version in ["1", "2"] {
+            client.inner.report("mesh", version, String::new());
+        }
+        let taken = recorder.taken.clone();
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while !taken.lock().iter().any(|version| version == "2") {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap();
+        // What the control plane holds last is what the proxy applied last.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let taken = taken.lock().clone();
+        assert_eq!(taken.last().map(String::as_str), Some("2"), "{taken:?}");
     }
 }
