@@ -183,6 +183,16 @@ fn build(
         layers.push(
             tracing_opentelemetry::layer()
                 .with_tracer(tracer)
+                // A span is one request, whose attributes say all there is to know of it; the
+                // layer's extras would add seven more to every span, the same in all of them
+                // (our source file and line, the worker thread, our target) or measuring
+                // polls rather than the request (busy and idle time). We never enter these
+                // spans, so there is no context to activate on entry.
+                .with_location(false)
+                .with_threads(false)
+                .with_target(false)
+                .with_tracked_inactivity(false)
+                .with_context_activation(false)
                 .with_filter(Targets::new().with_target(TRACE_TARGET, tracing::Level::TRACE))
                 .boxed(),
         );

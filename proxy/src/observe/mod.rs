@@ -6,14 +6,14 @@
 
 mod context;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use http::{Method, Request, Response, Version};
 use opentelemetry::trace::{TraceContextExt, TraceId};
 use parking_lot::Mutex;
-use tracing::field::Empty;
+use tracing::field::{Empty, Field, Value};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use weft_telemetry::{ACCESS_LOG_TARGET, TRACE_TARGET};
 
@@ -291,32 +291,25 @@ impl Observation {
         let peer = self.peer.or(choice.endpoint);
         let request_bytes = self.request_bytes.load(Ordering::Relaxed);
         let duration = self.started.elapsed();
-        let span = &self.span;
-        if !span.is_disabled() {
-            span.record("http.response.status_code", self.status);
-            if let Some(code) = grpc_status {
-                span.record("rpc.grpc.status_code", code);
-            }
-            if let Some(peer) = &peer {
-                span.record("weft.peer.identity", peer.as_str());
-            }
-            if let Some(route) = &choice.route {
-                span.record("weft.route", &**route);
-            }
-            if let Some(backend) = &choice.backend {
-                span.record("weft.backend", &**backend);
-            }
-            span.record("http.request.body.size", request_bytes);
-            span.record("http.response.body.size", response_bytes);
-            if failed || is_error(self.direction, self.status, grpc_status) {
-                span.record("otel.status_code", "error");
-                let error = if failed {
-                    "incomplete".to_string()
-                } else {
-                    self.status.to_string()
-                };
-                span.record("error.type", error);
-            }
+        if !self.span.is_disabled() {
+            let error_type = if failed {
+                Some("incomplete".to_string())
+            } else {
+                is_error(self.direction, self.status, grpc_status).then(|| self.status.to_string())
+            };
+            record_end(
+                &self.span,
+                &SpanEnd {
+                    status: self.status,
+                    grpc_status,
+                    peer: peer.as_deref(),
+                    route: choice.route.as_deref(),
+                    backend: choice.backend.as_deref(),
+                    request_bytes,
+                    response_bytes,
+                    error_type: error_type.as_deref(),
+                },
+            );
         }
         if self.log {
             tracing::info!(
@@ -372,6 +365,77 @@ impl Picked {
             choice.endpoint = Some(identity.to_string());
         }
     }
+}
+
+/// What is known of a request once it is over, for its span.
+struct SpanEnd<'a> {
+    status: u16,
+    grpc_status: Option<u32>,
+    peer: Option<&'a str>,
+    route: Option<&'a str>,
+    backend: Option<&'a str>,
+    request_bytes: u64,
+    response_bytes: u64,
+    /// Why the exchange failed, if it did.
+    error_type: Option<&'a str>,
+}
+
+/// The span fields [`SpanEnd`] fills, in its order.
+const END_FIELDS: [&str; 9] = [
+    "http.response.status_code",
+    "rpc.grpc.status_code",
+    "weft.peer.identity",
+    "weft.route",
+    "weft.backend",
+    "http.request.body.size",
+    "http.response.body.size",
+    "otel.status_code",
+    "error.type",
+];
+
+/// Records `end` on `span` in one go: every `record` is a trip through the subscriber and its
+/// layers, and one per field made recording them cost as much as exporting the span.
+fn record_end(span: &tracing::Span, end: &SpanEnd<'_>) {
+    // Every request span comes from one callsite, so its fields are looked up once.
+    static FIELDS: OnceLock<Option<[Field; 9]>> = OnceLock::new();
+    let Some(metadata) = span.metadata() else {
+        return;
+    };
+    let Some(
+        [
+            status,
+            grpc_status,
+            peer,
+            route,
+            backend,
+            request_bytes,
+            response_bytes,
+            otel_status,
+            error_type,
+        ],
+    ) = FIELDS.get_or_init(|| {
+        let fields = metadata.fields();
+        let found: Option<Vec<Field>> = END_FIELDS.iter().map(|name| fields.field(name)).collect();
+        found.and_then(|found| found.try_into().ok())
+    })
+    else {
+        return;
+    };
+    fn value<T: Value>(value: &Option<T>) -> Option<&dyn Value> {
+        value.as_ref().map(|v| v as &dyn Value)
+    }
+    let failed = end.error_type.map(|_| "error");
+    span.record_all(&metadata.fields().value_set(&[
+        (status, Some(&end.status as &dyn Value)),
+        (grpc_status, value(&end.grpc_status)),
+        (peer, value(&end.peer)),
+        (route, value(&end.route)),
+        (backend, value(&end.backend)),
+        (request_bytes, Some(&end.request_bytes as &dyn Value)),
+        (response_bytes, Some(&end.response_bytes as &dyn Value)),
+        (otel_status, value(&failed)),
+        (error_type, value(&end.error_type)),
+    ]));
 }
 
 /// Whether the exchange failed, as OpenTelemetry's conventions have each side see it: a client

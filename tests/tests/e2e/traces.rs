@@ -118,6 +118,39 @@ async fn a_call_through_two_proxies_is_one_trace_continuing_the_apps() {
             .all(|span| span["trace_id"] != "a".repeat(32)),
         "an unsampled request was recorded"
     );
+
+    // A failed exchange: both sides mark their span an error, with the status as its type. A
+    // span carries the request's attributes, not the tracing layer's extras.
+    let failing_trace = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let traceparent = format!("00-{failing_trace}-{APP_SPAN_ID}-01");
+    let response = cluster
+        .http()
+        .send_with(
+            "GET",
+            AUTHORITY,
+            "/flaky/1",
+            Bytes::new(),
+            &[("traceparent", &traceparent)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    let spans = receiver.trace(failing_trace, 2).await;
+    for span in [the(&spans, "client"), the(&spans, "server")] {
+        assert_eq!(span["status"], 2, "error: {span:#}");
+        let attributes = &span["attributes"];
+        assert_eq!(attributes["http.response.status_code"], "503", "{span:#}");
+        assert_eq!(attributes["error.type"], "503", "{span:#}");
+        for extra in [
+            "code.file.path",
+            "thread.id",
+            "thread.name",
+            "busy_ns",
+            "target",
+        ] {
+            assert!(attributes.get(extra).is_none(), "{extra} in {span:#}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
