@@ -42,15 +42,22 @@ impl Reports {
             let queued: Vec<ConfigStatus> = std::mem::take(&mut *self.pending.lock())
                 .into_values()
                 .collect();
-            for status in queued {
-                let mut grpc = grpc.clone();
-                match tokio::time::timeout(REPORT_TIMEOUT, grpc.report_status(status)).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(status)) => {
-                        tracing::debug!(code = ?status.code(), "cannot report config status");
+            let send_queued = async {
+                for status in queued {
+                    let mut grpc = grpc.clone();
+                    match tokio::time::timeout(REPORT_TIMEOUT, grpc.report_status(status)).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(status)) => {
+                            tracing::debug!(code = ?status.code(), "cannot report config status");
+                        }
+                        Err(_) => tracing::debug!("config status report timed out"),
                     }
-                    Err(_) => tracing::debug!("config status report timed out"),
                 }
+            };
+            // A report in flight must not hold up the proxy's shutdown.
+            tokio::select! {
+                () = send_queued => {}
+                () = drain.signaled() => return,
             }
         }
     }
