@@ -184,7 +184,7 @@ fn build(
             tracing_opentelemetry::layer()
                 .with_tracer(tracer)
                 // A span is one request, whose attributes say all there is to know of it; the
-                // layer's extras would add seven more to every span, the same in all of them
+                // layer's extras would add eight more to every span, the same in all of them
                 // (our source file and line, the worker thread, our target) or measuring
                 // polls rather than the request (busy and idle time). We never enter these
                 // spans, so there is no context to activate on entry.

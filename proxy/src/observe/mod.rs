@@ -292,10 +292,14 @@ impl Observation {
         let request_bytes = self.request_bytes.load(Ordering::Relaxed);
         let duration = self.started.elapsed();
         if !self.span.is_disabled() {
+            let status_text;
             let error_type = if failed {
-                Some("incomplete".to_string())
+                Some("incomplete")
+            } else if is_error(self.direction, self.status, grpc_status) {
+                status_text = self.status.to_string();
+                Some(status_text.as_str())
             } else {
-                is_error(self.direction, self.status, grpc_status).then(|| self.status.to_string())
+                None
             };
             record_end(
                 &self.span,
@@ -307,7 +311,7 @@ impl Observation {
                     backend: choice.backend.as_deref(),
                     request_bytes,
                     response_bytes,
-                    error_type: error_type.as_deref(),
+                    error_type,
                 },
             );
         }
@@ -424,7 +428,7 @@ fn record_end(span: &tracing::Span, end: &SpanEnd<'_>) {
     fn value<T: Value>(value: &Option<T>) -> Option<&dyn Value> {
         value.as_ref().map(|v| v as &dyn Value)
     }
-    let failed = end.error_type.map(|_| "error");
+    let otel_status_code = end.error_type.map(|_| "error");
     span.record_all(&metadata.fields().value_set(&[
         (status, Some(&end.status as &dyn Value)),
         (grpc_status, value(&end.grpc_status)),
@@ -433,7 +437,7 @@ fn record_end(span: &tracing::Span, end: &SpanEnd<'_>) {
         (backend, value(&end.backend)),
         (request_bytes, Some(&end.request_bytes as &dyn Value)),
         (response_bytes, Some(&end.response_bytes as &dyn Value)),
-        (otel_status, value(&failed)),
+        (otel_status, value(&otel_status_code)),
         (error_type, value(&end.error_type)),
     ]));
 }

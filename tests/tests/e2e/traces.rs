@@ -13,11 +13,16 @@ use crate::cluster::{API_ID, AUTHORITY, Cluster};
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const APP_SPAN_ID: &str = "00f067aa0ba902b7";
 
-/// A GET of `/` through the client proxy with one header.
-async fn get_with(cluster: &Cluster, name: &str, value: &str) -> weft_tests::client::Collected {
+/// A GET of `path` through the client proxy with one header.
+async fn get_with(
+    cluster: &Cluster,
+    path: &str,
+    name: &str,
+    value: &str,
+) -> weft_tests::client::Collected {
     cluster
         .http()
-        .send_with("GET", AUTHORITY, "/", Bytes::new(), &[(name, value)])
+        .send_with("GET", AUTHORITY, path, Bytes::new(), &[(name, value)])
         .await
         .unwrap()
 }
@@ -102,11 +107,17 @@ async fn a_call_through_two_proxies_is_one_trace_continuing_the_apps() {
 
     // Unsampled by the caller: nothing recorded, the caller's decision passed on unchanged.
     let unsampled = format!("00-{}-{APP_SPAN_ID}-00", "a".repeat(32));
-    let response = get_with(&cluster, "traceparent", &unsampled).await;
+    let response = get_with(&cluster, "/", "traceparent", &unsampled).await;
     assert_eq!(response.headers()["x-seen-traceparent"], unsampled.as_str());
     // B3 (single header) is read and answered in kind.
     let b3_trace = "80f198ee56343ba864fe8b2a57d3eff7";
-    let response = get_with(&cluster, "b3", &format!("{b3_trace}-e457b5a2e4d86bd1-1")).await;
+    let response = get_with(
+        &cluster,
+        "/",
+        "b3",
+        &format!("{b3_trace}-e457b5a2e4d86bd1-1"),
+    )
+    .await;
     let b3 = response.headers()["x-seen-b3"].to_str().unwrap();
     assert!(b3.starts_with(b3_trace) && b3.ends_with("-1"), "{b3}");
     let spans = receiver.trace(b3_trace, 2).await;
@@ -123,17 +134,7 @@ async fn a_call_through_two_proxies_is_one_trace_continuing_the_apps() {
     // span carries the request's attributes, not the tracing layer's extras.
     let failing_trace = "5bf92f3577b34da6a3ce929d0e0e4737";
     let traceparent = format!("00-{failing_trace}-{APP_SPAN_ID}-01");
-    let response = cluster
-        .http()
-        .send_with(
-            "GET",
-            AUTHORITY,
-            "/flaky/1",
-            Bytes::new(),
-            &[("traceparent", &traceparent)],
-        )
-        .await
-        .unwrap();
+    let response = get_with(&cluster, "/flaky/1", "traceparent", &traceparent).await;
     assert_eq!(response.status(), 503);
     let spans = receiver.trace(failing_trace, 2).await;
     for span in [the(&spans, "client"), the(&spans, "server")] {
